@@ -1,0 +1,84 @@
+"""The client commands of the `gradhealth` CLI (analyze; runs without any server)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+EXIT_OK = 0
+EXIT_INPUT = 2
+
+
+def add_analyze_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register `gradhealth analyze`."""
+    p = subparsers.add_parser("analyze", help="analyse a model package on a batch, locally", description=(
+        "Run one instrumented forward+backward of MODEL on BATCH and print the gradient-health report. "
+        "Exit 0 when a report was produced (whatever its health), 2 for unusable input."))
+    p.add_argument("--model", required=True, type=Path, help="model package: .pt2 (gradhealth.package) or TorchScript")
+    p.add_argument("--batch", required=True, type=Path, help="batch: safetensors with inputs[.i] and targets")
+    p.add_argument("--loss", help="named loss for plain models: cross_entropy, mse, nll, bce_with_logits, l1, smooth_l1")
+    p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], help="the optimizer you train with")
+    p.add_argument("--lr", type=float, help="learning rate (needed with --optimizer)")
+    p.add_argument("--momentum", type=float, default=0.0, help="SGD momentum (default 0)")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="weight decay (default 0)")
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32", help="training precision")
+    p.add_argument("--checks", default="standard", help="comma-separated: standard,curvature")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    p.add_argument("--format", choices=["json", "markdown"], default="json", help="output format (default json)")
+    p.add_argument("--output", type=Path, help="write the report here instead of stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.set_defaults(handler=run_analyze)
+
+
+def _fail(message: str) -> int:
+    print(f"gradhealth: error: {message}", file=sys.stderr)
+    return EXIT_INPUT
+
+
+def _options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from gradhealth.diagnostics import AnalysisOptions
+
+    optimizer = None
+    if args.optimizer:
+        if args.lr is None:
+            raise ValueError("--optimizer needs --lr")
+        optimizer = {"name": args.optimizer, "lr": args.lr, "momentum": args.momentum, "weight_decay": args.weight_decay}
+    elif args.lr is not None:
+        raise ValueError("--lr needs --optimizer (sgd, adam or adamw)")
+    checks = tuple(c.strip() for c in args.checks.split(",") if c.strip())
+    return AnalysisOptions(loss=args.loss, optimizer=optimizer, precision=args.precision, checks=checks, device=args.device)
+
+
+def run_analyze(args: argparse.Namespace) -> int:
+    """Load, analyse, print; map every input problem to exit code 2 with a clear message."""
+    from gradhealth.diagnostics import InputError, analyze_files
+
+    from .render import to_markdown
+
+    for label, path in (("--model", args.model), ("--batch", args.batch)):
+        if not path.is_file():
+            return _fail(f"{label} {path}: no such file")
+    try:
+        options = _options(args)
+    except (ValueError, ValidationError) as exc:
+        return _fail(str(exc))
+
+    def progress(phase: str, fraction: float) -> None:
+        if not args.quiet and sys.stderr.isatty():
+            print(f"\r[{fraction:4.0%}] {phase:<20}", end="", file=sys.stderr, flush=True)
+
+    try:
+        report = analyze_files(args.model, args.batch, options, progress=progress)
+    except InputError as exc:
+        return _fail(str(exc))
+    if not args.quiet and sys.stderr.isatty():
+        print("", file=sys.stderr)
+    text = report.model_dump_json(indent=2) if args.format == "json" else to_markdown(report)
+    if args.output:
+        args.output.write_text(text + ("\n" if not text.endswith("\n") else ""))
+    else:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return EXIT_OK

@@ -1,0 +1,329 @@
+"""Run one instrumented forward+backward and turn the measurements into a report."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor
+
+from . import report_builder
+from .batch import float_inputs
+from .curvature import top_hessian_eigenvalue
+from .errors import InputError
+from .export import check_batch_shapes
+from .graph_map import parameter_layers
+from .loading import LoadedModel
+from .measurements import (
+    ActivationMeasure,
+    InputMeasure,
+    LayerMeasure,
+    Measurements,
+    NonFiniteOrigin,
+    RecurrentMeasure,
+)
+from .nonfinite import locate_forward_nonfinite
+from .options import AnalysisOptions
+from .param_stats import layer_param_stats
+from .probes import InstrumentedGraph, instrument
+from .rules import evaluate_rules
+from .schema import Report
+
+ProgressFn = Callable[[str, float], None]
+
+
+class _Timer:
+    """Collects wall time per phase for the report's timings."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+
+
+def pick_device(requested: str | None) -> torch.device:
+    """CUDA when present and not told otherwise, else CPU."""
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Analyzer:
+    """Holds an instrumented model so repeated analyses skip instrumentation."""
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        self.loaded = loaded
+        self.graph: InstrumentedGraph | None = None
+        self.layer_infos = []
+        if loaded.graph_module is not None:
+            self.layer_infos = parameter_layers(loaded.graph_module)
+            self.graph = instrument(loaded.graph_module, self.layer_infos)
+        self._params = dict(loaded.module.named_parameters())
+
+    def _layer_groups(self) -> list[tuple[str, str, list[str]]]:
+        """(path, type, parameter names) per layer, in depth order."""
+        if self.layer_infos:
+            return [(info.path, info.type, info.params) for info in self.layer_infos]
+        groups: dict[str, list[str]] = {}
+        for name in self._params:
+            groups.setdefault(name.rsplit(".", 1)[0] if "." in name else "", []).append(name)
+        types = {path: getattr(m, "original_name", type(m).__name__) for path, m in self.loaded.module.named_modules()}
+        return [(path, types.get(path, "Module"), names) for path, names in groups.items()]
+
+    def run(
+        self,
+        inputs: tuple[Tensor, ...],
+        targets: Tensor,
+        options: AnalysisOptions,
+        progress: ProgressFn | None = None,
+        model_format: str | None = None,
+    ) -> Report:
+        """Measure, diagnose and report."""
+        notify = progress or (lambda phase, fraction: None)
+        device = pick_device(options.device)
+        timer = _Timer(device)
+        batch_size = check_batch_shapes(inputs, targets)
+        if batch_size < 1:
+            raise InputError("the batch is empty")
+        notify("prepare", 0.05)
+        with timer.phase("prepare"):
+            module = self.loaded.module.to(device)
+            inputs = tuple(t.to(device) for t in inputs)
+            targets = targets.to(device)
+            if self.graph is not None and self.graph.has_recurrent:
+                inputs = tuple(t.detach().requires_grad_(True) if t.is_floating_point() else t for t in inputs)
+            params = dict(module.named_parameters())
+            for p in params.values():
+                p.grad = None
+            if self.graph is not None:
+                self.graph.recorder.reset()
+                self.graph.recorder.enabled = True
+        notify("forward_backward", 0.15)
+        with timer.phase("forward_backward"):
+            try:
+                loss_vec = self.loaded.per_sample_loss(inputs, targets)
+            except InputError:
+                raise
+            except Exception as exc:
+                raise InputError(
+                    f"the model failed on this batch: {type(exc).__name__}: {str(exc)[:500]}. "
+                    f"Batch shapes: inputs {[tuple(t.shape) for t in inputs]}, targets {tuple(targets.shape)}"
+                ) from None
+            if loss_vec.dim() != 1 or loss_vec.shape[0] != batch_size:
+                raise InputError(f"the loss must be a vector [{batch_size}], got {tuple(loss_vec.shape)}")
+            loss = loss_vec.float().mean()
+            if loss.requires_grad:
+                loss.backward()
+        notify("statistics", 0.6)
+        with timer.phase("statistics"):
+            measurements = self._measure(params, inputs, targets, loss, batch_size, options)
+        if "curvature" in options.checks:
+            notify("curvature", 0.7)
+            with timer.phase("curvature"):
+                measurements.hessian_max_eigenvalue = self._curvature(params, inputs, targets, options)
+        notify("rules", 0.95)
+        with timer.phase("rules"):
+            findings = evaluate_rules(measurements)
+        for p in params.values():
+            p.grad = None
+        return report_builder.build(
+            report_id=str(uuid.uuid4()),
+            measurements=measurements,
+            findings=findings,
+            model_format=model_format or self.loaded.format,
+            params=params,
+            device=device,
+            timings=timer.timings,
+        )
+
+    def _measure(
+        self,
+        params: dict[str, Tensor],
+        inputs: tuple[Tensor, ...],
+        targets: Tensor,
+        loss: Tensor,
+        batch_size: int,
+        options: AnalysisOptions,
+    ) -> Measurements:
+        groups = self._layer_groups()
+        stats = layer_param_stats(params, {path: names for path, _, names in groups}, options.optimizer)
+        fwd = bwd = {}
+        if self.graph is not None:
+            fwd = {k: {n: float(v) for n, v in d.items() if v.dim() == 0} for k, d in self.graph.recorder.results.forward.items()}
+            bwd = self.graph.recorder.results.backward
+        layers: list[LayerMeasure] = []
+        for depth, (path, type_name, names) in enumerate(groups):
+            s = stats[path]
+            weight = self._main_weight(params, names)
+            measure = LayerMeasure(
+                name=self.loaded.display_name(path),
+                type=type_name,
+                depth=depth,
+                numel=s.numel,
+                grad_norm=None if s.grad_sq is None else s.grad_sq**0.5,
+                weight_norm=s.weight_sq**0.5,
+                update_norm=None if s.update_sq is None else s.update_sq**0.5,
+                nonfinite=s.nonfinite,
+                flushed=s.flushed,
+                flushed_scaled=s.flushed_scaled,
+                subnormal=s.subnormal,
+                nonzero_grads=s.nonzero_grads,
+                missing_grads=s.missing_grads,
+            )
+            if weight is not None:
+                measure.weight_std = float(weight.detach().float().std())
+                measure.fan_in = weight[0].numel()
+                measure.fan_out = weight.shape[0] * (weight[0][0].numel() if weight.dim() > 2 else 1)
+            if self.graph is not None and path in self.graph.layer_probe:
+                probe = self.graph.layer_probe[path]
+                measure.output_rms = fwd.get(probe, {}).get("rms")
+                measure.output_nonfinite = int(fwd.get(probe, {}).get("nonfinite", 0))
+                if probe in bwd:
+                    measure.output_grad_rms = float(bwd[probe]["rms"])
+                    measure.output_grad_nonfinite = int(bwd[probe]["nonfinite"])
+            layers.append(measure)
+        activations, recurrent = self._activation_measures(fwd, bwd)
+        self._attach_next_activation(layers, activations)
+        measurements = Measurements(
+            options=options,
+            batch_size=batch_size,
+            loss=float(loss.detach()),
+            layers=layers,
+            activations=activations,
+            recurrent=recurrent,
+            inputs=_input_measures(inputs),
+            graph_available=self.graph is not None,
+        )
+        measurements.nonfinite_origin = self._nonfinite_origin(measurements, params, inputs, targets)
+        return measurements
+
+    @staticmethod
+    def _main_weight(params: dict[str, Tensor], names: list[str]) -> Tensor | None:
+        """The layer's weight matrix or kernel (2+ dims), the tensor init schemes talk about."""
+        for name in names:
+            if name.endswith("weight") and params[name].dim() >= 2:
+                return params[name]
+        return None
+
+    def _activation_measures(
+        self, fwd: dict[int, dict[str, float]], bwd: dict[int, dict[str, Tensor]]
+    ) -> tuple[list[ActivationMeasure], list[RecurrentMeasure]]:
+        activations: list[ActivationMeasure] = []
+        recurrent: list[RecurrentMeasure] = []
+        if self.graph is None:
+            return activations, recurrent
+        seen: dict[str, int] = {}
+        for probe_id, spec in enumerate(self.graph.specs):
+            name = self.loaded.display_name(spec.path) or "(model)"
+            if spec.kind == "activation" and probe_id in fwd:
+                stats = fwd[probe_id]
+                seen[name] = seen.get(name, 0) + 1
+                label = name if seen[name] == 1 else f"{name}#{seen[name]}"
+                activations.append(
+                    ActivationMeasure(
+                        name=label, kind=spec.op, order=probe_id, mean=stats["mean"], std=stats["std"],
+                        dead=stats.get("dead"), saturated=stats.get("saturated"),
+                        nonfinite=int(stats["nonfinite"]), numel_per_sample=0,
+                    )
+                )
+            elif spec.kind == "recurrent_input" and probe_id in bwd and "per_step_norm" in bwd[probe_id]:
+                recurrent.append(
+                    RecurrentMeasure(name=name, op=spec.op, per_step_norm=bwd[probe_id]["per_step_norm"].cpu().tolist())
+                )
+        return activations, recurrent
+
+    def _attach_next_activation(self, layers: list[LayerMeasure], activations: list[ActivationMeasure]) -> None:
+        """Record which activation follows each layer: init schemes depend on it."""
+        if self.graph is None or not self.layer_infos:
+            return
+        order = {node: i for i, node in enumerate(self.graph.module.graph.nodes)}
+        act_positions = []
+        for node in self.graph.module.graph.nodes:
+            if node.op == "call_module" and node.args and isinstance(node.args[0], int):
+                spec = self.graph.specs[node.args[0]]
+                if spec.kind == "activation":
+                    act_positions.append((order[node], spec.op))
+        starts = [order[info.output_node] if info.output_node is not None else None for info in self.layer_infos]
+        for index, layer in enumerate(layers):
+            start = starts[index]
+            if start is None:
+                continue
+            later = [s for s in starts[index + 1 :] if s is not None and s > start]
+            end = min(later) if later else 10**9
+            following = [kind for pos, kind in act_positions if start < pos < end]
+            layer.next_activation = following[0] if following else None
+
+    def _nonfinite_origin(
+        self, m: Measurements, params: dict[str, Tensor], inputs: tuple[Tensor, ...], targets: Tensor
+    ) -> NonFiniteOrigin | None:
+        """Name the first place a NaN/Inf appears: inputs, weights, an op, or the backward."""
+        for i, t in enumerate(inputs):
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                return NonFiniteOrigin("input", f"inputs[{i}]", "", f"input {i} contains NaN/Inf")
+        forward_bad = (not torch.isfinite(torch.tensor(m.loss))) or any(a.nonfinite for a in m.activations) or any(
+            layer.output_nonfinite for layer in m.layers
+        )
+        backward_bad = any(layer.nonfinite or layer.output_grad_nonfinite for layer in m.layers)
+        if not forward_bad and not backward_bad:
+            return None
+        for name, p in params.items():
+            if not bool(torch.isfinite(p).all()):
+                owner = name.rsplit(".", 1)[0]
+                return NonFiniteOrigin("weights", self.loaded.display_name(owner), "", f"parameter {self.loaded.display_name(name)} holds NaN/Inf")
+        if forward_bad:
+            if self.graph is not None:
+                self.graph.recorder.enabled = False
+                try:
+                    found = locate_forward_nonfinite(self.graph.module, inputs, targets)
+                finally:
+                    self.graph.recorder.enabled = True
+                if found is not None:
+                    path, op = found
+                    return NonFiniteOrigin("forward", self.loaded.display_name(path) or "(loss)", op, f"first produced by {op}")
+            return NonFiniteOrigin("loss", "", "", "the loss is NaN/Inf")
+        for layer in reversed(m.layers):
+            if layer.output_grad_nonfinite or layer.nonfinite:
+                return NonFiniteOrigin("backward", layer.name, "", "the back-propagated gradient first turns NaN/Inf here")
+        return None
+
+    def _curvature(
+        self, params: dict[str, Tensor], inputs: tuple[Tensor, ...], targets: Tensor, options: AnalysisOptions
+    ) -> float | None:
+        trainable = [p for p in params.values() if p.requires_grad]
+        if self.graph is not None:
+            self.graph.recorder.enabled = False
+        try:
+            return top_hessian_eigenvalue(
+                lambda: self.loaded.per_sample_loss(inputs, targets).float().mean(),
+                trainable,
+                iterations=options.curvature_iterations,
+            )
+        except RuntimeError:
+            return None
+        finally:
+            if self.graph is not None:
+                self.graph.recorder.enabled = True
+
+
+def _input_measures(inputs: tuple[Tensor, ...]) -> list[InputMeasure]:
+    """Mean, spread and range of each floating-point input (and per channel for images)."""
+    result = []
+    for index, tensor in float_inputs(inputs):
+        data = tensor.detach().float()
+        finite = data[torch.isfinite(data)]
+        if finite.numel() == 0:
+            continue
+        row = torch.stack([finite.mean(), finite.std() if finite.numel() > 1 else finite.new_zeros(()), finite.min(), finite.max()]).tolist()
+        channel_means = data.transpose(0, 1).reshape(data.shape[1], -1).mean(1).tolist() if data.dim() == 4 else None
+        result.append(InputMeasure(index, list(tensor.shape), row[0], row[1], row[2], row[3], channel_means))
+    return result

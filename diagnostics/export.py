@@ -1,0 +1,130 @@
+"""Trace a model and its loss into the per-sample-loss program the engine runs."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor
+
+from .errors import ExportUnsupportedError, InputError
+from .losses import LossFn, PerSampleLoss, per_sample
+
+PACKAGE_METADATA_FILE = "gradhealth.json"
+PACKAGE_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PackageMetadata:
+    """What a worker needs to know about a package besides its graph."""
+
+    returns_loss: bool
+    num_inputs: int
+    loss: str
+    format_version: int = PACKAGE_FORMAT_VERSION
+
+    def to_json(self) -> str:
+        """Serialise for the archive's extra file."""
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> PackageMetadata:
+        """Parse the archive's extra file, refusing anything malformed."""
+        try:
+            raw = json.loads(text)
+            return cls(
+                returns_loss=bool(raw["returns_loss"]),
+                num_inputs=int(raw["num_inputs"]),
+                loss=str(raw["loss"]),
+                format_version=int(raw.get("format_version", PACKAGE_FORMAT_VERSION)),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InputError(f"the package's {PACKAGE_METADATA_FILE} is malformed: {exc}") from None
+
+
+def as_input_tuple(inputs: Tensor | tuple[Tensor, ...] | list[Tensor]) -> tuple[Tensor, ...]:
+    """Accept one tensor or a sequence of tensors as the model's positional inputs."""
+    if isinstance(inputs, Tensor):
+        return (inputs,)
+    result = tuple(inputs)
+    if not result or not all(isinstance(t, Tensor) for t in result):
+        raise InputError("inputs must be a tensor or a non-empty tuple of tensors")
+    return result
+
+
+def check_batch_shapes(inputs: tuple[Tensor, ...], targets: Tensor) -> int:
+    """All tensors share the batch dimension; return the batch size."""
+    sizes = {t.shape[0] if t.dim() else None for t in (*inputs, targets)}
+    if len(sizes) != 1 or None in sizes:
+        shapes = [tuple(t.shape) for t in (*inputs, targets)]
+        raise InputError(f"inputs and targets must share the batch dimension 0; got shapes {shapes}")
+    batch = sizes.pop()
+    assert batch is not None
+    return batch
+
+
+def _dynamic_batch_shapes(inputs: tuple[Tensor, ...]) -> dict[str, object]:
+    """Mark dimension 0 of every input and the targets as one dynamic batch dimension."""
+    batch = torch.export.Dim("batch")
+    return {"inputs": tuple({0: batch} for _ in inputs), "targets": {0: batch}}
+
+
+def export_per_sample_loss(
+    model: torch.nn.Module,
+    loss: str | LossFn,
+    inputs: Tensor | tuple[Tensor, ...],
+    targets: Tensor,
+) -> torch.export.ExportedProgram:
+    """Export model+loss in train mode with a dynamic batch dim; explain failures."""
+    inputs = as_input_tuple(inputs)
+    batch = check_batch_shapes(inputs, targets)
+    if batch < 2:
+        raise InputError("the example batch needs at least 2 samples to export a dynamic batch")
+    wrapper = PerSampleLoss(model, loss).train()
+    with torch.no_grad():
+        probe = wrapper(*inputs, targets=targets)
+    if probe.shape != (batch,):
+        raise InputError(f"the loss must give one value per sample, shape [{batch}]; got {tuple(probe.shape)}")
+    try:
+        return torch.export.export(
+            wrapper, inputs, kwargs={"targets": targets}, dynamic_shapes=_dynamic_batch_shapes(inputs)
+        )
+    except Exception as exc:  # torch.export raises many unrelated types
+        raise ExportUnsupportedError(
+            f"torch.export could not trace this model: {type(exc).__name__}: {str(exc)[:600]}\n"
+            "What to do: remove data-dependent Python control flow (use torch.cond or torch.where), "
+            "avoid .item()/.tolist() and Python-side randomness in forward; or package it as "
+            "TorchScript with gradhealth.package(..., format='torchscript'); or ask your "
+            "deployment to register a server-side factory (entry-point group gradhealth.models)."
+        ) from exc
+
+
+def trace_torchscript(
+    model: torch.nn.Module,
+    loss: str | LossFn,
+    inputs: Tensor | tuple[Tensor, ...],
+    targets: Tensor,
+) -> torch.jit.ScriptModule:
+    """Trace model+loss to TorchScript whose forward(*inputs, targets) gives the loss vector."""
+    inputs = as_input_tuple(inputs)
+    check_batch_shapes(inputs, targets)
+    wrapper = _PositionalPerSampleLoss(PerSampleLoss(model, loss)).train()
+    try:
+        return torch.jit.trace(wrapper, (*inputs, targets), check_trace=False)
+    except Exception as exc:
+        raise ExportUnsupportedError(
+            f"TorchScript tracing failed: {type(exc).__name__}: {str(exc)[:600]}"
+        ) from exc
+
+
+class _PositionalPerSampleLoss(torch.nn.Module):
+    """TorchScript tracing takes positional arguments only: targets come last."""
+
+    def __init__(self, inner: PerSampleLoss) -> None:
+        super().__init__()
+        self.model = inner.model
+        self._loss_fn = inner._loss_fn
+
+    def forward(self, *args: Tensor) -> Tensor:
+        return per_sample(self._loss_fn(self.model(*args[:-1]), args[-1]))

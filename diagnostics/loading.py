@@ -1,0 +1,131 @@
+"""Load a model package (torch.export or TorchScript) without unpickling client bytes."""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, fx
+
+from .errors import InputError
+from .export import PACKAGE_METADATA_FILE, PackageMetadata
+from .losses import LossFn, per_sample, resolve_loss
+
+WRAPPER_PREFIX = "model."
+
+
+@dataclass
+class LoadedModel:
+    """A runnable model that maps (inputs, targets) to a per-sample loss vector."""
+
+    module: torch.nn.Module
+    format: str  # "torch.export" | "torchscript"
+    returns_loss: bool
+    loss_fn: LossFn | None
+    graph_module: fx.GraphModule | None
+    param_prefix: str
+
+    def per_sample_loss(self, inputs: tuple[Tensor, ...], targets: Tensor) -> Tensor:
+        """Run forward and return the loss vector [B]."""
+        if self.returns_loss:
+            if self.format == "torchscript":
+                return self.module(*inputs, targets)
+            return self.module(*inputs, targets=targets)
+        assert self.loss_fn is not None
+        return per_sample(self.loss_fn(self.module(*inputs), targets))
+
+    def display_name(self, path: str) -> str:
+        """The user's own module path, without our wrapper's prefix."""
+        if self.param_prefix and path.startswith(self.param_prefix):
+            return path[len(self.param_prefix) :]
+        return "(model)" if path + "." == self.param_prefix else path
+
+
+def _bind_loss(returns_loss: bool, loss: str | LossFn | None) -> LossFn | None:
+    if returns_loss:
+        return None
+    if loss is None:
+        raise InputError(
+            "this model returns outputs, not a loss: name the loss (e.g. --loss cross_entropy), "
+            "or build the package with gradhealth.package(model, loss, ...)"
+        )
+    return resolve_loss(loss)
+
+
+def from_exported_program(
+    ep: torch.export.ExportedProgram, metadata: PackageMetadata | None, loss: str | LossFn | None
+) -> LoadedModel:
+    """Wrap an exported program (ours, or a plain export plus a named loss)."""
+    returns_loss = metadata is not None and metadata.returns_loss
+    gm = ep.module()
+    if not isinstance(gm, fx.GraphModule):
+        raise InputError("the exported program did not unflatten to a graph module")
+    return LoadedModel(
+        module=gm,
+        format="torch.export",
+        returns_loss=returns_loss,
+        loss_fn=_bind_loss(returns_loss, loss),
+        graph_module=gm,
+        param_prefix=WRAPPER_PREFIX if returns_loss else "",
+    )
+
+
+def sniff_format(path: str | os.PathLike[str]) -> str:
+    """Tell a torch.export archive from a TorchScript archive by its entries."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise InputError(
+            f"{os.fspath(path)!r} is not a model package (expected a .pt2 torch.export archive "
+            f"or a TorchScript archive, both zip files): {exc}"
+        ) from None
+    if any(n.endswith("/archive_format") or n.endswith("/archive_version") for n in names):
+        return "torch.export"
+    if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+        return "torchscript"
+    raise InputError(
+        f"{os.fspath(path)!r} is a zip file but neither a torch.export (.pt2) nor a TorchScript archive"
+    )
+
+
+def load_package(path: str | os.PathLike[str], loss: str | LossFn | None = None) -> LoadedModel:
+    """Load a package file after the safety checks; the loss is needed for plain models."""
+    fmt = sniff_format(path)
+    extra = {PACKAGE_METADATA_FILE: ""}
+    if fmt == "torch.export":
+        from .archive_check import check_graph_targets, check_pt2_archive
+
+        check_pt2_archive(path)
+        try:
+            ep = torch.export.load(os.fspath(path), extra_files=extra)
+        except Exception as exc:
+            raise InputError(f"cannot load the torch.export archive: {type(exc).__name__}: {exc}") from None
+        check_graph_targets(ep)
+        metadata = PackageMetadata.from_json(extra[PACKAGE_METADATA_FILE]) if extra[PACKAGE_METADATA_FILE] else None
+        return from_exported_program(ep, metadata, loss)
+    return _load_torchscript(path, loss)
+
+
+def _load_torchscript(path: str | os.PathLike[str], loss: str | LossFn | None) -> LoadedModel:
+    """TorchScript archives are read by TorchScript's own restricted loader, not pickle."""
+    extra = {PACKAGE_METADATA_FILE: ""}
+    try:
+        module = torch.jit.load(os.fspath(path), map_location="cpu", _extra_files=extra)
+    except Exception as exc:
+        raise InputError(f"cannot load the TorchScript archive: {type(exc).__name__}: {exc}") from None
+    raw = extra[PACKAGE_METADATA_FILE]
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    metadata = PackageMetadata.from_json(text) if text else None
+    returns_loss = metadata is not None and metadata.returns_loss
+    module.train()
+    return LoadedModel(
+        module=module,
+        format="torchscript",
+        returns_loss=returns_loss,
+        loss_fn=_bind_loss(returns_loss, loss),
+        graph_module=None,
+        param_prefix=WRAPPER_PREFIX if returns_loss else "",
+    )

@@ -1,0 +1,131 @@
+"""What one instrumented pass measured, in the form the rules read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .options import AnalysisOptions
+
+
+@dataclass
+class LayerMeasure:
+    """A module that owns parameters, in depth (forward) order."""
+
+    name: str
+    type: str
+    depth: int
+    numel: int
+    grad_norm: float | None
+    weight_norm: float
+    update_norm: float | None
+    nonfinite: int
+    flushed: int
+    flushed_scaled: int
+    subnormal: int
+    nonzero_grads: int
+    missing_grads: int
+    weight_std: float | None = None
+    fan_in: int | None = None
+    fan_out: int | None = None
+    next_activation: str | None = None
+    output_rms: float | None = None
+    output_grad_rms: float | None = None
+    output_nonfinite: int = 0
+    output_grad_nonfinite: int = 0
+
+    @property
+    def grad_rms(self) -> float | None:
+        """Root-mean-square of the parameter gradient."""
+        return None if self.grad_norm is None else self.grad_norm / max(self.numel, 1) ** 0.5
+
+    @property
+    def weight_rms(self) -> float:
+        """Root-mean-square of the parameters."""
+        return self.weight_norm / max(self.numel, 1) ** 0.5
+
+    @property
+    def grad_to_weight(self) -> float | None:
+        """Relative gradient ||g|| / ||W||: how fast plain SGD moves this layer."""
+        if self.grad_norm is None or self.weight_norm == 0:
+            return None
+        return self.grad_norm / self.weight_norm
+
+    @property
+    def update_to_weight(self) -> float | None:
+        """||first optimizer step|| / ||W||."""
+        if self.update_norm is None or self.weight_norm == 0:
+            return None
+        return self.update_norm / self.weight_norm
+
+
+@dataclass
+class ActivationMeasure:
+    """One activation op of the graph (module or functional)."""
+
+    name: str
+    kind: str
+    order: int
+    mean: float
+    std: float
+    dead: float | None
+    saturated: float | None
+    nonfinite: int
+    numel_per_sample: int
+
+
+@dataclass
+class RecurrentMeasure:
+    """Gradient reaching each time step of a recurrent layer's input."""
+
+    name: str
+    op: str
+    per_step_norm: list[float]
+
+
+@dataclass
+class InputMeasure:
+    """Statistics of one floating-point model input."""
+
+    index: int
+    shape: list[int]
+    mean: float
+    std: float
+    min: float
+    max: float
+    channel_means: list[float] | None = None
+
+
+@dataclass
+class NonFiniteOrigin:
+    """Where the first NaN/Inf appeared."""
+
+    phase: str  # "input" | "weights" | "forward" | "backward" | "loss"
+    layer: str
+    op: str
+    detail: str
+
+
+@dataclass
+class Measurements:
+    """Everything the rules may read."""
+
+    options: AnalysisOptions
+    batch_size: int
+    loss: float
+    layers: list[LayerMeasure]
+    activations: list[ActivationMeasure] = field(default_factory=list)
+    recurrent: list[RecurrentMeasure] = field(default_factory=list)
+    inputs: list[InputMeasure] = field(default_factory=list)
+    nonfinite_origin: NonFiniteOrigin | None = None
+    hessian_max_eigenvalue: float | None = None
+    graph_available: bool = True
+
+    @property
+    def global_grad_norm(self) -> float | None:
+        """The norm clip_grad_norm_ would see."""
+        squares = [layer.grad_norm**2 for layer in self.layers if layer.grad_norm is not None]
+        return sum(squares) ** 0.5 if squares else None
+
+    def layers_with_grad(self) -> list[LayerMeasure]:
+        """Layers that received a finite gradient."""
+        return [layer for layer in self.layers if layer.grad_norm is not None and layer.nonfinite == 0]

@@ -1,0 +1,36 @@
+"""Analysis options shared by the engine, the CLI and (later) the REST API."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Precision = Literal["fp32", "fp16", "bf16"]
+KNOWN_CHECKS = ("standard", "curvature")
+
+
+class OptimizerSpec(BaseModel):
+    """The optimizer the user trains with; needed for update-size and lr rules."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Literal["sgd", "adam", "adamw"]
+    lr: float = Field(gt=0)
+    momentum: float = Field(default=0.0, ge=0, lt=1)
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = Field(default=0.0, ge=0)
+    eps: float = Field(default=1e-8, gt=0)
+
+
+class AnalysisOptions(BaseModel):
+    """What to check and under which training set-up."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    loss: str | None = None
+    optimizer: OptimizerSpec | None = None
+    precision: Precision = "fp32"
+    checks: tuple[Literal["standard", "curvature"], ...] = ("standard",)
+    device: str | None = None
+    curvature_iterations: int = Field(default=30, ge=2, le=500)

@@ -1,0 +1,150 @@
+"""Assemble the JSON report from measurements and findings."""
+
+from __future__ import annotations
+
+import math
+import platform
+from collections import Counter
+
+import torch
+from torch import Tensor
+
+from .curvature import stability_limit
+from .measurements import ActivationMeasure, LayerMeasure, Measurements
+from .schema import ActivationStats, Finding, LayerStats, ModelInfo, Report, health_of
+
+
+def _finite(value: float | None) -> float | None:
+    """JSON has no NaN/Inf: report them as null (the non_finite finding says why)."""
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _activation(a: ActivationMeasure) -> ActivationStats:
+    return ActivationStats(kind=a.kind, dead_fraction=a.dead, saturated_fraction=a.saturated,
+                           mean=_finite(a.mean) or 0.0, std=_finite(a.std) or 0.0)
+
+
+def _layer(layer: LayerMeasure, activation: ActivationMeasure | None) -> LayerStats:
+    flushed = layer.flushed / layer.numel if layer.grad_norm is not None and layer.numel else None
+    return LayerStats(
+        name=layer.name,
+        type=layer.type,
+        num_parameters=layer.numel,
+        grad_norm=_finite(layer.grad_norm),
+        grad_rms=_finite(layer.grad_rms),
+        weight_norm=_finite(layer.weight_norm),
+        weight_rms=_finite(layer.weight_rms),
+        grad_to_weight=_finite(layer.grad_to_weight),
+        update_to_weight=_finite(layer.update_to_weight),
+        nonfinite=layer.nonfinite,
+        fp16_underflow_fraction=flushed,
+        output_grad_rms=_finite(layer.output_grad_rms),
+        output_rms=_finite(layer.output_rms),
+        activation=_activation(activation) if activation else None,
+        extra={"weight_std": _finite(layer.weight_std), "fan_in": layer.fan_in, "next_activation": layer.next_activation},
+    )
+
+
+def layer_table(m: Measurements) -> list[LayerStats]:
+    """Parameter layers in depth order, with activation-only entries after the layer they follow."""
+    by_name = {a.name: a for a in m.activations}
+    used: set[str] = set()
+    rows: list[LayerStats] = []
+    pending = list(m.activations)
+    for layer in m.layers:
+        activation = by_name.get(layer.name)
+        if activation:
+            used.add(activation.name)
+        rows.append(_layer(layer, activation))
+        while pending and pending[0].name in used:
+            pending.pop(0)
+    for a in m.activations:
+        if a.name not in used:
+            rows.append(LayerStats(name=a.name, type=a.kind, num_parameters=0, nonfinite=a.nonfinite, activation=_activation(a)))
+    order = {a.name: a.order for a in m.activations}
+    depth = {layer.name: layer.depth for layer in m.layers}
+    return rows if not order else _interleave(rows, depth, order, m)
+
+
+def _interleave(rows: list[LayerStats], depth: dict[str, int], order: dict[str, int], m: Measurements) -> list[LayerStats]:
+    """Place activation-only rows after the parameter layer that precedes them in the graph."""
+    params = [r for r in rows if r.name in depth]
+    acts = [r for r in rows if r.name not in depth]
+    follows = {layer.name: layer.next_activation for layer in m.layers}
+    result: list[LayerStats] = []
+    remaining = sorted(acts, key=lambda r: order.get(r.name, 0))
+    for row in params:
+        result.append(row)
+        if follows.get(row.name) and remaining and remaining[0].activation and remaining[0].activation.kind == follows[row.name]:
+            result.append(remaining.pop(0))
+    return result + remaining
+
+
+def summary(findings: list[Finding], num_layers: int) -> str:
+    """One sentence: the verdict and the rules behind it."""
+    serious = [f for f in findings if f.severity != "info"]
+    if not serious:
+        return f"Gradients flow well through all {num_layers} layers; no problems found."
+    counts = Counter(f.severity for f in serious)
+    parts = ", ".join(f"{counts[s]} {s}" for s in ("critical", "error", "warning") if counts[s])
+    rules = "; ".join(f"{f.rule} ({', '.join(f.layers[:3]) or 'model'})" for f in serious[:4])
+    return f"{parts}: {rules}."
+
+
+def metrics(m: Measurements) -> dict[str, float | int | None | list[float] | dict[str, float]]:
+    """Whole-model numbers: loss, global norm, curvature, input scale."""
+    result: dict[str, float | int | None | list[float] | dict[str, float]] = {
+        "loss": _finite(m.loss),
+        "global_grad_norm": _finite(m.global_grad_norm),
+        "batch_size": m.batch_size,
+    }
+    if m.hessian_max_eigenvalue is not None:
+        result["hessian_max_eigenvalue"] = _finite(m.hessian_max_eigenvalue)
+        opt = m.options.optimizer
+        if opt is not None and opt.name == "sgd":
+            result["stability_limit"] = stability_limit(opt.lr, opt.momentum)
+    for x in m.inputs:
+        result[f"input_{x.index}"] = {"mean": x.mean, "std": x.std, "min": x.min, "max": x.max}
+    return result
+
+
+def build(
+    *,
+    report_id: str,
+    measurements: Measurements,
+    findings: list[Finding],
+    model_format: str,
+    params: dict[str, Tensor],
+    device: torch.device,
+    timings: dict[str, float],
+) -> Report:
+    """The report of one checkpoint analysis."""
+    first = next(iter(params.values()), None)
+    rows = layer_table(measurements)
+    return Report(
+        id=report_id,
+        kind="checkpoint",
+        health=health_of(findings),
+        summary=summary(findings, len(measurements.layers)),
+        model={
+            "format": model_format,
+            "num_parameters": sum(p.numel() for p in params.values()),
+            "num_layers": len(measurements.layers),
+            "dtype": str(first.dtype).replace("torch.", "") if first is not None else "n/a",
+            "device": str(device),
+        },
+        findings=findings,
+        layers=rows,
+        metrics=metrics(measurements),
+        timings={k: round(v, 6) for k, v in timings.items()},
+        environment={
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "device": str(device),
+            "precision": measurements.options.precision,
+            "probes": "graph" if measurements.graph_available else "parameters-only (TorchScript: no activation probes)",
+        },
+    )
+
+
+ModelInfoType = ModelInfo

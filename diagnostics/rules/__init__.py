@@ -1,0 +1,43 @@
+"""The checkpoint rules: each module reads Measurements and returns findings."""
+
+from __future__ import annotations
+
+from ..measurements import Measurements
+from ..schema import SEVERITY_ORDER, Finding
+from . import (
+    dead_relu,
+    exploding_gradient,
+    fp16_underflow,
+    input_not_normalized,
+    lr_too_high,
+    non_finite,
+    poor_initialization,
+    saturated_activation,
+    unused_parameters,
+    update_ratio,
+    vanishing_gradient,
+)
+
+RULES = (
+    non_finite,
+    vanishing_gradient,
+    exploding_gradient,
+    dead_relu,
+    saturated_activation,
+    unused_parameters,
+    input_not_normalized,
+    lr_too_high,
+    update_ratio,
+    fp16_underflow,
+    poor_initialization,
+)
+RULE_IDS = tuple(rule.RULE_ID for rule in RULES)
+
+
+def evaluate_rules(m: Measurements) -> list[Finding]:
+    """Run every rule; worst findings first. When gradients are NaN, the other rules are moot."""
+    findings = non_finite.evaluate(m)
+    if not findings:
+        for rule in RULES[1:]:
+            findings.extend(rule.evaluate(m))
+    return sorted(findings, key=lambda f: -SEVERITY_ORDER[f.severity])

@@ -1,0 +1,44 @@
+"""Shared shape of the two activation-fraction rules (dead and saturated units)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..measurements import ActivationMeasure, Measurements
+from ..schema import Finding, Remediation
+from .common import batch_confidence, fmt, span
+
+
+def fraction_findings(
+    m: Measurements,
+    *,
+    rule: str,
+    title: str,
+    kinds: set[str],
+    value: Callable[[ActivationMeasure], float | None],
+    warning: float,
+    error: float,
+    describe: str,
+    remediation: list[Remediation],
+) -> list[Finding]:
+    """One finding per rule listing every activation whose fraction crosses the warning level."""
+    hits = [(a, value(a)) for a in m.activations if a.kind in kinds and value(a) is not None]
+    flagged = [(a, v) for a, v in hits if v is not None and v >= warning]
+    if not flagged:
+        return []
+    worst = max(v for _, v in flagged if v is not None)
+    names = [a.name for a, _ in flagged]
+    details = ", ".join(f"{a.name} ({a.kind}) {fmt(100 * v)}%" for a, v in flagged[:8] if v is not None)
+    return [
+        Finding(
+            rule=rule,
+            severity="error" if worst >= error else "warning",
+            title=title,
+            message=f"{describe} in {span(names)}: {details}.",
+            layers=names,
+            evidence={"worst_fraction": worst, **{f"fraction:{a.name}": v for a, v in flagged[:20]}},
+            thresholds={"warning_fraction": warning, "error_fraction": error},
+            remediation=remediation,
+            confidence=batch_confidence(m.batch_size, full_at=16),
+        )
+    ]

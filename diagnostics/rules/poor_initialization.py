@@ -1,0 +1,118 @@
+"""poor_initialization: weight scales that make the forward signal grow or shrink with depth."""
+
+from __future__ import annotations
+
+import math
+
+from ..measurements import LayerMeasure, Measurements
+from ..schema import Finding, Remediation
+from .common import REFS, fmt, orders_of_magnitude, span
+
+RULE_ID = "poor_initialization"
+
+# Variance-preserving std is gain / sqrt(fan_in) (He et al. 2015; LeCun 1998), with the gains of
+# torch.nn.init.calculate_gain. Each layer scales the signal by about std / that value, so L layers
+# scale it by that ratio^L; Xavier on ReLU (ratio 1/sqrt(2)) halves the variance per layer.
+GAINS = {
+    "relu": math.sqrt(2.0), "relu6": math.sqrt(2.0), "leaky_relu": math.sqrt(2.0 / (1 + 0.01**2)),
+    "gelu": math.sqrt(2.0), "silu": math.sqrt(2.0), "elu": math.sqrt(2.0), "mish": math.sqrt(2.0),
+    "tanh": 5.0 / 3.0, "selu": 0.75, "sigmoid": 1.0,
+}
+# A layer is off-scale when its std differs from the variance-preserving one by more than 25%.
+MISMATCH = 1.25
+# Fire when the measured forward signal changes by 10x (warning) or 100x (error) across a run of
+# at least 3 consecutive off-scale layers in the same direction.
+MIN_RUN = 3
+WARNING_DRIFT = 10.0
+ERROR_DRIFT = 100.0
+_INIT_LAYERS = ("Linear", "Conv1d", "Conv2d", "Conv3d")
+_SATURATING = {"sigmoid", "tanh"}
+
+
+def recommended_std(layer: LayerMeasure) -> float | None:
+    """Kaiming/LeCun std for the layer's fan-in and following activation."""
+    if not layer.fan_in:
+        return None
+    return GAINS.get(layer.next_activation or "", 1.0) / math.sqrt(layer.fan_in)
+
+
+def _runs(m: Measurements) -> list[list[tuple[LayerMeasure, float]]]:
+    """Consecutive initialisable layers whose scale errs in the same direction."""
+    runs: list[list[tuple[LayerMeasure, float]]] = []
+    current: list[tuple[LayerMeasure, float]] = []
+    direction = 0
+    for layer in m.layers:
+        target = recommended_std(layer)
+        if layer.type not in _INIT_LAYERS or target is None or not layer.weight_std:
+            continue
+        ratio = layer.weight_std / target
+        sign = 1 if ratio > MISMATCH else (-1 if ratio < 1 / MISMATCH else 0)
+        if sign != 0 and sign == direction:
+            current.append((layer, ratio))
+        else:
+            if current:
+                runs.append(current)
+            current = [(layer, ratio)] if sign else []
+            direction = sign
+    if current:
+        runs.append(current)
+    return runs
+
+
+def _saturating(m: Measurements, run: list[tuple[LayerMeasure, float]]) -> bool:
+    kinds = {layer.next_activation for layer, _ in run}
+    names = {a.name for a in m.activations if a.kind in _SATURATING and (a.saturated or 0) >= 0.5}
+    return bool(kinds & _SATURATING) and bool(names)
+
+
+def evaluate(m: Measurements) -> list[Finding]:
+    """Fire on a run of off-scale layers that measurably distorts the signal or saturates units."""
+    findings = []
+    for run in _runs(m):
+        if len(run) < MIN_RUN:
+            continue
+        first, last = run[0][0], run[-1][0]
+        drift = (last.output_rms / first.output_rms) if first.output_rms and last.output_rms else None
+        big = all(r > 1 for _, r in run)
+        magnitude = max(drift, 1 / drift) if drift else 1.0
+        saturates = big and _saturating(m, run)
+        if magnitude < WARNING_DRIFT and not saturates:
+            continue
+        activation = first.next_activation or "linear"
+        init = "kaiming_normal" if activation in ("relu", "relu6", "leaky_relu", "gelu", "silu") else "xavier_normal"
+        ratios = [r for _, r in run]
+        names = [layer.name for layer, _ in run]
+        findings.append(
+            Finding(
+                rule=RULE_ID,
+                severity="error" if magnitude >= ERROR_DRIFT else "warning",
+                title="Initialisation scale distorts the signal",
+                message=f"{span(names)} ({activation}) have weight std {fmt(min(ratios))}–{fmt(max(ratios))}× the "
+                f"variance-preserving value gain/sqrt(fan_in)"
+                + (f"; the forward signal {'grows' if (drift or 1) > 1 else 'shrinks'} 10^{orders_of_magnitude(drift):.1f} across them" if drift else "")
+                + ("; the following sigmoid/tanh units saturate" if saturates else "")
+                + ".",
+                layers=names,
+                evidence={
+                    "std_to_recommended": [float(r) for r in ratios],
+                    "signal_ratio_last_to_first": drift,
+                    "activation": activation,
+                },
+                thresholds={"mismatch_factor": MISMATCH, "warning_drift": WARNING_DRIFT, "error_drift": ERROR_DRIFT, "min_layers": MIN_RUN},
+                remediation=[
+                    Remediation(
+                        action="reinitialize",
+                        detail=f"Initialise these layers with {init} for {activation} (std = gain/sqrt(fan_in)).",
+                        snippet=(
+                            f"nn.init.kaiming_normal_(layer.weight, nonlinearity='{activation if activation in ('relu', 'leaky_relu') else 'relu'}')"
+                            if init == "kaiming_normal"
+                            else f"nn.init.xavier_normal_(layer.weight, gain=nn.init.calculate_gain('{activation if activation in ('tanh', 'sigmoid') else 'linear'}'))"
+                        ),
+                        references=[REFS["he2015"], REFS["glorot2010"], REFS["lecun1998"]],
+                        params={"init": init, "activation": activation},
+                    )
+                ],
+                confidence=0.85,
+            )
+        )
+    return findings

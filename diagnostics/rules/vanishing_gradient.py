@@ -1,0 +1,125 @@
+"""vanishing_gradient: the back-propagated gradient dies out toward the input, or back in time."""
+
+from __future__ import annotations
+
+from ..measurements import Measurements, RecurrentMeasure
+from ..schema import Finding, Remediation
+from .common import REFS, batch_confidence, fmt, orders_of_magnitude, span
+from .gradient_profile import Profile, gradient_profile
+
+RULE_ID = "vanishing_gradient"
+
+# AUTOTRAINER (Zhang et al., ICSE 2021) flags first/last gradient ratios below 1e-3. A healthy
+# network keeps the back-propagated signal within about one order of magnitude across depth
+# (Glorot & Bengio 2010; our healthy zoo stays within 10x), so 100x is already a warning.
+WARNING_RATIO = 1e-2
+ERROR_RATIO = 1e-3
+
+_SATURATING = {"sigmoid", "tanh", "hardsigmoid", "hardtanh"}
+
+
+def _depth_finding(m: Measurements, profile: Profile) -> Finding | None:
+    ratio = profile.ratio
+    if ratio >= WARNING_RATIO:
+        return None
+    last = profile.values[-1]
+    weak = [layer.name for layer, value in zip(profile.layers, profile.values, strict=True) if value < last * WARNING_RATIO]
+    kinds = {layer.next_activation for layer in profile.layers if layer.next_activation}
+    remediation = [
+        Remediation(
+            action="use_relu_and_kaiming_init",
+            detail="Use ReLU-family activations with Kaiming-normal init so each layer keeps the gradient scale.",
+            snippet="for m in model.modules():\n    if isinstance(m, (nn.Linear, nn.Conv2d)):\n"
+            "        nn.init.kaiming_normal_(m.weight, nonlinearity='relu'); nn.init.zeros_(m.bias)",
+            references=[REFS["he2015"], REFS["glorot2010"]],
+            params={"init": "kaiming_normal", "activation": "relu"},
+        ),
+        Remediation(
+            action="add_normalization_or_residuals",
+            detail="Add BatchNorm/LayerNorm between layers, or residual connections, so the gradient has a short path.",
+            references=[REFS["ioffe2015"], REFS["ba2016"], REFS["he2016"]],
+        ),
+    ]
+    if kinds & _SATURATING:
+        remediation.insert(
+            0,
+            Remediation(
+                action="replace_saturating_activation",
+                detail=f"Layers use {', '.join(sorted(kinds & _SATURATING))}: each passes at most 1/4 (sigmoid) of the "
+                "gradient and nothing once saturated. If they must stay, use Xavier (Glorot) init.",
+                snippet="nn.init.xavier_normal_(layer.weight, gain=nn.init.calculate_gain('tanh'))",
+                references=[REFS["glorot2010"]],
+                params={"init": "xavier_normal"},
+            ),
+        )
+    return Finding(
+        rule=RULE_ID,
+        severity="error" if ratio < ERROR_RATIO else "warning",
+        title="Vanishing gradient across depth",
+        message=f"The back-propagated gradient falls 10^{orders_of_magnitude(ratio):.1f} from "
+        f"{profile.layers[-1].name} to {profile.layers[0].name} ({profile.source} {fmt(last)} -> "
+        f"{fmt(profile.values[0])}); layers {span(weak)} barely learn.",
+        layers=weak,
+        evidence={
+            "first_to_last_ratio": ratio,
+            "first_layer_value": profile.values[0],
+            "last_layer_value": last,
+            "measure": profile.source,
+            "profile": [float(v) for v in profile.values],
+        },
+        thresholds={"warning_ratio": WARNING_RATIO, "error_ratio": ERROR_RATIO},
+        remediation=remediation,
+        confidence=batch_confidence(m.batch_size),
+    )
+
+
+def _time_finding(m: Measurements, rnn: RecurrentMeasure) -> Finding | None:
+    steps = rnn.per_step_norm
+    peak = max(steps) if steps else 0.0
+    if len(steps) < 8 or peak <= 0:
+        return None
+    ratio = steps[0] / peak
+    if ratio >= WARNING_RATIO:
+        return None
+    return Finding(
+        rule=RULE_ID,
+        severity="error" if ratio < ERROR_RATIO else "warning",
+        title="Vanishing gradient through time",
+        message=f"In {rnn.name} ({rnn.op.split('.')[-2] if '.' in rnn.op else rnn.op}) the gradient reaching the first of "
+        f"{len(steps)} time steps is 10^{orders_of_magnitude(ratio):.1f} below its peak: early inputs cannot "
+        "influence learning.",
+        layers=[rnn.name],
+        evidence={"first_step_to_peak_ratio": ratio, "time_steps": len(steps), "first_step_norm": steps[0], "peak_norm": peak},
+        thresholds={"warning_ratio": WARNING_RATIO, "error_ratio": ERROR_RATIO},
+        remediation=[
+            Remediation(
+                action="use_gated_recurrence",
+                detail="Use an LSTM or GRU (gates keep a near-constant error flow) or attention over the sequence.",
+                snippet="self.rnn = nn.LSTM(input_size, hidden_size, batch_first=True)",
+                references=[REFS["hochreiter1997"], REFS["pascanu2013"]],
+                params={"layer": "LSTM"},
+            ),
+            Remediation(
+                action="shorten_or_orthogonal_init",
+                detail="Shorten the back-propagation window (truncated BPTT) or initialise the recurrent weights orthogonally.",
+                snippet="nn.init.orthogonal_(rnn.weight_hh_l0)",
+                references=[REFS["pascanu2013"]],
+            ),
+        ],
+        confidence=min(0.9, batch_confidence(m.batch_size)),
+    )
+
+
+def evaluate(m: Measurements) -> list[Finding]:
+    """Fire when the gradient at the first layer (or first time step) is 100x below the last."""
+    findings = []
+    profile = gradient_profile(m)
+    if profile is not None:
+        found = _depth_finding(m, profile)
+        if found:
+            findings.append(found)
+    for rnn in m.recurrent:
+        found = _time_finding(m, rnn)
+        if found:
+            findings.append(found)
+    return findings

@@ -1,0 +1,118 @@
+"""The versioned JSON report schema shared by the engine, the service and the SDK."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = "1"
+
+Severity = Literal["info", "warning", "error", "critical"]
+Health = Literal["healthy", "warning", "error", "critical"]
+
+SEVERITY_ORDER: dict[str, int] = {"info": 0, "warning": 1, "error": 2, "critical": 3}
+
+
+def severity_at_least(severity: str, floor: str) -> bool:
+    """Compare severities by rank, so callers never compare strings."""
+    return SEVERITY_ORDER[severity] >= SEVERITY_ORDER[floor]
+
+
+class Remediation(BaseModel):
+    """One concrete change the user can make, with code and sources."""
+
+    action: str
+    detail: str
+    snippet: str | None = None
+    references: list[str] = Field(default_factory=list)
+    params: dict[str, float | int | str | bool | None] = Field(default_factory=dict)
+
+
+class Finding(BaseModel):
+    """A rule's verdict: what is wrong, where, the numbers and what to do."""
+
+    rule: str
+    severity: Severity
+    title: str
+    message: str
+    layers: list[str] = Field(default_factory=list)
+    step: int | None = None
+    evidence: dict[str, float | int | str | bool | None | list[float] | list[str]] = Field(
+        default_factory=dict
+    )
+    thresholds: dict[str, float | int | str] = Field(default_factory=dict)
+    remediation: list[Remediation] = Field(default_factory=list)
+    confidence: float = Field(ge=0.0, le=1.0)
+
+
+class ActivationStats(BaseModel):
+    """Statistics of one activation op's output on the batch."""
+
+    kind: str
+    dead_fraction: float | None = None
+    saturated_fraction: float | None = None
+    mean: float
+    std: float
+
+
+class LayerStats(BaseModel):
+    """Per-layer gradient, weight and activation statistics from one forward+backward."""
+
+    name: str
+    type: str
+    num_parameters: int
+    grad_norm: float | None = None
+    grad_rms: float | None = None
+    weight_norm: float | None = None
+    weight_rms: float | None = None
+    grad_to_weight: float | None = None
+    update_to_weight: float | None = None
+    nonfinite: int = 0
+    fp16_underflow_fraction: float | None = None
+    output_grad_rms: float | None = None
+    output_rms: float | None = None
+    activation: ActivationStats | None = None
+    extra: dict[str, float | int | str | None | list[float]] = Field(default_factory=dict)
+
+
+class ModelInfo(BaseModel):
+    """What was analysed."""
+
+    format: str
+    num_parameters: int
+    num_layers: int
+    dtype: str
+    device: str
+
+
+class Report(BaseModel):
+    """A gradient-health report (schema version 1)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal["1"] = SCHEMA_VERSION
+    id: str
+    kind: Literal["checkpoint", "run"] = "checkpoint"
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    health: Health
+    summary: str
+    model: ModelInfo
+    findings: list[Finding] = Field(default_factory=list)
+    layers: list[LayerStats] = Field(default_factory=list)
+    metrics: dict[str, float | int | None | list[float] | dict[str, float]] = Field(
+        default_factory=dict
+    )
+    timings: dict[str, float] = Field(default_factory=dict)
+    environment: dict[str, str] = Field(default_factory=dict)
+
+    def findings_for(self, rule: str) -> list[Finding]:
+        """Return the findings of one rule id."""
+        return [f for f in self.findings if f.rule == rule]
+
+
+def health_of(findings: list[Finding]) -> Health:
+    """The report's health is its worst finding; info findings leave it healthy."""
+    worst = max((SEVERITY_ORDER[f.severity] for f in findings), default=0)
+    return ("healthy", "warning", "error", "critical")[worst]  # type: ignore[return-value]

@@ -1,0 +1,37 @@
+"""The `gradhealth` command: client commands always, server commands only when called."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from gradhealth.sdk.commands import add_analyze_parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """All subcommands; server ones import their dependencies lazily."""
+    parser = argparse.ArgumentParser(prog="gradhealth", description="Gradient-health diagnostics for PyTorch models.")
+    parser.add_argument("--version", action="version", version=_version())
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_analyze_parser(subparsers)
+    return parser
+
+
+def _version() -> str:
+    from gradhealth import __version__
+
+    return f"gradhealth {__version__}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help(sys.stderr)
+        return 2
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
