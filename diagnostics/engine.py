@@ -156,15 +156,20 @@ class Analyzer:
         options: AnalysisOptions,
     ) -> Measurements:
         groups = self._layer_groups()
-        stats = layer_param_stats(params, {path: names for path, _, names in groups}, options.optimizer)
-        fwd = bwd = {}
+        param_stats = layer_param_stats(params, {path: names for path, _, names in groups}, options.optimizer)
+        stats = param_stats.layers
+        fwd: dict[int, dict[str, float]] = {}
+        bwd: dict[int, dict[str, Tensor]] = {}
+        bwd_scalars: dict[int, dict[str, float]] = {}
         if self.graph is not None:
-            fwd = {k: {n: float(v) for n, v in d.items() if v.dim() == 0} for k, d in self.graph.recorder.results.forward.items()}
+            fwd = _scalars_to_host(self.graph.recorder.results.forward)
             bwd = self.graph.recorder.results.backward
+            bwd_scalars = _scalars_to_host(bwd)
         layers: list[LayerMeasure] = []
         for depth, (path, type_name, names) in enumerate(groups):
             s = stats[path]
-            weight = self._main_weight(params, names)
+            weight_name = self._main_weight(params, names)
+            weight = params[weight_name] if weight_name else None
             measure = LayerMeasure(
                 name=self.loaded.display_name(path),
                 type=type_name,
@@ -181,16 +186,16 @@ class Analyzer:
                 missing_grads=s.missing_grads,
             )
             if weight is not None:
-                measure.weight_std = float(weight.detach().float().std())
+                measure.weight_std = param_stats.param_std[weight_name]
                 measure.fan_in = weight[0].numel()
                 measure.fan_out = weight.shape[0] * (weight[0][0].numel() if weight.dim() > 2 else 1)
             if self.graph is not None and path in self.graph.layer_probe:
                 probe = self.graph.layer_probe[path]
                 measure.output_rms = fwd.get(probe, {}).get("rms")
                 measure.output_nonfinite = int(fwd.get(probe, {}).get("nonfinite", 0))
-                if probe in bwd:
-                    measure.output_grad_rms = float(bwd[probe]["rms"])
-                    measure.output_grad_nonfinite = int(bwd[probe]["nonfinite"])
+                if probe in bwd_scalars:
+                    measure.output_grad_rms = bwd_scalars[probe]["rms"]
+                    measure.output_grad_nonfinite = int(bwd_scalars[probe]["nonfinite"])
             layers.append(measure)
         activations, recurrent = self._activation_measures(fwd, bwd)
         self._attach_next_activation(layers, activations)
@@ -208,11 +213,11 @@ class Analyzer:
         return measurements
 
     @staticmethod
-    def _main_weight(params: dict[str, Tensor], names: list[str]) -> Tensor | None:
+    def _main_weight(params: dict[str, Tensor], names: list[str]) -> str | None:
         """The layer's weight matrix or kernel (2+ dims), the tensor init schemes talk about."""
         for name in names:
             if name.endswith("weight") and params[name].dim() >= 2:
-                return params[name]
+                return name
         return None
 
     def _activation_measures(
@@ -313,6 +318,18 @@ class Analyzer:
         finally:
             if self.graph is not None:
                 self.graph.recorder.enabled = True
+
+
+def _scalars_to_host(results: dict[int, dict[str, Tensor]]) -> dict[int, dict[str, float]]:
+    """Copy every 0-dim probe statistic to the host in one transfer."""
+    keys = [(probe, name) for probe, stats in results.items() for name, v in stats.items() if v.dim() == 0]
+    if not keys:
+        return {}
+    values = torch.stack([results[p][n].float() for p, n in keys]).cpu().tolist()
+    out: dict[int, dict[str, float]] = {}
+    for (probe, name), value in zip(keys, values, strict=True):
+        out.setdefault(probe, {})[name] = value
+    return out
 
 
 def _input_measures(inputs: tuple[Tensor, ...]) -> list[InputMeasure]:

@@ -45,31 +45,41 @@ class ProbeResults:
     backward: dict[int, dict[str, Tensor]] = field(default_factory=dict)
 
 
+# Bounds equivalent to the derivative thresholds, so each test is one comparison per element.
+_SIGMOID_FLAT_DISTANCE = (0.25 - SIGMOID_FLAT_DERIVATIVE) ** 0.5  # |s - 1/2| above this
+_TANH_FLAT_MAGNITUDE = (1 - TANH_FLAT_DERIVATIVE) ** 0.5  # |y| above this
+
+
+def _fraction(mask: Tensor) -> Tensor:
+    return torch.count_nonzero(mask) / max(mask.numel(), 1)
+
+
 def _activation_stats(kind: str, value: Tensor) -> dict[str, Tensor]:
-    """Dead-unit and saturation statistics of one activation output."""
-    flat = value.detach().float().reshape(value.shape[0], -1) if value.dim() else value.detach()
-    stats = {"mean": flat.mean(), "std": flat.std(), "nonfinite": (~torch.isfinite(flat)).sum()}
+    """Dead-unit and saturation statistics of one activation output, in as few passes as possible."""
+    data = value.detach()
+    flat = data.reshape(data.shape[0], -1) if data.dim() > 1 else data.reshape(-1, 1)
+    std, mean = torch.std_mean(flat.float() if flat.dtype != torch.float32 else flat)
+    stats = {"mean": mean, "std": std, "nonfinite": (~torch.isfinite(mean + std)).float()}
     if kind in ("relu", "relu6"):
         # A unit is dead when it is inactive for every sample of the batch.
-        stats["dead"] = 1.0 - (flat > 0).any(dim=0).float().mean()
+        stats["dead"] = 1.0 - _fraction((flat > 0).any(dim=0))
     if kind == "sigmoid":
-        stats["saturated"] = (flat * (1 - flat) < SIGMOID_FLAT_DERIVATIVE).float().mean()
+        stats["saturated"] = _fraction((flat - 0.5).abs() > _SIGMOID_FLAT_DISTANCE)
     elif kind == "tanh":
-        stats["saturated"] = (1 - flat.square() < TANH_FLAT_DERIVATIVE).float().mean()
+        stats["saturated"] = _fraction(flat.abs() > _TANH_FLAT_MAGNITUDE)
     elif kind == "hardsigmoid":
-        stats["saturated"] = ((flat <= 0) | (flat >= 1)).float().mean()
+        stats["saturated"] = _fraction((flat <= 0) | (flat >= 1))
     elif kind == "hardtanh":
         lo, hi = flat.min(), flat.max()
-        stats["saturated"] = ((flat <= lo) | (flat >= hi)).float().mean() * (hi > lo).float()
+        stats["saturated"] = _fraction((flat <= lo) | (flat >= hi)) * (hi > lo).float()
     return stats
 
 
 def _tensor_norms(value: Tensor) -> dict[str, Tensor]:
-    data = value.detach().float()
-    return {
-        "rms": data.square().mean().sqrt(),
-        "nonfinite": (~torch.isfinite(data)).sum(),
-    }
+    """RMS in one fused pass; a non-finite RMS flags NaN/Inf without an isfinite pass."""
+    data = value.detach()
+    rms = torch.linalg.vector_norm(data, dtype=torch.float32) / max(data.numel(), 1) ** 0.5
+    return {"rms": rms, "nonfinite": (~torch.isfinite(rms)).float()}
 
 
 class ProbeRecorder(torch.nn.Module):

@@ -17,7 +17,7 @@ def evaluate(m: Measurements) -> list[Finding]:
     """Fire for layers with no gradient at all (not in the graph) or an all-zero gradient."""
     unused = [layer for layer in m.layers if layer.missing_grads and layer.grad_norm is None]
     partly = [layer for layer in m.layers if layer.missing_grads and layer.grad_norm is not None]
-    zero = [layer for layer in m.layers if layer.grad_norm is not None and layer.nonzero_grads == 0 and not layer.nonfinite]
+    zero = [layer for layer in m.layers if layer.grad_norm == 0 and not layer.nonfinite]
     findings = []
     if unused or partly:
         names = [layer.name for layer in unused + partly]
