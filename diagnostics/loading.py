@@ -44,7 +44,11 @@ class LoadedModel:
 
 
 def _bind_loss(returns_loss: bool, loss: str | LossFn | None) -> LossFn | None:
+    """Plain models need a named loss; packages built with gradhealth.package carry their own."""
     if returns_loss:
+        if loss is not None:
+            resolve_loss(loss)  # an unknown name is still an error worth reporting first
+            raise InputError("this package already computes its loss (built with gradhealth.package); drop the loss option")
         return None
     if loss is None:
         raise InputError(
