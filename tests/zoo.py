@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +28,9 @@ from torch import Tensor, nn
 
 __all__ = ["ZooCase", "PATHOLOGICAL", "HEALTHY", "ALL", "by_name"]
 
-BuildResult = tuple[nn.Module, "str | Callable[[Tensor, Tensor], Tensor]", tuple[Tensor, ...], Tensor]
+BuildResult = tuple[
+    nn.Module, "str | Callable[[Tensor, Tensor], Tensor]", tuple[Tensor, ...], Tensor
+]
 
 
 @dataclass(frozen=True)
@@ -36,9 +38,9 @@ class ZooCase:
     name: str
     arch: str
     build: Callable[[], BuildResult]
-    expect: dict[str, tuple[str, ...]]
+    expect: dict[str, tuple[str, ...]] = field(hash=False)
     healthy: bool
-    optimizer: dict | None = None
+    optimizer: dict | None = field(default=None, hash=False)
     precision: str = "fp32"
     checks: tuple[str, ...] = ("standard",)
     note: str = ""
@@ -279,9 +281,7 @@ class FeatureTransformer(nn.Module):
     def __init__(self, features: int, d: int, layers: int, classes: int, ff: int = 128):
         super().__init__()
         self.proj = nn.Linear(features, d)
-        layer = nn.TransformerEncoderLayer(
-            d, 4, ff, dropout=0.0, batch_first=True, norm_first=True
-        )
+        layer = nn.TransformerEncoderLayer(d, 4, ff, dropout=0.0, batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(
             layer, layers, norm=nn.LayerNorm(d), enable_nested_tensor=False
         )
@@ -312,15 +312,22 @@ def _tokens(n: int, seq_len: int, vocab: int, classes: int) -> tuple[Tensor, Ten
 
 def build_deep_sigmoid_mlp() -> BuildResult:
     torch.manual_seed(0)
-    model = MLP([32] + [128] * 10 + [10], nn.Sigmoid)
-    _init_linears(model, lambda w: nn.init.normal_(w, 0.0, 1.0))
+    model = MLP([32] + [128] * 10 + [10], nn.Sigmoid)  # PyTorch default init
     x, y = _classification(64, 32, 10)
     return model.train(), "cross_entropy", (x,), y
 
 
-def build_deep_relu_mlp_xavier() -> BuildResult:
+def build_sigmoid_mlp_std1_saturated() -> BuildResult:
     torch.manual_seed(0)
-    model = MLP([32] + [128] * 30 + [10], nn.ReLU)
+    model = MLP([256, 128, 128, 128, 10], nn.Sigmoid)
+    _init_linears(model, lambda w: nn.init.normal_(w, 0.0, 1.0))
+    x, y = _classification(64, 256, 10)
+    return model.train(), "cross_entropy", (x,), y
+
+
+def build_deep_relu_mlp_xavier() -> BuildResult:
+    torch.manual_seed(1)  # same seed as deep_relu_mlp_kaiming: identical up to weight scale
+    model = MLP([32] + [128] * 24 + [10], nn.ReLU)
     _init_linears(model, nn.init.xavier_normal_)
     x, y = _classification(64, 32, 10)
     return model.train(), "cross_entropy", (x,), y
@@ -464,7 +471,7 @@ class ResidualMLP(nn.Module):
 
 def build_deep_residual_mlp_no_norm() -> BuildResult:
     torch.manual_seed(0)
-    model = ResidualMLP(32, 64, 24, 4)
+    model = ResidualMLP(32, 64, 20, 4)
     _init_linears(model, _kaiming)
     x = torch.randn(64, 32)
     y = torch.randn(64, 4)
@@ -538,7 +545,7 @@ def build_cnn_inf_weight() -> BuildResult:
 def build_cnn_normal_init_exploding() -> BuildResult:
     torch.manual_seed(0)
     feats: list[nn.Module] = [nn.Conv2d(3, 16, 3, padding=1), nn.ReLU()]
-    for _ in range(5):
+    for _ in range(6):
         feats += [nn.Conv2d(16, 16, 3, padding=1), nn.ReLU()]
     model = ConvNet(feats, 16, 10)
     _init_linears(model, lambda w: nn.init.normal_(w, 0.0, 1.0))
@@ -605,7 +612,7 @@ def build_lstm_sgd_lr_1e9() -> BuildResult:
 
 def build_transformer_tanh_ffn_saturated() -> BuildResult:
     torch.manual_seed(0)
-    d = 64
+    d = 128
     # The FFN has no LayerNorm in front of it, and the N(0,1) embeddings are also
     # multiplied by sqrt(d) (a scaling meant for embeddings initialised with std d^-0.5).
     blocks = [Block(d, 4, 128, nn.Tanh(), norm_attn=True, norm_ffn=False) for _ in range(2)]
@@ -617,9 +624,7 @@ def build_transformer_tanh_ffn_saturated() -> BuildResult:
 def build_transformer_no_norm_exploding() -> BuildResult:
     torch.manual_seed(0)
     d = 64
-    blocks = [
-        Block(d, 4, 128, nn.ReLU(), norm_attn=False, norm_ffn=False) for _ in range(16)
-    ]
+    blocks = [Block(d, 4, 128, nn.ReLU(), norm_attn=False, norm_ffn=False) for _ in range(16)]
     model = TokenTransformer(100, 16, d, blocks, 5, final_norm=False)
     for block in model.blocks:
         _init_linears(block.ffn, _kaiming)
@@ -668,6 +673,8 @@ class PaddedTokenTransformer(nn.Module):
         self.blocks = nn.ModuleList(Block(d, 4, 128, nn.GELU()) for _ in range(2))
         self.norm = nn.LayerNorm(d)
         self.head = nn.Linear(d, classes)
+        nn.init.normal_(self.embed.weight, std=0.2)
+        nn.init.normal_(self.pos.weight, std=0.2)
 
     def forward(self, tokens: Tensor) -> Tensor:
         pad = tokens == 0
@@ -695,8 +702,8 @@ def build_transformer_all_padding_nan() -> BuildResult:
 
 
 def build_deep_relu_mlp_kaiming() -> BuildResult:
-    torch.manual_seed(0)
-    model = MLP([32] + [128] * 30 + [10], nn.ReLU)
+    torch.manual_seed(1)
+    model = MLP([32] + [128] * 24 + [10], nn.ReLU)
     _init_linears(model, _kaiming)
     x, y = _classification(64, 32, 10)
     return model.train(), "cross_entropy", (x,), y
@@ -779,9 +786,18 @@ def build_embedding_transformer_classifier() -> BuildResult:
     blocks = [Block(d, 4, 128, nn.GELU()) for _ in range(2)]
     model = TokenTransformer(100, 16, d, blocks, 5)
     with torch.no_grad():
-        nn.init.normal_(model.embed.weight, std=0.5)
-        nn.init.normal_(model.pos.weight, std=0.5)
+        nn.init.normal_(model.embed.weight, std=0.2)
+        nn.init.normal_(model.pos.weight, std=0.2)
     tokens, y = _tokens(32, 16, 100, 5)
+    return model.train(), "cross_entropy", (tokens,), y
+
+
+def build_padded_transformer_classifier() -> BuildResult:
+    torch.manual_seed(0)
+    model = PaddedTokenTransformer(50, 12, 64, 3)
+    tokens, y = _tokens(32, 12, 50, 3)
+    lengths = torch.randint(3, 13, (32,))
+    tokens = tokens.masked_fill(torch.arange(12) >= lengths[:, None], 0)  # right padding
     return model.train(), "cross_entropy", (tokens,), y
 
 
@@ -807,10 +823,19 @@ PATHOLOGICAL: list[ZooCase] = [
         "deep_sigmoid_mlp",
         "mlp",
         build_deep_sigmoid_mlp,
-        {"vanishing_gradient": ("net.0",), "saturated_activation": ("net.19",)},
+        {"vanishing_gradient": ("net.0",)},
         healthy=False,
-        note="10x128 sigmoid MLP, N(0,1) weights: saturated units, gradient dies toward the "
-        "input (Glorot & Bengio 2010).",
+        note="10x128 sigmoid MLP, default init: sigmoid'<=1/4 per layer, gradient dies toward "
+        "the input (Hochreiter 1991; Glorot & Bengio 2010).",
+    ),
+    ZooCase(
+        "sigmoid_mlp_std1_saturated",
+        "mlp",
+        build_sigmoid_mlp_std1_saturated,
+        {"saturated_activation": ("net.1",)},
+        healthy=False,
+        note="Sigmoid MLP with N(0,1) weights on 256 inputs: pre-activations ~N(0,16^2), most "
+        "units in the flat region (LeCun et al. 1998; Glorot & Bengio 2010).",
     ),
     ZooCase(
         "deep_relu_mlp_xavier",
@@ -818,7 +843,7 @@ PATHOLOGICAL: list[ZooCase] = [
         build_deep_relu_mlp_xavier,
         {"vanishing_gradient": ("net.0",), "poor_initialization": ()},
         healthy=False,
-        note="30-layer ReLU MLP with Xavier init: signal halves in variance per layer in both "
+        note="24-layer ReLU MLP with Xavier init: signal halves in variance per layer in both "
         "directions (He et al. 2015).",
     ),
     ZooCase(
@@ -855,9 +880,9 @@ PATHOLOGICAL: list[ZooCase] = [
         build_mlp_sgd_update_ratio_too_big,
         {"update_ratio": ()},
         healthy=False,
-        optimizer={"name": "sgd", "lr": 30.0, "momentum": 0.0},
-        note="SGD lr 30: one step moves the weights by about their own norm (update/weight "
-        "~1e-3 heuristic, Karpathy 2019 'A Recipe for Training Neural Networks').",
+        optimizer={"name": "sgd", "lr": 10.0, "momentum": 0.0},
+        note="SGD lr 10: one step moves the weights by about their own norm (healthy "
+        "update/weight ~1e-3: Karpathy, CS231n notes).",
     ),
     ZooCase(
         "mlp_fp16_underflow_converged",
@@ -901,7 +926,7 @@ PATHOLOGICAL: list[ZooCase] = [
         build_deep_residual_mlp_no_norm,
         {"exploding_gradient": ()},
         healthy=False,
-        note="24 un-normalised residual blocks with Kaiming branches: variance doubles per "
+        note="20 un-normalised residual blocks with Kaiming branches: variance doubles per "
         "block (Zhang et al. 2019, Fixup; De & Smith 2020).",
     ),
     ZooCase(
@@ -936,8 +961,7 @@ PATHOLOGICAL: list[ZooCase] = [
         build_cnn_inf_weight,
         {"non_finite": ("features.3",)},
         healthy=False,
-        note="One weight of features.3 is +inf (corrupted checkpoint): inf/NaN from that conv "
-        "on.",
+        note="One weight of features.3 is +inf (corrupted checkpoint): inf/NaN from that conv on.",
     ),
     ZooCase(
         "cnn_normal_init_exploding",
@@ -945,7 +969,7 @@ PATHOLOGICAL: list[ZooCase] = [
         build_cnn_normal_init_exploding,
         {"exploding_gradient": (), "poor_initialization": ()},
         healthy=False,
-        note="6 conv+ReLU layers with N(0,1) weights (fan-in 144): x8.5 per layer (He et al. "
+        note="7 conv+ReLU layers with N(0,1) weights (fan-in 144): x8.5 per layer (He et al. "
         "2015).",
     ),
     ZooCase(
@@ -998,8 +1022,8 @@ PATHOLOGICAL: list[ZooCase] = [
         build_transformer_tanh_ffn_saturated,
         {"saturated_activation": ("blocks.0.ffn.act",)},
         healthy=False,
-        note="Tanh FFN without LayerNorm in front, N(0,1) embeddings scaled by sqrt(d): tanh "
-        "saturated.",
+        note="Tanh FFN without LayerNorm in front, N(0,1) embeddings scaled by sqrt(128): "
+        "tanh saturated (sqrt(d) scaling is meant for std d^-0.5 embeddings, Vaswani 2017).",
     ),
     ZooCase(
         "transformer_no_norm_exploding",
@@ -1055,8 +1079,7 @@ HEALTHY: list[ZooCase] = [
         {},
         healthy=True,
         optimizer={"name": "sgd", "lr": 0.01, "momentum": 0.9},
-        note="Same 30-layer ReLU MLP as deep_relu_mlp_xavier with Kaiming init (He et al. "
-        "2015).",
+        note="Same 24-layer ReLU MLP as deep_relu_mlp_xavier with Kaiming init (He et al. 2015).",
     ),
     ZooCase(
         "resnet_bn_small",
@@ -1064,7 +1087,7 @@ HEALTHY: list[ZooCase] = [
         build_resnet_bn_small,
         {},
         healthy=True,
-        optimizer={"name": "sgd", "lr": 0.1, "momentum": 0.9},
+        optimizer={"name": "sgd", "lr": 0.05, "momentum": 0.9},
         note="Small ResNet with BatchNorm (He et al. 2016).",
     ),
     ZooCase(
@@ -1119,12 +1142,21 @@ HEALTHY: list[ZooCase] = [
         note="Token embeddings + 2 Pre-LN blocks + final LayerNorm classifier.",
     ),
     ZooCase(
+        "padded_transformer_classifier",
+        "transformer",
+        build_padded_transformer_classifier,
+        {},
+        healthy=True,
+        note="Same padding-masked transformer as transformer_all_padding_nan, every sequence "
+        "non-empty: the -inf attention mask is intentional and the loss is finite.",
+    ),
+    ZooCase(
         "small_mlp_sgd_stable_lr",
         "mlp",
         build_small_mlp_sgd_stable_lr,
         {},
         healthy=True,
-        optimizer={"name": "sgd", "lr": 0.02, "momentum": 0.9},
+        optimizer={"name": "sgd", "lr": 0.05, "momentum": 0.9},
         checks=("standard", "curvature"),
         note="Same sharpened tiny MLP as mlp_sgd_lr_above_edge_of_stability with lr well under "
         "2(1+beta)/lambda_max.",
