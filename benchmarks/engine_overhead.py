@@ -17,7 +17,6 @@ import time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 from gradhealth.diagnostics import AnalysisOptions, Analyzer
 from gradhealth.diagnostics.export import PackageMetadata, export_per_sample_loss
 from gradhealth.diagnostics.loading import from_exported_program
@@ -44,9 +43,13 @@ class _Res(nn.Module):
 def cnn() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """Small ResNet (6 residual blocks, 64 channels) on 3x32x32, batch 64."""
     model = nn.Sequential(
-        nn.Conv2d(3, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
+        nn.Conv2d(3, 64, 3, padding=1),
+        nn.BatchNorm2d(64),
+        nn.ReLU(),
         *[_Res(64) for _ in range(6)],
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(64, 10),
     )
     return model, torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,))
 
@@ -108,8 +111,14 @@ def measure(name: str, build, repeats: int, device: torch.device) -> dict[str, f
         base.append(_median_time(plain, repeats, device))
         full.append(_median_time(analysis, repeats, device))
     b, a = statistics.median(base), statistics.median(full)
-    return {"model": name, "plain_ms": 1e3 * b, "analysis_ms": 1e3 * a, "ratio": a / b,
-            "export_s": export_s, "instrument_s": instrument_s}
+    return {
+        "model": name,
+        "plain_ms": 1e3 * b,
+        "analysis_ms": 1e3 * a,
+        "ratio": a / b,
+        "export_s": export_s,
+        "instrument_s": instrument_s,
+    }
 
 
 def main() -> None:
@@ -119,13 +128,17 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, budget ratio <= 1.5")
-    print(f"{'model':<12}{'plain fwd+bwd':>15}{'analysis':>12}{'ratio':>8}{'export (once)':>15}{'instrument (once)':>19}")
+    print(
+        f"{'model':<12}{'plain fwd+bwd':>15}{'analysis':>12}{'ratio':>8}{'export (once)':>15}{'instrument (once)':>19}"
+    )
     worst = 0.0
     for name, build in (("mlp", mlp), ("cnn", cnn), ("transformer", transformer)):
         row = measure(name, build, args.repeats, device)
         worst = max(worst, float(row["ratio"]))
-        print(f"{row['model']:<12}{row['plain_ms']:>12.1f} ms{row['analysis_ms']:>9.1f} ms{row['ratio']:>7.2f}x"
-              f"{row['export_s']:>13.2f} s{row['instrument_s']:>17.3f} s")
+        print(
+            f"{row['model']:<12}{row['plain_ms']:>12.1f} ms{row['analysis_ms']:>9.1f} ms{row['ratio']:>7.2f}x"
+            f"{row['export_s']:>13.2f} s{row['instrument_s']:>17.3f} s"
+        )
     print(f"worst ratio {worst:.2f}x: {'within' if worst <= 1.5 else 'OVER'} the 1.5x budget")
 
 

@@ -14,12 +14,19 @@ EXIT_INPUT = 2
 
 def add_analyze_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register `gradhealth analyze`."""
-    p = subparsers.add_parser("analyze", help="analyse a model package on a batch, locally", description=(
-        "Run one instrumented forward+backward of MODEL on BATCH and print the gradient-health report. "
-        "Exit 0 when a report was produced (whatever its health), 2 for unusable input."))
+    p = subparsers.add_parser(
+        "analyze",
+        help="analyse a model package on a batch, locally",
+        description=(
+            "Run one instrumented forward+backward of MODEL on BATCH and print the gradient-health report. "
+            "Exit 0 when a report was produced (whatever its health), 2 for unusable input."
+        ),
+    )
     p.add_argument("--model", required=True, type=Path, help="model package: .pt2 (gradhealth.package) or TorchScript")
     p.add_argument("--batch", required=True, type=Path, help="batch: safetensors with inputs[.i] and targets")
-    p.add_argument("--loss", help="named loss for plain models: cross_entropy, mse, nll, bce_with_logits, l1, smooth_l1")
+    p.add_argument(
+        "--loss", help="named loss for plain models: cross_entropy, mse, nll, bce_with_logits, l1, smooth_l1"
+    )
     p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], help="the optimizer you train with")
     p.add_argument("--lr", type=float, help="learning rate (needed with --optimizer)")
     p.add_argument("--momentum", type=float, default=0.0, help="SGD momentum (default 0)")
@@ -45,11 +52,18 @@ def _options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     if args.optimizer:
         if args.lr is None:
             raise ValueError("--optimizer needs --lr")
-        optimizer = {"name": args.optimizer, "lr": args.lr, "momentum": args.momentum, "weight_decay": args.weight_decay}
+        optimizer = {
+            "name": args.optimizer,
+            "lr": args.lr,
+            "momentum": args.momentum,
+            "weight_decay": args.weight_decay,
+        }
     elif args.lr is not None:
         raise ValueError("--lr needs --optimizer (sgd, adam or adamw)")
     checks = tuple(c.strip() for c in args.checks.split(",") if c.strip())
-    return AnalysisOptions(loss=args.loss, optimizer=optimizer, precision=args.precision, checks=checks, device=args.device)
+    return AnalysisOptions(
+        loss=args.loss, optimizer=optimizer, precision=args.precision, checks=checks, device=args.device
+    )
 
 
 def run_analyze(args: argparse.Namespace) -> int:

@@ -8,8 +8,6 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from torch import Tensor
-
 from gradhealth.diagnostics.batch import write_batch
 from gradhealth.diagnostics.export import (
     PACKAGE_METADATA_FILE,
@@ -18,6 +16,7 @@ from gradhealth.diagnostics.export import (
     export_per_sample_loss,
     trace_torchscript,
 )
+from torch import Tensor
 
 LossArg = str | Callable[[Tensor, Tensor], Tensor]
 
@@ -46,7 +45,9 @@ def package(
         The path written.
     """
     inputs = as_input_tuple(example_inputs)
-    metadata = PackageMetadata(returns_loss=True, num_inputs=len(inputs), loss=loss if isinstance(loss, str) else "custom")
+    metadata = PackageMetadata(
+        returns_loss=True, num_inputs=len(inputs), loss=loss if isinstance(loss, str) else "custom"
+    )
     path = Path(path)
     if format == "torchscript":
         scripted = trace_torchscript(model, loss, inputs, example_targets)

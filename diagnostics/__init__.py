@@ -58,6 +58,8 @@ def analyze_module(
     options = options or AnalysisOptions()
     inputs = as_input_tuple(inputs)
     ep = export_per_sample_loss(model, loss, inputs, targets)
-    metadata = PackageMetadata(returns_loss=True, num_inputs=len(inputs), loss=loss if isinstance(loss, str) else "custom")
+    metadata = PackageMetadata(
+        returns_loss=True, num_inputs=len(inputs), loss=loss if isinstance(loss, str) else "custom"
+    )
     loaded = from_exported_program(ep, metadata, None)
     return Analyzer(loaded).run(inputs, targets, options)

@@ -89,12 +89,8 @@ _ATTRIBUTES = frozenset(
     " sym_int sym_float sym_not sym_ite sym_max sym_min sym_sqrt _sym_sqrt".split()
 )
 _LITERAL_STARTS = tuple("'\"0123456789")  # a "(" after a literal would call it
-_TREESPEC_TYPES = frozenset(
-    {None, "builtins.tuple", "builtins.list", "builtins.dict", "collections.OrderedDict"}
-)
-_FQN_KEYS = frozenset(
-    {"parameter_name", "buffer_name", "tensor_constant_name", "custom_obj_name", "fqn", "class_fqn"}
-)
+_TREESPEC_TYPES = frozenset({None, "builtins.tuple", "builtins.list", "builtins.dict", "collections.OrderedDict"})
+_FQN_KEYS = frozenset({"parameter_name", "buffer_name", "tensor_constant_name", "custom_obj_name", "fqn", "class_fqn"})
 _FREE_TEXT_KEYS = frozenset({"as_string", "as_strings", "stack_trace"})  # repr()'d, never code
 
 
@@ -111,9 +107,7 @@ def _unreadable(path: Any, problem: str) -> InputError:
     )
 
 
-def check_pt2_archive(
-    path: str | os.PathLike[str], *, max_uncompressed_bytes: int = 8 * 2**30
-) -> None:
+def check_pt2_archive(path: str | os.PathLike[str], *, max_uncompressed_bytes: int = 8 * 2**30) -> None:
     """Refuse (UnsafeArchiveError) before anything is loaded if any entry could run code;
     raise InputError if it is not a readable .pt2 archive at all."""
     try:
@@ -287,9 +281,7 @@ def _walk(value: Any, key: str, entry: str) -> None:
 def _check_str(value: Any, rule: re.Pattern[str], entry: str, what: str) -> None:
     """Refuse names that would inject code or reach dunder attributes in generated Python."""
     if isinstance(value, str) and (not rule.fullmatch(value) or re.search(r"(^|\.)__", value)):
-        raise _refuse(
-            entry, f"{what} {value[:80]!r} is not a plain name (names are pasted into Python code)"
-        )
+        raise _refuse(entry, f"{what} {value[:80]!r} is not a plain name (names are pasted into Python code)")
 
 
 def _check_metadata(meta: Any, entry: str) -> None:
@@ -335,9 +327,7 @@ def _check_code(text: Any, grammar: tuple[frozenset[str], frozenset[str]], entry
         prev = tok.string
 
 
-def _token_ok(
-    tok: tokenize.TokenInfo, prev: str, names: frozenset[str], ops: frozenset[str]
-) -> bool:
+def _token_ok(tok: tokenize.TokenInfo, prev: str, names: frozenset[str], ops: frozenset[str]) -> bool:
     """Tell whether a token is a number, an allowed operator/name/attribute or a plain literal."""
     kind, s = tok.type, tok.string
     if s == "(" and (prev in (")", "]") or prev[:1] in _LITERAL_STARTS or _SYMBOL.fullmatch(prev)):

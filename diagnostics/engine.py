@@ -192,6 +192,7 @@ class Analyzer:
             if self.graph is not None and path in self.graph.layer_probe:
                 probe = self.graph.layer_probe[path]
                 measure.output_rms = fwd.get(probe, {}).get("rms")
+                measure.output_rank = self.graph.specs[probe].output_rank
                 measure.output_nonfinite = int(fwd.get(probe, {}).get("nonfinite", 0))
                 if probe in bwd_scalars:
                     measure.output_grad_rms = bwd_scalars[probe]["rms"]
@@ -216,7 +217,7 @@ class Analyzer:
     def _main_weight(params: dict[str, Tensor], names: list[str]) -> str | None:
         """The layer's weight matrix or kernel (2+ dims), the tensor init schemes talk about."""
         for name in names:
-            if name.endswith("weight") and params[name].dim() >= 2:
+            if name.rsplit(".", 1)[-1].startswith("weight") and params[name].dim() >= 2:
                 return name
         return None
 
@@ -230,15 +231,22 @@ class Analyzer:
         seen: dict[str, int] = {}
         for probe_id, spec in enumerate(self.graph.specs):
             name = self.loaded.display_name(spec.path) or "(model)"
-            if spec.kind == "activation" and probe_id in fwd:
+            if spec.kind in ("activation", "recurrent_gates") and probe_id in fwd:
                 stats = fwd[probe_id]
                 seen[name] = seen.get(name, 0) + 1
                 label = name if seen[name] == 1 else f"{name}#{seen[name]}"
+                kind = spec.op if spec.kind == "activation" else ("lstm_gates" if "lstm" in spec.op else "tanh")
                 activations.append(
                     ActivationMeasure(
-                        name=label, kind=spec.op, order=probe_id, mean=stats["mean"], std=stats["std"],
-                        dead=stats.get("dead"), saturated=stats.get("saturated"),
-                        nonfinite=int(stats["nonfinite"]), numel_per_sample=0,
+                        name=label,
+                        kind=kind,
+                        order=probe_id,
+                        mean=stats["mean"],
+                        std=stats["std"],
+                        dead=stats.get("dead"),
+                        saturated=stats.get("saturated"),
+                        nonfinite=int(stats["nonfinite"]),
+                        numel_per_sample=0,
                     )
                 )
             elif spec.kind == "recurrent_input" and probe_id in bwd and "per_step_norm" in bwd[probe_id]:
@@ -275,8 +283,10 @@ class Analyzer:
         for i, t in enumerate(inputs):
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
                 return NonFiniteOrigin("input", f"inputs[{i}]", "", f"input {i} contains NaN/Inf")
-        forward_bad = (not torch.isfinite(torch.tensor(m.loss))) or any(a.nonfinite for a in m.activations) or any(
-            layer.output_nonfinite for layer in m.layers
+        forward_bad = (
+            (not torch.isfinite(torch.tensor(m.loss)))
+            or any(a.nonfinite for a in m.activations)
+            or any(layer.output_nonfinite for layer in m.layers)
         )
         backward_bad = any(layer.nonfinite or layer.output_grad_nonfinite for layer in m.layers)
         if not forward_bad and not backward_bad:
@@ -284,7 +294,12 @@ class Analyzer:
         for name, p in params.items():
             if not bool(torch.isfinite(p).all()):
                 owner = name.rsplit(".", 1)[0]
-                return NonFiniteOrigin("weights", self.loaded.display_name(owner), "", f"parameter {self.loaded.display_name(name)} holds NaN/Inf")
+                return NonFiniteOrigin(
+                    "weights",
+                    self.loaded.display_name(owner),
+                    "",
+                    f"parameter {self.loaded.display_name(name)} holds NaN/Inf",
+                )
         if forward_bad:
             if self.graph is not None:
                 self.graph.recorder.enabled = False
@@ -294,11 +309,15 @@ class Analyzer:
                     self.graph.recorder.enabled = True
                 if found is not None:
                     path, op = found
-                    return NonFiniteOrigin("forward", self.loaded.display_name(path) or "(loss)", op, f"first produced by {op}")
+                    return NonFiniteOrigin(
+                        "forward", self.loaded.display_name(path) or "(loss)", op, f"first produced by {op}"
+                    )
             return NonFiniteOrigin("loss", "", "", "the loss is NaN/Inf")
         for layer in reversed(m.layers):
             if layer.output_grad_nonfinite or layer.nonfinite:
-                return NonFiniteOrigin("backward", layer.name, "", "the back-propagated gradient first turns NaN/Inf here")
+                return NonFiniteOrigin(
+                    "backward", layer.name, "", "the back-propagated gradient first turns NaN/Inf here"
+                )
         return None
 
     def _curvature(
@@ -340,7 +359,9 @@ def _input_measures(inputs: tuple[Tensor, ...]) -> list[InputMeasure]:
         finite = data[torch.isfinite(data)]
         if finite.numel() == 0:
             continue
-        row = torch.stack([finite.mean(), finite.std() if finite.numel() > 1 else finite.new_zeros(()), finite.min(), finite.max()]).tolist()
+        row = torch.stack(
+            [finite.mean(), finite.std() if finite.numel() > 1 else finite.new_zeros(()), finite.min(), finite.max()]
+        ).tolist()
         channel_means = data.transpose(0, 1).reshape(data.shape[1], -1).mean(1).tolist() if data.dim() == 4 else None
         result.append(InputMeasure(index, list(tensor.shape), row[0], row[1], row[2], row[3], channel_means))
     return result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import asdict, dataclass
 
 import torch
@@ -87,9 +88,12 @@ def export_per_sample_loss(
     if probe.shape != (batch,):
         raise InputError(f"the loss must give one value per sample, shape [{batch}]; got {tuple(probe.shape)}")
     try:
-        return torch.export.export(
-            wrapper, inputs, kwargs={"targets": targets}, dynamic_shapes=_dynamic_batch_shapes(inputs)
-        )
+        with warnings.catch_warnings():
+            # nn.RNN/LSTM re-assign _flat_weights during tracing; the weights are still lifted.
+            warnings.filterwarnings("ignore", message=".*_flat_weights.*")
+            return torch.export.export(
+                wrapper, inputs, kwargs={"targets": targets}, dynamic_shapes=_dynamic_batch_shapes(inputs)
+            )
     except Exception as exc:  # torch.export raises many unrelated types
         raise ExportUnsupportedError(
             f"torch.export could not trace this model: {type(exc).__name__}: {str(exc)[:600]}\n"
@@ -113,9 +117,7 @@ def trace_torchscript(
     try:
         return torch.jit.trace(wrapper, (*inputs, targets), check_trace=False)
     except Exception as exc:
-        raise ExportUnsupportedError(
-            f"TorchScript tracing failed: {type(exc).__name__}: {str(exc)[:600]}"
-        ) from exc
+        raise ExportUnsupportedError(f"TorchScript tracing failed: {type(exc).__name__}: {str(exc)[:600]}") from exc
 
 
 class _PositionalPerSampleLoss(torch.nn.Module):

@@ -48,7 +48,9 @@ def _bind_loss(returns_loss: bool, loss: str | LossFn | None) -> LossFn | None:
     if returns_loss:
         if loss is not None:
             resolve_loss(loss)  # an unknown name is still an error worth reporting first
-            raise InputError("this package already computes its loss (built with gradhealth.package); drop the loss option")
+            raise InputError(
+                "this package already computes its loss (built with gradhealth.package); drop the loss option"
+            )
         return None
     if loss is None:
         raise InputError(
@@ -90,9 +92,7 @@ def sniff_format(path: str | os.PathLike[str]) -> str:
         return "torch.export"
     if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
         return "torchscript"
-    raise InputError(
-        f"{os.fspath(path)!r} is a zip file but neither a torch.export (.pt2) nor a TorchScript archive"
-    )
+    raise InputError(f"{os.fspath(path)!r} is a zip file but neither a torch.export (.pt2) nor a TorchScript archive")
 
 
 def load_package(path: str | os.PathLike[str], loss: str | LossFn | None = None) -> LoadedModel:

@@ -29,6 +29,7 @@ class LayerMeasure:
     fan_out: int | None = None
     next_activation: str | None = None
     output_rms: float | None = None
+    output_rank: int = 0
     output_grad_rms: float | None = None
     output_nonfinite: int = 0
     output_grad_nonfinite: int = 0

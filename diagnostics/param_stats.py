@@ -76,7 +76,12 @@ def _fp16_counts(grads: list[Tensor]) -> Tensor:
     device = samples[0].device
     mags = torch.cat(samples).abs().float()
     bounds = torch.tensor(
-        [torch.finfo(torch.float32).tiny * 2**-23, FP16_MIN_SUBNORMAL / DEFAULT_LOSS_SCALE, FP16_MIN_SUBNORMAL, FP16_MIN_NORMAL],
+        [
+            torch.finfo(torch.float32).tiny * 2**-23,
+            FP16_MIN_SUBNORMAL / DEFAULT_LOSS_SCALE,
+            FP16_MIN_SUBNORMAL,
+            FP16_MIN_NORMAL,
+        ],
         device=device,
     )
     bucket = torch.bucketize(mags, bounds, right=True)
@@ -107,7 +112,9 @@ def layer_param_stats(
     weights = [params[n].detach() for n in names]
     weight_norms = torch.stack(torch._foreach_norm([w.float() if w.dtype != torch.float32 else w for w in weights]))
     # The std only sets the init rule's scale: a strided sample of <= 2^16 elements is accurate to ~0.3%.
-    weight_std = torch.stack([_sample(w.reshape(-1)).float().std() if w.numel() > 1 else w.new_zeros(()).float() for w in weights])
+    weight_std = torch.stack(
+        [_sample(w.reshape(-1)).float().std() if w.numel() > 1 else w.new_zeros(()).float() for w in weights]
+    )
     moments = torch.stack([weight_norms, weight_std], dim=1)
     with_grad = [i for i, n in enumerate(names) if params[n].grad is not None]
     grads = [params[names[i]].grad.detach() for i in with_grad]  # type: ignore[union-attr]
@@ -118,10 +125,12 @@ def layer_param_stats(
         if optimizer.name == "sgd" and not optimizer.weight_decay:
             updates = optimizer.lr * grad_norms
         else:
-            updates = torch.stack([
-                torch.linalg.vector_norm(first_update(params[names[i]].detach().float(), g.float(), optimizer))
-                for i, g in zip(with_grad, grads, strict=True)
-            ])
+            updates = torch.stack(
+                [
+                    torch.linalg.vector_norm(first_update(params[names[i]].detach().float(), g.float(), optimizer))
+                    for i, g in zip(with_grad, grads, strict=True)
+                ]
+            )
     host = torch.cat([moments.reshape(-1), grad_norms, fp16.reshape(-1), updates]).cpu().tolist()
     k = 2 * len(names)
     norm_std = {n: (host[2 * i], host[2 * i + 1]) for i, n in enumerate(names)}

@@ -7,6 +7,7 @@ host sync; the engine reads all of them once, after the backward pass.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 
 import torch
@@ -35,6 +36,7 @@ class ProbeSpec:
     op: str
     module_type: str = ""
     time_dim: int = 1
+    output_rank: int = 0
 
 
 @dataclass
@@ -95,7 +97,7 @@ class ProbeRecorder(torch.nn.Module):
         """Forget the previous pass's statistics."""
         self.results = ProbeResults()
 
-    def forward(self, probe_id: int, value: Tensor) -> None:
+    def forward(self, probe_id: int, value: Tensor, *context: object) -> None:
         if not self.enabled or not isinstance(value, Tensor):
             return
         spec = self.specs[probe_id]
@@ -104,6 +106,9 @@ class ProbeRecorder(torch.nn.Module):
                 self.results.forward[probe_id] = _activation_stats(spec.op, value)
             elif spec.kind == "layer_output":
                 self.results.forward[probe_id] = _tensor_norms(value)
+            elif spec.kind == "recurrent_gates":
+                self.results.forward[probe_id] = recurrent_gate_stats(spec, value, *context)
+                return
         if value.requires_grad:
             value.register_hook(self._grad_hook(probe_id, spec))
 
@@ -134,11 +139,16 @@ def instrument(gm: fx.GraphModule, layers: list[LayerInfo]) -> InstrumentedGraph
     """Insert probe calls after activations, layer outputs and recurrent inputs."""
     specs: list[ProbeSpec] = []
     targets: list[tuple[fx.Node, int]] = []
+    context: list[tuple[fx.Node, int, tuple[object, ...]]] = []
     layer_probe: dict[str, int] = {}
     for layer in layers:
         if layer.output_node is not None:
             layer_probe[layer.path] = len(specs)
-            specs.append(ProbeSpec("layer_output", layer.path, str(layer.output_node.target), layer.type))
+            val = layer.output_node.meta.get("val")
+            rank = val.dim() if isinstance(val, Tensor) else 0
+            specs.append(
+                ProbeSpec("layer_output", layer.path, str(layer.output_node.target), layer.type, output_rank=rank)
+            )
             targets.append((layer.output_node, layer_probe[layer.path]))
     has_recurrent = False
     for node in list(gm.graph.nodes):
@@ -155,8 +165,14 @@ def instrument(gm: fx.GraphModule, layers: list[LayerInfo]) -> InstrumentedGraph
                 has_recurrent = True
                 targets.append((source, len(specs)))
                 specs.append(
-                    ProbeSpec("recurrent_input", path, str(node.target), type_name,
-                              time_dim=1 if batch_first else 0)
+                    ProbeSpec("recurrent_input", path, str(node.target), type_name, time_dim=1 if batch_first else 0)
+                )
+            gate_probe = _gate_probe(node, path, type_name, bool(batch_first))
+            if gate_probe is not None:
+                output, args = gate_probe
+                context.append((output, len(specs), args))
+                specs.append(
+                    ProbeSpec("recurrent_gates", path, str(node.target), type_name, time_dim=1 if batch_first else 0)
                 )
     recorder = ProbeRecorder(specs)
     gm.add_submodule(PROBE_MODULE, recorder)
@@ -165,5 +181,52 @@ def instrument(gm: fx.GraphModule, layers: list[LayerInfo]) -> InstrumentedGraph
         anchor = last_placeholder if node.op == "placeholder" else node
         with gm.graph.inserting_after(anchor):
             gm.graph.call_module(PROBE_MODULE, args=(probe_id, node))
+    for node, probe_id, args in context:
+        with gm.graph.inserting_after(node):
+            gm.graph.call_module(PROBE_MODULE, args=(probe_id, node, *args))
     gm.recompile()
     return InstrumentedGraph(gm, recorder, specs, layer_probe, has_recurrent)
+
+
+def _gate_probe(
+    node: fx.Node, path: str, type_name: str, batch_first: bool
+) -> tuple[fx.Node, tuple[object, ...]] | None:
+    """For single-layer, one-direction tanh RNNs and LSTMs: (output-sequence node, op inputs)."""
+    if node.target not in (torch.ops.aten.lstm.input, torch.ops.aten.rnn_tanh.input) or len(node.args) < 9:
+        return None
+    _, hx, params, has_biases, num_layers, _, _, bidirectional, _ = node.args[:9]
+    if num_layers != 1 or bidirectional or not has_biases:
+        return None
+    outputs = [u for u in node.users if u.target is operator.getitem and u.args[1] == 0]
+    if not outputs:
+        return None
+    return outputs[0], (node.args[0], hx, params)
+
+
+# Saturation inside a recurrent op: the input gate, cell candidate and output gate of an LSTM
+# (a forget gate near 1 is the LSTM working as designed), or the hidden state of a tanh RNN.
+def recurrent_gate_stats(spec: ProbeSpec, output: Tensor, x: Tensor, hx: object, params: object) -> dict[str, Tensor]:
+    """Recompute the gates from the op's inputs and output sequence; one matmul per weight."""
+    seq = output.detach().float()
+    if spec.time_dim == 0:
+        seq, x = seq.transpose(0, 1), x.transpose(0, 1)
+    if "rnn_tanh" in spec.op:
+        flat = seq.reshape(seq.shape[0], -1)
+        stats = _activation_stats("tanh", flat)
+        return {k: v for k, v in stats.items() if k in ("saturated", "mean", "std", "nonfinite")}
+    w_ih, w_hh, b_ih, b_hh = (t.detach().float() for t in params)  # type: ignore[union-attr]
+    h0 = hx[0].detach().float()[0]  # type: ignore[index]
+    previous = torch.cat([h0.unsqueeze(1), seq[:, :-1]], dim=1)
+    gates = x.detach().float() @ w_ih.T + b_ih + previous @ w_hh.T + b_hh
+    i, _, g, o = gates.chunk(4, dim=-1)
+    sig = torch.sigmoid(torch.cat([i, o], dim=-1))
+    flat_sat = torch.count_nonzero((sig - 0.5).abs() > _SIGMOID_FLAT_DISTANCE) + torch.count_nonzero(
+        torch.tanh(g).abs() > _TANH_FLAT_MAGNITUDE
+    )
+    std, mean = torch.std_mean(sig)
+    return {
+        "saturated": flat_sat / (sig.numel() + g.numel()),
+        "mean": mean,
+        "std": std,
+        "nonfinite": (~torch.isfinite(mean + std)).float(),
+    }

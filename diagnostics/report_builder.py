@@ -20,8 +20,13 @@ def _finite(value: float | None) -> float | None:
 
 
 def _activation(a: ActivationMeasure) -> ActivationStats:
-    return ActivationStats(kind=a.kind, dead_fraction=a.dead, saturated_fraction=a.saturated,
-                           mean=_finite(a.mean) or 0.0, std=_finite(a.std) or 0.0)
+    return ActivationStats(
+        kind=a.kind,
+        dead_fraction=a.dead,
+        saturated_fraction=a.saturated,
+        mean=_finite(a.mean) or 0.0,
+        std=_finite(a.std) or 0.0,
+    )
 
 
 def _layer(layer: LayerMeasure, activation: ActivationMeasure | None) -> LayerStats:
@@ -41,7 +46,11 @@ def _layer(layer: LayerMeasure, activation: ActivationMeasure | None) -> LayerSt
         output_grad_rms=_finite(layer.output_grad_rms),
         output_rms=_finite(layer.output_rms),
         activation=_activation(activation) if activation else None,
-        extra={"weight_std": _finite(layer.weight_std), "fan_in": layer.fan_in, "next_activation": layer.next_activation},
+        extra={
+            "weight_std": _finite(layer.weight_std),
+            "fan_in": layer.fan_in,
+            "next_activation": layer.next_activation,
+        },
     )
 
 
@@ -60,13 +69,17 @@ def layer_table(m: Measurements) -> list[LayerStats]:
             pending.pop(0)
     for a in m.activations:
         if a.name not in used:
-            rows.append(LayerStats(name=a.name, type=a.kind, num_parameters=0, nonfinite=a.nonfinite, activation=_activation(a)))
+            rows.append(
+                LayerStats(name=a.name, type=a.kind, num_parameters=0, nonfinite=a.nonfinite, activation=_activation(a))
+            )
     order = {a.name: a.order for a in m.activations}
     depth = {layer.name: layer.depth for layer in m.layers}
     return rows if not order else _interleave(rows, depth, order, m)
 
 
-def _interleave(rows: list[LayerStats], depth: dict[str, int], order: dict[str, int], m: Measurements) -> list[LayerStats]:
+def _interleave(
+    rows: list[LayerStats], depth: dict[str, int], order: dict[str, int], m: Measurements
+) -> list[LayerStats]:
     """Place activation-only rows after the parameter layer that precedes them in the graph."""
     params = [r for r in rows if r.name in depth]
     acts = [r for r in rows if r.name not in depth]
@@ -75,7 +88,12 @@ def _interleave(rows: list[LayerStats], depth: dict[str, int], order: dict[str, 
     remaining = sorted(acts, key=lambda r: order.get(r.name, 0))
     for row in params:
         result.append(row)
-        if follows.get(row.name) and remaining and remaining[0].activation and remaining[0].activation.kind == follows[row.name]:
+        if (
+            follows.get(row.name)
+            and remaining
+            and remaining[0].activation
+            and remaining[0].activation.kind == follows[row.name]
+        ):
             result.append(remaining.pop(0))
     return result + remaining
 
@@ -142,7 +160,9 @@ def build(
             "python": platform.python_version(),
             "device": str(device),
             "precision": measurements.options.precision,
-            "probes": "graph" if measurements.graph_available else "parameters-only (TorchScript: no activation probes)",
+            "probes": "graph"
+            if measurements.graph_available
+            else "parameters-only (TorchScript: no activation probes)",
         },
     )
 

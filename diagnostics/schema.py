@@ -39,9 +39,7 @@ class Finding(BaseModel):
     message: str
     layers: list[str] = Field(default_factory=list)
     step: int | None = None
-    evidence: dict[str, float | int | str | bool | None | list[float] | list[str]] = Field(
-        default_factory=dict
-    )
+    evidence: dict[str, float | int | str | bool | None | list[float] | list[str]] = Field(default_factory=dict)
     thresholds: dict[str, float | int | str] = Field(default_factory=dict)
     remediation: list[Remediation] = Field(default_factory=list)
     confidence: float = Field(ge=0.0, le=1.0)
@@ -101,9 +99,7 @@ class Report(BaseModel):
     model: ModelInfo
     findings: list[Finding] = Field(default_factory=list)
     layers: list[LayerStats] = Field(default_factory=list)
-    metrics: dict[str, float | int | None | list[float] | dict[str, float]] = Field(
-        default_factory=dict
-    )
+    metrics: dict[str, float | int | None | list[float] | dict[str, float]] = Field(default_factory=dict)
     timings: dict[str, float] = Field(default_factory=dict)
     environment: dict[str, str] = Field(default_factory=dict)
 

@@ -16,10 +16,9 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.export import Dim
-
 from gradhealth.diagnostics.archive_check import check_graph_targets, check_pt2_archive
 from gradhealth.diagnostics.errors import InputError, UnsafeArchiveError
+from torch.export import Dim
 
 warnings.filterwarnings("ignore", category=UserWarning)
 
@@ -292,11 +291,7 @@ def vectors(m: Path, base: Path | None = None) -> dict[str, tuple[dict[str, Any]
         ),
         "pickled_sample_inputs": ({"edit": {SAMPLE: lambda _: evil}}, "load"),
         "expr_str_sympify": (
-            model_edit(
-                lambda d: graph(d)["tensor_values"]["x"]["sizes"][0]["as_expr"].update(
-                    expr_str=code(m)
-                )
-            ),
+            model_edit(lambda d: graph(d)["tensor_values"]["x"]["sizes"][0]["as_expr"].update(expr_str=code(m))),
             "load",
         ),
         "sympy_symbol_call": (  # sympy prints Symbol('exit')() as exit() in ep.module()'s guards
@@ -326,9 +321,7 @@ def vectors(m: Path, base: Path | None = None) -> dict[str, tuple[dict[str, Any]
         ),
         "source_fn_getattr_chain": (
             model_edit(
-                lambda d: graph(d)["nodes"][1]["metadata"].update(
-                    source_fn_stack="relu,torch.__builtins__.eval"
-                )
+                lambda d: graph(d)["nodes"][1]["metadata"].update(source_fn_stack="relu,torch.__builtins__.eval")
             ),
             "none",
         ),
@@ -350,11 +343,7 @@ def vectors(m: Path, base: Path | None = None) -> dict[str, tuple[dict[str, Any]
             "none",
         ),
         "absurd_tensor_size": (
-            {
-                "edit": {
-                    WEIGHTS: lambda b: b.replace(b'{"as_int": 16}', b'{"as_int": 10000000000000}')
-                }
-            },
+            {"edit": {WEIGHTS: lambda b: b.replace(b'{"as_int": 16}', b'{"as_int": 10000000000000}')}},
             "none",
         ),
         "legacy_weights_file": ({"add": {"data/weights/model.pt": evil}}, "load"),
@@ -403,9 +392,7 @@ def test_legit_dynamic_shape_features_pass_and_run(tmp_path: Path) -> None:
         (torch.randn(5, 6), torch.randint(0, 5, (4,))),
         dynamic_shapes={"x": {0: batch + 1}, "targets": {0: batch}},
     )
-    assert ep.range_constraints and any(
-        n.target is torch.ops.aten._assert_scalar.default for n in ep.graph.nodes
-    )
+    assert ep.range_constraints and any(n.target is torch.ops.aten._assert_scalar.default for n in ep.graph.nodes)
     torch.export.save(ep, tmp_path / "shapes.pt2")
     module = safe_load(tmp_path / "shapes.pt2")
     assert module(torch.randn(9, 6), torch.randint(0, 5, (8,))).shape == (8,)
@@ -458,15 +445,9 @@ for path, stage in zip(sys.argv[1::2], sys.argv[2::2]):
 
 def test_payloads_really_run_without_the_checker(base: Path, tmp_path: Path) -> None:
     """Controls: plain torch.export.load/.module() runs each payload (in a throwaway process)."""
-    crafted = {
-        v: craft(base, tmp_path, v)
-        for v, (_, stage) in vectors(tmp_path).items()
-        if stage != "none"
-    }
+    crafted = {v: craft(base, tmp_path, v) for v, (_, stage) in vectors(tmp_path).items() if stage != "none"}
     args = [str(a) for path, _, stage in crafted.values() for a in (path, stage)]
-    subprocess.run(
-        [sys.executable, "-c", CONTROL, *args], check=True, capture_output=True, timeout=120
-    )
+    subprocess.run([sys.executable, "-c", CONTROL, *args], check=True, capture_output=True, timeout=120)
     ran = {v for v, (_, marker, _) in crafted.items() if marker.exists()}
     assert ran == set(crafted)
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
+from gradhealth.diagnostics.schema import Report
 
 import gradhealth
-from gradhealth.diagnostics.schema import Report
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -44,8 +44,25 @@ def test_json_report_on_stdout(files: dict[str, Path]) -> None:
 
 def test_markdown_to_file_with_optimizer_and_curvature(files: dict[str, Path]) -> None:
     out = files["root"] / "report.md"
-    done = _cli("analyze", "--model", str(files["model"]), "--batch", str(files["batch"]), "--format", "markdown",
-                "--optimizer", "sgd", "--lr", "0.1", "--momentum", "0.9", "--checks", "standard,curvature", "--output", str(out))
+    done = _cli(
+        "analyze",
+        "--model",
+        str(files["model"]),
+        "--batch",
+        str(files["batch"]),
+        "--format",
+        "markdown",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "0.1",
+        "--momentum",
+        "0.9",
+        "--checks",
+        "standard,curvature",
+        "--output",
+        str(out),
+    )
     assert done.returncode == 0, done.stderr
     text = out.read_text()
     assert text.startswith("# gradhealth report") and "vanishing_gradient" in text and "| layer |" in text

@@ -8,8 +8,6 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-import gradhealth
 from gradhealth.diagnostics import (
     AnalysisOptions,
     ExportUnsupportedError,
@@ -19,6 +17,8 @@ from gradhealth.diagnostics import (
     load_package,
     read_batch,
 )
+
+import gradhealth
 
 
 def _mlp() -> nn.Module:
@@ -127,7 +127,9 @@ def test_plain_exported_model_needs_a_named_loss(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="name the loss"):
         analyze_files(tmp_path / "plain.pt2", tmp_path / "b.safetensors")
     report = analyze_files(tmp_path / "plain.pt2", tmp_path / "b.safetensors", AnalysisOptions(loss="cross_entropy"))
-    assert _no_dropout_report(report) == pytest.approx(_no_dropout_report(analyze_module(_mlp(), "cross_entropy", x, y)), rel=1e-5)
+    assert _no_dropout_report(report) == pytest.approx(
+        _no_dropout_report(analyze_module(_mlp(), "cross_entropy", x, y)), rel=1e-5
+    )
 
 
 def test_batch_that_does_not_fit_the_model(tmp_path: Path) -> None:

@@ -9,7 +9,6 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 from gradhealth.diagnostics import AnalysisOptions, analyze_module
 from gradhealth.diagnostics.curvature import top_hessian_eigenvalue
 
@@ -115,11 +114,19 @@ def test_update_ratio_matches_a_real_adam_step(name: str) -> None:
     before = {n: p.detach().clone() for n, p in eager.named_parameters()}
     cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
     cls(eager.parameters(), lr=1e-3, weight_decay=0.01).step()
-    report = analyze_module(model, "cross_entropy", x, y,
-                            AnalysisOptions(optimizer={"name": name, "lr": 1e-3, "weight_decay": 0.01}))
+    report = analyze_module(
+        model, "cross_entropy", x, y, AnalysisOptions(optimizer={"name": name, "lr": 1e-3, "weight_decay": 0.01})
+    )
     for module in ("0", "3", "5"):
-        delta = torch.cat([(p.detach() - before[f"{module}.{n}"]).flatten() for n, p in dict(eager.named_modules())[module].named_parameters()])
-        weight = torch.cat([before[f"{module}.{n}"].flatten() for n, _ in dict(eager.named_modules())[module].named_parameters()])
+        delta = torch.cat(
+            [
+                (p.detach() - before[f"{module}.{n}"]).flatten()
+                for n, p in dict(eager.named_modules())[module].named_parameters()
+            ]
+        )
+        weight = torch.cat(
+            [before[f"{module}.{n}"].flatten() for n, _ in dict(eager.named_modules())[module].named_parameters()]
+        )
         assert _layer(report, module).update_to_weight == pytest.approx(float(delta.norm() / weight.norm()), rel=1e-3)
 
 
@@ -132,9 +139,13 @@ def test_activation_statistics(reference) -> None:  # type: ignore[no-untyped-de
     tanh = outputs["2"].detach()  # the functional tanh inside Block is the block's output
     block = next(layer for layer in report.layers if layer.activation and layer.activation.kind == "tanh")
     assert block.name == "2"
-    assert block.activation.saturated_fraction == pytest.approx(float((1 - tanh.square() < 0.01).float().mean()), abs=1e-6)
+    assert block.activation.saturated_fraction == pytest.approx(
+        float((1 - tanh.square() < 0.01).float().mean()), abs=1e-6
+    )
     sig = outputs["4"].detach()
-    assert _layer(report, "4").activation.saturated_fraction == pytest.approx(float((sig * (1 - sig) < 0.0025).float().mean()), abs=1e-6)
+    assert _layer(report, "4").activation.saturated_fraction == pytest.approx(
+        float((sig * (1 - sig) < 0.0025).float().mean()), abs=1e-6
+    )
     assert 0 < dead < 1  # the model was built so these numbers are not trivial
 
 
@@ -170,9 +181,13 @@ def test_power_iteration_matches_dense_hessian() -> None:
     dense = torch.autograd.functional.hessian(loss_of, flat)
     eigenvalues = torch.linalg.eigvalsh(dense)
     expected = float(eigenvalues[eigenvalues.abs().argmax()])
-    estimate = top_hessian_eigenvalue(lambda: F.cross_entropy(model(x), y), list(model.parameters()), iterations=300, rel_tol=1e-7)
+    estimate = top_hessian_eigenvalue(
+        lambda: F.cross_entropy(model(x), y), list(model.parameters()), iterations=300, rel_tol=1e-7
+    )
     assert estimate == pytest.approx(expected, rel=1e-3)
-    report = analyze_module(model, "cross_entropy", x, y, AnalysisOptions(checks=("standard", "curvature"), curvature_iterations=300))
+    report = analyze_module(
+        model, "cross_entropy", x, y, AnalysisOptions(checks=("standard", "curvature"), curvature_iterations=300)
+    )
     assert report.metrics["hessian_max_eigenvalue"] == pytest.approx(expected, rel=1e-2)
 
 
@@ -197,7 +212,9 @@ def test_gradient_through_time_matches_input_gradient() -> None:
     from gradhealth.diagnostics.export import PackageMetadata, export_per_sample_loss
     from gradhealth.diagnostics.loading import from_exported_program
 
-    loaded = from_exported_program(export_per_sample_loss(model, "cross_entropy", x, y), PackageMetadata(True, 1, "ce"), None)
+    loaded = from_exported_program(
+        export_per_sample_loss(model, "cross_entropy", x, y), PackageMetadata(True, 1, "ce"), None
+    )
     analyzer = Analyzer(loaded)
     analyzer.run((x,), y, AnalysisOptions())
     measured = analyzer.graph.recorder.results.backward

@@ -69,11 +69,7 @@ _LOSSES = {
 
 
 def per_sample_loss(loss, outputs: Tensor, targets: Tensor) -> Tensor:
-    value = (
-        loss(outputs, targets)
-        if callable(loss)
-        else _LOSSES[loss](outputs, targets, reduction="none")
-    )
+    value = loss(outputs, targets) if callable(loss) else _LOSSES[loss](outputs, targets, reduction="none")
     if value.dim() > 1:
         value = value.flatten(1).mean(dim=1)
     return value
@@ -240,9 +236,7 @@ class Measured:
         the per-element gradient by H*W or T, out of the ratio.
         """
         first = self.param_order[0]
-        last = [
-            n for n in self.param_order if n in values and self.out_rank[n] == self.out_rank[first]
-        ]
+        last = [n for n in self.param_order if n in values and self.out_rank[n] == self.out_rank[first]]
         return first, last[-1]
 
     @property
@@ -271,9 +265,7 @@ def _direct_params(module: nn.Module) -> list[nn.Parameter]:
 def measure(case: zoo.ZooCase) -> Measured:
     model, loss, inputs, targets = case.build()
     assert model.training, "zoo models must be built in train mode"
-    inputs = tuple(
-        i.detach().clone().requires_grad_(True) if i.is_floating_point() else i for i in inputs
-    )
+    inputs = tuple(i.detach().clone().requires_grad_(True) if i.is_floating_point() else i for i in inputs)
     with Probe(model) as probe:
         outputs = model(*inputs)
     loss_vec = per_sample_loss(loss, outputs, targets)
@@ -290,9 +282,7 @@ def measure(case: zoo.ZooCase) -> Measured:
             grad_rms[n] = _rms(torch.cat(grads))
         weight_rms[n] = _rms(torch.cat([p.detach().flatten() for p in params]))
     act_grad_rms = {
-        n: _rms(probe.outputs[n].grad)
-        for n in param_order
-        if n in probe.outputs and probe.outputs[n].grad is not None
+        n: _rms(probe.outputs[n].grad) for n in param_order if n in probe.outputs and probe.outputs[n].grad is not None
     }
     out_rms = {n: _rms(probe.outputs[n]) for n in param_order if n in probe.outputs}
 
@@ -352,9 +342,7 @@ def update_ratios(case: zoo.ZooCase) -> dict[str, float]:
     opt_cls(model.parameters(), **spec).step()
     ratios = {}
     for mname, module in model.named_modules():
-        names = [
-            f"{mname}.{pn}" if mname else pn for pn, _ in module.named_parameters(recurse=False)
-        ]
+        names = [f"{mname}.{pn}" if mname else pn for pn, _ in module.named_parameters(recurse=False)]
         if not names:
             continue
         old = torch.cat([before[n].flatten() for n in names])
@@ -467,11 +455,7 @@ def prove_dead_relu(case, m: Measured, prefixes) -> dict:
 def prove_saturated(case, m: Measured, prefixes) -> dict:
     out = {}
     for prefix in prefixes:
-        fracs = [
-            v
-            for owner, kind, v in m.acts
-            if kind in ("sigmoid", "tanh") and _matches(owner, prefix)
-        ]
+        fracs = [v for owner, kind, v in m.acts if kind in ("sigmoid", "tanh") and _matches(owner, prefix)]
         fracs += [v for n, v in m.lstm_saturation.items() if _matches(n, prefix)]
         assert fracs, f"no sigmoid/tanh owned by {prefix}"
         assert max(fracs) > 0.5, f"{prefix}: saturated fraction {fracs}"
@@ -656,9 +640,7 @@ def test_exports_with_dynamic_batch(case):
     wrapper = LossWrapper(model, loss)
     batch = torch.export.Dim("batch", min=2)
     dynamic_shapes = {"inputs": tuple({0: batch} for _ in inputs), "targets": {0: batch}}
-    ep = torch.export.export(
-        wrapper, tuple(inputs), {"targets": targets}, dynamic_shapes=dynamic_shapes
-    )
+    ep = torch.export.export(wrapper, tuple(inputs), {"targets": targets}, dynamic_shapes=dynamic_shapes)
     exported = ep.module()
     nonfinite = "non_finite" in case.expect
     for n in (targets.shape[0], targets.shape[0] // 2):

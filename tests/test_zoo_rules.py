@@ -5,7 +5,6 @@ from __future__ import annotations
 from functools import cache
 
 import pytest
-
 from gradhealth.diagnostics import AnalysisOptions, analyze_module
 from gradhealth.diagnostics.rules import RULE_IDS
 from gradhealth.diagnostics.schema import Report, severity_at_least
@@ -22,7 +21,9 @@ def _report(name: str) -> Report:
 
 
 def _describe(report: Report) -> str:
-    return "; ".join(f"{f.severity} {f.rule} {f.layers[:4]} {f.message[:160]}" for f in report.findings) or "no findings"
+    return (
+        "; ".join(f"{f.severity} {f.rule} {f.layers[:4]} {f.message[:160]}" for f in report.findings) or "no findings"
+    )
 
 
 @pytest.mark.parametrize("case", PATHOLOGICAL, ids=lambda c: c.name)
@@ -33,9 +34,9 @@ def test_rule_fires_on_its_pathology(case: ZooCase) -> None:
         assert findings, f"{rule} did not fire on {case.name}: {_describe(report)}"
         named = [layer for f in findings for layer in f.layers]
         for prefix in prefixes:
-            assert any(layer == prefix or layer.startswith(prefix + ".") or layer.startswith(prefix + "#") for layer in named), (
-                f"{rule} on {case.name} should name {prefix!r}; named {named}"
-            )
+            assert any(
+                layer == prefix or layer.startswith(prefix + ".") or layer.startswith(prefix + "#") for layer in named
+            ), f"{rule} on {case.name} should name {prefix!r}; named {named}"
     assert report.health != "healthy"
 
 

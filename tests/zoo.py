@@ -28,9 +28,7 @@ from torch import Tensor, nn
 
 __all__ = ["ZooCase", "PATHOLOGICAL", "HEALTHY", "ALL", "by_name"]
 
-BuildResult = tuple[
-    nn.Module, "str | Callable[[Tensor, Tensor], Tensor]", tuple[Tensor, ...], Tensor
-]
+BuildResult = tuple[nn.Module, "str | Callable[[Tensor, Tensor], Tensor]", tuple[Tensor, ...], Tensor]
 
 
 @dataclass(frozen=True)
@@ -137,9 +135,7 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(cout)
         self.shortcut = nn.Identity()
         if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout)
-            )
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
 
     def forward(self, x: Tensor) -> Tensor:
         h = F.relu(self.bn1(self.conv1(x)))
@@ -282,9 +278,7 @@ class FeatureTransformer(nn.Module):
         super().__init__()
         self.proj = nn.Linear(features, d)
         layer = nn.TransformerEncoderLayer(d, 4, ff, dropout=0.0, batch_first=True, norm_first=True)
-        self.encoder = nn.TransformerEncoder(
-            layer, layers, norm=nn.LayerNorm(d), enable_nested_tensor=False
-        )
+        self.encoder = nn.TransformerEncoder(layer, layers, norm=nn.LayerNorm(d), enable_nested_tensor=False)
         self.head = nn.Linear(d, classes)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -457,8 +451,7 @@ class ResidualMLP(nn.Module):
         super().__init__()
         self.inp = nn.Linear(features, width)
         self.blocks = nn.ModuleList(
-            nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, width))
-            for _ in range(blocks)
+            nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, width)) for _ in range(blocks)
         )
         self.head = nn.Linear(width, out)
 
@@ -860,8 +853,7 @@ PATHOLOGICAL: list[ZooCase] = [
         build_mlp_dead_relu_negative_bias,
         {"dead_relu": ("net.1", "net.3")},
         healthy=False,
-        note="Large negative biases leave 3/4 of the ReLU units never active (dying ReLU, "
-        "Lu et al. 2019).",
+        note="Large negative biases leave 3/4 of the ReLU units never active (dying ReLU, Lu et al. 2019).",
     ),
     ZooCase(
         "mlp_sgd_lr_above_edge_of_stability",
@@ -900,8 +892,7 @@ PATHOLOGICAL: list[ZooCase] = [
         build_mlp_unused_aux_head,
         {"unused_parameters": ("aux_head",)},
         healthy=False,
-        note="aux_head is registered but never called: its parameters get no gradient "
-        "(DDP find_unused_parameters).",
+        note="aux_head is registered but never called: its parameters get no gradient (DDP find_unused_parameters).",
     ),
     ZooCase(
         "mlp_nan_log_negative",
@@ -943,8 +934,7 @@ PATHOLOGICAL: list[ZooCase] = [
         build_cnn_dead_relu_channels,
         {"dead_relu": ("features.1",)},
         healthy=False,
-        note="24 of 32 conv channels have bias -8: those ReLU channels never fire (Lu et al. "
-        "2019).",
+        note="24 of 32 conv channels have bias -8: those ReLU channels never fire (Lu et al. 2019).",
     ),
     ZooCase(
         "deep_sigmoid_cnn",
@@ -969,8 +959,7 @@ PATHOLOGICAL: list[ZooCase] = [
         build_cnn_normal_init_exploding,
         {"exploding_gradient": (), "poor_initialization": ()},
         healthy=False,
-        note="7 conv+ReLU layers with N(0,1) weights (fan-in 144): x8.5 per layer (He et al. "
-        "2015).",
+        note="7 conv+ReLU layers with N(0,1) weights (fan-in 144): x8.5 per layer (He et al. 2015).",
     ),
     ZooCase(
         "cnn_unused_aux_classifier",
@@ -1004,8 +993,7 @@ PATHOLOGICAL: list[ZooCase] = [
         build_lstm_huge_input_scale,
         {"input_not_normalized": (), "saturated_activation": ("rnn",)},
         healthy=False,
-        note="Raw sensor readings (~1e3) into an LSTM: gate pre-activations ~|30|, sigmoid/tanh "
-        "gates saturated.",
+        note="Raw sensor readings (~1e3) into an LSTM: gate pre-activations ~|30|, sigmoid/tanh gates saturated.",
     ),
     ZooCase(
         "lstm_sgd_lr_1e9",
@@ -1158,8 +1146,7 @@ HEALTHY: list[ZooCase] = [
         healthy=True,
         optimizer={"name": "sgd", "lr": 0.05, "momentum": 0.9},
         checks=("standard", "curvature"),
-        note="Same sharpened tiny MLP as mlp_sgd_lr_above_edge_of_stability with lr well under "
-        "2(1+beta)/lambda_max.",
+        note="Same sharpened tiny MLP as mlp_sgd_lr_above_edge_of_stability with lr well under 2(1+beta)/lambda_max.",
     ),
     ZooCase(
         "cnn_bn_regression",

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import statistics
 
-from ..measurements import Measurements
+from ..measurements import Measurements, RecurrentMeasure
 from ..schema import Finding, Remediation
 from .common import REFS, batch_confidence, fmt, orders_of_magnitude, span
-from .gradient_profile import gradient_profile
+from .gradient_profile import backprop_profile, weight_profile
 
 RULE_ID = "exploding_gradient"
 
@@ -25,17 +25,61 @@ def suggested_max_norm(m: Measurements) -> float | None:
     return float(f"{statistics.median(norms) * len(norms) ** 0.5:.2g}")
 
 
+def _time_finding(m: Measurements, rnn: RecurrentMeasure) -> Finding | None:
+    """The gradient reaching the first time step is 100x the one at the last: it grows back in time."""
+    steps = rnn.per_step_norm
+    if len(steps) < 8 or steps[-1] <= 0 or steps[0] / steps[-1] <= WARNING_RATIO:
+        return None
+    ratio = steps[0] / steps[-1]
+    max_norm = suggested_max_norm(m)
+    return Finding(
+        rule=RULE_ID,
+        severity="error" if ratio > ERROR_RATIO else "warning",
+        title="Exploding gradient through time",
+        message=f"In {rnn.name} the gradient reaching the first of {len(steps)} time steps is "
+        f"10^{orders_of_magnitude(ratio):.1f} larger than at the last step: the recurrent weights amplify it at every step.",
+        layers=[rnn.name],
+        evidence={
+            "first_to_last_step_ratio": ratio,
+            "time_steps": len(steps),
+            "first_step_norm": steps[0],
+            "last_step_norm": steps[-1],
+        },
+        thresholds={"warning_ratio": WARNING_RATIO, "error_ratio": ERROR_RATIO},
+        remediation=[
+            Remediation(
+                action="clip_gradients",
+                detail=f"Clip the global gradient norm (max_norm≈{fmt(max_norm)}), the standard fix for recurrent nets.",
+                snippet=f"torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm={max_norm})",
+                references=[REFS["pascanu2013"]],
+                params={"max_norm": max_norm},
+            ),
+            Remediation(
+                action="orthogonal_recurrent_init",
+                detail="Initialise the recurrent weights orthogonally (spectral radius 1) or use an LSTM/GRU.",
+                snippet="nn.init.orthogonal_(rnn.weight_hh_l0)",
+                references=[REFS["pascanu2013"], REFS["hochreiter1997"]],
+                params={"init": "orthogonal"},
+            ),
+        ],
+        confidence=min(0.9, batch_confidence(m.batch_size)),
+    )
+
+
 def evaluate(m: Measurements) -> list[Finding]:
-    """Fire when the first layer's back-propagated gradient is 100x the last layer's."""
-    profile = gradient_profile(m)
+    """Fire when the first layer's (or first time step's) gradient is 100x the last one's."""
+    findings = [f for f in (_time_finding(m, rnn) for rnn in m.recurrent) if f is not None]
+    profile = backprop_profile(m) or weight_profile(m)
     if profile is None or profile.ratio <= WARNING_RATIO:
-        return []
+        return findings
     ratio = profile.ratio
     last = profile.values[-1]
-    strong = [layer.name for layer, value in zip(profile.layers, profile.values, strict=True) if value > last * WARNING_RATIO]
+    strong = [
+        layer.name for layer, value in zip(profile.layers, profile.values, strict=True) if value > last * WARNING_RATIO
+    ]
     max_norm = suggested_max_norm(m)
     global_norm = m.global_grad_norm
-    return [
+    return findings + [
         Finding(
             rule=RULE_ID,
             severity="error" if ratio > ERROR_RATIO else "warning",

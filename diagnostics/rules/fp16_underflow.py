@@ -29,7 +29,11 @@ def evaluate(m: Measurements) -> list[Finding]:
     severity = "info"
     if fp16:
         severity = "error" if flushed_scaled >= SCALED_ERROR_FRACTION else "warning"
-    worst = [layer.name for layer in layers if layer.nonzero_grads and layer.flushed / layer.nonzero_grads >= WARNING_FRACTION]
+    worst = [
+        layer.name
+        for layer in layers
+        if layer.nonzero_grads and layer.flushed / layer.nonzero_grads >= WARNING_FRACTION
+    ]
     scale_note = (
         f"{fmt(100 * flushed_scaled)}% still flush with GradScaler's 2^16 scale"
         if flushed_scaled
@@ -44,7 +48,11 @@ def evaluate(m: Measurements) -> list[Finding]:
             f"in fp16 ({scale_note}); worst in {span(worst)}."
             + ("" if fp16 else " Training precision is not fp16, so this matters only if you switch to it."),
             layers=worst,
-            evidence={"flushed_fraction": flushed, "flushed_fraction_with_2e16_scale": flushed_scaled, "precision": m.options.precision},
+            evidence={
+                "flushed_fraction": flushed,
+                "flushed_fraction_with_2e16_scale": flushed_scaled,
+                "precision": m.options.precision,
+            },
             thresholds={"warning_fraction": WARNING_FRACTION, "scaled_error_fraction": SCALED_ERROR_FRACTION},
             remediation=[
                 Remediation(

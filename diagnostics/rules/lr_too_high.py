@@ -37,7 +37,12 @@ def evaluate(m: Measurements) -> list[Finding]:
             f"2(1+β) = {fmt(2 * (1 + opt.momentum))}: gradient descent diverges along the sharpest direction. "
             f"Use lr ≤ {fmt(suggested)}.",
             layers=[],
-            evidence={"hessian_max_eigenvalue": sharpness, "lr": opt.lr, "momentum": opt.momentum, "lr_times_sharpness": product},
+            evidence={
+                "hessian_max_eigenvalue": sharpness,
+                "lr": opt.lr,
+                "momentum": opt.momentum,
+                "lr_times_sharpness": product,
+            },
             thresholds={"stability_limit": 2 * (1 + opt.momentum), "error_factor": ERROR_FACTOR},
             remediation=[
                 Remediation(

@@ -14,9 +14,16 @@ RULE_ID = "poor_initialization"
 # torch.nn.init.calculate_gain. Each layer scales the signal by about std / that value, so L layers
 # scale it by that ratio^L; Xavier on ReLU (ratio 1/sqrt(2)) halves the variance per layer.
 GAINS = {
-    "relu": math.sqrt(2.0), "relu6": math.sqrt(2.0), "leaky_relu": math.sqrt(2.0 / (1 + 0.01**2)),
-    "gelu": math.sqrt(2.0), "silu": math.sqrt(2.0), "elu": math.sqrt(2.0), "mish": math.sqrt(2.0),
-    "tanh": 5.0 / 3.0, "selu": 0.75, "sigmoid": 1.0,
+    "relu": math.sqrt(2.0),
+    "relu6": math.sqrt(2.0),
+    "leaky_relu": math.sqrt(2.0 / (1 + 0.01**2)),
+    "gelu": math.sqrt(2.0),
+    "silu": math.sqrt(2.0),
+    "elu": math.sqrt(2.0),
+    "mish": math.sqrt(2.0),
+    "tanh": 5.0 / 3.0,
+    "selu": 0.75,
+    "sigmoid": 1.0,
 }
 # A layer is off-scale when its std differs from the variance-preserving one by more than 25%.
 MISMATCH = 1.25
@@ -42,6 +49,11 @@ def _runs(m: Measurements) -> list[list[tuple[LayerMeasure, float]]]:
     current: list[tuple[LayerMeasure, float]] = []
     direction = 0
     for layer in m.layers:
+        if "Norm" in layer.type:  # normalisation resets the signal scale: a run cannot span it
+            if current:
+                runs.append(current)
+            current, direction = [], 0
+            continue
         target = recommended_std(layer)
         if layer.type not in _INIT_LAYERS or target is None or not layer.weight_std:
             continue
@@ -87,27 +99,24 @@ def evaluate(m: Measurements) -> list[Finding]:
                 rule=RULE_ID,
                 severity="error" if magnitude >= ERROR_DRIFT else "warning",
                 title="Initialisation scale distorts the signal",
-                message=f"{span(names)} ({activation}) have weight std {fmt(min(ratios))}–{fmt(max(ratios))}× the "
-                f"variance-preserving value gain/sqrt(fan_in)"
-                + (f"; the forward signal {'grows' if (drift or 1) > 1 else 'shrinks'} 10^{orders_of_magnitude(drift):.1f} across them" if drift else "")
-                + ("; the following sigmoid/tanh units saturate" if saturates else "")
-                + ".",
+                message=_message(names, activation, ratios, drift, saturates),
                 layers=names,
                 evidence={
                     "std_to_recommended": [float(r) for r in ratios],
                     "signal_ratio_last_to_first": drift,
                     "activation": activation,
                 },
-                thresholds={"mismatch_factor": MISMATCH, "warning_drift": WARNING_DRIFT, "error_drift": ERROR_DRIFT, "min_layers": MIN_RUN},
+                thresholds={
+                    "mismatch_factor": MISMATCH,
+                    "warning_drift": WARNING_DRIFT,
+                    "error_drift": ERROR_DRIFT,
+                    "min_layers": MIN_RUN,
+                },
                 remediation=[
                     Remediation(
                         action="reinitialize",
                         detail=f"Initialise these layers with {init} for {activation} (std = gain/sqrt(fan_in)).",
-                        snippet=(
-                            f"nn.init.kaiming_normal_(layer.weight, nonlinearity='{activation if activation in ('relu', 'leaky_relu') else 'relu'}')"
-                            if init == "kaiming_normal"
-                            else f"nn.init.xavier_normal_(layer.weight, gain=nn.init.calculate_gain('{activation if activation in ('tanh', 'sigmoid') else 'linear'}'))"
-                        ),
+                        snippet=_snippet(init, activation),
                         references=[REFS["he2015"], REFS["glorot2010"], REFS["lecun1998"]],
                         params={"init": init, "activation": activation},
                     )
@@ -116,3 +125,26 @@ def evaluate(m: Measurements) -> list[Finding]:
             )
         )
     return findings
+
+
+def _message(names: list[str], activation: str, ratios: list[float], drift: float | None, saturates: bool) -> str:
+    """Say which layers are off-scale, by how much, and what it does to the signal."""
+    text = (
+        f"{span(names)} ({activation}) have weight std {fmt(min(ratios))}–{fmt(max(ratios))}× "
+        "the variance-preserving value gain/sqrt(fan_in)"
+    )
+    if drift:
+        direction = "grows" if drift > 1 else "shrinks"
+        text += f"; the forward signal {direction} 10^{orders_of_magnitude(drift):.1f} across them"
+    if saturates:
+        text += "; the following sigmoid/tanh units saturate"
+    return text + "."
+
+
+def _snippet(init: str, activation: str) -> str:
+    """The one-line re-initialisation for the layers' activation."""
+    if init == "kaiming_normal":
+        nonlinearity = activation if activation in ("relu", "leaky_relu") else "relu"
+        return f"nn.init.kaiming_normal_(layer.weight, nonlinearity='{nonlinearity}')"
+    gain = activation if activation in ("tanh", "sigmoid") else "linear"
+    return f"nn.init.xavier_normal_(layer.weight, gain=nn.init.calculate_gain('{gain}'))"

@@ -22,7 +22,7 @@ def evaluate(m: Measurements) -> list[Finding]:
         m,
         rule=RULE_ID,
         title="Saturated activations",
-        kinds={"sigmoid", "tanh", "hardsigmoid", "hardtanh"},
+        kinds={"sigmoid", "tanh", "hardsigmoid", "hardtanh", "lstm_gates"},
         value=lambda a: a.saturated,
         warning=WARNING_FRACTION,
         error=ERROR_FRACTION,

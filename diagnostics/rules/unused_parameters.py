@@ -30,7 +30,11 @@ def evaluate(m: Measurements) -> list[Finding]:
                 message=f"{span(names)} received no gradient: their parameters do not reach the loss "
                 f"({count} parameters in fully unused layers).",
                 layers=names,
-                evidence={"unused_layers": len(unused), "partly_unused_layers": len(partly), "unused_parameters": count},
+                evidence={
+                    "unused_layers": len(unused),
+                    "partly_unused_layers": len(partly),
+                    "unused_parameters": count,
+                },
                 thresholds={"gradient": "None"},
                 remediation=[
                     Remediation(

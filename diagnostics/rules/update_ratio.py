@@ -24,7 +24,9 @@ def evaluate(m: Measurements) -> list[Finding]:
     opt = m.options.optimizer
     if opt is None:
         return []
-    ratios = [(layer, layer.update_to_weight) for layer in m.layers_with_grad() if layer.fan_in and layer.update_to_weight]
+    ratios = [
+        (layer, layer.update_to_weight) for layer in m.layers_with_grad() if layer.fan_in and layer.update_to_weight
+    ]
     if not ratios:
         return []
     median = statistics.median(r for _, r in ratios if r is not None)
@@ -42,7 +44,11 @@ def evaluate(m: Measurements) -> list[Finding]:
             f"{fmt(median)} of their norm ({'too fast' if fast else 'too slow'}; ~1e-3 is typical) in {span(flagged)}. "
             f"lr≈{fmt(suggested)} would give 1e-3.",
             layers=flagged,
-            evidence={"median_update_to_weight": median, "lr": opt.lr, **{f"ratio:{layer.name}": r for layer, r in ratios[:20]}},
+            evidence={
+                "median_update_to_weight": median,
+                "lr": opt.lr,
+                **{f"ratio:{layer.name}": r for layer, r in ratios[:20]},
+            },
             thresholds={"too_fast": TOO_FAST, "too_slow": TOO_SLOW, "diverging": DIVERGING, "target": TARGET},
             remediation=[
                 Remediation(

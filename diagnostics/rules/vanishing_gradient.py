@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..measurements import Measurements, RecurrentMeasure
 from ..schema import Finding, Remediation
 from .common import REFS, batch_confidence, fmt, orders_of_magnitude, span
-from .gradient_profile import Profile, gradient_profile
+from .gradient_profile import Profile, backprop_profile, weight_profile
 
 RULE_ID = "vanishing_gradient"
 
@@ -18,12 +18,22 @@ ERROR_RATIO = 1e-3
 _SATURATING = {"sigmoid", "tanh", "hardsigmoid", "hardtanh"}
 
 
-def _depth_finding(m: Measurements, profile: Profile) -> Finding | None:
-    ratio = profile.ratio
+def _depth_finding(m: Measurements, profiles: list[Profile]) -> Finding | None:
+    """Both views must agree: the signal dies out AND the first layers learn far slower.
+
+    The back-propagated signal alone also shrinks when raw, huge inputs inflate the first layers'
+    outputs; the relative weight gradient alone misses nothing there but confirms the slow learning.
+    """
+    if not profiles:
+        return None
+    ratio = max(p.ratio for p in profiles)
     if ratio >= WARNING_RATIO:
         return None
+    profile = profiles[0]
     last = profile.values[-1]
-    weak = [layer.name for layer, value in zip(profile.layers, profile.values, strict=True) if value < last * WARNING_RATIO]
+    weak = [
+        layer.name for layer, value in zip(profile.layers, profile.values, strict=True) if value < last * WARNING_RATIO
+    ]
     kinds = {layer.next_activation for layer in profile.layers if layer.next_activation}
     remediation = [
         Remediation(
@@ -62,6 +72,7 @@ def _depth_finding(m: Measurements, profile: Profile) -> Finding | None:
         layers=weak,
         evidence={
             "first_to_last_ratio": ratio,
+            **{f"{p.source}_ratio": p.ratio for p in profiles},
             "first_layer_value": profile.values[0],
             "last_layer_value": last,
             "measure": profile.source,
@@ -89,7 +100,12 @@ def _time_finding(m: Measurements, rnn: RecurrentMeasure) -> Finding | None:
         f"{len(steps)} time steps is 10^{orders_of_magnitude(ratio):.1f} below its peak: early inputs cannot "
         "influence learning.",
         layers=[rnn.name],
-        evidence={"first_step_to_peak_ratio": ratio, "time_steps": len(steps), "first_step_norm": steps[0], "peak_norm": peak},
+        evidence={
+            "first_step_to_peak_ratio": ratio,
+            "time_steps": len(steps),
+            "first_step_norm": steps[0],
+            "peak_norm": peak,
+        },
         thresholds={"warning_ratio": WARNING_RATIO, "error_ratio": ERROR_RATIO},
         remediation=[
             Remediation(
@@ -113,11 +129,10 @@ def _time_finding(m: Measurements, rnn: RecurrentMeasure) -> Finding | None:
 def evaluate(m: Measurements) -> list[Finding]:
     """Fire when the gradient at the first layer (or first time step) is 100x below the last."""
     findings = []
-    profile = gradient_profile(m)
-    if profile is not None:
-        found = _depth_finding(m, profile)
-        if found:
-            findings.append(found)
+    profiles = [p for p in (backprop_profile(m), weight_profile(m)) if p is not None]
+    found = _depth_finding(m, profiles)
+    if found:
+        findings.append(found)
     for rnn in m.recurrent:
         found = _time_finding(m, rnn)
         if found:
