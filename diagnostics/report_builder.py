@@ -104,7 +104,8 @@ def summary(findings: list[Finding], num_layers: int) -> str:
     if not serious:
         return f"Gradients flow well through all {num_layers} layers; no problems found."
     counts = Counter(f.severity for f in serious)
-    parts = ", ".join(f"{counts[s]} {s}" for s in ("critical", "error", "warning") if counts[s])
+    plural = {"critical": "critical", "error": "errors", "warning": "warnings"}
+    parts = ", ".join(f"{counts[s]} {s if counts[s] == 1 else plural[s]}" for s in ("critical", "error", "warning") if counts[s])
     rules = "; ".join(f"{f.rule} ({', '.join(f.layers[:3]) or 'model'})" for f in serious[:4])
     return f"{parts}: {rules}."
 
