@@ -193,5 +193,5 @@ def _layer_sums(
         flushed_scaled=round(sum(scaled(m, 2) for m in with_grad)),
         subnormal=round(sum(scaled(m, 3) for m in with_grad)),
         nonzero_grads=round(sum(scaled(m, 4) for m in with_grad)),
-        missing_grads=len(members) - len(with_grad),
+        missing_grads=sum(1 for m in members if m not in grad_norm and params[m].requires_grad),
     )

@@ -158,3 +158,12 @@ def test_non_archive_files_are_refused(tmp_path: Path) -> None:
     (tmp_path / "model.pt2").write_bytes(b"\x00" * 100)
     with pytest.raises(InputError, match="not a model package"):
         load_package(tmp_path / "model.pt2")
+
+
+def test_frozen_layers_are_not_reported_as_unused() -> None:
+    model, (x, y) = _mlp(), _batch()
+    for p in model[0].parameters():
+        p.requires_grad_(False)
+    report = analyze_module(model, "cross_entropy", x, y)
+    assert not report.findings_for("unused_parameters"), report.summary
+    assert next(layer for layer in report.layers if layer.name == "0").grad_norm is None
