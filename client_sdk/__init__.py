@@ -1,7 +1,64 @@
-"""The gradhealth SDK: package models, analyse them locally, render reports."""
+"""The gradhealth SDK: a client for the service, local packaging, and reports that render and compare."""
 
-from gradhealth.diagnostics.schema import Finding, Report
+from gradhealth.diagnostics.schema import Finding
 
+from . import errors
+from .client import AsyncClient, Client
+from .compare import Comparison, Tolerance
+from .errors import (
+    AnalysisFailedError,
+    APIConnectionError,
+    APIError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    ConflictError,
+    GradhealthError,
+    HealthError,
+    InternalServerError,
+    NotFoundError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+    RateLimitError,
+    UnprocessableEntityError,
+    WaitTimeoutError,
+)
+from .handles import AnalysisHandle, AsyncAnalysisHandle
 from .packaging import package, save_batch
+from .report import Report
+from .types import Analysis, Batch, ModelPackage
 
-__all__ = ["Finding", "Report", "package", "save_batch"]
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "APIStatusError",
+    "APITimeoutError",
+    "Analysis",
+    "AnalysisFailedError",
+    "AnalysisHandle",
+    "AsyncAnalysisHandle",
+    "AsyncClient",
+    "AuthenticationError",
+    "BadRequestError",
+    "Batch",
+    "Client",
+    "Comparison",
+    "ConflictError",
+    "Finding",
+    "GradhealthError",
+    "HealthError",
+    "InternalServerError",
+    "ModelPackage",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "Report",
+    "Tolerance",
+    "UnprocessableEntityError",
+    "WaitTimeoutError",
+    "errors",
+    "package",
+    "save_batch",
+]

@@ -1,15 +1,26 @@
-"""The client commands of the `gradhealth` CLI (analyze; runs without any server)."""
+"""The client commands of the `gradhealth` CLI: analyze (local) and check (local or against a server)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
+if TYPE_CHECKING:
+    from gradhealth.diagnostics import AnalysisOptions
+
 EXIT_OK = 0
 EXIT_INPUT = 2
+
+
+def add_check_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register `gradhealth check` (its code lives in check.py and loads only when it runs)."""
+    from .check import add_check_parser as register
+
+    register(subparsers)
 
 
 def add_analyze_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -45,19 +56,16 @@ def _fail(message: str) -> int:
     return EXIT_INPUT
 
 
-def _options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from gradhealth.diagnostics import AnalysisOptions
+def _options(args: argparse.Namespace) -> AnalysisOptions:
+    from gradhealth.diagnostics import AnalysisOptions, OptimizerSpec
 
     optimizer = None
     if args.optimizer:
         if args.lr is None:
             raise ValueError("--optimizer needs --lr")
-        optimizer = {
-            "name": args.optimizer,
-            "lr": args.lr,
-            "momentum": args.momentum,
-            "weight_decay": args.weight_decay,
-        }
+        optimizer = OptimizerSpec(
+            name=args.optimizer, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay
+        )
     elif args.lr is not None:
         raise ValueError("--lr needs --optimizer (sgd, adam or adamw)")
     checks = tuple(c.strip() for c in args.checks.split(",") if c.strip())

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gradhealth.sdk.commands import add_analyze_parser
+from gradhealth.sdk.commands import add_analyze_parser, add_check_parser
+
+from .server_cli import add_server_parsers
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,6 +16,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=_version())
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_analyze_parser(subparsers)
+    add_check_parser(subparsers)
+    add_server_parsers(subparsers)
     return parser
 
 

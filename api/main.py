@@ -1,0 +1,57 @@
+"""Build the FastAPI app: settings, error handlers, metrics, routers. Run with `gradhealth api`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI
+from fastapi.concurrency import run_in_threadpool
+from fastapi.routing import APIRoute
+from gradhealth.store.db import migrate
+from gradhealth.store.settings import Settings, get_settings
+
+from gradhealth import __version__
+
+from .errors import install_error_handlers
+from .metrics import MetricsMiddleware
+from .routes import analyses, batches, health, models
+
+API_PREFIX = "/v1"
+api_router = APIRouter()
+for module in (models, batches, analyses):
+    api_router.include_router(module.router)
+
+
+def _operation_id(route: APIRoute) -> str:
+    """Clean operation ids (`analyses-create_analysis`) for generated clients."""
+    return f"{route.tags[0]}-{route.name}" if route.tags else route.name
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The app for these settings (default: from the environment); migrates the database on start."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(migrate, settings)
+        yield
+
+    app = FastAPI(
+        title="gradhealth",
+        version=__version__,
+        summary="Gradient-health diagnostics for PyTorch models",
+        lifespan=lifespan,
+        generate_unique_id_function=_operation_id,
+    )
+
+    async def app_settings() -> Settings:
+        """Async, so FastAPI resolves it without a thread-pool hop on every request."""
+        return settings
+
+    app.dependency_overrides[get_settings] = app_settings
+    install_error_handlers(app)
+    app.add_middleware(MetricsMiddleware, prefix=API_PREFIX)
+    app.include_router(api_router, prefix=API_PREFIX)
+    app.include_router(health.router)
+    return app

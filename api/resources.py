@@ -1,0 +1,64 @@
+"""Shared route helpers: project-scoped lookups (another project's id is a 404) and upload intake."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+from gradhealth.store.blobs import BlobStore
+from gradhealth.store.keys import Principal
+from gradhealth.store.models import Base
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from .errors import ApiError
+from .uploads import Upload
+
+Row = TypeVar("Row", bound=Base)
+
+
+def get_owned(session: Session, table: type[Row], object_id: str, principal: Principal, what: str) -> Row:
+    """The row if it exists in the caller's project; otherwise 404, never 403 (ids don't leak)."""
+    row = session.get(table, object_id)
+    if row is None or getattr(row, "project_id", None) != principal.project_id:
+        raise ApiError(404, f"no {what} with id {object_id!r} in this project")
+    return row
+
+
+def accept_upload(
+    session: Session,
+    store: BlobStore,
+    principal: Principal,
+    upload: Upload,
+    table: type[Row],
+    make_row: Callable[[], Row],
+) -> tuple[Row, bool]:
+    """Deduplicate by sha256 within the project, else validate (make_row), commit blob and row.
+
+    Returns (row, created). make_row raises InputError for a bad file; the staged bytes are then
+    discarded and nothing is stored.
+    """
+    sha = upload.staged.sha256
+    upload.staged.close()
+    query = select(table).where(table.project_id == principal.project_id, table.sha256 == sha)  # type: ignore[attr-defined]
+    existing = session.scalar(query)
+    if existing is not None:
+        store.discard(upload.staged)
+        return existing, False
+    try:
+        row = make_row()
+    except BaseException:
+        store.discard(upload.staged)
+        raise
+    store.commit(upload.staged)
+    session.add(row)
+    try:
+        session.commit()
+    except IntegrityError:  # a concurrent identical upload won the race
+        session.rollback()
+        existing = session.scalar(query)
+        if existing is None:
+            raise
+        return existing, False
+    return row, True

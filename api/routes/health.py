@@ -1,0 +1,59 @@
+"""Liveness, readiness (database and broker answer) and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from fastapi.concurrency import run_in_threadpool
+from gradhealth.store.celery_app import ping_broker
+from gradhealth.store.db import ping, session_factory
+from gradhealth.store.models import Analysis
+from gradhealth.store.settings import Settings
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import func, select
+
+from ..deps import SettingsDep
+from ..errors import ApiError
+from ..metrics import ANALYSES, REGISTRY
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process is up (no dependencies checked)."""
+    return {"status": "ok"}
+
+
+def _check(settings: Settings) -> dict[str, str]:
+    checks: dict[str, str] = {}
+    for name, probe in (("database", ping), ("broker", ping_broker)):
+        try:
+            probe(settings)
+            checks[name] = "ok"
+        except Exception as exc:
+            checks[name] = f"{type(exc).__name__}: {exc}"[:300]
+    return checks
+
+
+@router.get("/readyz")
+async def readyz(settings: SettingsDep) -> dict[str, object]:
+    """Ready to take work: the database and the broker both answer (503 otherwise)."""
+    checks = await run_in_threadpool(_check, settings)
+    if any(value != "ok" for value in checks.values()):
+        failing = ", ".join(f"{k}: {v}" for k, v in checks.items() if v != "ok")
+        raise ApiError(503, f"not ready: {failing}", code="not_ready", detail=checks)
+    return {"status": "ok", "checks": checks}
+
+
+def _count_analyses(settings: Settings) -> None:
+    with session_factory(settings)() as session:
+        counts = dict(session.execute(select(Analysis.status, func.count()).group_by(Analysis.status)).all())
+    for status in ("queued", "running", "succeeded", "failed"):
+        ANALYSES.labels(status).set(counts.get(status, 0))
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(settings: SettingsDep) -> Response:
+    """Prometheus text format."""
+    await run_in_threadpool(_count_analyses, settings)
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

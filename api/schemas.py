@@ -1,0 +1,122 @@
+"""Request and response bodies; analysis options reuse the engine's own pydantic models."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+from gradhealth.diagnostics.losses import NAMED_LOSSES
+from gradhealth.diagnostics.options import AnalysisOptions, OptimizerSpec, Precision
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+
+def _as_utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
+
+
+class Public(BaseModel):
+    """Response models read straight from ORM rows."""
+
+    model_config = ConfigDict(from_attributes=True, protected_namespaces=())
+
+
+class ModelPublic(Public):
+    """An uploaded model package."""
+
+    id: str
+    sha256: str
+    format: str = Field(description="torch.export or torchscript")
+    num_parameters: int | None = None
+    returns_loss: bool | None = Field(
+        default=None, description="true: the package computes its loss; false: name a loss"
+    )
+    size_bytes: int
+    filename: str | None = None
+    created_at: UtcDatetime
+
+
+class BatchPublic(Public):
+    """An uploaded batch, with its tensor shapes."""
+
+    id: str
+    sha256: str
+    shapes: dict[str, list[int]]
+    size_bytes: int
+    filename: str | None = None
+    created_at: UtcDatetime
+
+    @field_validator("shapes", mode="before")
+    @classmethod
+    def _parse_stored(cls, value: object) -> object:
+        """The database keeps shapes as JSON text."""
+        return json.loads(value) if isinstance(value, str) else value
+
+
+class AnalysisCreate(BaseModel):
+    """What to analyse and under which training set-up (see the engine's AnalysisOptions)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model_id: str
+    batch_id: str
+    loss: str | None = Field(default=None, description="for plain models: " + ", ".join(NAMED_LOSSES))
+    optimizer: OptimizerSpec | None = None
+    precision: Precision = "fp32"
+    checks: tuple[Literal["standard", "curvature"], ...] = ("standard",)
+
+    @field_validator("loss")
+    @classmethod
+    def _known_loss(cls, value: str | None) -> str | None:
+        if value is not None and value not in NAMED_LOSSES:
+            raise ValueError(f"unknown loss {value!r}; use one of: {', '.join(sorted(NAMED_LOSSES))}")
+        return value
+
+    def options(self) -> AnalysisOptions:
+        """The engine options this request stands for."""
+        return AnalysisOptions(loss=self.loss, optimizer=self.optimizer, precision=self.precision, checks=self.checks)
+
+
+class Progress(BaseModel):
+    """Where a running analysis is: the engine phase and the fraction done."""
+
+    phase: str
+    fraction: float
+
+
+class AnalysisError(BaseModel):
+    """Why an analysis failed: a stable code and a message that says what to fix."""
+
+    code: str
+    message: str
+
+
+class AnalysisPublic(BaseModel):
+    """An analysis and its state."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    id: str
+    status: Literal["queued", "running", "succeeded", "failed"]
+    model_id: str
+    batch_id: str
+    progress: Progress
+    error: AnalysisError | None = None
+    health: str | None = None
+    attempts: int
+    note: str | None = None
+    run_seconds: float | None = Field(default=None, description="worker time to load and analyse")
+    created_at: UtcDatetime
+    started_at: UtcDatetime | None = None
+    finished_at: UtcDatetime | None = None
+    report_url: str | None = None
+
+
+class AnalysesPublic(BaseModel):
+    """A page of analyses, newest first."""
+
+    data: list[AnalysisPublic]
+    count: int

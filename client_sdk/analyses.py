@@ -1,0 +1,226 @@
+"""`client.analyses`: create, retrieve, list, wait and read reports (sync and async)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Literal, overload
+
+import httpx
+from gradhealth.diagnostics.options import OptimizerSpec
+
+from ._base import RequestOptions, parse_retry_after
+from ._constants import DEFAULT_WAIT_TIMEOUT, POLL_INITIAL_INTERVAL, POLL_MAX_INTERVAL, RETRY_STATUSES
+from .errors import APIConnectionError, InternalServerError, RateLimitError, WaitTimeoutError
+from .pagination import AsyncPage, SyncPage
+from .report import Report
+from .types import Analysis, AnalysisStatus, ReportFormat
+
+if TYPE_CHECKING:
+    from ._base import AsyncAPIClient, SyncAPIClient
+
+# A 409 from the report endpoint means "not finished" or "failed": wait() decides, blind retries don't.
+REPORT_RETRY_STATUSES = RETRY_STATUSES - {409}
+# While waiting, a restarting or overloaded server is not a reason to give up before the deadline.
+TRANSIENT_WAIT_ERRORS = (APIConnectionError, InternalServerError, RateLimitError)
+OptimizerArg = OptimizerSpec | dict[str, Any] | None
+ProgressCallback = Callable[[Analysis], None]
+
+
+def create_body(
+    model_id: str,
+    batch_id: str,
+    loss: str | None,
+    optimizer: OptimizerArg,
+    precision: str,
+    checks: Sequence[str],
+) -> dict[str, Any]:
+    """The POST /v1/analyses body; unset options are left to the server's defaults."""
+    body: dict[str, Any] = {"model_id": model_id, "batch_id": batch_id, "precision": precision}
+    body["checks"] = [checks] if isinstance(checks, str) else list(checks)
+    if loss is not None:
+        body["loss"] = loss
+    if isinstance(optimizer, OptimizerSpec):
+        body["optimizer"] = optimizer.model_dump(mode="json")
+    elif optimizer is not None:
+        body["optimizer"] = dict(optimizer)
+    return body
+
+
+def _report_options(analysis_id: str, format: str) -> RequestOptions:
+    return RequestOptions(
+        "GET", f"/v1/analyses/{analysis_id}/report", params={"format": format}, retry_statuses=REPORT_RETRY_STATUSES
+    )
+
+
+def _parse_report(response: httpx.Response, format: str) -> Report | str:
+    return Report.model_validate_json(response.content) if format == "json" else response.text
+
+
+class _Poll:
+    """Deadline and interval bookkeeping for wait(): grows the interval, prefers the server's hint."""
+
+    def __init__(self, timeout: float, poll_interval: float | None) -> None:
+        self.timeout = timeout
+        self.deadline = time.monotonic() + timeout
+        self.fixed = poll_interval
+        self.interval = poll_interval or POLL_INITIAL_INTERVAL
+
+    def expired(self) -> bool:
+        return time.monotonic() >= self.deadline
+
+    def next_delay(self, hint: float | None) -> float:
+        delay = hint if hint is not None and 0 < hint <= POLL_MAX_INTERVAL * 4 else self.interval
+        if self.fixed is None:
+            self.interval = min(self.interval * 1.5, POLL_MAX_INTERVAL)
+        return max(0.0, min(delay, self.deadline - time.monotonic()))
+
+
+class Analyses:
+    """Analyses of an uploaded model on an uploaded batch."""
+
+    def __init__(self, client: SyncAPIClient) -> None:
+        self._client = client
+
+    def create(
+        self,
+        *,
+        model_id: str,
+        batch_id: str,
+        loss: str | None = None,
+        optimizer: OptimizerArg = None,
+        precision: str = "fp32",
+        checks: Sequence[str] = ("standard",),
+        idempotency_key: str | None = None,
+    ) -> Analysis:
+        """Queue an analysis (the server answers 202 at once); follow it with wait()."""
+        body = create_body(model_id, batch_id, loss, optimizer, precision, checks)
+        options = RequestOptions("POST", "/v1/analyses", json=body, idempotency_key=idempotency_key)
+        return Analysis.model_validate(self._client.request(options).json())
+
+    def retrieve(self, analysis_id: str) -> Analysis:
+        """Status, progress and, when failed, the error."""
+        return self._client._get(f"/v1/analyses/{analysis_id}", Analysis)
+
+    def list(self, *, status: AnalysisStatus | None = None, limit: int = 50) -> SyncPage[Analysis]:
+        """This project's analyses, newest first; iterating the page walks every later page too."""
+
+        def fetch(offset: int) -> SyncPage[Analysis]:
+            params: dict[str, Any] = {"limit": limit, "offset": offset}
+            if status:
+                params["status"] = status
+            body = self._client.request(RequestOptions("GET", "/v1/analyses", params=params)).json()
+            data = [Analysis.model_validate(item) for item in body["data"]]
+            return SyncPage(data, int(body["count"]), offset, limit, fetch)
+
+        return fetch(0)
+
+    def wait(
+        self,
+        analysis_id: str,
+        *,
+        timeout: float = DEFAULT_WAIT_TIMEOUT,
+        poll_interval: float | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> Analysis:
+        """Poll until succeeded or failed (a failed analysis is returned as is); WaitTimeoutError after timeout."""
+        poll = _Poll(timeout, poll_interval)
+        last: Analysis | None = None
+        while True:
+            hint = None
+            try:
+                response = self._client.request(RequestOptions("GET", f"/v1/analyses/{analysis_id}"))
+                last, hint = Analysis.model_validate(response.json()), parse_retry_after(response.headers)
+                if on_progress is not None:
+                    on_progress(last)
+                if last.done:
+                    return last
+            except TRANSIENT_WAIT_ERRORS:
+                if poll.expired():
+                    raise
+            if poll.expired() and last is not None:
+                raise WaitTimeoutError(last, timeout)
+            self._client._sleep(poll.next_delay(hint))
+
+    @overload
+    def report(self, analysis_id: str, *, format: Literal["json"] = "json") -> Report: ...
+    @overload
+    def report(self, analysis_id: str, *, format: Literal["markdown", "html", "junit"]) -> str: ...
+    def report(self, analysis_id: str, *, format: ReportFormat = "json") -> Report | str:
+        """The report (ConflictError 409 until the analysis succeeded); json gives a Report, others text."""
+        return _parse_report(self._client.request(_report_options(analysis_id, format)), format)
+
+
+class AsyncAnalyses:
+    """Analyses of an uploaded model on an uploaded batch (async)."""
+
+    def __init__(self, client: AsyncAPIClient) -> None:
+        self._client = client
+
+    async def create(
+        self,
+        *,
+        model_id: str,
+        batch_id: str,
+        loss: str | None = None,
+        optimizer: OptimizerArg = None,
+        precision: str = "fp32",
+        checks: Sequence[str] = ("standard",),
+        idempotency_key: str | None = None,
+    ) -> Analysis:
+        """Queue an analysis (the server answers 202 at once); follow it with wait()."""
+        body = create_body(model_id, batch_id, loss, optimizer, precision, checks)
+        options = RequestOptions("POST", "/v1/analyses", json=body, idempotency_key=idempotency_key)
+        return Analysis.model_validate((await self._client.request(options)).json())
+
+    async def retrieve(self, analysis_id: str) -> Analysis:
+        """Status, progress and, when failed, the error."""
+        return await self._client._get(f"/v1/analyses/{analysis_id}", Analysis)
+
+    async def list(self, *, status: AnalysisStatus | None = None, limit: int = 50) -> AsyncPage[Analysis]:
+        """This project's analyses, newest first; `async for` walks every later page too."""
+
+        async def fetch(offset: int) -> AsyncPage[Analysis]:
+            params: dict[str, Any] = {"limit": limit, "offset": offset}
+            if status:
+                params["status"] = status
+            body = (await self._client.request(RequestOptions("GET", "/v1/analyses", params=params))).json()
+            data = [Analysis.model_validate(item) for item in body["data"]]
+            return AsyncPage(data, int(body["count"]), offset, limit, fetch)
+
+        return await fetch(0)
+
+    async def wait(
+        self,
+        analysis_id: str,
+        *,
+        timeout: float = DEFAULT_WAIT_TIMEOUT,
+        poll_interval: float | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> Analysis:
+        """Poll until succeeded or failed (a failed analysis is returned as is); WaitTimeoutError after timeout."""
+        poll = _Poll(timeout, poll_interval)
+        last: Analysis | None = None
+        while True:
+            hint = None
+            try:
+                response = await self._client.request(RequestOptions("GET", f"/v1/analyses/{analysis_id}"))
+                last, hint = Analysis.model_validate(response.json()), parse_retry_after(response.headers)
+                if on_progress is not None:
+                    on_progress(last)
+                if last.done:
+                    return last
+            except TRANSIENT_WAIT_ERRORS:
+                if poll.expired():
+                    raise
+            if poll.expired() and last is not None:
+                raise WaitTimeoutError(last, timeout)
+            await self._client._sleep(poll.next_delay(hint))
+
+    @overload
+    async def report(self, analysis_id: str, *, format: Literal["json"] = "json") -> Report: ...
+    @overload
+    async def report(self, analysis_id: str, *, format: Literal["markdown", "html", "junit"]) -> str: ...
+    async def report(self, analysis_id: str, *, format: ReportFormat = "json") -> Report | str:
+        """The report (ConflictError 409 until the analysis succeeded); json gives a Report, others text."""
+        return _parse_report(await self._client.request(_report_options(analysis_id, format)), format)

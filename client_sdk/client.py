@@ -1,0 +1,240 @@
+"""`gradhealth.Client` and `gradhealth.AsyncClient`: the REST API as typed resources, plus analyze()."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Literal, overload
+
+import httpx
+
+from ._base import AsyncAPIClient, SyncAPIClient, TimeoutArg
+from ._constants import DEFAULT_MAX_RETRIES, DEFAULT_WAIT_TIMEOUT
+from ._prepare import DataArg, LossArg, ModelArg, OptimizerArg, optimizer_spec, prepare
+from ._progress import ProgressBar
+from .analyses import Analyses, AsyncAnalyses
+from .errors import NotFoundError
+from .handles import AnalysisHandle, AsyncAnalysisHandle
+from .report import Report
+from .types import Analysis
+from .uploads import AsyncBatches, AsyncModels, Batches, Models
+
+
+class Client(SyncAPIClient):
+    """A gradhealth service: `client.models`, `client.batches`, `client.analyses`, and `analyze()`.
+
+    Args:
+        api_key: defaults to $GRADHEALTH_API_KEY, then (for a server on this machine) the key
+            `gradhealth serve` keeps in its data folder.
+        base_url: defaults to $GRADHEALTH_URL, then http://127.0.0.1:8000.
+        timeout: per request (seconds or httpx.Timeout); default 600 s, 5 s to connect.
+        max_retries: retries of connection errors and 408/409/429/5xx answers (default 2).
+        http_client: an httpx.Client to use (proxies, transports, tests); closed by its owner.
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        timeout: TimeoutArg = None,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        default_headers: Mapping[str, str] | None = None,
+        http_client: httpx.Client | None = None,
+    ) -> None:
+        super().__init__(
+            api_key=api_key,
+            base_url=base_url,
+            timeout=timeout,
+            max_retries=max_retries,
+            default_headers=default_headers,
+            http_client=http_client,
+        )
+        self.models = Models(self)
+        self.batches = Batches(self)
+        self.analyses = Analyses(self)
+
+    def __enter__(self) -> Client:
+        return self
+
+    @overload
+    def analyze(
+        self,
+        model: ModelArg,
+        data: DataArg,
+        *,
+        loss: LossArg = None,
+        optimizer: OptimizerArg = None,
+        lr: float | None = None,
+        momentum: float | None = None,
+        weight_decay: float | None = None,
+        betas: tuple[float, float] | None = None,
+        precision: str = "fp32",
+        checks: Sequence[str] = ("standard",),
+        wait: Literal[True] = True,
+        progress: bool = True,
+        timeout: float = DEFAULT_WAIT_TIMEOUT,
+    ) -> Report: ...
+    @overload
+    def analyze(
+        self,
+        model: ModelArg,
+        data: DataArg,
+        *,
+        loss: LossArg = None,
+        optimizer: OptimizerArg = None,
+        lr: float | None = None,
+        momentum: float | None = None,
+        weight_decay: float | None = None,
+        betas: tuple[float, float] | None = None,
+        precision: str = "fp32",
+        checks: Sequence[str] = ("standard",),
+        wait: Literal[False],
+        progress: bool = True,
+        timeout: float = DEFAULT_WAIT_TIMEOUT,
+    ) -> AnalysisHandle: ...
+    def analyze(
+        self,
+        model: ModelArg,
+        data: DataArg,
+        *,
+        loss: LossArg = None,
+        optimizer: OptimizerArg = None,
+        lr: float | None = None,
+        momentum: float | None = None,
+        weight_decay: float | None = None,
+        betas: tuple[float, float] | None = None,
+        precision: str = "fp32",
+        checks: Sequence[str] = ("standard",),
+        wait: bool = True,
+        progress: bool = True,
+        timeout: float = DEFAULT_WAIT_TIMEOUT,
+    ) -> Report | AnalysisHandle:
+        """Package, upload what the server lacks, analyse, and (by default) wait for the Report.
+
+        Args:
+            model: an nn.Module (packaged with `loss` via gradhealth.package) or a package file.
+            data: (inputs, targets) tensors, or a batch file from gradhealth.save_batch.
+            loss: a loss name or a callable (outputs, targets) -> per-sample losses.
+            optimizer: 'sgd'|'adam'|'adamw' with lr (momentum, weight_decay, betas), an OptimizerSpec,
+                or a torch.optim SGD/Adam/AdamW instance; enables the lr and update-size rules.
+            precision: fp32, fp16 or bf16 (the precision you train in).
+            checks: 'standard' and optionally 'curvature' (Hessian eigenvalue for lr_too_high).
+            wait: False returns an AnalysisHandle at once.
+            progress: show a progress bar (only on a terminal or in Jupyter).
+            timeout: seconds to wait for the report.
+
+        Returns:
+            The Report, or an AnalysisHandle when wait=False.
+        """
+        spec = optimizer_spec(optimizer, lr, momentum, weight_decay, betas)
+        with (
+            tempfile.TemporaryDirectory(prefix="gradhealth-") as tmp,
+            ProgressBar(progress and wait, "gradhealth") as bar,
+        ):
+            bar.show("packaging")
+            prepared = prepare(model, data, loss, Path(tmp))
+            bar.show("uploading")
+            ids = (self.models.ensure(prepared.model_path), self.batches.ensure(prepared.batch_path))
+
+            def create(model_id: str, batch_id: str) -> Analysis:
+                return self.analyses.create(
+                    model_id=model_id,
+                    batch_id=batch_id,
+                    loss=prepared.loss,
+                    optimizer=spec,
+                    precision=precision,
+                    checks=checks,
+                )
+
+            try:
+                analysis = create(*ids)
+            except NotFoundError:  # the server lost an upload this client remembered: send the bytes again
+                self._known_uploads.clear()
+                analysis = create(
+                    self.models.upload(prepared.model_path).id, self.batches.upload(prepared.batch_path).id
+                )
+            handle = AnalysisHandle(self, analysis)
+            if not wait:
+                return handle
+            return handle._wait(timeout, bar)
+
+
+class AsyncClient(AsyncAPIClient):
+    """The async twin of Client: the same resources and methods, awaited."""
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        timeout: TimeoutArg = None,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        default_headers: Mapping[str, str] | None = None,
+        http_client: httpx.AsyncClient | None = None,
+    ) -> None:
+        super().__init__(
+            api_key=api_key,
+            base_url=base_url,
+            timeout=timeout,
+            max_retries=max_retries,
+            default_headers=default_headers,
+            http_client=http_client,
+        )
+        self.models = AsyncModels(self)
+        self.batches = AsyncBatches(self)
+        self.analyses = AsyncAnalyses(self)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def analyze(
+        self,
+        model: ModelArg,
+        data: DataArg,
+        *,
+        loss: LossArg = None,
+        optimizer: OptimizerArg = None,
+        lr: float | None = None,
+        momentum: float | None = None,
+        weight_decay: float | None = None,
+        betas: tuple[float, float] | None = None,
+        precision: str = "fp32",
+        checks: Sequence[str] = ("standard",),
+        wait: bool = True,
+        progress: bool = True,
+        timeout: float = DEFAULT_WAIT_TIMEOUT,
+    ) -> Report | AsyncAnalysisHandle:
+        """As Client.analyze; packaging runs in a worker thread so the event loop keeps going."""
+        spec = optimizer_spec(optimizer, lr, momentum, weight_decay, betas)
+        with (
+            tempfile.TemporaryDirectory(prefix="gradhealth-") as tmp,
+            ProgressBar(progress and wait, "gradhealth") as bar,
+        ):
+            bar.show("packaging")
+            prepared = await asyncio.to_thread(prepare, model, data, loss, Path(tmp))
+            bar.show("uploading")
+            ids = (await self.models.ensure(prepared.model_path), await self.batches.ensure(prepared.batch_path))
+
+            async def create(model_id: str, batch_id: str) -> Analysis:
+                return await self.analyses.create(
+                    model_id=model_id,
+                    batch_id=batch_id,
+                    loss=prepared.loss,
+                    optimizer=spec,
+                    precision=precision,
+                    checks=checks,
+                )
+
+            try:
+                analysis = await create(*ids)
+            except NotFoundError:  # the server lost an upload this client remembered: send the bytes again
+                self._known_uploads.clear()
+                model_id = (await self.models.upload(prepared.model_path)).id
+                analysis = await create(model_id, (await self.batches.upload(prepared.batch_path)).id)
+            handle = AsyncAnalysisHandle(self, analysis)
+            if not wait:
+                return handle
+            return await handle._wait(timeout, bar)

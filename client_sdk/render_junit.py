@@ -1,0 +1,66 @@
+"""JUnit XML for CI: one testcase per rule id, failures at or above a severity, and the baseline check."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from typing import TYPE_CHECKING
+
+from gradhealth.diagnostics.rules import RULE_IDS
+from gradhealth.diagnostics.schema import Finding, Report, severity_at_least
+
+if TYPE_CHECKING:
+    from .compare import Comparison
+
+
+def _finding_text(findings: list[Finding]) -> str:
+    return "\n\n".join(
+        f"[{f.severity}] {f.title}\n{f.message}"
+        + (f"\nLayers: {', '.join(f.layers[:12])}" if f.layers else "")
+        + "".join(f"\nFix: {fix.action}: {fix.detail}" for fix in f.remediation)
+        for f in findings
+    )
+
+
+def to_junit(report: Report, fail_on: str = "warning", comparison: Comparison | None = None) -> str:
+    """Every known rule appears, so a CI dashboard shows which checks passed, not only failures."""
+    rules = list(RULE_IDS) + sorted({f.rule for f in report.findings} - set(RULE_IDS))
+    failures = 0
+    suite = ET.Element("testsuite", name="gradhealth", timestamp=report.created_at.isoformat())
+    classname = f"gradhealth.{report.model.format}"
+    for rule in rules:
+        findings = report.findings_for(rule)
+        case = ET.SubElement(suite, "testcase", classname=classname, name=rule)
+        case.set("time", "0")
+        bad = [f for f in findings if severity_at_least(f.severity, fail_on)]
+        if bad:
+            failures += 1
+            worst = max(bad, key=lambda f: ("info", "warning", "error", "critical").index(f.severity))
+            failure = ET.SubElement(case, "failure", message=f"{worst.severity}: {worst.title}", type=worst.severity)
+            failure.text = _finding_text(bad)
+        elif findings:
+            ET.SubElement(case, "system-out").text = _finding_text(findings)
+    tests = len(rules)
+    if comparison is not None:
+        tests += 1
+        case = ET.SubElement(suite, "testcase", classname=classname, name="baseline_regression")
+        case.set("time", "0")
+        if comparison.regressed:
+            failures += 1
+            failure = ET.SubElement(
+                case, "failure", message=f"regressed against baseline {comparison.baseline_id}", type="regression"
+            )
+            failure.text = "\n".join(comparison.reasons)
+        else:
+            ET.SubElement(case, "system-out").text = f"no regression against baseline {comparison.baseline_id}"
+    suite.set("tests", str(tests))
+    suite.set("failures", str(failures))
+    suite.set("errors", "0")
+    suite.set("skipped", "0")
+    seconds = sum(report.timings.values()) if report.timings else 0.0
+    suite.set("time", f"{seconds:.3f}")
+    root = ET.Element("testsuites", name=f"gradhealth report {report.id}")
+    root.set("tests", str(tests))
+    root.set("failures", str(failures))
+    root.append(suite)
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"

@@ -1,0 +1,125 @@
+"""Model and batch uploads: `client.models` and `client.batches` (sync and async)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+from ._base import RequestOptions
+from .errors import APIError
+from .types import Batch, ModelPackage
+
+if TYPE_CHECKING:
+    from ._base import AsyncAPIClient, SyncAPIClient
+
+R = TypeVar("R", ModelPackage, Batch)
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file, read in chunks (model packages can be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _checked(result: R, local_sha: str | None, path: Path) -> R:
+    """The server hashes what it received; a different digest means the bytes changed in transit."""
+    if local_sha is not None and result.sha256 != local_sha:
+        raise APIError(f"upload of {path} arrived corrupted: local sha256 {local_sha}, server {result.sha256}")
+    return result
+
+
+def _existing_file(file: str | os.PathLike[str]) -> Path:
+    path = Path(file)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    return path
+
+
+class _SyncUploads(Generic[R]):
+    _kind: str
+    _cast: type[R]
+
+    def __init__(self, client: SyncAPIClient) -> None:
+        self._client = client
+
+    def upload(self, file: str | os.PathLike[str], *, filename: str | None = None) -> R:
+        """Upload a file; the server answers with the existing record if it already has these bytes."""
+        path = _existing_file(file)
+        return self._upload(path, sha256_file(path), filename)
+
+    def _upload(self, path: Path, sha: str, filename: str | None = None) -> R:
+        response = self._client.request(RequestOptions("POST", f"/v1/{self._kind}", upload=path, upload_name=filename))
+        result = _checked(self._cast.model_validate(response.json()), sha, path)
+        self._client._known_uploads[(self._kind, sha)] = result.id
+        return result
+
+    def retrieve(self, object_id: str) -> R:
+        """One record of this project (NotFoundError otherwise)."""
+        return self._client._get(f"/v1/{self._kind}/{object_id}", self._cast)
+
+    def ensure(self, file: str | os.PathLike[str]) -> str:
+        """The id for these bytes, uploading only if this client has not uploaded them already."""
+        path = _existing_file(file)
+        sha = sha256_file(path)
+        known = self._client._known_uploads.get((self._kind, sha))
+        return known if known is not None else self._upload(path, sha).id
+
+
+class _AsyncUploads(Generic[R]):
+    _kind: str
+    _cast: type[R]
+
+    def __init__(self, client: AsyncAPIClient) -> None:
+        self._client = client
+
+    async def upload(self, file: str | os.PathLike[str], *, filename: str | None = None) -> R:
+        """Upload a file; the server answers with the existing record if it already has these bytes."""
+        path = _existing_file(file)
+        return await self._upload(path, sha256_file(path), filename)
+
+    async def _upload(self, path: Path, sha: str, filename: str | None = None) -> R:
+        options = RequestOptions("POST", f"/v1/{self._kind}", upload=path, upload_name=filename)
+        response = await self._client.request(options)
+        result = _checked(self._cast.model_validate(response.json()), sha, path)
+        self._client._known_uploads[(self._kind, sha)] = result.id
+        return result
+
+    async def retrieve(self, object_id: str) -> R:
+        """One record of this project (NotFoundError otherwise)."""
+        return await self._client._get(f"/v1/{self._kind}/{object_id}", self._cast)
+
+    async def ensure(self, file: str | os.PathLike[str]) -> str:
+        """The id for these bytes, uploading only if this client has not uploaded them already."""
+        path = _existing_file(file)
+        sha = sha256_file(path)
+        known = self._client._known_uploads.get((self._kind, sha))
+        return known if known is not None else (await self._upload(path, sha)).id
+
+
+class Models(_SyncUploads[ModelPackage]):
+    """`client.models`: model packages (.pt2 from gradhealth.package, or TorchScript)."""
+
+    _kind, _cast = "models", ModelPackage
+
+
+class Batches(_SyncUploads[Batch]):
+    """`client.batches`: batches (safetensors from gradhealth.save_batch)."""
+
+    _kind, _cast = "batches", Batch
+
+
+class AsyncModels(_AsyncUploads[ModelPackage]):
+    """`client.models` of AsyncClient."""
+
+    _kind, _cast = "models", ModelPackage
+
+
+class AsyncBatches(_AsyncUploads[Batch]):
+    """`client.batches` of AsyncClient."""
+
+    _kind, _cast = "batches", Batch

@@ -1,0 +1,126 @@
+"""Content-addressed blob storage: stage (hash while writing), validate, then commit atomically."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+
+CHUNK = 1 << 20
+
+
+class BlobTooLarge(Exception):
+    """The upload exceeded the configured limit; nothing was stored."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"upload larger than the limit of {limit} bytes")
+        self.limit = limit
+
+
+@dataclass
+class StagedBlob:
+    """Bytes received but not yet committed: a local temp file with its running hash."""
+
+    path: Path
+    file: BinaryIO
+    limit: int
+    size: int = 0
+    _hash: Any = field(default_factory=hashlib.sha256, repr=False)
+
+    def write(self, data: bytes) -> None:
+        """Append a chunk; raise BlobTooLarge as soon as the limit is passed."""
+        self.size += len(data)
+        if self.size > self.limit:
+            raise BlobTooLarge(self.limit)
+        self._hash.update(data)
+        self.file.write(data)
+
+    def close(self) -> None:
+        """Flush to disk so a later commit never publishes a half-written file."""
+        if not self.file.closed:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+
+    @property
+    def sha256(self) -> str:
+        """Hex digest of everything written so far."""
+        return self._hash.hexdigest()
+
+
+class BlobStore(Protocol):
+    """What the API and the workers need from blob storage (local disk, or S3-compatible)."""
+
+    def stage(self) -> StagedBlob:
+        """Open a temp file to receive an upload."""
+
+    def commit(self, staged: StagedBlob) -> str:
+        """Publish staged bytes under their sha256 and return the key."""
+
+    def discard(self, staged: StagedBlob) -> None:
+        """Drop staged bytes (failed validation or aborted upload)."""
+
+    def local_path(self, key: str) -> Path:
+        """A local file with the blob's bytes (an S3 store would download to a cache)."""
+
+    def exists(self, key: str) -> bool:
+        """True when the key has been committed."""
+
+
+class LocalBlobStore:
+    """Blobs as files <root>/<sha[:2]>/<sha>; writes are temp file + fsync + os.replace."""
+
+    def __init__(self, root: Path, max_bytes: int) -> None:
+        self.root = Path(root)
+        self.max_bytes = max_bytes
+        self._tmp = self.root / "tmp"
+        self._tmp.mkdir(parents=True, exist_ok=True)
+
+    def stage(self) -> StagedBlob:
+        """Receive into <root>/tmp so the final rename stays on one filesystem."""
+        fd, name = tempfile.mkstemp(dir=self._tmp, prefix="upload-")
+        return StagedBlob(path=Path(name), file=os.fdopen(fd, "wb"), limit=self.max_bytes)
+
+    def commit(self, staged: StagedBlob) -> str:
+        """Atomic publish: readers see the whole blob or none of it."""
+        staged.close()
+        key = staged.sha256
+        final = self._path(key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if final.exists():
+            staged.path.unlink(missing_ok=True)
+        else:
+            os.replace(staged.path, final)
+        return key
+
+    def discard(self, staged: StagedBlob) -> None:
+        """Remove the temp file; never fails."""
+        try:
+            staged.close()
+        except OSError:
+            pass
+        staged.path.unlink(missing_ok=True)
+
+    def local_path(self, key: str) -> Path:
+        """The committed file; FileNotFoundError names the key when it is gone."""
+        path = self._path(key)
+        if not path.is_file():
+            raise FileNotFoundError(f"blob {key} is missing from {self.root}")
+        return path
+
+    def exists(self, key: str) -> bool:
+        """True when the key has been committed."""
+        return self._path(key).is_file()
+
+    def _path(self, key: str) -> Path:
+        if len(key) != 64 or not all(c in "0123456789abcdef" for c in key):
+            raise ValueError(f"not a sha256 blob key: {key!r}")
+        return self.root / key[:2] / key
+
+
+def blob_store(settings: Any) -> BlobStore:
+    """The configured blob store (local disk; an S3 implementation would be chosen here)."""
+    return LocalBlobStore(settings.resolved_blob_dir, settings.max_upload_bytes)

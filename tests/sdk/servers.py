@@ -1,0 +1,222 @@
+"""Real HTTP servers for SDK tests: `gradhealth serve` in a subprocess, and a fault-injecting stub."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+
+READY_TIMEOUT = 60.0
+
+
+def free_port() -> int:
+    """A port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = READY_TIMEOUT, alive: Callable[[], bool] = lambda: True) -> None:
+    """Poll url until it answers 200."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive():
+            raise RuntimeError(f"server exited before {url} answered")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer 200 within {timeout:.0f} s")
+
+
+@dataclass
+class Served:
+    """A `gradhealth serve` subprocess with its own data folder, port and API key."""
+
+    root: Path
+    port: int
+    env: dict[str, str]
+    popen: subprocess.Popen[bytes] | None = None
+    key: str = ""
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "serve.log"
+
+    def start(self) -> None:
+        """Start (or restart) the server and wait until it is ready."""
+        args = ["serve", "--host", "127.0.0.1", "--port", str(self.port), "--data-dir", str(self.data_dir)]
+        with open(self.log, "ab") as handle:
+            self.popen = subprocess.Popen(
+                [sys.executable, "-m", "gradhealth.cli", *args],
+                env=self.env,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            wait_http(self.base_url + "/readyz", alive=lambda: self.popen is not None and self.popen.poll() is None)
+        except (RuntimeError, TimeoutError) as exc:
+            raise RuntimeError(f"{exc}\n{self.tail()}") from None
+        self.key = (self.data_dir / "api_key").read_text().strip()
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM (serve stops its worker), SIGKILL the group if it hangs."""
+        if self.popen is None or self.popen.poll() is not None:
+            return
+        self.popen.send_signal(signal.SIGTERM)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(10)
+
+    def admin(self, *args: str) -> str:
+        """`gradhealth admin ...` on this server's data folder; returns stdout."""
+        done = subprocess.run(
+            [sys.executable, "-m", "gradhealth.cli", "admin", *args],
+            env={**self.env, "GRADHEALTH_DATA_DIR": str(self.data_dir)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+def start_serve(root: Path) -> Served:
+    """A fresh `gradhealth serve` on a free port, configured for fast recovery."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRADHEALTH_")}
+    env.update(
+        PYTHONUNBUFFERED="1",
+        GRADHEALTH_KEY_CACHE_SECONDS="0",
+        GRADHEALTH_LEASE_SECONDS="6",
+        GRADHEALTH_HEARTBEAT_SECONDS="1",
+        GRADHEALTH_SWEEP_INTERVAL_SECONDS="1",
+        GRADHEALTH_REQUEUE_AFTER_SECONDS="8",
+        GRADHEALTH_ANALYSIS_TIME_LIMIT="120",
+    )
+    served = Served(root=root, port=free_port(), env=env)
+    served.start()
+    return served
+
+
+@dataclass
+class Seen:
+    """One request the stub received."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float
+
+
+@dataclass
+class Answer:
+    """What the stub sends back, optionally after a delay."""
+
+    status: int = 200
+    body: object = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+
+
+class FaultServer:
+    """A real HTTP server on localhost whose answers a test scripts: delays, 429s, restarts."""
+
+    def __init__(self, handler: Callable[[Seen], Answer]) -> None:
+        self.handler = handler
+        self.seen: list[Seen] = []
+        self.port = free_port()
+        self._server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> FaultServer:
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _serve(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                seen = Seen(
+                    self.command,
+                    self.path,
+                    {k.lower(): v for k, v in self.headers.items()},
+                    self.rfile.read(length),
+                    time.monotonic(),
+                )
+                stub.seen.append(seen)
+                answer = stub.handler(seen)
+                time.sleep(answer.delay)
+                payload = answer.body if isinstance(answer.body, bytes) else json.dumps(answer.body).encode()
+                try:
+                    self.send_response(answer.status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    for key, value in answer.headers.items():
+                        self.send_header(key, value)
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (timeout test)
+
+            do_GET = do_POST = _serve
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        server.daemon_threads = True
+        server.block_on_close = False  # type: ignore[attr-defined]
+        self._server = server
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def restart_after(self, seconds: float) -> threading.Thread:
+        """Stop now, start again on the same port after `seconds` (in the background)."""
+        self.stop()
+        thread = threading.Thread(target=lambda: (time.sleep(seconds), self.start()), daemon=True)
+        thread.start()
+        return thread
+
+    def __enter__(self) -> FaultServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,143 @@
+"""The HTML report in real headless Chromium: charts render, nothing errors, a screenshot is kept."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import struct
+import subprocess
+import zlib
+from pathlib import Path
+
+import pytest
+
+import gradhealth
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium; .ci/run does this)"
+)
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--enable-logging=stderr",
+    "--v=0",
+]
+
+
+def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    assert CHROMIUM is not None
+    return subprocess.run(
+        [CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def read_png(path: Path) -> tuple[int, int, list[bytes]]:
+    """Decode an 8-bit, non-interlaced RGB(A) PNG (what Chromium writes) into rows of RGB(A) bytes."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, idat, width = 8, b"", 0
+    while pos < len(data):
+        (length,), kind = struct.unpack(">I", data[pos : pos + 4]), data[pos + 4 : pos + 8]
+        chunk = data[pos + 8 : pos + 8 + length]
+        if kind == b"IHDR":
+            width, height, depth, color, _, _, interlace = struct.unpack(">IIBBBBB", chunk)
+            assert depth == 8 and color in (2, 6) and interlace == 0
+            channels = 4 if color == 6 else 3
+        elif kind == b"IDAT":
+            idat += chunk
+        pos += 12 + length
+    raw, stride, rows, prev = zlib.decompress(idat), width * channels, [], bytearray(width * channels)
+    for y in range(height):
+        line = raw[y * (stride + 1) : (y + 1) * (stride + 1)]
+        kind, cur = line[0], bytearray(line[1:])
+        for i in range(stride):
+            a = cur[i - channels] if i >= channels else 0
+            b, c = prev[i], prev[i - channels] if i >= channels else 0
+            if kind == 1:
+                cur[i] = (cur[i] + a) & 255
+            elif kind == 2:
+                cur[i] = (cur[i] + b) & 255
+            elif kind == 3:
+                cur[i] = (cur[i] + (a + b) // 2) & 255
+            elif kind == 4:
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                cur[i] = (cur[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
+        rows.append(bytes(cur))
+        prev = cur
+    return width, channels, rows
+
+
+def _count_color(rows: list[bytes], channels: int, rgb: str, step: int = 2) -> int:
+    want = bytes.fromhex(rgb.lstrip("#"))
+    return sum(1 for row in rows[::step] for i in range(0, len(row), channels * step) if row[i : i + 3] == want)
+
+
+def _console_errors(stderr: str) -> list[str]:
+    return [
+        line
+        for line in stderr.splitlines()
+        if "CONSOLE" in line or "Uncaught" in line or "Content Security Policy" in line or "Refused to" in line
+    ]
+
+
+@pytest.fixture(scope="module")
+def saturated_report() -> gradhealth.Report:
+    """A zoo model whose findings name parameter layers (poor init) and activations (saturation)."""
+    try:
+        from tests import zoo
+    except ImportError:
+        import zoo  # type: ignore[no-redef]
+    model, loss, inputs, targets = zoo.by_name("sigmoid_mlp_std1_saturated").build()
+    return gradhealth.analyze(model, loss, inputs, targets)
+
+
+def test_html_report_renders_in_chromium(
+    saturated_report: gradhealth.Report, artifacts_dir: Path, tmp_path: Path
+) -> None:
+    from gradhealth.sdk import render_html
+
+    case, report = "sigmoid_mlp_std1_saturated", saturated_report
+    assert {f.rule for f in report.findings} >= {"saturated_activation", "poor_initialization"}
+    page = artifacts_dir / f"report_{case}.html"
+    page.write_text(report.to_html())
+    url = page.resolve().as_uri()
+
+    dom = _chromium(tmp_path, "--dump-dom", url)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert not _console_errors(dom.stderr), _console_errors(dom.stderr)
+    charts = {
+        name: re.search(rf'<svg[^>]*class="gh-chart {name}"[^>]*>(.*?)</svg>', dom.stdout, re.S)
+        for name in ("gh-gradient-chart", "gh-activation-chart")
+    }
+    for name, match in charts.items():
+        assert match is not None, f"{name} missing from the rendered DOM"
+        widths = [float(w) for w in re.findall(r'<rect[^>]*width="([\d.]+)"', match.group(1))]
+        assert widths and max(widths) > 10, f"{name} has no visible bars"
+    gradient = charts["gh-gradient-chart"]
+    assert gradient is not None
+    flagged = report.findings_for("poor_initialization")[0].layers
+    assert len(re.findall(f'fill="{render_html.FLAGGED_COLOR}"', gradient.group(1))) >= len(flagged)
+    assert "saturated_activation" in dom.stdout and "Content-Security-Policy" in dom.stdout
+
+    shot = artifacts_dir / f"report_{case}.png"
+    shot.unlink(missing_ok=True)
+    done = _chromium(tmp_path, f"--screenshot={shot}", "--window-size=1200,2000", url)
+    assert done.returncode == 0 and shot.is_file(), done.stderr[-2000:]
+    assert not _console_errors(done.stderr), _console_errors(done.stderr)
+    width, channels, rows = read_png(shot)
+    assert width == 1200 and len(rows) == 2000
+    # The bars were painted, not only put in the DOM: their colours cover real pixels on screen.
+    assert _count_color(rows, channels, render_html.FLAGGED_COLOR) > 200  # badly initialised layers
+    assert _count_color(rows, channels, render_html.SATURATED_COLOR) > 200  # the activation chart

@@ -1,0 +1,153 @@
+"""Fixtures: artifacts, a throwaway PostgreSQL database, and the distributed stack
+(real uvicorn API + two real `celery worker` processes on Redis + PostgreSQL)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi", reason="server extra not installed: pip install -e '.[server]'")
+
+from gradhealth.store.settings import Settings  # noqa: E402
+
+from .artifacts import Files, build  # noqa: E402
+from .client import Api  # noqa: E402
+from .procs import Proc, free_port, wait_ready, wait_worker_ready  # noqa: E402
+
+PG_ADMIN_URL = os.environ.get("GRADHEALTH_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("GRADHEALTH_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+# Short leases and sweeps so recovery happens within a test; real defaults are minutes.
+FAST_RECOVERY = {
+    "GRADHEALTH_LEASE_SECONDS": "6",
+    "GRADHEALTH_HEARTBEAT_SECONDS": "1",
+    "GRADHEALTH_SWEEP_INTERVAL_SECONDS": "1",
+    "GRADHEALTH_REQUEUE_AFTER_SECONDS": "8",
+    "GRADHEALTH_MAX_UPLOAD_BYTES": str(4 * 2**20),
+    "GRADHEALTH_ANALYSIS_TIME_LIMIT": "120",
+    "GRADHEALTH_KEY_CACHE_SECONDS": "0",
+    "GRADHEALTH_LOG_LEVEL": "INFO",
+}
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    """The test process's environment minus any GRADHEALTH_* it happens to have, plus extra."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRADHEALTH_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(FAST_RECOVERY)
+    env.update(extra)
+    return env
+
+
+def settings_from(env: dict[str, str]) -> Settings:
+    """The settings the server processes see, for direct database checks from tests."""
+    values = {k[len("GRADHEALTH_") :].lower(): v for k, v in env.items() if k.startswith("GRADHEALTH_")}
+    return Settings(**values)
+
+
+def admin(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """Run `gradhealth admin ...` as a script would."""
+    return subprocess.run(
+        [sys.executable, "-m", "gradhealth.cli", "admin", *args], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.fixture(scope="session")
+def files(tmp_path_factory: pytest.TempPathFactory) -> Files:
+    return build(tmp_path_factory.mktemp("artifacts"))
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this session, dropped afterwards."""
+    psycopg = pytest.importorskip("psycopg")
+    name = "gradhealth_test_" + secrets.token_hex(6)
+    try:
+        admin_conn = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL} (start it, as .ci/run does): {exc}")
+    with admin_conn:
+        admin_conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    finally:  # FORCE also ends connections this process still pools
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def redis_prefix() -> Iterator[str]:
+    """A key prefix of our own on the shared Redis, deleted afterwards."""
+    redis = pytest.importorskip("redis")
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=5)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        pytest.fail(f"Redis is not reachable at {REDIS_URL} (start it, as .ci/run does): {exc}")
+    prefix = f"gradhealth_test_{secrets.token_hex(6)}:"
+    yield prefix
+    for key in client.scan_iter(match=prefix + "*", count=1000):
+        client.delete(key)
+    client.close()
+
+
+@dataclass
+class Stack:
+    """The distributed deployment under test."""
+
+    base_url: str
+    env: dict[str, str]
+    settings: Settings
+    api: Proc
+    workers: dict[str, Proc]
+    key: str
+    root: Path
+
+    def client(self, key: str | None = None) -> Api:
+        return Api(self.base_url, self.key if key is None else key)
+
+    def restart_worker(self, name: str) -> None:
+        """Bring a killed worker back so later tests have two again."""
+        worker = self.workers[name]
+        if not worker.alive():
+            worker.start()
+            wait_worker_ready(worker)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory, pg_url: str, redis_prefix: str) -> Iterator[Stack]:
+    """`gradhealth api` + two `gradhealth worker` processes sharing Redis, PostgreSQL and a blob dir."""
+    root = tmp_path_factory.mktemp("stack")
+    port = free_port()
+    env = base_env(
+        GRADHEALTH_DATA_DIR=str(root / "data"),
+        GRADHEALTH_DATABASE_URL=pg_url,
+        GRADHEALTH_BROKER_URL=REDIS_URL,
+        GRADHEALTH_BROKER_KEY_PREFIX=redis_prefix,
+    )
+    created = admin(env, "create-project", "ci")
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip()
+    procs: list[Proc] = []
+    try:
+        api = Proc("api", ["api", "--host", "127.0.0.1", "--port", str(port)], env, root)
+        procs.append(api)
+        workers = {}
+        for name in ("worker_a", "worker_b"):
+            workers[name] = Proc(name, ["worker", "--name", f"{name}@test"], env, root)
+            procs.append(workers[name])
+        base_url = f"http://127.0.0.1:{port}"
+        wait_ready(base_url, api)
+        for worker in workers.values():
+            wait_worker_ready(worker)
+        yield Stack(base_url, env, settings_from(env), api, workers, key, root)
+    finally:
+        for proc in procs:
+            proc.stop()

@@ -1,0 +1,1 @@
+"""Celery tasks and schedules: thin adapters over the engine."""

@@ -1,0 +1,56 @@
+"""The worker's Celery entry point (`celery -A gradhealth.workers.app worker`): tasks and sweeps."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from functools import partial
+from typing import Any
+
+from celery.signals import worker_init, worker_ready, worker_shutdown
+from gradhealth.store import analyses
+from gradhealth.store.celery_app import enqueue, get_celery
+from gradhealth.store.db import migrate
+from gradhealth.store.settings import get_settings
+
+from . import tasks  # noqa: F401  (registers the tasks on the app)
+from .sandbox import prepare_spare
+
+log = logging.getLogger(__name__)
+app = get_celery()
+_stop = threading.Event()
+
+
+def sweep_forever(stop: threading.Event) -> None:
+    """Every worker sweeps; the compare-and-set updates make concurrent sweeps harmless."""
+    settings = get_settings()
+    while not stop.wait(settings.sweep_interval_seconds):
+        try:
+            result = analyses.sweep(settings, partial(enqueue, settings=settings))
+        except Exception:  # the database may be briefly away; try again next round
+            log.exception("recovery sweep failed")
+            continue
+        if result.requeued_lost or result.requeued_stale or result.failed:
+            log.warning(
+                "recovery sweep: re-enqueued %d lost, %d from dead workers; gave up on %d",
+                len(result.requeued_lost),
+                len(result.requeued_stale),
+                len(result.failed),
+            )
+
+
+@worker_init.connect
+def _migrate(**_: Any) -> None:
+    migrate(get_settings())
+
+
+@worker_ready.connect
+def _start_sweeper(**_: Any) -> None:
+    if get_settings().warm_sandbox:
+        prepare_spare()  # the first analysis should not wait for torch to import
+    threading.Thread(target=sweep_forever, args=(_stop,), name="gradhealth-sweeper", daemon=True).start()
+
+
+@worker_shutdown.connect
+def _stop_sweeper(**_: Any) -> None:
+    _stop.set()
