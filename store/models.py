@@ -92,7 +92,10 @@ class Analysis(Base):
     """One requested analysis and its life: queued -> running -> succeeded | failed."""
 
     __tablename__ = "analyses"
-    __table_args__ = (Index("ix_analyses_status_heartbeat", "status", "heartbeat_at"),)
+    __table_args__ = (
+        Index("ix_analyses_status_heartbeat", "status", "heartbeat_at"),
+        UniqueConstraint("project_id", "idempotency_key", name="uq_analyses_project_idempotency"),
+    )
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
     model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
@@ -114,6 +117,8 @@ class Analysis(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    # The client's Idempotency-Key: a retried POST finds this row instead of queuing a twin.
+    idempotency_key: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
 
 class StoredReport(Base):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Literal
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Header, Query, Response
 from fastapi.concurrency import run_in_threadpool
 from gradhealth.store.analyses import RUN_ANALYSIS
 from gradhealth.store.celery_app import enqueue
@@ -14,6 +14,8 @@ from gradhealth.store.keys import Principal
 from gradhealth.store.models import Analysis, Batch, ModelPackage, StoredReport
 from gradhealth.store.settings import Settings
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from ..deps import ReadAccess, SessionDep, SettingsDep, WriteAccess
 from ..errors import ApiError
@@ -46,11 +48,33 @@ def to_public(row: Analysis) -> AnalysisPublic:
     )
 
 
+def _replay(session: Session, principal: Principal, key: str, body: AnalysisCreate, options: str) -> Analysis | None:
+    """The analysis an earlier POST with this Idempotency-Key created, if the request is the same."""
+    row = session.scalars(
+        select(Analysis).where(Analysis.project_id == principal.project_id, Analysis.idempotency_key == key)
+    ).first()
+    if row is not None and (row.model_id, row.batch_id, row.options) != (body.model_id, body.batch_id, options):
+        raise ApiError(
+            422,
+            "this Idempotency-Key was already used for a different analysis request; use a new key per request",
+            code="idempotency_key_reused",
+        )
+    return row
+
+
 @router.post("", status_code=202, response_model=AnalysisPublic)
 def create_analysis(
-    body: AnalysisCreate, response: Response, principal: WriteAccess, session: SessionDep, settings: SettingsDep
+    body: AnalysisCreate,
+    response: Response,
+    principal: WriteAccess,
+    session: SessionDep,
+    settings: SettingsDep,
+    idempotency_key: str | None = Header(default=None, max_length=128),
 ) -> AnalysisPublic:
-    """Queue an analysis of an uploaded model on an uploaded batch; poll GET /v1/analyses/{id}."""
+    """Queue an analysis of an uploaded model on an uploaded batch; poll GET /v1/analyses/{id}.
+
+    With an Idempotency-Key header, repeating the same request returns the first analysis.
+    """
     model = get_owned(session, ModelPackage, body.model_id, principal, "model")
     get_owned(session, Batch, body.batch_id, principal, "batch")
     if model.returns_loss is False and body.loss is None:
@@ -60,12 +84,27 @@ def create_analysis(
             "or build the package with gradhealth.package(model, loss, ...)",
             code="loss_required",
         )
-    options = body.options().model_dump(mode="json", exclude_none=True)
+    options = json.dumps(body.options().model_dump(mode="json", exclude_none=True))
+    existing = _replay(session, principal, idempotency_key, body, options) if idempotency_key else None
+    if existing is not None:
+        response.headers["Location"] = f"/v1/analyses/{existing.id}"
+        return to_public(existing)
     row = Analysis(
-        project_id=principal.project_id, model_id=body.model_id, batch_id=body.batch_id, options=json.dumps(options)
+        project_id=principal.project_id,
+        model_id=body.model_id,
+        batch_id=body.batch_id,
+        options=options,
+        idempotency_key=idempotency_key,
     )
     session.add(row)
-    session.commit()  # commit first: the worker must find the row the message names
+    try:
+        session.commit()  # commit first: the worker must find the row the message names
+    except IntegrityError:  # a concurrent retry with the same key won the race
+        session.rollback()
+        winner = _replay(session, principal, idempotency_key or "", body, options)
+        if winner is None:
+            raise
+        return to_public(winner)
     enqueue(RUN_ANALYSIS, row.id, settings)
     response.headers["Location"] = f"/v1/analyses/{row.id}"
     return to_public(row)

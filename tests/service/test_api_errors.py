@@ -191,3 +191,16 @@ def test_health_ready_metrics_docs(stack: Stack) -> None:
     assert httpx.get(stack.base_url + "/docs").status_code == 200
     spec = httpx.get(stack.base_url + "/openapi.json").json()
     assert "multipart/form-data" in spec["paths"]["/v1/models"]["post"]["requestBody"]["content"]
+
+
+def test_idempotency_key_makes_a_retried_post_return_the_first_analysis(stack: Stack, uploaded: dict[str, str]) -> None:
+    headers = {"Authorization": f"Bearer {stack.key}", "Idempotency-Key": f"retry-{os.getpid()}"}
+    body = {"model_id": uploaded["model"], "batch_id": uploaded["batch"]}
+    first = httpx.post(stack.base_url + "/v1/analyses", json=body, headers=headers)
+    again = httpx.post(stack.base_url + "/v1/analyses", json=body, headers=headers)
+    assert first.status_code == again.status_code == 202
+    assert first.json()["id"] == again.json()["id"]
+    other = httpx.post(stack.base_url + "/v1/analyses", json={**body, "precision": "fp16"}, headers=headers)
+    error(other, 422, "idempotency_key_reused")
+    fresh = httpx.post(stack.base_url + "/v1/analyses", json=body, headers={"Authorization": f"Bearer {stack.key}"})
+    assert fresh.json()["id"] != first.json()["id"]
