@@ -9,6 +9,12 @@ from gradhealth.sdk.commands import add_analyze_parser, add_check_parser
 
 from .server_cli import add_server_parsers
 
+# What `pip install "gradhealth[server]"` adds; without it only the client commands work.
+SERVER_MODULES = {
+    "fastapi", "uvicorn", "celery", "kombu", "redis", "sqlalchemy", "alembic", "psycopg",
+    "pydantic_settings", "multipart", "prometheus_client", "starlette",
+}  # fmt: skip
+
 
 def build_parser() -> argparse.ArgumentParser:
     """All subcommands; server ones import their dependencies lazily."""
@@ -34,7 +40,17 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help(sys.stderr)
         return 2
-    return int(args.handler(args))
+    try:
+        return int(args.handler(args))
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in SERVER_MODULES:
+            raise
+        print(
+            f"gradhealth: error: `gradhealth {args.command}` needs the server extra "
+            f"(missing module {exc.name!r}): pip install 'gradhealth[server]'",
+            file=sys.stderr,
+        )
+        return 2
 
 
 if __name__ == "__main__":

@@ -43,3 +43,18 @@ def test_client_and_local_check_without_server_packages(zoo_files: ZooFiles) -> 
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 1, done.stderr[-3000:]
     assert "FAILED" in done.stdout
+
+
+def test_server_command_without_server_extra_says_what_to_install() -> None:
+    """`gradhealth serve` in an SDK-only install: a one-line fix, exit 2, no traceback."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['pydantic_settings'] = None\n"
+        "from gradhealth.cli import main\n"
+        "sys.exit(main(['serve', '--data-dir', '/nonexistent-gradhealth']))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "pip install 'gradhealth[server]'" in done.stderr and "Traceback" not in done.stderr
