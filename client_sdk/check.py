@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
+from .commands import add_analysis_arguments
 from .compare import Comparison
 from .report import Report
 
@@ -36,19 +37,9 @@ class CheckError(Exception):
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
     """The check command's arguments (shared by `gradhealth check` and `python -m gradhealth.sdk.check`)."""
-    p.add_argument("--model", required=True, type=Path, help="model package: .pt2 (gradhealth.package) or TorchScript")
-    p.add_argument("--batch", required=True, type=Path, help="batch: safetensors with inputs[.i] and targets")
+    add_analysis_arguments(p)
     p.add_argument("--server", help="gradhealth service URL; without it the engine runs here (no server needed)")
     p.add_argument("--api-key", help="API key for --server (default $GRADHEALTH_API_KEY)")
-    p.add_argument(
-        "--loss", help="named loss for plain models: cross_entropy, mse, nll, bce_with_logits, l1, smooth_l1"
-    )
-    p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], help="the optimizer you train with")
-    p.add_argument("--lr", type=float, help="learning rate (needed with --optimizer)")
-    p.add_argument("--momentum", type=float, default=0.0, help="SGD momentum (default 0)")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="weight decay (default 0)")
-    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32", help="training precision")
-    p.add_argument("--checks", default="standard", help="comma-separated: standard,curvature")
     p.add_argument("--device", help="local runs only: cpu, cuda, cuda:1 (default: cuda when available)")
     p.add_argument(
         "--fail-on", choices=LEVELS[1:], default="error", help="fail at this severity or worse (default error)"

@@ -23,16 +23,8 @@ def add_check_parser(subparsers: argparse._SubParsersAction) -> None:  # type: i
     register(subparsers)
 
 
-def add_analyze_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Register `gradhealth analyze`."""
-    p = subparsers.add_parser(
-        "analyze",
-        help="analyse a model package on a batch, locally",
-        description=(
-            "Run one instrumented forward+backward of MODEL on BATCH and print the gradient-health report. "
-            "Exit 0 when a report was produced (whatever its health), 2 for unusable input."
-        ),
-    )
+def add_analysis_arguments(p: argparse.ArgumentParser) -> None:
+    """What to analyse and under which training set-up: shared by `analyze` and `check`."""
     p.add_argument("--model", required=True, type=Path, help="model package: .pt2 (gradhealth.package) or TorchScript")
     p.add_argument("--batch", required=True, type=Path, help="batch: safetensors with inputs[.i] and targets")
     p.add_argument(
@@ -44,6 +36,19 @@ def add_analyze_parser(subparsers: argparse._SubParsersAction) -> None:  # type:
     p.add_argument("--weight-decay", type=float, default=0.0, help="weight decay (default 0)")
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32", help="training precision")
     p.add_argument("--checks", default="standard", help="comma-separated: standard,curvature")
+
+
+def add_analyze_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register `gradhealth analyze`."""
+    p = subparsers.add_parser(
+        "analyze",
+        help="analyse a model package on a batch, locally",
+        description=(
+            "Run one instrumented forward+backward of MODEL on BATCH and print the gradient-health report. "
+            "Exit 0 when a report was produced (whatever its health), 2 for unusable input."
+        ),
+    )
+    add_analysis_arguments(p)
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.add_argument("--format", choices=["json", "markdown"], default="json", help="output format (default json)")
     p.add_argument("--output", type=Path, help="write the report here instead of stdout")
