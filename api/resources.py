@@ -7,7 +7,8 @@ from typing import TypeVar
 
 from gradhealth.store.blobs import BlobStore
 from gradhealth.store.keys import Principal
-from gradhealth.store.models import Base
+from gradhealth.store.models import Base, ModelPackage
+from gradhealth.store.registry import UnknownModel, resolve
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -24,6 +25,14 @@ def get_owned(session: Session, table: type[Row], object_id: str, principal: Pri
     if row is None or getattr(row, "project_id", None) != principal.project_id:
         raise ApiError(404, f"no {what} with id {object_id!r} in this project")
     return row
+
+
+def resolve_model(session: Session, principal: Principal, ref: str) -> ModelPackage:
+    """A model id, `name:latest` or `name:N` of the caller's project; 404 with what to do otherwise."""
+    try:
+        return resolve(session, principal.project_id, ref)
+    except UnknownModel as exc:
+        raise ApiError(404, str(exc)) from None
 
 
 def accept_upload(

@@ -36,7 +36,25 @@ class ModelPublic(Public):
     )
     size_bytes: int
     filename: str | None = None
+    name: str | None = Field(default=None, description="registry name; None for an unnamed upload")
+    version: int | None = Field(default=None, description="version within the name, from 1")
+    tags: list[str] = Field(default_factory=list)
     created_at: UtcDatetime
+
+    @field_validator("tags", mode="before")
+    @classmethod
+    def _parse_tags(cls, value: object) -> object:
+        """The database keeps tags as JSON text (or NULL)."""
+        if value is None:
+            return []
+        return json.loads(value) if isinstance(value, str) else value
+
+
+class ModelsPublic(BaseModel):
+    """A page of models."""
+
+    data: list[ModelPublic]
+    count: int
 
 
 class BatchPublic(Public):
@@ -56,13 +74,11 @@ class BatchPublic(Public):
         return json.loads(value) if isinstance(value, str) else value
 
 
-class AnalysisCreate(BaseModel):
-    """What to analyse and under which training set-up (see the engine's AnalysisOptions)."""
+class AnalysisSetup(BaseModel):
+    """The training set-up an analysis runs under (see the engine's AnalysisOptions)."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    model_id: str
-    batch_id: str
     loss: str | None = Field(default=None, description="for plain models: " + ", ".join(NAMED_LOSSES))
     optimizer: OptimizerSpec | None = None
     precision: Precision = "fp32"
@@ -78,6 +94,13 @@ class AnalysisCreate(BaseModel):
     def options(self) -> AnalysisOptions:
         """The engine options this request stands for."""
         return AnalysisOptions(loss=self.loss, optimizer=self.optimizer, precision=self.precision, checks=self.checks)
+
+
+class AnalysisCreate(AnalysisSetup):
+    """What to analyse and under which training set-up."""
+
+    model_id: str = Field(description="a model id, NAME:latest or NAME:N")
+    batch_id: str
 
 
 class Progress(BaseModel):

@@ -7,7 +7,7 @@ receiving (413 as soon as it is passed) and nothing is buffered twice.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
 from fastapi import Request
@@ -21,6 +21,7 @@ FIELD = "file"
 MULTIPART_SLACK = 64 * 1024  # boundaries and part headers around the file bytes
 DRAIN_CAP = 64 * 2**20  # read (and drop) up to this much of an oversize body so the 413 arrives
 MEDIA_TYPES = ("multipart/form-data", "application/octet-stream")
+MAX_FIELD_BYTES = 4096  # other form fields (e.g. name, tags) are small text
 
 UPLOAD_OPENAPI = {
     "requestBody": {
@@ -29,7 +30,11 @@ UPLOAD_OPENAPI = {
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
-                    "properties": {FIELD: {"type": "string", "format": "binary"}},
+                    "properties": {
+                        FIELD: {"type": "string", "format": "binary"},
+                        "name": {"type": "string", "description": "models: register as the next version"},
+                        "tags": {"type": "string", "description": "models: comma-separated tags"},
+                    },
                     "required": [FIELD],
                 }
             },
@@ -45,6 +50,7 @@ class Upload:
 
     staged: StagedBlob
     filename: str | None
+    fields: dict[str, str] = field(default_factory=dict)
 
 
 def _too_large(limit: int) -> ApiError:
@@ -70,6 +76,8 @@ class _MultipartSink:
         self.filename: str | None = None
         self.found = False
         self._in_file = False
+        self._text_field: str | None = None
+        self.fields: dict[str, bytes] = {}
         self._field = b""
         self._value = b""
         self._headers: dict[bytes, bytes] = {}
@@ -97,7 +105,11 @@ class _MultipartSink:
 
     def _headers_finished(self) -> None:
         _, params = parse_options_header(self._headers.get(b"content-disposition", b""))
-        self._in_file = params.get(b"name") == FIELD.encode() and not self.found
+        part = params.get(b"name", b"")
+        self._in_file = part == FIELD.encode() and not self.found
+        self._text_field = None if self._in_file or b"filename" in params else part.decode("utf-8", "replace")
+        if self._text_field is not None:
+            self.fields.setdefault(self._text_field, b"")
         if self._in_file:
             self.found = True
             self.filename = _clean_filename(params.get(b"filename"))
@@ -105,9 +117,15 @@ class _MultipartSink:
     def _data(self, data: bytes, start: int, end: int) -> None:
         if self._in_file:
             self.staged.write(data[start:end])
+        elif self._text_field is not None:
+            value = self.fields[self._text_field] + data[start:end]
+            if len(value) > MAX_FIELD_BYTES:
+                raise ApiError(422, f"form field {self._text_field!r} is longer than {MAX_FIELD_BYTES} bytes")
+            self.fields[self._text_field] = value
 
     def _part_end(self) -> None:
         self._in_file = False
+        self._text_field = None
 
 
 async def _drain(chunks: AsyncIterator[bytes], budget: int) -> None:
@@ -139,7 +157,7 @@ async def receive_upload(request: Request, store: BlobStore, limit: int) -> Uplo
         raise _too_large(limit)
     staged = store.stage()
     try:
-        filename = None
+        filename, fields = None, {}
         if kind == "application/octet-stream":
             async for chunk in chunks:
                 staged.write(chunk)
@@ -155,6 +173,7 @@ async def receive_upload(request: Request, store: BlobStore, limit: int) -> Uplo
             if not sink.found:
                 raise ApiError(422, f"the multipart body has no part named '{FIELD}'; send -F {FIELD}=@FILE")
             filename = sink.filename
+            fields = {k: v.decode("utf-8", "replace") for k, v in sink.fields.items()}
         if staged.size == 0:
             raise ApiError(422, "the uploaded file is empty")
     except BlobTooLarge:
@@ -170,4 +189,4 @@ async def receive_upload(request: Request, store: BlobStore, limit: int) -> Uplo
     except Exception as exc:  # malformed multipart framing
         store.discard(staged)
         raise ApiError(400, f"malformed multipart body: {exc}") from None
-    return Upload(staged, filename)
+    return Upload(staged, filename, fields)

@@ -11,6 +11,7 @@ from gradhealth.diagnostics.options import OptimizerSpec
 
 from ._base import RequestOptions, parse_retry_after
 from ._constants import DEFAULT_WAIT_TIMEOUT, POLL_INITIAL_INTERVAL, POLL_MAX_INTERVAL, RETRY_STATUSES
+from .compare import Comparison
 from .errors import APIConnectionError, InternalServerError, RateLimitError, WaitTimeoutError
 from .pagination import AsyncPage, SyncPage
 from .report import Report
@@ -50,6 +51,12 @@ def create_body(
 def _report_options(analysis_id: str, format: str) -> RequestOptions:
     return RequestOptions(
         "GET", f"/v1/analyses/{analysis_id}/report", params={"format": format}, retry_statuses=REPORT_RETRY_STATUSES
+    )
+
+
+def _compare_options(baseline_id: str, analysis_id: str) -> RequestOptions:
+    return RequestOptions(
+        "GET", f"/v1/reports/{baseline_id}/compare/{analysis_id}", retry_statuses=REPORT_RETRY_STATUSES
     )
 
 
@@ -101,6 +108,10 @@ class Analyses:
     def retrieve(self, analysis_id: str) -> Analysis:
         """Status, progress and, when failed, the error."""
         return self._client._get(f"/v1/analyses/{analysis_id}", Analysis)
+
+    def compare(self, baseline_id: str, analysis_id: str) -> Comparison:
+        """The server's comparison of two succeeded analyses (same as Report.compare, without downloads)."""
+        return Comparison.model_validate(self._client.request(_compare_options(baseline_id, analysis_id)).json())
 
     def list(self, *, status: AnalysisStatus | None = None, limit: int = 50) -> SyncPage[Analysis]:
         """This project's analyses, newest first; iterating the page walks every later page too."""
@@ -176,6 +187,11 @@ class AsyncAnalyses:
     async def retrieve(self, analysis_id: str) -> Analysis:
         """Status, progress and, when failed, the error."""
         return await self._client._get(f"/v1/analyses/{analysis_id}", Analysis)
+
+    async def compare(self, baseline_id: str, analysis_id: str) -> Comparison:
+        """The server's comparison of two succeeded analyses (same as Report.compare, without downloads)."""
+        response = await self._client.request(_compare_options(baseline_id, analysis_id))
+        return Comparison.model_validate(response.json())
 
     async def list(self, *, status: AnalysisStatus | None = None, limit: int = 50) -> AsyncPage[Analysis]:
         """This project's analyses, newest first; `async for` walks every later page too."""

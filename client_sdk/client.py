@@ -15,6 +15,7 @@ from ._constants import DEFAULT_MAX_RETRIES, DEFAULT_WAIT_TIMEOUT
 from ._prepare import DataArg, LossArg, ModelArg, OptimizerArg, optimizer_spec, prepare
 from ._progress import ProgressBar
 from .analyses import Analyses, AsyncAnalyses
+from .audits import AsyncAudits, Audits
 from .errors import NotFoundError
 from .handles import AnalysisHandle, AsyncAnalysisHandle
 from .report import Report
@@ -55,6 +56,7 @@ class Client(SyncAPIClient):
         self.models = Models(self)
         self.batches = Batches(self)
         self.analyses = Analyses(self)
+        self.audits = Audits(self)
 
     def __enter__(self) -> Client:
         return self
@@ -186,6 +188,7 @@ class AsyncClient(AsyncAPIClient):
         self.models = AsyncModels(self)
         self.batches = AsyncBatches(self)
         self.analyses = AsyncAnalyses(self)
+        self.audits = AsyncAudits(self)
 
     async def __aenter__(self) -> AsyncClient:
         return self

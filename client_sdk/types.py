@@ -31,6 +31,11 @@ class ModelPackage(_Result):
     """True when the package computes its own loss; False means a named loss must be sent."""
     size_bytes: int
     filename: str | None = None
+    name: str | None = None
+    """Registry name (upload with name=...); None for an unnamed upload."""
+    version: int | None = None
+    """Version within the name: refer to it as NAME:VERSION, or NAME:latest for the newest."""
+    tags: list[str] = []
     created_at: datetime
 
 
@@ -87,3 +92,43 @@ class Analysis(_Result):
     def done(self) -> bool:
         """True once the analysis succeeded or failed."""
         return self.status in ("succeeded", "failed")
+
+
+class Audit(_Result):
+    """A scheduled audit; `webhook_secret` is present only in the answer to create()."""
+
+    id: str
+    name: str
+    schedule: str
+    model: str
+    batch_id: str
+    status: Literal["active", "paused"]
+    notify_on: str
+    webhook_url: str | None = None
+    next_run_at: datetime | None = None
+    webhook_secret: str | None = None
+
+
+class AuditRun(_Result):
+    """One run of an audit: its analysis, health, and comparison with the previous run."""
+
+    id: str
+    audit_id: str
+    slot: datetime
+    trigger: str
+    status: Literal["running", "succeeded", "failed"]
+    analysis_id: str | None = None
+    health: str | None = None
+    regressed: bool | None = None
+    comparison: dict | None = None  # type: ignore[type-arg]
+
+
+class WebhookDelivery(_Result):
+    """One webhook delivery attempt."""
+
+    id: str
+    run_id: str
+    attempt: int
+    ok: bool
+    status_code: int | None = None
+    error: str | None = None

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from ._base import RequestOptions
+from ._constants import RETRY_STATUSES
 from .errors import APIError
 from .types import Batch, ModelPackage
 
@@ -15,6 +17,7 @@ if TYPE_CHECKING:
     from ._base import AsyncAPIClient, SyncAPIClient
 
 R = TypeVar("R", ModelPackage, Batch)
+NAMED_RETRY = RETRY_STATUSES - {409}  # 409: these bytes carry another name; retrying cannot help
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -101,10 +104,32 @@ class _AsyncUploads(Generic[R]):
         return known if known is not None else (await self._upload(path, sha)).id
 
 
+def _named_upload(path: Path, filename: str | None, name: str, tags: Sequence[str]) -> RequestOptions:
+    params = {"name": name, **({"tags": ",".join(tags)} if tags else {})}
+    return RequestOptions(
+        "POST", "/v1/models", params=params, upload=path, upload_name=filename, retry_statuses=NAMED_RETRY
+    )
+
+
 class Models(_SyncUploads[ModelPackage]):
     """`client.models`: model packages (.pt2 from gradhealth.package, or TorchScript)."""
 
     _kind, _cast = "models", ModelPackage
+
+    def upload(
+        self,
+        file: str | os.PathLike[str],
+        *,
+        filename: str | None = None,
+        name: str | None = None,
+        tags: Sequence[str] = (),
+    ) -> ModelPackage:
+        """Upload a package; with `name` it becomes the next version of that name (NAME:latest)."""
+        if name is None:
+            return super().upload(file, filename=filename)
+        path = _existing_file(file)
+        response = self._client.request(_named_upload(path, filename, name, tags))
+        return _checked(ModelPackage.model_validate(response.json()), sha256_file(path), path)
 
 
 class Batches(_SyncUploads[Batch]):
@@ -117,6 +142,21 @@ class AsyncModels(_AsyncUploads[ModelPackage]):
     """`client.models` of AsyncClient."""
 
     _kind, _cast = "models", ModelPackage
+
+    async def upload(
+        self,
+        file: str | os.PathLike[str],
+        *,
+        filename: str | None = None,
+        name: str | None = None,
+        tags: Sequence[str] = (),
+    ) -> ModelPackage:
+        """Upload a package; with `name` it becomes the next version of that name (NAME:latest)."""
+        if name is None:
+            return await super().upload(file, filename=filename)
+        path = _existing_file(file)
+        response = await self._client.request(_named_upload(path, filename, name, tags))
+        return _checked(ModelPackage.model_validate(response.json()), sha256_file(path), path)
 
 
 class AsyncBatches(_AsyncUploads[Batch]):

@@ -85,14 +85,14 @@ def get_celery(settings: Settings | None = None) -> Celery:
     return _apps[key]
 
 
-def enqueue(task_name: str, object_id: str, settings: Settings | None = None) -> bool:
+def enqueue(task_name: str, object_id: str, settings: Settings | None = None, countdown: float | None = None) -> bool:
     """Send a task by name with only an id; False (logged) when the broker is unreachable.
 
     Callers commit the database row first: the row, not the message, is the truth, and the
     recovery sweep re-sends anything whose message never arrived.
     """
     try:
-        get_celery(settings).send_task(task_name, args=[object_id], queue=queue_for(task_name))
+        get_celery(settings).send_task(task_name, args=[object_id], queue=queue_for(task_name), countdown=countdown)
     except Exception as exc:  # broker down: the sweep re-enqueues from the database
         log.warning("could not enqueue %s(%s): %s: %s", task_name, object_id, type(exc).__name__, exc)
         return False

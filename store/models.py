@@ -62,12 +62,19 @@ class ModelPackage(Base):
     """An uploaded model archive; the bytes are in the blob store under sha256."""
 
     __tablename__ = "models"
-    __table_args__ = (UniqueConstraint("project_id", "sha256", name="uq_models_project_sha256"),)
+    __table_args__ = (
+        UniqueConstraint("project_id", "sha256", name="uq_models_project_sha256"),
+        UniqueConstraint("project_id", "name", "version", name="uq_models_project_name_version"),
+    )
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
     sha256: Mapped[str] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     format: Mapped[str] = mapped_column(String(32))
+    # Registry: a named upload is version max+1 of that name in the project; tags is a JSON list.
+    name: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    tags: Mapped[str | None] = mapped_column(Text, nullable=True)
     num_parameters: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     returns_loss: Mapped[bool | None] = mapped_column(nullable=True)
     filename: Mapped[str | None] = mapped_column(String(255), nullable=True)
@@ -127,4 +134,69 @@ class StoredReport(Base):
     __tablename__ = "reports"
     analysis_id: Mapped[str] = mapped_column(ForeignKey("analyses.id", ondelete="CASCADE"), primary_key=True)
     body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+ACTIVE, PAUSED = "active", "paused"
+
+
+class Audit(Base):
+    """A scheduled re-analysis of a model reference (id, name:latest or name:N) on a stored batch."""
+
+    __tablename__ = "audits"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    schedule: Mapped[str] = mapped_column(String(120))
+    model_ref: Mapped[str] = mapped_column(String(255))
+    batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))
+    options: Mapped[str] = mapped_column(Text)
+    webhook_url: Mapped[str | None] = mapped_column(String(2000), nullable=True)
+    # Kept in clear: signing needs it. Shown to the user once, at creation.
+    webhook_secret: Mapped[str] = mapped_column(String(80))
+    notify_on: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), default=ACTIVE)
+    # The newest schedule slot already run; the next slot is the cron's next time after it.
+    last_slot: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class AuditRun(Base):
+    """One run of an audit; (audit_id, slot) is unique, so a schedule slot runs exactly once."""
+
+    __tablename__ = "audit_runs"
+    __table_args__ = (UniqueConstraint("audit_id", "slot", name="uq_audit_runs_audit_slot"),)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    audit_id: Mapped[str] = mapped_column(ForeignKey("audits.id", ondelete="CASCADE"), index=True)
+    slot: Mapped[datetime] = mapped_column(DateTime)
+    trigger: Mapped[str] = mapped_column(String(16))
+    model_id: Mapped[str | None] = mapped_column(ForeignKey("models.id", ondelete="SET NULL"), nullable=True)
+    analysis_id: Mapped[str | None] = mapped_column(
+        ForeignKey("analyses.id", ondelete="SET NULL"), nullable=True, index=True
+    )
+    status: Mapped[str] = mapped_column(String(16), default=RUNNING)
+    error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    health: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    previous_run_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    regressed: Mapped[bool | None] = mapped_column(nullable=True)
+    comparison: Mapped[str | None] = mapped_column(Text, nullable=True)
+    notify: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class WebhookDelivery(Base):
+    """One attempt to deliver one run's notification: every attempt is a row."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (UniqueConstraint("run_id", "attempt", name="uq_webhook_deliveries_run_attempt"),)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    audit_id: Mapped[str] = mapped_column(ForeignKey("audits.id", ondelete="CASCADE"), index=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("audit_runs.id", ondelete="CASCADE"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    url: Mapped[str] = mapped_column(String(2000))
+    status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    ok: Mapped[bool] = mapped_column(default=False)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    duration_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     key_cache_seconds: float = Field(default=5.0, ge=0)
     embedded_poll_interval: float = Field(default=0.1, gt=0)
     log_level: str = "INFO"
+    audit_tick_seconds: float = Field(default=30.0, gt=0)
+    webhook_max_attempts: int = Field(default=5, ge=1)
+    webhook_backoff_seconds: float = Field(default=10.0, ge=0)
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
 
     @field_validator("database_url", "broker_url", mode="before")
     @classmethod

@@ -8,12 +8,13 @@ from functools import partial
 from typing import Any
 
 from celery.signals import worker_init, worker_ready, worker_shutdown
-from gradhealth.store import analyses
+from gradhealth.store import analyses, audits
 from gradhealth.store.celery_app import enqueue, get_celery
 from gradhealth.store.db import migrate
+from gradhealth.store.models import utcnow
 from gradhealth.store.settings import get_settings
 
-from . import tasks  # noqa: F401  (registers the tasks on the app)
+from . import audit_runs, tasks  # noqa: F401  (tasks registers the tasks on the app)
 from .sandbox import prepare_spare
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,18 @@ def sweep_forever(stop: threading.Event) -> None:
             )
 
 
+def audit_forever(stop: threading.Event) -> None:
+    """Every worker ticks; the (audit, slot) unique constraint lets only one start each slot."""
+    settings = get_settings()
+    send = partial(enqueue, settings=settings)
+    while not stop.wait(settings.audit_tick_seconds):
+        try:
+            audits.tick(settings, utcnow(), send)
+            audit_runs.finalize_pending(settings, send)
+        except Exception:  # the database may be briefly away; try again next round
+            log.exception("audit tick failed")
+
+
 @worker_init.connect
 def _migrate(**_: Any) -> None:
     migrate(get_settings())
@@ -49,6 +62,7 @@ def _start_sweeper(**_: Any) -> None:
     if get_settings().warm_sandbox:
         prepare_spare()  # the first analysis should not wait for torch to import
     threading.Thread(target=sweep_forever, args=(_stop,), name="gradhealth-sweeper", daemon=True).start()
+    threading.Thread(target=audit_forever, args=(_stop,), name="gradhealth-audits", daemon=True).start()
 
 
 @worker_shutdown.connect

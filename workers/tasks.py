@@ -10,6 +10,7 @@ from gradhealth.store import analyses
 from gradhealth.store.celery_app import enqueue, get_celery
 from gradhealth.store.settings import get_settings
 
+from . import audit_runs, webhooks
 from .runner import execute_analysis
 
 log = logging.getLogger(__name__)
@@ -19,7 +20,11 @@ app = get_celery()
 @app.task(name=analyses.RUN_ANALYSIS, bind=True, acks_late=True, ignore_result=True)
 def run_analysis(self: Task, analysis_id: str) -> str:
     """Analyse one model on one batch; a redelivered message finds the row finished and returns."""
-    return execute_analysis(get_settings(), analysis_id, worker=self.request.hostname or "worker")
+    settings = get_settings()
+    outcome = execute_analysis(settings, analysis_id, worker=self.request.hostname or "worker")
+    if outcome in ("succeeded", "failed"):
+        audit_runs.finalize_for_analysis(settings, analysis_id, partial(enqueue, settings=settings))
+    return outcome
 
 
 @app.task(name="gradhealth.sweep", acks_late=True, ignore_result=True)
@@ -28,3 +33,9 @@ def sweep() -> dict[str, list[str]]:
     settings = get_settings()
     result = analyses.sweep(settings, partial(enqueue, settings=settings))
     return {"requeued_lost": result.requeued_lost, "requeued_stale": result.requeued_stale, "failed": result.failed}
+
+
+@app.task(name=audit_runs.DELIVER_WEBHOOK, acks_late=True, ignore_result=True)
+def deliver_webhook(run_id: str) -> str:
+    """One signed delivery attempt of an audit run's notification; failures re-enqueue with backoff."""
+    return webhooks.deliver(get_settings(), run_id)

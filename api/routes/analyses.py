@@ -11,7 +11,7 @@ from gradhealth.store.analyses import RUN_ANALYSIS
 from gradhealth.store.celery_app import enqueue
 from gradhealth.store.db import session_factory
 from gradhealth.store.keys import Principal
-from gradhealth.store.models import Analysis, Batch, ModelPackage, StoredReport
+from gradhealth.store.models import Analysis, Batch, StoredReport
 from gradhealth.store.settings import Settings
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from ..deps import ReadAccess, SessionDep, SettingsDep, WriteAccess
 from ..errors import ApiError
 from ..reports import MEDIA_TYPES, ReportFormat, render, rendered
-from ..resources import get_owned
+from ..resources import get_owned, resolve_model
 from ..schemas import AnalysesPublic, AnalysisCreate, AnalysisError, AnalysisPublic, Progress
 
 router = APIRouter(prefix="/analyses", tags=["analyses"])
@@ -48,12 +48,14 @@ def to_public(row: Analysis) -> AnalysisPublic:
     )
 
 
-def _replay(session: Session, principal: Principal, key: str, body: AnalysisCreate, options: str) -> Analysis | None:
+def _replay(
+    session: Session, principal: Principal, key: str, body: AnalysisCreate, model_id: str, options: str
+) -> Analysis | None:
     """The analysis an earlier POST with this Idempotency-Key created, if the request is the same."""
     row = session.scalars(
         select(Analysis).where(Analysis.project_id == principal.project_id, Analysis.idempotency_key == key)
     ).first()
-    if row is not None and (row.model_id, row.batch_id, row.options) != (body.model_id, body.batch_id, options):
+    if row is not None and (row.model_id, row.batch_id, row.options) != (model_id, body.batch_id, options):
         raise ApiError(
             422,
             "this Idempotency-Key was already used for a different analysis request; use a new key per request",
@@ -75,7 +77,7 @@ def create_analysis(
 
     With an Idempotency-Key header, repeating the same request returns the first analysis.
     """
-    model = get_owned(session, ModelPackage, body.model_id, principal, "model")
+    model = resolve_model(session, principal, body.model_id)
     get_owned(session, Batch, body.batch_id, principal, "batch")
     if model.returns_loss is False and body.loss is None:
         raise ApiError(
@@ -85,13 +87,13 @@ def create_analysis(
             code="loss_required",
         )
     options = json.dumps(body.options().model_dump(mode="json", exclude_none=True))
-    existing = _replay(session, principal, idempotency_key, body, options) if idempotency_key else None
+    existing = _replay(session, principal, idempotency_key, body, model.id, options) if idempotency_key else None
     if existing is not None:
         response.headers["Location"] = f"/v1/analyses/{existing.id}"
         return to_public(existing)
     row = Analysis(
         project_id=principal.project_id,
-        model_id=body.model_id,
+        model_id=model.id,
         batch_id=body.batch_id,
         options=options,
         idempotency_key=idempotency_key,
@@ -101,7 +103,7 @@ def create_analysis(
         session.commit()  # commit first: the worker must find the row the message names
     except IntegrityError:  # a concurrent retry with the same key won the race
         session.rollback()
-        winner = _replay(session, principal, idempotency_key or "", body, options)
+        winner = _replay(session, principal, idempotency_key or "", body, model.id, options)
         if winner is None:
             raise
         return to_public(winner)

@@ -1,20 +1,79 @@
-"""Model packages: upload (streamed, size-limited, safety-checked, deduplicated) and read."""
+"""Model packages: upload (streamed, size-limited, safety-checked, deduplicated, optionally named) and read."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+import json
+from collections.abc import Callable
+
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from gradhealth.store.db import session_factory
+from gradhealth.store.keys import Principal
 from gradhealth.store.models import ModelPackage
+from gradhealth.store.registry import next_version, valid_name
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from ..deps import ReadAccess, SessionDep, SettingsDep, StoreDep, WriteAccess
+from ..errors import ApiError
 from ..metrics import UPLOADED_BYTES
-from ..resources import accept_upload, get_owned
-from ..schemas import ModelPublic
-from ..uploads import UPLOAD_OPENAPI, receive_upload
+from ..resources import accept_upload, get_owned, resolve_model
+from ..schemas import ModelPublic, ModelsPublic
+from ..uploads import UPLOAD_OPENAPI, Upload, receive_upload
 from ..validation import inspect_model
 
 router = APIRouter(prefix="/models", tags=["models"])
+VERSION_RACE_RETRIES = 5
+
+
+def _registry_fields(upload: Upload, name: str | None, tags: str | None) -> tuple[str | None, str | None]:
+    """Name and tags from the query or the form; tags as a JSON list, or None."""
+    name = (name or upload.fields.get("name") or "").strip() or None
+    raw_tags = tags if tags is not None else upload.fields.get("tags")
+    if name is not None and not valid_name(name):
+        raise ApiError(
+            422, f"bad model name {name!r}: use letters, digits, '.', '_', '-', '/' (no ':'), at most 200 characters"
+        )
+    tag_list = sorted({t.strip() for t in (raw_tags or "").split(",") if t.strip()})
+    if tag_list and name is None:
+        raise ApiError(422, "tags need a model name: add name=... to tag a model version")
+    return name, json.dumps(tag_list) if tag_list else None
+
+
+def _name_existing(session: Session, row: ModelPackage, name: str, tags: str | None) -> ModelPackage:
+    """Same bytes uploaded unnamed before: the first named upload makes that row the next version."""
+    for _ in range(VERSION_RACE_RETRIES):
+        row.name, row.version, row.tags = name, next_version(session, row.project_id, name), tags
+        try:
+            session.commit()
+            return row
+        except IntegrityError:
+            session.rollback()
+            session.refresh(row)
+            if row.name is not None:
+                return row
+    raise ApiError(409, f"too many concurrent uploads under the name {name!r}; retry")
+
+
+def _insert_next_version(
+    session: Session, make_row: Callable[[], ModelPackage], name: str | None
+) -> tuple[ModelPackage, bool]:
+    """Retry the insert with a fresh version number after losing a race for one."""
+    for _ in range(VERSION_RACE_RETRIES):
+        row = make_row()
+        session.add(row)
+        try:
+            session.commit()
+            return row, True
+        except IntegrityError:
+            session.rollback()
+            twin = session.scalar(
+                select(ModelPackage).where(ModelPackage.project_id == row.project_id, ModelPackage.sha256 == row.sha256)
+            )
+            if twin is not None:
+                return twin, False
+    raise ApiError(409, f"too many concurrent uploads under the name {name!r}; retry")
 
 
 @router.post(
@@ -25,26 +84,62 @@ router = APIRouter(prefix="/models", tags=["models"])
     responses={200: {"description": "Already uploaded to this project (same sha256)", "model": ModelPublic}},
 )
 async def upload_model(
-    request: Request, response: Response, principal: WriteAccess, settings: SettingsDep, store: StoreDep
+    request: Request,
+    response: Response,
+    principal: WriteAccess,
+    settings: SettingsDep,
+    store: StoreDep,
+    name: str | None = Query(default=None, description="register as the next version of this name"),
+    tags: str | None = Query(default=None, description="comma-separated tags for a named version"),
 ) -> ModelPublic:
-    """Upload a .pt2 (torch.export) or TorchScript package; unsafe archives are refused (422)."""
-    upload = await receive_upload(request, store, settings.max_upload_bytes)
+    """Upload a .pt2 (torch.export) or TorchScript package; unsafe archives are refused (422).
 
-    def make_row() -> ModelPackage:
-        facts = inspect_model(upload.staged.path, upload.filename)
-        return ModelPackage(
-            project_id=principal.project_id,
-            sha256=upload.staged.sha256,
-            size_bytes=upload.staged.size,
-            format=facts.format,
-            num_parameters=facts.num_parameters,
-            returns_loss=facts.returns_loss,
-            filename=upload.filename,
-        )
+    With `name` (query or form field) the upload becomes version max+1 of that name; the same bytes
+    again return the existing version (200).
+    """
+    upload = await receive_upload(request, store, settings.max_upload_bytes)
+    try:
+        model_name, tag_json = _registry_fields(upload, name, tags)
+    except ApiError:
+        store.discard(upload.staged)
+        raise
 
     def intake() -> tuple[ModelPackage, bool]:
+        facts = None
         with session_factory(settings)() as session:
-            return accept_upload(session, store, principal, upload, ModelPackage, make_row)
+
+            def make_row() -> ModelPackage:
+                nonlocal facts
+                facts = facts or inspect_model(upload.staged.path, upload.filename)
+                version = next_version(session, principal.project_id, model_name) if model_name else None
+                return ModelPackage(
+                    project_id=principal.project_id,
+                    sha256=upload.staged.sha256,
+                    size_bytes=upload.staged.size,
+                    format=facts.format,
+                    num_parameters=facts.num_parameters,
+                    returns_loss=facts.returns_loss,
+                    filename=upload.filename,
+                    name=model_name,
+                    version=version,
+                    tags=tag_json,
+                )
+
+            try:
+                row, created = accept_upload(session, store, principal, upload, ModelPackage, make_row)
+            except IntegrityError:  # the blob is stored; another upload took this version number
+                session.rollback()
+                return _insert_next_version(session, make_row, model_name)
+            if not created and model_name and row.name is None:
+                row = _name_existing(session, row, model_name, tag_json)
+            elif not created and model_name and row.name != model_name:
+                raise ApiError(
+                    409,
+                    f"these bytes are already registered as {row.name}:{row.version} (id {row.id}); "
+                    "a package has one name: reference that version, or change the package",
+                    code="registered_under_another_name",
+                )
+            return row, created
 
     row, created = await run_in_threadpool(intake)
     response.status_code = 201 if created else 200
@@ -53,7 +148,32 @@ async def upload_model(
     return ModelPublic.model_validate(row)
 
 
+def _owned(principal: Principal) -> list[object]:
+    return [ModelPackage.project_id == principal.project_id]
+
+
+@router.get("", response_model=ModelsPublic)
+def list_models(
+    principal: ReadAccess,
+    session: SessionDep,
+    name: str | None = Query(default=None, description="only the versions of this name, newest first"),
+    limit: int = Query(default=50, ge=1, le=500),
+    offset: int = Query(default=0, ge=0),
+) -> ModelsPublic:
+    """This project's models (newest first), or the version history of one name."""
+    where = _owned(principal)
+    order = [ModelPackage.created_at.desc()]
+    if name is not None:
+        where.append(ModelPackage.name == name)
+        order = [ModelPackage.version.desc()]
+    count = session.scalar(select(func.count()).select_from(ModelPackage).where(*where)) or 0  # type: ignore[arg-type]
+    rows = session.scalars(select(ModelPackage).where(*where).order_by(*order).limit(limit).offset(offset)).all()  # type: ignore[arg-type]
+    return ModelsPublic(data=[ModelPublic.model_validate(r) for r in rows], count=count)
+
+
 @router.get("/{model_id}", response_model=ModelPublic)
 def read_model(model_id: str, principal: ReadAccess, session: SessionDep) -> ModelPublic:
-    """One model package of this project."""
-    return ModelPublic.model_validate(get_owned(session, ModelPackage, model_id, principal, "model"))
+    """One model package of this project: by id, `name:latest` or `name:N`."""
+    if ":" not in model_id:
+        return ModelPublic.model_validate(get_owned(session, ModelPackage, model_id, principal, "model"))
+    return ModelPublic.model_validate(resolve_model(session, principal, model_id))

@@ -265,7 +265,7 @@ def test_async_client_has_the_same_retry_and_errors() -> None:
 
 
 def test_same_method_names_on_both_clients() -> None:
-    for resource in ("models", "batches", "analyses"):
+    for resource in ("models", "batches", "analyses", "audits"):
         sync = getattr(gradhealth.Client(), resource)
         async_ = getattr(gradhealth.AsyncClient(), resource)
         names = {n for n in dir(sync) if not n.startswith("_")}

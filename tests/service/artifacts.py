@@ -93,6 +93,12 @@ def build(root: Path) -> Files:
         models[name] = gradhealth.package(model, loss, inputs, targets, root / f"{name}.pt2")
         batches[name] = gradhealth.save_batch(root / f"{name}.safetensors", inputs, targets)
         expect[name] = dict(case.expect)
+    model, loss, inputs, targets = zoo.by_name("deep_relu_mlp_kaiming").build()
+    models["relu_mlp"] = gradhealth.package(model, loss, inputs, targets, root / "relu_mlp.pt2")
+    batches["relu_mlp"] = gradhealth.save_batch(root / "relu_mlp.safetensors", inputs, targets)
+    with torch.no_grad():  # a regression: one middle layer's init scaled up 1000x
+        model.net[24].weight.mul_(1000.0)
+    models["relu_mlp_scaled"] = gradhealth.package(model, loss, inputs, targets, root / "relu_mlp_scaled.pt2")
     model, x, y = slow_conv_model()
     models["slow"] = gradhealth.package(model, "cross_entropy", x, y, root / "slow.pt2")
     batches["slow"] = gradhealth.save_batch(root / "slow.safetensors", x, y)

@@ -1,0 +1,111 @@
+"""Finishing an audit run: compare its report with the previous run's and decide whether to notify."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from gradhealth.diagnostics.schema import SEVERITY_ORDER, Finding
+from gradhealth.diagnostics.schema import Report as EngineReport
+from gradhealth.sdk.compare import Comparison, compare_reports
+from gradhealth.store.db import session_scope
+from gradhealth.store.models import (
+    FAILED,
+    RUNNING,
+    SUCCEEDED,
+    TERMINAL,
+    Analysis,
+    Audit,
+    AuditRun,
+    StoredReport,
+    utcnow,
+)
+from gradhealth.store.settings import Settings
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+log = logging.getLogger(__name__)
+DELIVER_WEBHOOK = "gradhealth.deliver_webhook"
+
+
+def worse_findings(report: EngineReport, comparison: Comparison | None) -> list[Finding]:
+    """Findings that are new or got more severe; with no previous run, every finding is new."""
+    if comparison is None:
+        return list(report.findings)
+    return list(comparison.new) + [c.after for c in comparison.changed if c.worse]
+
+
+def should_notify(notify_on: str, report: EngineReport, comparison: Comparison | None) -> bool:
+    """Always on a regression; with a severity, also on a new or worsened finding at or above it."""
+    if comparison is not None and comparison.regressed:
+        return True
+    if notify_on == "regression":
+        return False
+    floor = SEVERITY_ORDER[notify_on]
+    return any(SEVERITY_ORDER[f.severity] >= floor for f in worse_findings(report, comparison))
+
+
+def _previous_report(session: Session, run: AuditRun) -> tuple[str, EngineReport] | None:
+    """The newest earlier succeeded run of the same audit, and its report."""
+    previous = session.scalars(
+        select(AuditRun)
+        .where(AuditRun.audit_id == run.audit_id, AuditRun.status == SUCCEEDED, AuditRun.created_at < run.created_at)
+        .order_by(AuditRun.created_at.desc())
+        .limit(1)
+    ).first()
+    stored = session.get(StoredReport, previous.analysis_id) if previous and previous.analysis_id else None
+    if previous is None or stored is None:
+        return None
+    return previous.id, EngineReport.model_validate_json(stored.body)
+
+
+def finalize(settings: Settings, run_id: str, send: Callable[[str, str], object]) -> bool:
+    """Record the outcome of a run whose analysis finished; True when this call recorded it."""
+    with session_scope(settings) as session:
+        run = session.get(AuditRun, run_id)
+        analysis = session.get(Analysis, run.analysis_id) if run and run.analysis_id else None
+        if run is None or run.status != RUNNING or analysis is None or analysis.status not in TERMINAL:
+            return False
+        audit = session.get(Audit, run.audit_id)
+        values: dict[str, object] = {"finished_at": utcnow(), "health": analysis.health}
+        stored = session.get(StoredReport, analysis.id)
+        if analysis.status != SUCCEEDED or stored is None or audit is None:
+            values |= {"status": FAILED, "error_message": analysis.error_message or "the analysis failed"}
+        else:
+            report = EngineReport.model_validate_json(stored.body)
+            previous = _previous_report(session, run)
+            comparison = compare_reports(report, previous[1]) if previous else None
+            values |= {
+                "status": SUCCEEDED,
+                "previous_run_id": previous[0] if previous else None,
+                "regressed": comparison.regressed if comparison else None,
+                "comparison": comparison.model_dump_json() if comparison else None,
+                "notify": should_notify(audit.notify_on, report, comparison),
+            }
+        won = session.execute(
+            update(AuditRun).where(AuditRun.id == run.id, AuditRun.status == RUNNING).values(**values)
+        ).rowcount
+        webhook = audit.webhook_url if audit else None
+    if won and values.get("notify") and webhook:
+        send(DELIVER_WEBHOOK, run_id)
+    return bool(won)
+
+
+def finalize_for_analysis(settings: Settings, analysis_id: str, send: Callable[[str, str], object]) -> None:
+    """Called after every analysis: finish the audit run it belongs to, if any."""
+    with session_scope(settings) as session:
+        run_ids = session.scalars(select(AuditRun.id).where(AuditRun.analysis_id == analysis_id)).all()
+    for run_id in run_ids:
+        finalize(settings, run_id, send)
+
+
+def finalize_pending(settings: Settings, send: Callable[[str, str], object]) -> None:
+    """Recovery: finish runs whose analysis ended while no finalize ran (a worker died in between)."""
+    with session_scope(settings) as session:
+        run_ids = session.scalars(
+            select(AuditRun.id)
+            .join(Analysis, Analysis.id == AuditRun.analysis_id)
+            .where(AuditRun.status == RUNNING, Analysis.status.in_(TERMINAL))
+        ).all()
+    for run_id in run_ids:
+        finalize(settings, run_id, send)
