@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import math
+
 from gradhealth.diagnostics.schema import Report
 
 _ICON = {"healthy": "✅", "info": "ℹ️", "warning": "⚠️", "error": "❌", "critical": "🛑"}
 
 
-def _num(value: float | None) -> str:
+def format_number(value: float | int | None) -> str:
+    """3 significant digits, scientific when tiny or huge; '–' for missing, inf/nan as themselves."""
     if value is None:
         return "–"
-    if value == 0:
-        return "0"
-    return f"{value:.3g}" if 1e-3 <= abs(value) < 1e4 else f"{value:.2e}"
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return f"{value:.3g}" if value == 0 or 1e-3 <= abs(value) < 1e4 else f"{value:.2e}"
+
+
+_num = format_number
 
 
 def to_markdown(report: Report, max_layers: int = 60) -> str:

@@ -9,6 +9,8 @@ from html import escape
 
 from gradhealth.diagnostics.schema import Finding, LayerStats, Report
 
+from .render import format_number as _num
+
 _COLORS = {"healthy": "#1a7f37", "info": "#0969da", "warning": "#9a6700", "error": "#cf222e", "critical": "#8b0000"}
 DEAD_COLOR, SATURATED_COLOR, OK_COLOR, FLAGGED_COLOR, SIGNAL_COLOR = (
     "#8250df",
@@ -34,14 +36,6 @@ border-left:3px solid #cf222e}.gh-report svg text{font-family:sans-serif;font-si
 .gh-report small{color:#57606a}
 """
 BAR_HEIGHT, LABEL_WIDTH, PLOT_WIDTH, MAX_CHART_LAYERS = 14, 260, 560, 200
-
-
-def _num(value: float | int | None) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return f"{value:.3g}" if value == 0 or 1e-3 <= abs(value) < 1e4 else f"{value:.2e}"
 
 
 def _label(name: str) -> str:

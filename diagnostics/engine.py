@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -113,7 +114,7 @@ class Analyzer:
             try:
                 loss_vec = self.loaded.per_sample_loss(inputs, targets)
             except InputError:
-                raise
+                raise  # already says what to fix
             except Exception as exc:
                 raise InputError(
                     f"the model failed on this batch: {type(exc).__name__}: {str(exc)[:500]}. "
@@ -246,7 +247,6 @@ class Analyzer:
                         dead=stats.get("dead"),
                         saturated=stats.get("saturated"),
                         nonfinite=int(stats["nonfinite"]),
-                        numel_per_sample=0,
                     )
                 )
             elif spec.kind == "recurrent_input" and probe_id in bwd and "per_step_norm" in bwd[probe_id]:
@@ -284,7 +284,7 @@ class Analyzer:
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
                 return NonFiniteOrigin("input", f"inputs[{i}]", "", f"input {i} contains NaN/Inf")
         forward_bad = (
-            (not torch.isfinite(torch.tensor(m.loss)))
+            (not math.isfinite(m.loss))
             or any(a.nonfinite for a in m.activations)
             or any(layer.output_nonfinite for layer in m.layers)
         )

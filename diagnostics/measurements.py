@@ -71,7 +71,6 @@ class ActivationMeasure:
     dead: float | None
     saturated: float | None
     nonfinite: int
-    numel_per_sample: int
 
 
 @dataclass

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from .curvature import stability_limit
 from .measurements import ActivationMeasure, LayerMeasure, Measurements
-from .schema import ActivationStats, Finding, LayerStats, ModelInfo, Report, health_of
+from .schema import ActivationStats, Finding, LayerStats, Report, health_of
 
 
 def _finite(value: float | None) -> float | None:
@@ -54,48 +54,22 @@ def _layer(layer: LayerMeasure, activation: ActivationMeasure | None) -> LayerSt
     )
 
 
+def _activation_row(a: ActivationMeasure) -> LayerStats:
+    """An activation with no parameters of its own (nn.ReLU, or a functional call in a parameter-free block)."""
+    return LayerStats(name=a.name, type=a.kind, num_parameters=0, nonfinite=a.nonfinite, activation=_activation(a))
+
+
 def layer_table(m: Measurements) -> list[LayerStats]:
-    """Parameter layers in depth order, with activation-only entries after the layer they follow."""
+    """Parameter layers in depth order, each followed by the activation-only row it feeds."""
     by_name = {a.name: a for a in m.activations}
-    used: set[str] = set()
+    layer_names = {layer.name for layer in m.layers}
+    standalone = sorted((a for a in m.activations if a.name not in layer_names), key=lambda a: a.order)
     rows: list[LayerStats] = []
-    pending = list(m.activations)
     for layer in m.layers:
-        activation = by_name.get(layer.name)
-        if activation:
-            used.add(activation.name)
-        rows.append(_layer(layer, activation))
-        while pending and pending[0].name in used:
-            pending.pop(0)
-    for a in m.activations:
-        if a.name not in used:
-            rows.append(
-                LayerStats(name=a.name, type=a.kind, num_parameters=0, nonfinite=a.nonfinite, activation=_activation(a))
-            )
-    order = {a.name: a.order for a in m.activations}
-    depth = {layer.name: layer.depth for layer in m.layers}
-    return rows if not order else _interleave(rows, depth, order, m)
-
-
-def _interleave(
-    rows: list[LayerStats], depth: dict[str, int], order: dict[str, int], m: Measurements
-) -> list[LayerStats]:
-    """Place activation-only rows after the parameter layer that precedes them in the graph."""
-    params = [r for r in rows if r.name in depth]
-    acts = [r for r in rows if r.name not in depth]
-    follows = {layer.name: layer.next_activation for layer in m.layers}
-    result: list[LayerStats] = []
-    remaining = sorted(acts, key=lambda r: order.get(r.name, 0))
-    for row in params:
-        result.append(row)
-        if (
-            follows.get(row.name)
-            and remaining
-            and remaining[0].activation
-            and remaining[0].activation.kind == follows[row.name]
-        ):
-            result.append(remaining.pop(0))
-    return result + remaining
+        rows.append(_layer(layer, by_name.get(layer.name)))
+        if layer.next_activation and standalone and standalone[0].kind == layer.next_activation:
+            rows.append(_activation_row(standalone.pop(0)))
+    return rows + [_activation_row(a) for a in standalone]
 
 
 def summary(findings: list[Finding], num_layers: int) -> str:
@@ -105,7 +79,9 @@ def summary(findings: list[Finding], num_layers: int) -> str:
         return f"Gradients flow well through all {num_layers} layers; no problems found."
     counts = Counter(f.severity for f in serious)
     plural = {"critical": "critical", "error": "errors", "warning": "warnings"}
-    parts = ", ".join(f"{counts[s]} {s if counts[s] == 1 else plural[s]}" for s in ("critical", "error", "warning") if counts[s])
+    parts = ", ".join(
+        f"{counts[s]} {s if counts[s] == 1 else plural[s]}" for s in ("critical", "error", "warning") if counts[s]
+    )
     rules = "; ".join(f"{f.rule} ({', '.join(f.layers[:3]) or 'model'})" for f in serious[:4])
     return f"{parts}: {rules}."
 
@@ -166,6 +142,3 @@ def build(
             else "parameters-only (TorchScript: no activation probes)",
         },
     )
-
-
-ModelInfoType = ModelInfo
