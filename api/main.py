@@ -15,11 +15,11 @@ from gradhealth import __version__
 
 from .errors import install_error_handlers
 from .metrics import MetricsMiddleware
-from .routes import analyses, audits, batches, compare, health, models
+from .routes import analyses, audits, batches, compare, health, models, runs
 
 API_PREFIX = "/v1"
 api_router = APIRouter()
-for module in (models, batches, analyses, compare, audits):
+for module in (models, batches, analyses, compare, audits, runs):
     api_router.include_router(module.router)
 
 

@@ -48,6 +48,7 @@ class RequestOptions:
     path: str
     params: Mapping[str, Any] | None = None
     json: Any = None
+    content: bytes | None = None  # a pre-encoded body (msgpack logs); Content-Type goes in headers
     upload: Path | None = None
     upload_name: str | None = None
     timeout: TimeoutArg = None
@@ -162,6 +163,7 @@ class BaseClient:
             self.base_url + options.path,
             params=options.params,
             json=options.json,
+            content=options.content,
             files=files,
             headers=self._headers(options, retries_done),
             timeout=timeout,

@@ -19,6 +19,7 @@ from .audits import AsyncAudits, Audits
 from .errors import NotFoundError
 from .handles import AnalysisHandle, AsyncAnalysisHandle
 from .report import Report
+from .runs import AsyncRuns, Runs
 from .types import Analysis
 from .uploads import AsyncBatches, AsyncModels, Batches, Models
 
@@ -57,6 +58,7 @@ class Client(SyncAPIClient):
         self.batches = Batches(self)
         self.analyses = Analyses(self)
         self.audits = Audits(self)
+        self.runs = Runs(self)
 
     def __enter__(self) -> Client:
         return self
@@ -189,6 +191,7 @@ class AsyncClient(AsyncAPIClient):
         self.batches = AsyncBatches(self)
         self.analyses = AsyncAnalyses(self)
         self.audits = AsyncAudits(self)
+        self.runs = AsyncRuns(self)
 
     async def __aenter__(self) -> AsyncClient:
         return self

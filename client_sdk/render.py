@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from gradhealth.diagnostics.schema import Report
+from gradhealth.diagnostics.schema import Finding, Report, Timeline
 
 _ICON = {"healthy": "✅", "info": "ℹ️", "warning": "⚠️", "error": "❌", "critical": "🛑"}
 
@@ -21,8 +21,63 @@ def format_number(value: float | int | None) -> str:
 _num = format_number
 
 
+def step_range(finding: Finding) -> str | None:
+    """'steps a–b' for a run finding (None for checkpoint findings), so every renderer words it alike."""
+    if finding.step is None:
+        return None
+    if finding.last_step is None or finding.last_step == finding.step:
+        return f"step {finding.step}"
+    return f"steps {finding.step}–{finding.last_step}"
+
+
+def finite(value: float | None) -> bool:
+    """A plottable number: logged (not None) and neither inf nor NaN."""
+    return value is not None and math.isfinite(value)
+
+
+def latest(values: list[float | None]) -> float | None:
+    """The last finite value of a series: what 'now' means in a run whose newest steps may be unlogged."""
+    return next((v for v in reversed(values) if finite(v)), None)
+
+
+def nonfinite_points(values: list[float | None], counts: list[float | None]) -> int:
+    """Points whose value is inf/NaN or whose layer counted non-finite gradient tensors (JSON turns inf into null)."""
+    padded = counts + [None] * (len(values) - len(counts))
+    return sum(
+        1 for v, n in zip(values, padded, strict=False) if (v is not None and not math.isfinite(v)) or (n or 0) > 0
+    )
+
+
+def _finding_lines(finding: Finding) -> list[str]:
+    lines = [
+        f"### {_ICON.get(finding.severity, '')} {finding.severity}: {finding.title} (`{finding.rule}`)",
+        "",
+        finding.message,
+        "",
+    ]
+    steps = step_range(finding)
+    if steps:
+        lines += [steps[0].upper() + steps[1:] + ".", ""]
+    if finding.layers:
+        lines += ["Layers: " + ", ".join(f"`{name}`" for name in finding.layers[:12]), ""]
+    for fix in finding.remediation:
+        lines += [f"- **{fix.action}**: {fix.detail}"]
+        if fix.snippet:
+            lines += ["", "  ```python", *("  " + row for row in fix.snippet.splitlines()), "  ```"]
+    return lines + [""]
+
+
+def _findings(report: Report) -> list[str]:
+    lines = ["## Findings", ""] if report.findings else []
+    for finding in report.findings:
+        lines += _finding_lines(finding)
+    return lines
+
+
 def to_markdown(report: Report, max_layers: int = 60) -> str:
     """A Markdown summary: verdict, findings with advice, and the per-layer gradient table."""
+    if report.kind == "run":
+        return run_markdown(report)
     lines = [
         f"# gradhealth report {_ICON.get(report.health, '')} {report.health}",
         "",
@@ -32,24 +87,7 @@ def to_markdown(report: Report, max_layers: int = 60) -> str:
         f"{report.model.num_layers} layers, {report.model.dtype} on {report.model.device}. "
         f"Loss {_num(report.metrics.get('loss'))}, global gradient norm {_num(report.metrics.get('global_grad_norm'))}.",  # type: ignore[arg-type]
         "",
-    ]
-    if report.findings:
-        lines += ["## Findings", ""]
-    for finding in report.findings:
-        lines += [
-            f"### {_ICON.get(finding.severity, '')} {finding.severity}: {finding.title} (`{finding.rule}`)",
-            "",
-            finding.message,
-            "",
-        ]
-        if finding.layers:
-            lines += ["Layers: " + ", ".join(f"`{name}`" for name in finding.layers[:12]), ""]
-        for fix in finding.remediation:
-            lines += [f"- **{fix.action}**: {fix.detail}"]
-            if fix.snippet:
-                lines += ["", "  ```python", *("  " + row for row in fix.snippet.splitlines()), "  ```"]
-        lines += [""]
-    lines += [
+        *_findings(report),
         "## Layers",
         "",
         "| layer | type | grad norm | grad/weight | output grad RMS | activation | dead | saturated |",
@@ -64,4 +102,57 @@ def to_markdown(report: Report, max_layers: int = 60) -> str:
         )
     if len(report.layers) > max_layers:
         lines.append(f"| … {len(report.layers) - max_layers} more | | | | | | | |")
+    return "\n".join(lines) + "\n"
+
+
+def run_facts(report: Report) -> str:
+    """One sentence on what ran and where it stands now, shared by the Markdown and HTML run reports."""
+    m, timeline = report.model, report.timeline or Timeline()
+    loss, gnorm = latest(timeline.loss), latest(timeline.global_grad_norm)
+    loss = report.metrics.get("loss") if loss is None else loss
+    gnorm = report.metrics.get("global_grad_norm") if gnorm is None else gnorm
+    steps = (
+        f"Steps {timeline.steps[0]}–{timeline.steps[-1]} ({len(timeline.steps)} points)"
+        if timeline.steps
+        else "No steps logged yet"
+    )
+    return (
+        f"Run of a {m.format} model, {m.num_parameters:,} parameters in {m.num_layers} layers, {m.dtype} on {m.device}. "
+        f"{steps}. Latest loss {_num(loss if isinstance(loss, float | int) else None)}, "
+        f"global gradient norm {_num(gnorm if isinstance(gnorm, float | int) else None)}."
+    )
+
+
+def _run_layer_rows(timeline: Timeline) -> list[str]:
+    rows = []
+    for name, layer in timeline.layers.items():
+        values = [v for v in layer.grad_norm if finite(v)]
+        low, high = (min(values), max(values)) if values else (None, None)  # type: ignore[type-var]
+        rows.append(
+            f"| `{name}` | {_num(latest(layer.grad_norm))} | {_num(low)} | {_num(high)} | "
+            f"{nonfinite_points(layer.grad_norm, layer.nonfinite) or ''} |"
+        )
+    return rows
+
+
+def run_markdown(report: Report) -> str:
+    """A training run in Markdown: verdict, findings with their step ranges, and the charted layers' grad norms."""
+    lines = [
+        f"# gradhealth run report {_ICON.get(report.health, '')} {report.health}",
+        "",
+        report.summary,
+        "",
+        run_facts(report),
+        "",
+        *_findings(report),
+    ]
+    timeline = report.timeline
+    if timeline is not None and timeline.layers:
+        lines += [
+            "## Layers",
+            "",
+            "| layer | latest grad norm | min | max | non-finite points |",
+            "|---|---|---|---|---|",
+            *_run_layer_rows(timeline),
+        ]
     return "\n".join(lines) + "\n"

@@ -6,15 +6,29 @@ import xml.etree.ElementTree as ET
 from typing import TYPE_CHECKING
 
 from gradhealth.diagnostics.rules import RULE_IDS
+from gradhealth.diagnostics.run_rules import RUN_RULE_IDS
 from gradhealth.diagnostics.schema import Finding, Report, severity_at_least
+
+from .render import step_range
 
 if TYPE_CHECKING:
     from .compare import Comparison
 
 
+def _known_rules(report: Report) -> tuple[str, ...]:
+    """A run is checked by the run rules, not the checkpoint ones."""
+    return RUN_RULE_IDS if report.kind == "run" else RULE_IDS
+
+
+def _steps(f: Finding) -> str:
+    steps = step_range(f)
+    return f"\nSteps: {steps.split(' ', 1)[1]}" if steps else ""
+
+
 def _finding_text(findings: list[Finding]) -> str:
     return "\n\n".join(
         f"[{f.severity}] {f.title}\n{f.message}"
+        + _steps(f)
         + (f"\nLayers: {', '.join(f.layers[:12])}" if f.layers else "")
         + "".join(f"\nFix: {fix.action}: {fix.detail}" for fix in f.remediation)
         for f in findings
@@ -23,10 +37,11 @@ def _finding_text(findings: list[Finding]) -> str:
 
 def to_junit(report: Report, fail_on: str = "warning", comparison: Comparison | None = None) -> str:
     """Every known rule appears, so a CI dashboard shows which checks passed, not only failures."""
-    rules = list(RULE_IDS) + sorted({f.rule for f in report.findings} - set(RULE_IDS))
+    known = _known_rules(report)
+    rules = list(known) + sorted({f.rule for f in report.findings} - set(known))
     failures = 0
     suite = ET.Element("testsuite", name="gradhealth", timestamp=report.created_at.isoformat())
-    classname = f"gradhealth.{report.model.format}"
+    classname = "gradhealth.run" if report.kind == "run" else f"gradhealth.{report.model.format}"
     for rule in rules:
         findings = report.findings_for(rule)
         case = ET.SubElement(suite, "testcase", classname=classname, name=rule)
@@ -35,7 +50,9 @@ def to_junit(report: Report, fail_on: str = "warning", comparison: Comparison | 
         if bad:
             failures += 1
             worst = max(bad, key=lambda f: ("info", "warning", "error", "critical").index(f.severity))
-            failure = ET.SubElement(case, "failure", message=f"{worst.severity}: {worst.title}", type=worst.severity)
+            where = f" ({step_range(worst)})" if worst.step is not None else ""
+            message = f"{worst.severity}: {worst.title}{where}"
+            failure = ET.SubElement(case, "failure", message=message, type=worst.severity)
             failure.text = _finding_text(bad)
         elif findings:
             ET.SubElement(case, "system-out").text = _finding_text(findings)

@@ -132,3 +132,16 @@ class WebhookDelivery(_Result):
     ok: bool
     status_code: int | None = None
     error: str | None = None
+
+
+class Run(_Result):
+    """A watched training run; `webhook_secret` is present only in the answer to create()."""
+
+    id: str
+    name: str
+    num_layers: int
+    metrics: list[str]
+    run_steps: int = 0
+    health: str = "healthy"
+    webhook_url: str | None = None
+    webhook_secret: str | None = None

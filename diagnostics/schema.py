@@ -39,6 +39,7 @@ class Finding(BaseModel):
     message: str
     layers: list[str] = Field(default_factory=list)
     step: int | None = None
+    last_step: int | None = None  # run reports: the finding covers steps step..last_step
     evidence: dict[str, float | int | str | bool | None | list[float] | list[str]] = Field(default_factory=dict)
     thresholds: dict[str, float | int | str] = Field(default_factory=dict)
     remediation: list[Remediation] = Field(default_factory=list)
@@ -75,6 +76,26 @@ class LayerStats(BaseModel):
     extra: dict[str, float | int | str | None | list[float]] = Field(default_factory=dict)
 
 
+class LayerTimeline(BaseModel):
+    """One layer's downsampled history: values aligned with Timeline.steps (None where unlogged)."""
+
+    grad_norm: list[float | None] = Field(default_factory=list)
+    grad_max_abs: list[float | None] = Field(default_factory=list)
+    weight_norm: list[float | None] = Field(default_factory=list)
+    update_to_weight: list[float | None] = Field(default_factory=list)
+    nonfinite: list[float | None] = Field(default_factory=list)
+
+
+class Timeline(BaseModel):
+    """A run's history for charts: one point per bucket of steps, at most a few hundred points."""
+
+    steps: list[int] = Field(default_factory=list)
+    loss: list[float | None] = Field(default_factory=list)
+    lr: list[float | None] = Field(default_factory=list)
+    global_grad_norm: list[float | None] = Field(default_factory=list)
+    layers: dict[str, LayerTimeline] = Field(default_factory=dict)
+
+
 class ModelInfo(BaseModel):
     """What was analysed."""
 
@@ -102,6 +123,7 @@ class Report(BaseModel):
     metrics: dict[str, float | int | None | list[float] | dict[str, float]] = Field(default_factory=dict)
     timings: dict[str, float] = Field(default_factory=dict)
     environment: dict[str, str] = Field(default_factory=dict)
+    timeline: Timeline | None = None  # run reports only
 
     def findings_for(self, rule: str) -> list[Finding]:
         """Return the findings of one rule id."""

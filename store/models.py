@@ -1,4 +1,4 @@
-"""Database tables: projects own keys, models, batches and analyses; a report per analysis."""
+"""Database tables: projects own keys, models, batches, analyses, audits and watched training runs."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -193,6 +194,79 @@ class WebhookDelivery(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     audit_id: Mapped[str] = mapped_column(ForeignKey("audits.id", ondelete="CASCADE"), index=True)
     run_id: Mapped[str] = mapped_column(ForeignKey("audit_runs.id", ondelete="CASCADE"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    url: Mapped[str] = mapped_column(String(2000))
+    status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    ok: Mapped[bool] = mapped_column(default=False)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    duration_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class TrainingRun(Base):
+    """A training run streamed by watch(): its layer columns, rule state and verdict so far."""
+
+    __tablename__ = "training_runs"
+    __table_args__ = (UniqueConstraint("project_id", "idempotency_key", name="uq_training_runs_project_idempotency"),)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    layers: Mapped[str] = mapped_column(Text)  # JSON list of {name, type, num_parameters}; index = column
+    metrics: Mapped[str] = mapped_column(Text)  # JSON list of metric names; order of a segment's rows
+    config: Mapped[str] = mapped_column(Text)
+    idempotency_key: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    num_steps: Mapped[int] = mapped_column(BigInteger, default=0)
+    first_step: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    last_step: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    num_batches: Mapped[int] = mapped_column(Integer, default=0)
+    dropped: Mapped[int] = mapped_column(BigInteger, default=0)
+    health: Mapped[str] = mapped_column(String(16), default="healthy")
+    rule_state: Mapped[str] = mapped_column(Text, default="{}")  # RunEvaluator.state()
+    findings: Mapped[str] = mapped_column(Text, default="[]")
+    latest: Mapped[str] = mapped_column(Text, default="{}")  # last measured value per metric per layer
+    webhook_url: Mapped[str | None] = mapped_column(String(2000), nullable=True)
+    webhook_secret: Mapped[str] = mapped_column(String(80))
+    notified_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class RunBatch(Base):
+    """One accepted log batch: the primary key (run, seq) is what makes a retried POST a no-op."""
+
+    __tablename__ = "run_batches"
+    run_id: Mapped[str] = mapped_column(ForeignKey("training_runs.id", ondelete="CASCADE"), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    num_steps: Mapped[int] = mapped_column(Integer)
+    first_step: Mapped[int] = mapped_column(BigInteger)
+    last_step: Mapped[int] = mapped_column(BigInteger)
+    dropped: Mapped[int] = mapped_column(BigInteger, default=0)
+    received_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class RunSegment(Base):
+    """One batch's values of one series (a layer, or the run-level series -1) as packed arrays.
+
+    See store/run_segments.py for the layout and why it is one row per (run, series, batch).
+    """
+
+    __tablename__ = "run_segments"
+    __table_args__ = (Index("ix_run_segments_series_step", "run_id", "series", "first_step"),)
+    run_id: Mapped[str] = mapped_column(ForeignKey("training_runs.id", ondelete="CASCADE"), primary_key=True)
+    series: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    first_step: Mapped[int] = mapped_column(BigInteger)
+    num_steps: Mapped[int] = mapped_column(Integer)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class RunWebhookDelivery(Base):
+    """One attempt to tell a run's webhook that the run went bad: every attempt is a row."""
+
+    __tablename__ = "run_webhook_deliveries"
+    __table_args__ = (UniqueConstraint("run_id", "attempt", name="uq_run_webhook_deliveries_run_attempt"),)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    run_id: Mapped[str] = mapped_column(ForeignKey("training_runs.id", ondelete="CASCADE"), index=True)
     attempt: Mapped[int] = mapped_column(Integer)
     url: Mapped[str] = mapped_column(String(2000))
     status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)

@@ -10,7 +10,7 @@ from gradhealth.store import analyses
 from gradhealth.store.celery_app import enqueue, get_celery
 from gradhealth.store.settings import get_settings
 
-from . import audit_runs, webhooks
+from . import audit_runs, run_webhooks, webhooks
 from .runner import execute_analysis
 
 log = logging.getLogger(__name__)
@@ -39,3 +39,9 @@ def sweep() -> dict[str, list[str]]:
 def deliver_webhook(run_id: str) -> str:
     """One signed delivery attempt of an audit run's notification; failures re-enqueue with backoff."""
     return webhooks.deliver(get_settings(), run_id)
+
+
+@app.task(name=run_webhooks.DELIVER_RUN_WEBHOOK, acks_late=True, ignore_result=True)
+def deliver_run_webhook(run_id: str) -> str:
+    """One signed delivery attempt telling a training run's webhook that the run went bad."""
+    return run_webhooks.deliver_run(get_settings(), run_id)

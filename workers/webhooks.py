@@ -91,40 +91,47 @@ def _claim_attempt(settings: Settings, run_id: str) -> tuple[WebhookDelivery, by
     return row, body, secret
 
 
-def deliver(settings: Settings, run_id: str) -> str:
-    """Make one delivery attempt; on failure schedule the next after backoff * 2**(attempt-1)."""
-    claimed = _claim_attempt(settings, run_id)
-    if claimed is None:
-        return "nothing to do"
-    row, body, secret = claimed
+def post_signed(url: str, secret: str, body: bytes, delivery_id: str, timeout: float) -> tuple[int | None, str | None]:
+    """One signed POST: (status code, error or None when the receiver answered 2xx)."""
     timestamp = int(time.time())
     headers = {
         "Content-Type": "application/json",
         SIGNATURE_HEADER: sign(secret, timestamp, body),
-        "X-Gradhealth-Delivery": row.id,
+        "X-Gradhealth-Delivery": delivery_id,
         "User-Agent": "gradhealth-webhooks",
     }
-    started = time.monotonic()
-    status, error = None, None
     try:
-        response = httpx.post(row.url, content=body, headers=headers, timeout=settings.webhook_timeout_seconds)
-        status = response.status_code
-        if not 200 <= status < 300:
-            error = f"the receiver answered HTTP {status}"
+        response = httpx.post(url, content=body, headers=headers, timeout=timeout)
     except httpx.HTTPError as exc:
-        error = f"{type(exc).__name__}: {exc}"
-    ok = error is None
+        return None, f"{type(exc).__name__}: {exc}"
+    if not 200 <= response.status_code < 300:
+        return response.status_code, f"the receiver answered HTTP {response.status_code}"
+    return response.status_code, None
+
+
+def next_attempt(settings: Settings, task: str, object_id: str, attempt: int, error: str | None) -> str:
+    """After an attempt: done, give up after the last attempt, or re-enqueue after backoff * 2**(attempt-1)."""
+    if error is None:
+        return "delivered"
+    if attempt >= settings.webhook_max_attempts:
+        log.warning("webhook for %s: giving up after %d attempts (%s)", object_id, attempt, error)
+        return "gave up"
+    enqueue(task, object_id, settings, countdown=settings.webhook_backoff_seconds * 2 ** (attempt - 1))
+    return "retrying"
+
+
+def deliver(settings: Settings, run_id: str) -> str:
+    """Make one delivery attempt of an audit run's notification; failures are retried with backoff."""
+    claimed = _claim_attempt(settings, run_id)
+    if claimed is None:
+        return "nothing to do"
+    row, body, secret = claimed
+    started = time.monotonic()
+    status, error = post_signed(row.url, secret, body, row.id, settings.webhook_timeout_seconds)
     with session_scope(settings) as session:
         session.execute(
             update(WebhookDelivery)
             .where(WebhookDelivery.id == row.id)
-            .values(status_code=status, ok=ok, error=error, duration_ms=(time.monotonic() - started) * 1000)
+            .values(status_code=status, ok=error is None, error=error, duration_ms=(time.monotonic() - started) * 1000)
         )
-    if ok:
-        return "delivered"
-    if row.attempt >= settings.webhook_max_attempts:
-        log.warning("webhook for run %s: giving up after %d attempts (%s)", run_id, row.attempt, error)
-        return "gave up"
-    delay = settings.webhook_backoff_seconds * 2 ** (row.attempt - 1)
-    enqueue(DELIVER_WEBHOOK, run_id, settings, countdown=delay)
-    return "retrying"
+    return next_attempt(settings, DELIVER_WEBHOOK, run_id, row.attempt, error)

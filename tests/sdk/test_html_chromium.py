@@ -141,3 +141,32 @@ def test_html_report_renders_in_chromium(
     # The bars were painted, not only put in the DOM: their colours cover real pixels on screen.
     assert _count_color(rows, channels, render_html.FLAGGED_COLOR) > 200  # badly initialised layers
     assert _count_color(rows, channels, render_html.SATURATED_COLOR) > 200  # the activation chart
+
+
+def test_run_report_renders_in_chromium(artifacts_dir: Path, tmp_path: Path) -> None:
+    from gradhealth.sdk import render_html
+
+    from .test_run_render import LAYER_SCALES, run_report
+
+    page = artifacts_dir / "report_run.html"
+    page.write_text(run_report().to_html())
+    url = page.resolve().as_uri()
+
+    dom = _chromium(tmp_path, "--dump-dom", url)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert not _console_errors(dom.stderr), _console_errors(dom.stderr)
+    layers = re.findall(r'<svg[^>]*class="gh-chart gh-time-chart gh-layer-chart"[^>]*>(.*?)</svg>', dom.stdout, re.S)
+    assert len(layers) == len(LAYER_SCALES) and all('class="gh-series"' in chart for chart in layers)
+    assert "gh-loss-chart" in dom.stdout and 'class="gh-marker gh-marker-critical"' in dom.stdout
+
+    shot = artifacts_dir / "report_run.png"
+    shot.unlink(missing_ok=True)
+    done = _chromium(tmp_path, f"--screenshot={shot}", "--window-size=1200,2000", url)
+    assert done.returncode == 0 and shot.is_file(), done.stderr[-2000:]
+    assert not _console_errors(done.stderr), _console_errors(done.stderr)
+    width, channels, rows = read_png(shot)
+    assert width == 1200 and len(rows) == 2000
+    # Lines, markers and non-finite ticks were painted: their colours cover real pixels on screen.
+    assert _count_color(rows, channels, render_html.OK_COLOR) > 100  # the gradient-norm lines
+    assert _count_color(rows, channels, render_html.NONFINITE_COLOR) > 100  # ticks, fc's line, error markers
+    assert _count_color(rows, channels, render_html._COLORS["critical"]) > 20  # the critical finding's marker

@@ -1,0 +1,157 @@
+"""Decode and validate a POSTed log batch (JSON or msgpack, gzip or not) into a LogBatch.
+
+Every problem is an ApiError with a message that says what to fix: 413 for size, 415 for an
+unknown Content-Type or Content-Encoding, 400 for bytes that do not parse, 422 for a body that
+parses but does not fit the run (docs/runs.md).
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from typing import Any
+
+import msgpack
+import numpy as np
+from gradhealth.store.run_segments import LogBatch
+
+from .errors import ApiError
+
+JSON_TYPES = {"application/json"}
+MSGPACK_TYPES = {"application/msgpack", "application/x-msgpack", "application/vnd.msgpack"}
+MAX_STEPS_PER_BATCH = 100_000
+MAX_VALUES_PER_BATCH = 50_000_000
+FIELDS = {"seq", "steps", "loss", "lr", "metrics", "dropped"}
+
+
+def _gunzip(raw: bytes, max_bytes: int) -> bytes:
+    """Inflate with a cap, so a small gzip bomb cannot allocate gigabytes."""
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        data = inflater.decompress(raw, max_bytes)
+    except zlib.error as exc:
+        raise ApiError(400, f"the body is not valid gzip ({exc}); send it uncompressed or fix the encoder") from exc
+    if inflater.unconsumed_tail:
+        raise ApiError(413, f"the body inflates beyond {max_bytes} bytes; send fewer steps per batch")
+    return data
+
+
+def parse_body(raw: bytes, content_type: str | None, content_encoding: str | None, max_bytes: int) -> dict[str, Any]:
+    """Bytes to a dict, honouring gzip; never evaluates anything but JSON or msgpack data."""
+    encoding = (content_encoding or "identity").strip().lower()
+    if encoding == "gzip":
+        raw = _gunzip(raw, max_bytes)
+    elif encoding != "identity":
+        raise ApiError(415, f"Content-Encoding {encoding!r} is not supported; use gzip or none")
+    media = (content_type or "").split(";")[0].strip().lower()
+    try:
+        if media in JSON_TYPES:
+            body = json.loads(raw)
+        elif media in MSGPACK_TYPES:
+            body = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+        else:
+            raise ApiError(
+                415, f"Content-Type {media or '(none)'!r} is not supported; use application/json or application/msgpack"
+            )
+    except ApiError:
+        raise
+    except Exception as exc:  # json and msgpack raise several types for malformed bytes
+        raise ApiError(400, f"the body is not valid {media.split('/')[-1]}: {exc}") from exc
+    if not isinstance(body, dict):
+        raise ApiError(422, "the body must be an object with seq, steps and metrics (docs/runs.md)")
+    return body
+
+
+def _int(body: dict[str, Any], key: str, default: int | None = None) -> int:
+    value = body.get(key, default)
+    if value is None:
+        raise ApiError(422, f"{key} is required (docs/runs.md)", code="validation_error")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ApiError(422, f"{key} must be an integer >= 0, got {value!r}", code="validation_error")
+    return value
+
+
+def _steps(value: Any) -> np.ndarray:
+    if not isinstance(value, list) or not value:
+        raise ApiError(422, "steps must be a non-empty list of step numbers", code="validation_error")
+    if len(value) > MAX_STEPS_PER_BATCH:
+        raise ApiError(413, f"{len(value)} steps in one batch; send at most {MAX_STEPS_PER_BATCH}")
+    steps = np.asarray(value)
+    if steps.dtype.kind not in "iu" or steps.ndim != 1:
+        raise ApiError(422, "steps must be integers (optimizer step numbers)", code="validation_error")
+    steps = steps.astype(np.int64)
+    if steps[0] < 0 or (steps.shape[0] > 1 and np.any(np.diff(steps) <= 0)):
+        raise ApiError(422, "steps must be >= 0 and strictly increasing within a batch", code="validation_error")
+    return steps
+
+
+def _scalars(body: dict[str, Any], key: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """A per-step column of numbers or nulls: values (NaN where null) and the logged mask."""
+    value = body.get(key)
+    if value is None:
+        return np.full(n, np.nan), np.zeros(n, dtype=bool)
+    if not isinstance(value, list) or len(value) != n:
+        raise ApiError(422, f"{key} must be a list of {n} numbers or nulls, one per step", code="validation_error")
+    logged = np.fromiter((v is not None for v in value), dtype=bool, count=n)
+    try:
+        numbers = np.array([np.nan if v is None else v for v in value], dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ApiError(422, f"{key} must hold numbers or nulls: {exc}", code="validation_error") from exc
+    return numbers, logged
+
+
+def _matrix(name: str, value: Any, n: int, num_layers: int) -> np.ndarray:
+    """One metric as float32 (n, L) from a msgpack float32 bin or n lists of L numbers/nulls."""
+    if isinstance(value, bytes | bytearray):
+        if len(value) != n * num_layers * 4:
+            raise ApiError(
+                422,
+                f"metrics.{name}: {len(value)} bytes, expected {n * num_layers * 4} "
+                f"({n} steps x {num_layers} layers x 4-byte little-endian float32)",
+                code="validation_error",
+            )
+        return np.frombuffer(value, dtype="<f4").reshape(n, num_layers)
+    if not isinstance(value, list):
+        raise ApiError(422, f"metrics.{name} must be {n} lists of {num_layers} numbers", code="validation_error")
+    try:
+        matrix = np.array(value, dtype=np.float32)
+    except (TypeError, ValueError):
+        try:
+            matrix = np.array([[np.nan if v is None else v for v in row] for row in value], dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise ApiError(422, f"metrics.{name} must hold numbers or nulls: {exc}", code="validation_error") from exc
+    if matrix.shape != (n, num_layers):
+        raise ApiError(
+            422,
+            f"metrics.{name}: shape {matrix.shape}, expected ({n}, {num_layers}): one row per step, "
+            "one value per layer of the run, in the order sent to POST /v1/runs",
+            code="validation_error",
+        )
+    return matrix
+
+
+def to_log_batch(body: dict[str, Any], metric_names: list[str], num_layers: int) -> LogBatch:
+    """Validate a parsed body against the run's layers and metrics."""
+    unknown = sorted(set(body) - FIELDS)
+    if unknown:
+        raise ApiError(422, f"unknown field(s) {unknown}; a batch has {sorted(FIELDS)}", code="validation_error")
+    seq = _int(body, "seq")
+    steps = _steps(body.get("steps"))
+    n = int(steps.shape[0])
+    if n * num_layers * len(metric_names) > MAX_VALUES_PER_BATCH:
+        raise ApiError(413, f"{n} steps x {num_layers} layers is too much for one batch; send fewer steps per batch")
+    loss, loss_logged = _scalars(body, "loss", n)
+    lr, _ = _scalars(body, "lr", n)
+    metrics = body.get("metrics") or {}
+    if not isinstance(metrics, dict):
+        raise ApiError(422, "metrics must be an object: metric name -> steps x layers values", code="validation_error")
+    extra = sorted(set(metrics) - set(metric_names))
+    if extra:
+        raise ApiError(
+            422, f"metrics {extra} are not metrics of this run; it has {metric_names}", code="validation_error"
+        )
+    values = np.full((len(metric_names), n, num_layers), np.nan, dtype=np.float32)
+    for index, name in enumerate(metric_names):
+        if name in metrics:
+            values[index] = _matrix(name, metrics[name], n, num_layers)
+    return LogBatch(seq, steps, loss, loss_logged, lr, values, _int(body, "dropped", 0))

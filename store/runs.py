@@ -1,0 +1,134 @@
+"""Ingest a run's log batches: store once per (run, seq), evaluate the run rules incrementally.
+
+Rules run inline, inside the batch's transaction, rather than on a worker queue: an update costs
+O(batch) (the evaluator keeps O(layers) state, never rescans), so the report is current the
+moment the POST returns, and a batch is never stored without being evaluated or vice versa.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from gradhealth.diagnostics.run_rules import LogChunk, RunEvaluator
+from gradhealth.diagnostics.schema import Finding, health_of, severity_at_least
+from sqlalchemy import insert, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from .models import RunBatch, RunSegment, TrainingRun, utcnow
+from .run_segments import LogBatch, segment_rows
+
+METRICS = ("grad_norm", "grad_max_abs", "nonfinite", "weight_norm", "update_norm")
+NOTIFY_AT = "error"
+DELIVER_RUN_WEBHOOK = "gradhealth.deliver_run_webhook"
+_LOCKS = [threading.Lock() for _ in range(64)]
+
+
+def _lock_for(run_id: str) -> threading.Lock:
+    """Serialise one run's batches within this process (SQLite has no row locks; PostgreSQL gets FOR UPDATE too)."""
+    return _LOCKS[zlib.crc32(run_id.encode()) % len(_LOCKS)]
+
+
+@dataclass
+class IngestResult:
+    """What the POST answers, plus whether the run just went bad (time to call its webhook)."""
+
+    stored: bool
+    seq: int
+    steps: int
+    run_steps: int
+    health: str
+    notify: bool = False
+
+
+def layer_names(run: TrainingRun) -> list[str]:
+    """The run's layer names in column order."""
+    return [layer["name"] for layer in json.loads(run.layers)]
+
+
+def _chunk(batch: LogBatch, metrics: list[str]) -> LogChunk:
+    values = {name: batch.values[index].astype(np.float64) for index, name in enumerate(metrics)}
+    return LogChunk(batch.steps, batch.loss, batch.loss_logged, batch.lr, values)
+
+
+def _latest(previous: dict[str, list[float | None]], batch: LogBatch, metrics: list[str]) -> dict[str, Any]:
+    """Each layer's last measured value of each metric (non-finite kept as None)."""
+    merged = dict(previous)
+    for index, name in enumerate(metrics):
+        values = batch.values[index]  # (n, L)
+        measured = ~np.isnan(values)
+        last_row = values.shape[0] - 1 - np.argmax(measured[::-1], axis=0)
+        picked = values[last_row, np.arange(values.shape[1])]
+        old = merged.get(name) or [None] * values.shape[1]
+        merged[name] = [
+            (float(v) if np.isfinite(v) else None) if seen else prior
+            for v, seen, prior in zip(picked.tolist(), measured.any(axis=0).tolist(), old, strict=True)
+        ]
+    return merged
+
+
+def _evaluate(run: TrainingRun, batch: LogBatch, metrics: list[str]) -> list[Finding]:
+    """Advance the run's rule state by one batch and return the current findings."""
+    state = json.loads(run.rule_state) or None
+    evaluator = RunEvaluator(layer_names(run), state)
+    evaluator.update(_chunk(batch, metrics))
+    run.rule_state = json.dumps(evaluator.state(), allow_nan=False)
+    return evaluator.findings()
+
+
+def _record(run: TrainingRun, batch: LogBatch, metrics: list[str]) -> bool:
+    """Update counters, findings and health; True when the run first reaches NOTIFY_AT."""
+    findings = _evaluate(run, batch, metrics)
+    run.findings = json.dumps([f.model_dump(mode="json") for f in findings])
+    run.health = health_of(findings)
+    run.latest = json.dumps(_latest(json.loads(run.latest), batch, metrics), allow_nan=False)
+    run.num_steps += batch.num_steps
+    run.num_batches += 1
+    run.dropped += batch.dropped
+    first, last = int(batch.steps[0]), int(batch.steps[-1])
+    run.first_step = first if run.first_step is None else min(run.first_step, first)
+    run.last_step = last if run.last_step is None else max(run.last_step, last)
+    run.updated_at = utcnow()
+    if run.notified_at is None and run.webhook_url and any(severity_at_least(f.severity, NOTIFY_AT) for f in findings):
+        run.notified_at = utcnow()
+        return True
+    return False
+
+
+def ingest(session: Session, run_id: str, project_id: str, batch: LogBatch) -> IngestResult | None:
+    """Store and evaluate one batch exactly once; None when the run is not this project's."""
+    with _lock_for(run_id):
+        run = session.scalars(
+            select(TrainingRun).where(TrainingRun.id == run_id, TrainingRun.project_id == project_id).with_for_update()
+        ).one_or_none()
+        if run is None:
+            return None
+        duplicate = IngestResult(False, batch.seq, batch.num_steps, run.num_steps, run.health)
+        if session.get(RunBatch, (run_id, batch.seq)) is not None:
+            session.rollback()
+            return duplicate
+        metrics = json.loads(run.metrics)
+        session.add(
+            RunBatch(
+                run_id=run_id,
+                seq=batch.seq,
+                num_steps=batch.num_steps,
+                first_step=int(batch.steps[0]),
+                last_step=int(batch.steps[-1]),
+                dropped=batch.dropped,
+            )
+        )
+        grad_norm_index = metrics.index("grad_norm") if "grad_norm" in metrics else None
+        session.execute(insert(RunSegment), segment_rows(run_id, batch, grad_norm_index))
+        notify = _record(run, batch, metrics)
+        try:
+            session.commit()
+        except IntegrityError:  # another process stored this seq between our check and commit
+            session.rollback()
+            return duplicate
+        return IngestResult(True, batch.seq, batch.num_steps, run.num_steps, run.health, notify)
