@@ -86,7 +86,8 @@ def _record(run: TrainingRun, batch: LogBatch, metrics: list[str]) -> bool:
     findings = _evaluate(run, batch, metrics)
     run.findings = json.dumps([f.model_dump(mode="json") for f in findings])
     run.health = health_of(findings)
-    run.latest = json.dumps(_latest(json.loads(run.latest), batch, metrics), allow_nan=False)
+    if run.last_step is None or int(batch.steps[-1]) > run.last_step:  # a late, older batch is not "latest"
+        run.latest = json.dumps(_latest(json.loads(run.latest), batch, metrics), allow_nan=False)
     run.num_steps += batch.num_steps
     run.num_batches += 1
     run.dropped += batch.dropped

@@ -1,0 +1,79 @@
+"""What every run rule shares: the context it reports in, references and common remediations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..rules.common import REFS, fmt
+from ..rules.common import span as _span
+from ..schema import Remediation
+
+__all__ = ["REFS", "RUN_REFS", "RunContext", "clip_remediation", "fmt", "label", "lower_lr_remediation", "span"]
+
+RUN_REFS = {
+    "chowdhery2022": "Chowdhery et al. 2022, PaLM (section 5.1: on a loss spike, restart ~100 steps earlier and skip the "
+    "offending batches)",
+    "goyal2017": "Goyal et al. 2017, Accurate, Large Minibatch SGD (gradual learning-rate warm-up)",
+    "rousseeuw1993": "Rousseeuw & Croux 1993, Alternatives to the Median Absolute Deviation",
+    "plateau_scheduler": "PyTorch docs: torch.optim.lr_scheduler.ReduceLROnPlateau",
+    "smith2017": "Smith 2017, Cyclical Learning Rates for Training Neural Networks (LR range test)",
+    "torch_freeze": "PyTorch docs: requires_grad and optimizer param_groups (a parameter without a gradient is "
+    "skipped by every torch.optim optimizer)",
+}
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Run-level facts a rule may quote when it writes its findings."""
+
+    layers: list[str]
+    last_step: int | None
+    last_lr: float | None
+    max_norm: float | None  # suggested clip threshold: ~p90 of the global gradient norms seen
+
+
+def label(name: str) -> str:
+    """A layer name for a sentence: the root module's path is the empty string."""
+    return name or "(root module)"
+
+
+def span(names: list[str]) -> str:
+    """Name a run of layers compactly, as the checkpoint rules do."""
+    return _span([label(n) for n in names])
+
+
+def round2(x: float) -> float:
+    """Two significant digits, for parameters a user will paste."""
+    return float(f"{x:.2g}")
+
+
+def clip_remediation(ctx: RunContext) -> Remediation:
+    """clip_grad_norm_ at ~the 90th percentile of the global norms seen (Pascanu et al. 2013)."""
+    max_norm = ctx.max_norm
+    value = "1.0" if max_norm is None else f"{max_norm}"
+    return Remediation(
+        action="clip_gradients",
+        detail=f"Clip the global gradient norm at max_norm≈{value}, the 90th percentile of the norms this run has "
+        "logged: ordinary steps pass untouched, the outliers are scaled down.",
+        snippet=f"torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm={value})",
+        references=[REFS["pascanu2013"]],
+        params={"max_norm": max_norm},
+    )
+
+
+def lower_lr_remediation(lr: float | None, factor: float, why: str) -> Remediation:
+    """Lower the learning rate by `factor` (from the logged lr when there is one)."""
+    target = None if lr is None or lr <= 0 else round2(lr / factor)
+    detail = f"Lower the learning rate about {factor:g}x{f' (to ≈{fmt(target)})' if target else ''}: {why}"
+    snippet = (
+        f"for group in optimizer.param_groups:\n    group['lr'] = {target}"
+        if target
+        else f"for group in optimizer.param_groups:\n    group['lr'] /= {factor:g}"
+    )
+    return Remediation(
+        action="lower_lr",
+        detail=detail,
+        snippet=snippet,
+        references=[REFS["cohen2021"]],
+        params={"lr": target, "factor": 1 / factor},
+    )

@@ -1,0 +1,188 @@
+"""RunEvaluator: feeds each arriving chunk to every run rule once, and keeps a JSON state between chunks."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from typing import Any
+
+import numpy as np
+
+from ..schema import SEVERITY_ORDER, Finding
+from .chunk import ChunkView, LogChunk, forward_fill, global_norm, new_rows, update_ratios
+from .common import RunContext
+from .gradient_spike import GradientSpikeRule
+from .loss_divergence import LossDivergenceRule
+from .loss_plateau import LossPlateauRule
+from .non_finite import NonFiniteRule
+from .oscillating_loss import OscillatingLossRule
+from .rolling import dec, dec_array, enc, enc_array, opt_float, rolling_median_mad
+from .stalled_layer import StalledLayerRule
+from .update_ratio import UpdateRatioRule
+from .vanishing_gradient import VanishingTrendRule
+
+STATE_VERSION = 1
+LOSS_WINDOW = 9  # shared smoothing of the loss: a rolling median of 9 logged losses
+# and its noise: the MAD of the last 51 (a 9-point MAD is itself too noisy to scale thresholds with)
+NOISE_WINDOW = 51
+
+RULES = (
+    NonFiniteRule,
+    GradientSpikeRule,
+    LossDivergenceRule,
+    VanishingTrendRule,
+    StalledLayerRule,
+    UpdateRatioRule,
+    LossPlateauRule,
+    OscillatingLossRule,
+)
+RUN_RULE_IDS: tuple[str, ...] = tuple(rule.rule_id for rule in RULES)
+
+
+class RunEvaluator:
+    """Incremental diagnosis of a training run: update() per chunk, findings() at any time."""
+
+    def __init__(self, layers: list[str], state: dict[str, Any] | None = None) -> None:
+        self.layers = list(layers)
+        L = len(self.layers)
+        if L == 0:
+            raise ValueError("a run needs at least one layer")
+        st = copy.deepcopy(state) if state else {}  # never alias the caller's dict
+        if st and (st.get("version") != STATE_VERSION or st.get("num_layers") != L):
+            raise ValueError(f"state is for {st.get('num_layers')} layers (version {st.get('version')}), not {L}")
+        self.last_step: int | None = st.get("last_step")
+        self.first_step: int | None = st.get("first_step")
+        self.steps_seen = int(st.get("steps_seen", 0))
+        self.last_lr = dec(st.get("last_lr"))
+        self.max_lr: float | None = st.get("max_lr")
+        self.last_loss: float | None = dec(st["last_loss"]) if st.get("last_loss") is not None else None
+        self.best_loss: float | None = st.get("best_loss")
+        self.last_norm: float | None = st.get("last_norm")
+        self.loss_hist = dec_array(st.get("loss_hist", []))  # the last 51 finite logged losses
+        rules_state = st.get("rules", {})
+        self.rules = [rule(L, rules_state.get(rule.rule_id)) for rule in RULES]
+        self.rule = {r.rule_id: r for r in self.rules}
+
+    def update(self, chunk: LogChunk) -> None:
+        """Evaluate the rows of `chunk` after the last step seen; earlier (late, repeated) rows are ignored."""
+        cols = new_rows(chunk, self.last_step, len(self.layers))
+        steps = cols["steps"]
+        if not len(steps):
+            return
+        view = self._view(cols)
+        for rule in self.rules:
+            rule.update(view)
+        self._summarise(view)
+
+    def _view(self, cols: dict[str, np.ndarray]) -> ChunkView:
+        loss, logged = cols["loss"], cols["loss_logged"]
+        fin_rows = np.flatnonzero(logged & np.isfinite(loss))
+        fin_loss = loss[fin_rows]
+        med, mad = rolling_median_mad(
+            self.loss_hist, fin_loss, LOSS_WINDOW, include_current=True, min_count=LOSS_WINDOW
+        )
+        med_long, mad_long = rolling_median_mad(
+            self.loss_hist, fin_loss, NOISE_WINDOW, include_current=True, min_count=LOSS_WINDOW
+        )
+        lr_filled = forward_fill(cols["lr"], self.last_lr)
+        upd_rows, upd_ratio = update_ratios(cols["update_norm"], cols["weight_norm"])
+        return ChunkView(
+            steps=cols["steps"],
+            loss=loss,
+            loss_logged=logged,
+            lr=cols["lr"],
+            lr_filled=lr_filled,
+            lr_prev=np.concatenate([[self.last_lr], lr_filled[:-1]]),
+            grad=cols["grad_norm"],
+            grad_max=cols["grad_max_abs"],
+            nonfinite=cols["nonfinite"],
+            weight=cols["weight_norm"],
+            update=cols["update_norm"],
+            upd_rows=upd_rows,
+            upd_ratio=upd_ratio,
+            global_norm=global_norm(cols["grad_norm"], cols["nonfinite"]),
+            fin_rows=fin_rows,
+            fin_steps=cols["steps"][fin_rows],
+            fin_loss=fin_loss,
+            loss_med=med,
+            loss_mad=mad,
+            loss_med_long=med_long,
+            loss_mad_long=mad_long,
+        )
+
+    def _summarise(self, v: ChunkView) -> None:
+        steps = v.steps
+        self.first_step = int(steps[0]) if self.first_step is None else self.first_step
+        self.last_step = int(steps[-1])
+        self.steps_seen += len(steps)
+        self.last_lr = float(v.lr_filled[-1])
+        lrs = v.lr[np.isfinite(v.lr)]
+        if len(lrs):
+            self.max_lr = max(float(lrs.max()), self.max_lr if self.max_lr is not None else -math.inf)
+        logged = np.flatnonzero(v.loss_logged)
+        if len(logged):
+            self.last_loss = float(v.loss[logged[-1]])
+        meds = v.loss_med[np.isfinite(v.loss_med)]
+        if len(meds):
+            self.best_loss = min(float(meds.min()), self.best_loss if self.best_loss is not None else math.inf)
+        norms = v.global_norm[np.isfinite(v.global_norm)]
+        if len(norms):
+            self.last_norm = float(norms[-1])
+        self.loss_hist = np.concatenate([self.loss_hist, v.fin_loss])[-NOISE_WINDOW:]
+
+    def _context(self) -> RunContext:
+        p90 = self.rule["gradient_spike"].p90()
+        return RunContext(
+            layers=self.layers,
+            last_step=self.last_step,
+            last_lr=opt_float(self.last_lr),
+            max_norm=float(f"{p90:.2g}") if p90 else None,
+        )
+
+    def findings(self) -> list[Finding]:
+        """Current verdicts, worst first, then by step."""
+        if self.last_step is None:
+            return []
+        ctx = self._context()
+        found = [f for rule in self.rules for f in rule.findings(ctx)]
+        if any(f.rule == "loss_divergence" and f.severity == "error" for f in found):
+            found = [f for f in found if f.rule != "loss_plateau"]  # a diverged loss is not a plateau
+        return sorted(found, key=lambda f: (-SEVERITY_ORDER[f.severity], f.step if f.step is not None else -1))
+
+    def summary(self) -> dict[str, float | int | None]:
+        """Run-level numbers for the report's metrics."""
+        spike = self.rule["gradient_spike"]
+        ratio = self.rule["update_ratio"]
+        return {
+            "steps_seen": self.steps_seen,
+            "first_step": self.first_step,
+            "last_step": self.last_step,
+            "last_loss": opt_float(self.last_loss) if self.last_loss is not None else None,
+            "best_loss": self.best_loss,
+            "last_lr": opt_float(self.last_lr),
+            "max_lr": self.max_lr,
+            "last_global_grad_norm": self.last_norm,
+            "global_grad_norm_p50": spike.quantile(0.5),
+            "global_grad_norm_p90": spike.p90(),
+            "nonfinite_steps": self.rule["non_finite"].s["bad_steps"],
+            "median_update_to_weight": ratio.last_median,
+        }
+
+    def state(self) -> dict[str, Any]:
+        """JSON-serialisable (allow_nan=False) state; RunEvaluator(layers, state) continues exactly."""
+        state = {
+            "version": STATE_VERSION,
+            "num_layers": len(self.layers),
+            "last_step": self.last_step,
+            "first_step": self.first_step,
+            "steps_seen": self.steps_seen,
+            "last_lr": enc(self.last_lr),
+            "max_lr": self.max_lr,
+            "last_loss": enc(self.last_loss) if self.last_loss is not None else None,
+            "best_loss": self.best_loss,
+            "last_norm": self.last_norm,
+            "loss_hist": enc_array(self.loss_hist),
+            "rules": {rule.rule_id: rule.state() for rule in self.rules},
+        }
+        return json.loads(json.dumps(state, allow_nan=False))  # a detached copy, and proof that it serialises

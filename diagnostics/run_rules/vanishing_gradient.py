@@ -1,0 +1,208 @@
+"""vanishing_gradient (run): the first layer's gradient falls ever further behind the last layer's."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ..rules.vanishing_gradient import ERROR_RATIO, WARNING_RATIO
+from ..schema import Finding, Remediation
+from .chunk import ChunkView
+from .common import REFS, RunContext, fmt, label, span
+from .rolling import Episodes, dec_array, enc, enc_array, last_positive, rolling_median_mad
+
+RULE_ID = "vanishing_gradient"
+
+# The signal is rho = log10(grad_norm[first] / grad_norm[last]) for the first and last layers that
+# had a gradient when the run started. Layer sizes make rho's starting value arbitrary, so the rule
+# watches its change: the baseline is the median of the first 21 values, the current level a rolling
+# median of 21 (minibatch noise in one step's ratio is a factor of ~2; a median of 21 removes it).
+BASELINE_N = 21
+WINDOW = 21
+# Same bars as the checkpoint rule: the first layer's gradient falling 100x further behind the
+# last layer's is a warning, 1000x an error (AUTOTRAINER flags 1e-3; healthy nets stay within 10x:
+# on 24 healthy calibration runs the rolling ratio moved at most 10^0.25 below its baseline).
+WARN_DECADES = -math.log10(WARNING_RATIO)
+ERROR_DECADES = -math.log10(ERROR_RATIO)
+# Sustained: 10 consecutive logged steps spanning 50 optimizer steps; released after 10 clear ones.
+CONFIRM_N = 10
+MIN_SPAN = 50
+RELEASE_N = 10
+MAX_LAYERS = 20
+
+
+def pow10(decades: float) -> float:
+    """10**x for reporting, capped below float overflow (norms span at most ~630 decades)."""
+    return 10.0 ** min(decades, 300.0)
+
+
+class VanishingTrendRule:
+    """Track the drop of log10(first/last gradient norm) against its start-of-run baseline."""
+
+    rule_id = RULE_ID
+
+    def __init__(self, num_layers: int, state: dict[str, Any] | None = None) -> None:
+        st = state or {}
+        L = self.L = num_layers
+        self.pair: list[int] | None = st.get("pair")
+        self.base_vals: list[float] = st.get("base_vals", [])
+        self.baseline: float | None = st.get("baseline")
+        self.hist = dec_array(st.get("hist", []))
+        self.base_sum = dec_array(st["base_sum"]) if "base_sum" in st else np.zeros(L)
+        self.base_cnt = np.array(st.get("base_cnt", [0] * L), dtype=np.int64)
+        self.last_log = dec_array(st["last_log"]) if "last_log" in st else np.full(L, np.nan)
+        self.last_drop: float | None = st.get("last_drop")
+        self.episodes = Episodes(CONFIRM_N, RELEASE_N, MIN_SPAN, higher_is_worse=False, state=st.get("episodes"))
+
+    def update(self, v: ChunkView) -> None:
+        """Per chunk: log-norms of two columns and rolling medians, then O(1) per step."""
+        g = v.grad
+        if self.pair is None:
+            rows = np.flatnonzero(((g > 0) & (g < np.inf)).sum(axis=1) >= 2)
+            if len(rows):
+                cols = np.flatnonzero((g[rows[0]] > 0) & (g[rows[0]] < np.inf))
+                self.pair = [int(cols[0]), int(cols[-1])]
+        if self.pair is not None:
+            self._track(v)
+        last = last_positive(g, np.full(self.L, np.nan))
+        seen = np.isfinite(last)
+        self.last_log[seen] = np.log10(last[seen])
+
+    def _track(self, v: ChunkView) -> None:
+        f, last = self.pair
+        gf, gl = v.grad[:, f], v.grad[:, last]
+        rows = np.flatnonzero((gf > 0) & (gf < np.inf) & (gl > 0) & (gl < np.inf))
+        if not len(rows):
+            return
+        rho = np.log10(gf[rows]) - np.log10(gl[rows])
+        for k, r in enumerate(rows.tolist()):  # at most 21 rows in a whole run
+            if self.baseline is not None:
+                break
+            self.base_vals.append(float(rho[k]))
+            pos = (v.grad[r] > 0) & (v.grad[r] < np.inf)
+            self.base_sum[pos] += np.log10(v.grad[r][pos])
+            self.base_cnt += pos
+            if len(self.base_vals) == BASELINE_N:
+                self.baseline = float(np.median(self.base_vals))
+        med, _ = rolling_median_mad(self.hist, rho, WINDOW, include_current=True, min_count=WINDOW)
+        self.hist = np.concatenate([self.hist, rho])[-WINDOW:]
+        if self.baseline is None:
+            return
+        drop = med - self.baseline
+        ok = np.isfinite(drop)
+        if ok.any():
+            self.last_drop = float(drop[ok][-1])
+        for k in np.flatnonzero(ok).tolist():
+            cond = bool(drop[k] <= -WARN_DECADES)
+            if not cond and self.episodes.open is None and self.episodes.s["run_n"] == 0:
+                continue
+            event = self.episodes.feed(int(v.steps[rows[k]]), cond, float(drop[k]))
+            if event == "close":
+                row = v.grad[rows[k]]
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    cur = np.where((row > 0) & (row < np.inf), np.log10(row), np.nan)
+                self.episodes.closed[-1]["layers"] = self._weak(cur)
+
+    def _base_layer(self) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(self.base_cnt > 0, self.base_sum / np.maximum(self.base_cnt, 1), np.nan)
+
+    def _weak(self, cur: np.ndarray) -> list[int]:
+        """Layers whose own gradient fell 100x further behind (vs their baseline) than the last layer's."""
+        base = self._base_layer()
+        f, last = self.pair
+        rel = (cur - base) - (cur[last] - base[last])
+        weak = np.flatnonzero(np.isfinite(rel) & (rel <= -WARN_DECADES)).tolist()
+        return sorted(set(weak) | {f})[:MAX_LAYERS]
+
+    def state(self) -> dict[str, Any]:
+        """JSON state: O(L) per-layer baselines and last values, a 21-value window."""
+        return {
+            "pair": self.pair,
+            "base_vals": self.base_vals if self.baseline is None else [],
+            "baseline": self.baseline,
+            "hist": enc_array(self.hist),
+            "base_sum": enc_array(self.base_sum),
+            "base_cnt": self.base_cnt.tolist(),
+            "last_log": enc_array(self.last_log),
+            "last_drop": enc(self.last_drop) if self.last_drop is not None else None,
+            "episodes": self.episodes.state(),
+        }
+
+    def findings(self, ctx: RunContext) -> list[Finding]:
+        """Ongoing: warning (100x) or error (1000x); recovered episodes: info."""
+        out = [self._finding(ep, "info", ctx, ep.get("layers", [])) for ep in self.episodes.closed]
+        ep = self.episodes.open
+        if ep is not None:
+            severity = "error" if ep["peak"] <= -ERROR_DECADES else "warning"
+            out.append(self._finding(ep, severity, ctx, self._weak(self.last_log)))
+        return out
+
+    def _finding(self, ep: dict[str, Any], severity: str, ctx: RunContext, weak: list[int]) -> Finding:
+        f, last = self.pair
+        first_name, last_name = ctx.layers[f], ctx.layers[last]
+        first_label, last_label = label(first_name), label(last_name)
+        factor = pow10(-ep["peak"])
+        ongoing = severity != "info"
+        layers = [ctx.layers[i] for i in weak]
+        message = (
+            f"From step {ep['start']} the gradient of {first_label} fell {fmt(factor)}x further behind that of "
+            f"{last_label} than at the start of the run (worst at step {ep['peak_step']}; start-of-run ratio "
+            f"{fmt(pow10(self.baseline))})"
+        )
+        message += (
+            f"; still {fmt(pow10(-self.last_drop))}x at step {ctx.last_step}." if ongoing and self.last_drop else "."
+        )
+        if not ongoing:
+            message += f" It recovered after step {ep['last']}."
+        if len(layers) > 1:
+            message += f" Layers falling behind: {span(layers)}."
+        return Finding(
+            rule=RULE_ID,
+            severity=severity,  # type: ignore[arg-type]
+            title=f"Gradient vanishing toward the input since step {ep['start']}",
+            message=message,
+            layers=layers,
+            step=ep["start"],
+            last_step=ctx.last_step if ongoing else ep["last"],
+            evidence={
+                "first_layer": first_name,
+                "last_layer": last_name,
+                "baseline_first_to_last_ratio": pow10(self.baseline),
+                "worst_drop_factor": factor,
+                "worst_step": ep["peak_step"],
+                "current_drop_factor": pow10(-self.last_drop) if self.last_drop is not None else None,
+            },
+            thresholds={
+                "warning_drop": 1 / WARNING_RATIO,
+                "error_drop": 1 / ERROR_RATIO,
+                "sustain_logged_steps": CONFIRM_N,
+                "sustain_steps": MIN_SPAN,
+            },
+            remediation=[
+                Remediation(
+                    action="check_weight_decay_and_saturation",
+                    detail="A ratio that collapses during training (not at init) means the layers in between have "
+                    "started to attenuate the signal: weights shrinking under weight decay, or tanh/sigmoid units "
+                    "saturating as weights grow. Lower the weight decay of those layers or the learning rate.",
+                    snippet="optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)",
+                    references=[REFS["glorot2010"]],
+                    params={"weight_decay": 0.01},
+                ),
+                Remediation(
+                    action="add_normalization_or_residuals",
+                    detail="Add BatchNorm/LayerNorm between layers, or residual connections, so the gradient has a "
+                    "short path to the first layers.",
+                    references=[REFS["ioffe2015"], REFS["ba2016"], REFS["he2016"]],
+                ),
+                Remediation(
+                    action="analyze_checkpoint",
+                    detail=f"Run `gradhealth analyze` on a checkpoint from after step {ep['start']}: it reports which "
+                    "activations are saturated or dead and the per-layer gradient profile.",
+                    params={"step": ep["start"]},
+                ),
+            ],
+            confidence=0.75,
+        )
