@@ -8,7 +8,7 @@ from typing import Any, Literal
 from gradhealth.store.audits import valid_schedule
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .schemas import AnalysisSetup, UtcDatetime
+from .schemas import AnalysisSetup, UtcDatetime, WebhookUrl
 
 NotifyOn = Literal["regression", "warning", "error", "critical"]
 
@@ -23,7 +23,7 @@ class AuditCreate(BaseModel):
     model: str = Field(description="a model id (that fixed version), NAME:latest or NAME:N", max_length=255)
     batch_id: str
     options: AnalysisSetup = Field(default_factory=AnalysisSetup)
-    webhook_url: str | None = Field(default=None, max_length=2000)
+    webhook_url: WebhookUrl | None = None
     notify_on: NotifyOn = Field(
         default="regression", description="regression only, or also a new finding at or above this severity"
     )
@@ -35,13 +35,6 @@ class AuditCreate(BaseModel):
         if problem:
             raise ValueError(problem)
         return " ".join(value.split())
-
-    @field_validator("webhook_url")
-    @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError("webhook_url must be an http:// or https:// URL")
-        return value
 
 
 class AuditUpdate(BaseModel):

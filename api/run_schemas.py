@@ -8,6 +8,8 @@ from typing import Any
 from gradhealth.store.runs import METRICS
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .schemas import WebhookUrl
+
 MAX_LAYERS = 100_000
 
 
@@ -30,7 +32,7 @@ class RunCreate(BaseModel):
     layers: list[RunLayer] = Field(min_length=1, max_length=MAX_LAYERS)
     metrics: list[str] = Field(default_factory=lambda: list(METRICS), min_length=1)
     config: dict[str, Any] = Field(default_factory=dict)
-    webhook_url: str | None = Field(default=None, max_length=2000)
+    webhook_url: WebhookUrl | None = None
 
     @field_validator("layers")
     @classmethod
@@ -54,13 +56,6 @@ class RunCreate(BaseModel):
     def _small_config(cls, value: dict[str, Any]) -> dict[str, Any]:
         if len(str(value)) > 16_384:
             raise ValueError("config is limited to 16 KiB; keep it to settings, not data")
-        return value
-
-    @field_validator("webhook_url")
-    @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError("webhook_url must be an http:// or https:// URL")
         return value
 
 

@@ -143,3 +143,13 @@ class AnalysesPublic(BaseModel):
 
     data: list[AnalysisPublic]
     count: int
+
+
+def _http_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("webhook_url must be an http:// or https:// URL")
+    return value
+
+
+WebhookUrl = Annotated[str, Field(max_length=2000), AfterValidator(_http_url)]
+"""Where signed notifications go (audits and runs)."""

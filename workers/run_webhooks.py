@@ -14,7 +14,7 @@ from gradhealth.store.settings import Settings
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from .webhooks import next_attempt, post_signed
+from .webhooks import finding_payload, next_attempt, post_signed
 
 
 def payload(run: TrainingRun) -> dict[str, Any]:
@@ -26,19 +26,7 @@ def payload(run: TrainingRun) -> dict[str, Any]:
         "run": {"id": run.id, "name": run.name, "last_step": run.last_step, "steps": run.num_steps},
         "health": run.health,
         "report_url": f"/v1/runs/{run.id}/report",
-        "findings": [
-            {
-                "rule": f.rule,
-                "severity": f.severity,
-                "title": f.title,
-                "message": f.message,
-                "step": f.step,
-                "last_step": f.last_step,
-                "layers": f.layers,
-                "remediation": [r.model_dump(mode="json") for r in f.remediation],
-            }
-            for f in bad
-        ],
+        "findings": [finding_payload(f) for f in bad],
     }
 
 

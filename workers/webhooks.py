@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import httpx
+from gradhealth.diagnostics.schema import Finding
 from gradhealth.diagnostics.schema import Report as EngineReport
 from gradhealth.sdk.compare import Comparison
 from gradhealth.store.celery_app import enqueue
@@ -52,17 +53,21 @@ def payload(audit: Audit, run: AuditRun, report: EngineReport | None) -> dict[st
         "regressed": bool(run.regressed),
         "reasons": comparison.reasons if comparison else [],
         "worse_layers": worse_layers,
-        "findings": [
-            {
-                "rule": f.rule,
-                "severity": f.severity,
-                "title": f.title,
-                "message": f.message,
-                "layers": f.layers,
-                "remediation": [r.model_dump(mode="json") for r in f.remediation],
-            }
-            for f in findings
-        ],
+        "findings": [finding_payload(f) for f in findings],
+    }
+
+
+def finding_payload(f: Finding) -> dict[str, Any]:
+    """A finding as a receiver sees it: what, where (layers, steps) and what to do."""
+    return {
+        "rule": f.rule,
+        "severity": f.severity,
+        "title": f.title,
+        "message": f.message,
+        "layers": f.layers,
+        "step": f.step,
+        "last_step": f.last_step,
+        "remediation": [r.model_dump(mode="json") for r in f.remediation],
     }
 
 

@@ -170,6 +170,8 @@ def test_bad_encodings_and_ownership(http: httpx.Client, stack: Stack) -> None:
     assert http.post(url, content=b"[1, 2]", headers={"Content-Type": "application/json"}).status_code == 422
     assert http.post("/v1/runs", json={"name": "x", "layers": [{"name": "a"}, {"name": "a"}]}).status_code == 422
     assert http.post("/v1/runs", json={"name": "x", "layers": LAYERS, "metrics": ["colour"]}).status_code == 422
+    bad_hook = http.post("/v1/runs", json={"name": "x", "layers": LAYERS, "webhook_url": "ftp://example.com"})
+    assert bad_hook.status_code == 422 and "http://" in bad_hook.json()["error"]["message"]
 
     other = admin(stack.env, "create-project", "runs-other").stdout.strip()
     foreign = {"Authorization": f"Bearer {other}"}
