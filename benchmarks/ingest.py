@@ -125,6 +125,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for mode in args.modes.split(","):
             server = embedded if mode == "embedded" else distributed
+            (Path(tmp) / mode).mkdir()
             with server(Path(tmp) / mode) as (base, key):
                 for fmt in ("msgpack", "json"):
                     batches = args.batches if fmt == "msgpack" else max(2, args.batches // 4)

@@ -28,6 +28,7 @@ from .handles import AnalysisHandle, AsyncAnalysisHandle
 from .packaging import package, save_batch
 from .report import Report
 from .types import Analysis, Batch, ModelPackage
+from .watch import Watch, watch
 
 __all__ = [
     "APIConnectionError",
@@ -58,7 +59,9 @@ __all__ = [
     "Tolerance",
     "UnprocessableEntityError",
     "WaitTimeoutError",
+    "Watch",
     "errors",
     "package",
     "save_batch",
+    "watch",
 ]

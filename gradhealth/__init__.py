@@ -14,6 +14,7 @@ from gradhealth.sdk import (
     Report,
     package,
     save_batch,
+    watch,
 )
 
 __version__ = "0.1.0"
@@ -34,6 +35,7 @@ __all__ = [
     "analyze",
     "package",
     "save_batch",
+    "watch",
 ]
 
 

@@ -1,0 +1,309 @@
+"""Step-time overhead of `gradhealth.watch()` (default settings, every step) and of `wandb.watch` beside it.
+
+Each model is trained in three copies with the same initial weights: the plain loop, the loop
+under `gradhealth.watch(model, optimizer)` shipping to a real local `gradhealth serve` (or, with
+`--sink stub`, a stub HTTP server in another process that accepts and discards every POST), and
+the loop under `wandb.watch(model, log="gradients", log_freq=1)` in offline mode, which needs a
+`wandb.log` per step to commit its histograms. Rounds are interleaved (the order rotates), each
+round times `--steps` steps per variant, and the table shows medians over rounds and ratios to
+the plain loop measured in the same run. wandb is measured in a second interleaved pair with its
+own plain loop, because its service process keeps working between rounds and would disturb the
+first pair (the plain column shows the first pair's plain loop).
+
+Models: a small causal transformer (AdamW) and a small CNN with BatchNorm (SGD), typical steps of
+~50-200 ms on a CPU, and a wide MLP at batch 16 (SGD with momentum), memory-bound: its step is
+little more than reading the weights and gradients, so any extra pass over them shows.
+
+Budget (DESIGN.md §6): watch() adds <= 3% step time at default settings.
+
+    python benchmarks/watch_overhead.py [--rounds 7] [--steps 15] [--models transformer,cnn,mlp]
+                                        [--sink serve|stub] [--no-wandb]
+
+wandb is not a dependency of gradhealth: `pip install wandb` into the environment to compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import gradhealth
+
+sys.path.insert(0, str(Path(__file__).parent))
+from service import _port, embedded  # noqa: E402
+
+BUDGET = 0.03
+STUB = """
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class H(BaseHTTPRequestHandler):
+    def _ok(self):
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        created = self.path == "/v1/runs"
+        body = b'{"id": "bench", "name": "b", "num_layers": 1, "metrics": []}' if created else b'{"stored": true}'
+        self.send_response(201 if created else 200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    do_POST = do_GET = _ok
+    def log_message(self, *a):
+        pass
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+
+
+class TinyGPT(nn.Module):
+    """A 4-layer pre-norm causal transformer language model."""
+
+    def __init__(self, vocab: int = 1000, width: int = 256, depth: int = 4, seq: int = 64) -> None:
+        super().__init__()
+        self.tok, self.pos = nn.Embedding(vocab, width), nn.Embedding(seq, width)
+        layer = nn.TransformerEncoderLayer(width, 4, 4 * width, dropout=0.0, batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.norm, self.head = nn.LayerNorm(width), nn.Linear(width, vocab)
+        self.register_buffer("mask", nn.Transformer.generate_square_subsequent_mask(seq), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.tok(x) + self.pos(torch.arange(x.shape[1]))
+        return self.head(self.norm(self.blocks(h, mask=self.mask, is_causal=True))).flatten(0, 1)
+
+
+def _cnn() -> nn.Module:
+    def block(cin: int, cout: int) -> nn.Module:
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+
+    return nn.Sequential(
+        block(3, 32), block(32, 64), nn.MaxPool2d(2), block(64, 128), block(128, 128), nn.MaxPool2d(2),
+        block(128, 256), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(256, 10),
+    )  # fmt: skip
+
+
+def _mlp(width: int = 2048, depth: int = 6) -> nn.Module:
+    layers: list[nn.Module] = [nn.Linear(256, width)]
+    for _ in range(depth - 1):
+        layers += [nn.ReLU(), nn.Linear(width, width)]
+    return nn.Sequential(*layers, nn.ReLU(), nn.Linear(width, 10))
+
+
+@dataclass
+class Case:
+    """A model, its optimizer and one fixed batch."""
+
+    name: str
+    build: Callable[[], nn.Module]
+    optimizer: Callable[[nn.Module], torch.optim.Optimizer]
+    batch: Callable[[torch.Generator], tuple[torch.Tensor, torch.Tensor]]
+    also_every: tuple[int, ...] = ()  # watch(every=k) measured too, beside the default every=1
+
+
+CASES = {
+    "transformer": Case(
+        "transformer (AdamW)",
+        TinyGPT,
+        lambda m: torch.optim.AdamW(m.parameters(), lr=1e-4),
+        lambda g: (torch.randint(0, 1000, (8, 64), generator=g), torch.randint(0, 1000, (8 * 64,), generator=g)),
+    ),
+    "cnn": Case(
+        "CNN + BatchNorm (SGD)",
+        _cnn,
+        lambda m: torch.optim.SGD(m.parameters(), lr=1e-2, momentum=0.9),
+        lambda g: (torch.randn(32, 3, 32, 32, generator=g), torch.randint(0, 10, (32,), generator=g)),
+    ),
+    "mlp": Case(
+        "MLP 6x2048, batch 16 (memory-bound)",
+        _mlp,
+        lambda m: torch.optim.SGD(m.parameters(), lr=1e-4, momentum=0.9),
+        lambda g: (torch.randn(16, 256, generator=g), torch.randint(0, 10, (16,), generator=g)),
+        also_every=(5,),
+    ),
+}
+
+
+@dataclass
+class Variant:
+    """One copy of the model trained one way; `times` holds its mean step time per round."""
+
+    name: str
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    log: Callable[[torch.Tensor], None]
+    close: Callable[[], None] = lambda: None
+    times: list[float] = field(default_factory=list)
+
+    def run(self, x: torch.Tensor, y: torch.Tensor, steps: int) -> float:
+        start = time.perf_counter()
+        for _ in range(steps):
+            loss = F.cross_entropy(self.model(x), y)
+            loss.backward()
+            self.opt.step()
+            self.opt.zero_grad()
+            self.log(loss)
+        return (time.perf_counter() - start) / steps
+
+
+def _copies(case: Case, n: int) -> list[tuple[nn.Module, torch.optim.Optimizer]]:
+    """n copies of the model with the same initial weights, each with its own optimizer."""
+    torch.manual_seed(0)
+    base = case.build()
+    out = []
+    for _ in range(n):
+        model = case.build()
+        model.load_state_dict(base.state_dict())
+        out.append((model, case.optimizer(model)))
+    return out
+
+
+def _busy(interval: float = 0.25) -> float:
+    """Fraction of the machine's CPU time that was busy over `interval` seconds (Linux /proc/stat)."""
+
+    def snapshot() -> tuple[int, int]:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
+
+    total, idle = snapshot()
+    time.sleep(interval)
+    total2, idle2 = snapshot()
+    return 1.0 - (idle2 - idle) / max(1, total2 - total)
+
+
+def settle(limit: float = 0.15, max_wait: float = 10.0) -> None:
+    """Wait until background work (wandb's service process, the server, other variants) has drained."""
+    if not Path("/proc/stat").exists():
+        time.sleep(0.5)
+        return
+    deadline = time.monotonic() + max_wait
+    while _busy() > limit and time.monotonic() < deadline:
+        pass
+
+
+def _interleave(variants: list[Variant], x: torch.Tensor, y: torch.Tensor, rounds: int, steps: int) -> None:
+    """Warm up, then rounds with a rotating order, so drift and order effects hit every variant alike.
+
+    Each round starts on a quiet machine: async work a variant leaves behind (wandb's service
+    process catching up) must not land in the next variant's round. That work is then charged to
+    no one, which can only flatter the variant that leaves it (wandb), never gradhealth's numbers.
+    """
+    try:
+        for variant in variants:
+            variant.run(x, y, 3)
+        for r in range(rounds):
+            for variant in variants[r % len(variants) :] + variants[: r % len(variants)]:
+                settle()
+                variant.times.append(variant.run(x, y, steps))
+    finally:
+        for variant in variants:
+            variant.close()
+
+
+def measure(case: Case, client: gradhealth.Client, rounds: int, steps: int, use_wandb: bool) -> dict[str, float]:
+    """Ratio of each variant's median step time to its plain loop's, plus the plain median ("plain").
+
+    gradhealth's variants are interleaved with one plain loop; wandb gets a second interleaved
+    pair with its own plain loop, so its service process never runs during gradhealth's rounds.
+    """
+    x, y = case.batch(torch.Generator().manual_seed(1))
+    everies = (1, *case.also_every)
+    copies = _copies(case, 1 + len(everies))
+    variants = [Variant("plain", *copies[0], lambda loss: None)]
+    for every, (model, opt) in zip(everies, copies[1:], strict=True):
+        handle = gradhealth.watch(model, opt, run=f"bench-{case.name}-every{every}", client=client, every=every)
+        variants.append(Variant(f"every={every}", model, opt, lambda loss, h=handle: h.log(loss=loss), handle.close))
+    _interleave(variants, x, y, rounds, steps)
+    if use_wandb:
+        import wandb
+
+        (model, opt), (watched, watched_opt) = _copies(case, 2)
+        run = wandb.init(project="gradhealth-bench", name=case.name)  # wandb.watch hooks log to wandb.run
+        run.watch(watched, log="gradients", log_freq=1)
+        pair = [
+            Variant("plain", model, opt, lambda loss: None),
+            Variant("wandb", watched, watched_opt, lambda loss: run.log({"loss": loss.item()}), run.finish),
+        ]
+        _interleave(pair, x, y, rounds, steps)
+        variants += pair
+    ratios, plain = {}, variants[0]
+    for variant in variants[1:]:
+        if variant.name == "plain":
+            plain = variant
+        else:
+            ratios[variant.name] = statistics.median(variant.times) / statistics.median(plain.times) - 1
+    ratios["plain"] = statistics.median(variants[0].times)
+    return ratios
+
+
+@contextmanager
+def stub_sink() -> Iterator[tuple[str, str]]:
+    """A discard-everything HTTP server in its own process (so it takes no GIL from the loop)."""
+    port = _port()
+    proc = subprocess.Popen([sys.executable, "-c", STUB, str(port)])
+    try:
+        _wait_ready_stub(f"http://127.0.0.1:{port}")
+        yield f"http://127.0.0.1:{port}", "stub"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _wait_ready_stub(url: str) -> None:
+    for _ in range(100):
+        try:
+            httpx.post(url + "/v1/runs", content=b"{}", timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError("the stub server did not start")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=15)
+    parser.add_argument("--models", default="transformer,cnn,mlp")
+    parser.add_argument("--sink", choices=["serve", "stub"], default="serve")
+    parser.add_argument("--no-wandb", action="store_true")
+    args = parser.parse_args()
+    use_wandb = not args.no_wandb
+    if use_wandb:
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            print("wandb is not installed: comparing with the plain loop only")
+            use_wandb = False
+    with tempfile.TemporaryDirectory(prefix="gradhealth-watch-bench-") as tmp:
+        os.environ.update(WANDB_MODE="offline", WANDB_DIR=tmp, WANDB_SILENT="true", WANDB_CONSOLE="off")
+        sink = embedded(Path(tmp)) if args.sink == "serve" else stub_sink()
+        with sink as (url, key):
+            client = gradhealth.Client(base_url=url, api_key=key)
+            print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; sink: "
+                  f"{'gradhealth serve (SQLite)' if args.sink == 'serve' else 'stub HTTP server'} at {url}")  # fmt: skip
+            print(f"{args.rounds} interleaved rounds x {args.steps} steps; median step time, and added time vs plain\n")
+            print(f"{'model':38s} {'plain':>9s} {'watch()':>9s} {'every=5':>9s} {'wandb.watch':>12s}")
+            worst = 0.0
+            for name in args.models.split(","):
+                ratios = measure(CASES[name], client, args.rounds, args.steps, use_wandb)
+                worst = max(worst, ratios["every=1"])
+                cells = [f"{ratios[k]:+.1%}" if k in ratios else "-" for k in ("every=1", "every=5", "wandb")]
+                print(
+                    f"{CASES[name].name:38s} {ratios['plain'] * 1e3:6.1f} ms {cells[0]:>9s} {cells[1]:>9s} {cells[2]:>12s}"
+                )
+            verdict = "within" if worst <= BUDGET else "OVER"
+            print(f"\nworst watch() overhead at default settings {worst:+.1%}: {verdict} the {BUDGET:.0%} budget")
+
+
+if __name__ == "__main__":
+    main()

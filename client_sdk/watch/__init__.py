@@ -1,0 +1,139 @@
+"""`gradhealth.watch()`: stream per-step, per-layer gradient statistics of a training loop to the service."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import httpx
+import torch
+from torch import nn
+
+from ._layers import Layer, find_layers, main_device
+from ._stats import METRICS
+from .handle import Watch, WatchWarning
+
+__all__ = ["METRICS", "Watch", "WatchWarning", "watch"]
+
+
+def _rank() -> tuple[int, int]:
+    """(rank, world_size) under torch.distributed, else (0, 1)."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _client_factory(client: Any) -> Any:
+    """The given client, or a default Client made on first use (in the background thread, not at watch())."""
+    lock, made = threading.Lock(), []
+
+    def get() -> Any:
+        if client is not None:
+            return client
+        with lock:
+            if not made:
+                from ..client import Client
+
+                # the watch thread retries on its own schedule, and never waits long on one request
+                made.append(Client(max_retries=0, timeout=httpx.Timeout(30.0, connect=5.0)))
+            return made[0]
+
+    return get
+
+
+def _config(
+    optimizer: Any, scaler: Any, layers: list[Layer], every: int, param_every: int, rank: int, world: int
+) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "every": every,
+        "param_every": param_every,
+        "optimizer": type(optimizer).__name__ if optimizer is not None else None,
+        "world_size": world,
+        "rank": rank,
+        "torch": torch.__version__.split("+")[0],
+        "device": str(main_device(layers)),
+    }
+    if scaler is not None and scaler.is_enabled():
+        config["grad_scaler"] = {
+            "init_scale": getattr(scaler, "_init_scale", None),
+            "growth_factor": scaler.get_growth_factor(),
+            "backoff_factor": scaler.get_backoff_factor(),
+            "growth_interval": scaler.get_growth_interval(),
+        }
+    return config
+
+
+def watch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    run: str | None = None,
+    every: int = 1,
+    client: Any = None,
+    *,
+    scaler: torch.amp.GradScaler | None = None,
+    webhook_url: str | None = None,
+    param_every: int = 10,
+    max_buffered_steps: int = 10_000,
+    flush_interval: float = 2.0,
+    batch_steps: int = 256,
+) -> Watch:
+    """Record gradient statistics of every layer at each optimizer step and stream them to the service.
+
+    The optimizer's step hooks read the gradients the optimizer sees (accumulated over micro-batches,
+    unscaled by GradScaler). Each recorded step reads every gradient once, for `grad_norm` and
+    `nonfinite`; `grad_max_abs`, `weight_norm` and `update_norm` are measured for one group of layers
+    per step in turn (each layer every `param_every` recorded steps). `update_norm` keeps a copy of
+    that group's weights from just before optimizer.step() to just after: transient memory of about
+    1/param_every of the weights (at least the largest layer). Values are computed on the device and
+    copied to the host once per step, asynchronously on CUDA; a background thread sends them.
+    Only rank 0 records under torch.distributed (gradients are all-reduced, the same on every rank).
+
+    Args:
+        model: the module being trained (DDP and torch.compile wrappers are fine).
+        optimizer: its optimizer; statistics are taken in its step hooks. Without one, call
+            `handle.step()` after backward() at each step.
+        run: the run's name on the service (default: model class and start time).
+        every: record every `every`-th optimizer step. A recorded step reads all gradients once:
+            about 1-2% of a typical step, but ~12% of a memory-bound one (benchmarks/watch_overhead.py),
+            where every=5 stays under 3%.
+        client: a gradhealth.Client (default: Client() from $GRADHEALTH_URL / $GRADHEALTH_API_KEY).
+        scaler: the torch.amp.GradScaler in use: its skipped steps are counted and its settings sent.
+        webhook_url: where the service posts health changes of this run.
+        param_every: weight_norm and update_norm of each layer every `param_every` recorded steps
+            (layers are sampled in turn, about 1/param_every of the weights per step); 0 disables.
+        max_buffered_steps: records kept while the service is slow or away; the oldest are dropped.
+        flush_interval: seconds between batches.
+        batch_steps: the most records per batch (a full batch is sent at once).
+
+    Returns:
+        A Watch handle: a context manager whose close() delivers what is left (with a timeout).
+    """
+    if every < 1 or param_every < 0 or max_buffered_steps < 1 or batch_steps < 1 or flush_interval <= 0:
+        raise ValueError("every, max_buffered_steps, batch_steps must be >= 1; param_every >= 0; flush_interval > 0")
+    rank, world = _rank()
+    layers = find_layers(model)
+    if not layers:
+        raise ValueError("the model has no parameters to watch")
+    name = run or f"{type(model).__name__}-{time.strftime('%Y%m%d-%H%M%S')}"
+    config = _config(optimizer, scaler, layers, every, param_every, rank, world)
+
+    def create_run(service: Any) -> str:
+        described = [layer.describe() for layer in layers]
+        return service.runs.create(name, described, list(METRICS), config, webhook_url).id
+
+    return Watch(
+        model=model,
+        optimizer=optimizer,
+        layers=layers,
+        every=every,
+        param_every=param_every,
+        scaler=scaler,
+        max_buffered_steps=max_buffered_steps,
+        flush_interval=flush_interval,
+        batch_steps=batch_steps,
+        rank=rank,
+        client=_client_factory(client) if rank == 0 else None,
+        create_run=create_run,
+    )

@@ -1,0 +1,180 @@
+"""The background thread: creates the run, packs batches and POSTs them, so training never waits on the network.
+
+A batch that fails is retried with backoff under the same `seq` (the service dedupes by run and
+seq); while the service is away records pile up in the bounded buffer, oldest dropped first.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .._constants import RETRY_STATUSES
+from ._encode import pack_batch
+from ._records import RecordBuffer
+
+INITIAL_BACKOFF = 0.5
+MAX_BACKOFF = 30.0
+CreateRun = Callable[[Any], str]
+
+
+class Fatal(Exception):
+    """The service refused in a way that retrying cannot fix (bad key, unknown run, invalid layers)."""
+
+
+def _refused(exc: BaseException) -> bool:
+    """A 4xx answer other than the retryable ones (408/409/429)."""
+    status = getattr(exc, "status_code", None)
+    return isinstance(status, int) and 400 <= status < 500 and status not in RETRY_STATUSES
+
+
+class Shipper:
+    """Owns the client, the run id and the seq counter; runs in one daemon thread."""
+
+    def __init__(
+        self,
+        buffer: RecordBuffer,
+        client: Callable[[], Any],
+        create_run: CreateRun,
+        num_layers: int,
+        flush_interval: float,
+        batch_steps: int,
+        on_problem: Callable[[str, str], None],
+    ) -> None:
+        self.buffer = buffer
+        self.run_id: str | None = None
+        self.delivered = 0
+        self.last_error: str | None = None
+        self.client = client
+        self._create_run = create_run
+        self._num_layers = num_layers
+        self._interval = flush_interval
+        self._batch_steps = batch_steps
+        self._on_problem = on_problem
+        self._seq = 0
+        self._inflight: tuple[int, bytes, int, int] | None = None  # seq, body, records, dropped reported
+        self._flush = False
+        self._closing = False
+        self._abandoned = False
+        self._kicks = 0
+        self._thread = threading.Thread(target=self._main, name="gradhealth-watch", daemon=True)
+        self._thread.start()
+
+    @property
+    def pending(self) -> int:
+        """Records not yet acknowledged by the service (buffered plus the batch in flight)."""
+        with self.buffer.cond:
+            return len(self.buffer) + (self._inflight[2] if self._inflight else 0)
+
+    def flush(self, timeout: float) -> bool:
+        """Send now; wait until everything buffered is acknowledged (True) or `timeout` passes (False)."""
+        with self.buffer.cond:
+            self._flush = True
+            self._kick()
+            self.buffer.cond.wait_for(lambda: self._delivered_all() or not self._thread.is_alive(), timeout)
+            return self._delivered_all()
+
+    def close(self, timeout: float) -> bool:
+        """Deliver what is left within `timeout`; after that the thread gives up at its next chance."""
+        with self.buffer.cond:
+            self._closing = True
+            self._kick()
+        self._thread.join(max(0.0, timeout))
+        with self.buffer.cond:
+            self._abandoned = True
+            self.buffer.cond.notify_all()
+        return self._delivered_all()
+
+    def _delivered_all(self) -> bool:
+        return self.run_id is not None and self.pending == 0
+
+    def _kick(self) -> None:
+        self._kicks += 1
+        self.buffer.cond.notify_all()
+
+    def _ready(self, since: float) -> bool:
+        """Whether there is work now: a run to create, a batch to retry, or enough (or old enough) records."""
+        if self._abandoned or self.run_id is None or self._inflight is not None:
+            return True
+        waiting = len(self.buffer)
+        if not waiting:
+            return self._closing
+        return (
+            waiting >= self._batch_steps or self._flush or self._closing or time.monotonic() - since >= self._interval
+        )
+
+    def _main(self) -> None:
+        failures, since = 0, time.monotonic()
+        while True:
+            with self.buffer.cond:
+                self.buffer.cond.wait_for(lambda since=since: self._ready(since), self._interval)
+                if self._abandoned or (self._closing and self.pending == 0):
+                    return
+                if not self._ready(since):
+                    continue
+                kicks = self._kicks
+            try:
+                self._work()
+                failures, since = 0, time.monotonic()
+            except Fatal as exc:
+                self._on_problem("fatal", str(exc))
+                with self.buffer.cond:
+                    self._abandoned = True
+                    self.buffer.cond.notify_all()
+                return
+            except Exception as exc:  # connection errors, 5xx, timeouts: try again later
+                failures += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                delay = min(MAX_BACKOFF, INITIAL_BACKOFF * 2 ** (failures - 1)) * (1 - 0.25 * random.random())
+                with self.buffer.cond:  # a flush() or close() cuts the wait short
+                    self.buffer.cond.wait_for(lambda kicks=kicks: self._abandoned or self._kicks != kicks, delay)
+
+    def _work(self) -> None:
+        """One unit of work: create the run, or send (or re-send) one batch."""
+        client = self.client()
+        if self.run_id is None:
+            try:
+                run_id = self._create_run(client)
+            except Exception as exc:
+                if _refused(exc):
+                    raise Fatal(f"the service refused the run: {exc}") from exc
+                raise
+            with self.buffer.cond:
+                self.run_id = run_id
+                self.buffer.cond.notify_all()
+            return
+        if self._inflight is None:
+            records, dropped = self.buffer.take(self._batch_steps)
+            if not records:
+                with self.buffer.cond:
+                    self._flush = False
+                    self.buffer.cond.notify_all()
+                return
+            try:
+                body = pack_batch(self._seq, records, self._num_layers, dropped)
+            except Exception as exc:  # a bug, not the network: retrying would only repeat it
+                raise Fatal(f"could not encode a log batch ({exc!r})") from exc
+            with self.buffer.cond:
+                self._inflight = (self._seq, body, len(records), dropped)
+            self._seq += 1
+        seq, body, count, dropped = self._inflight
+        try:
+            client.runs.append(self.run_id, body)
+        except Exception as exc:
+            status = getattr(exc, "status_code", None)
+            if status == 404:
+                raise Fatal(f"run {self.run_id} is gone from the service: {exc}") from exc
+            if not _refused(exc):
+                raise
+            self.buffer.lost(count, dropped)
+            self._on_problem("rejected", f"the service refused log batch {seq} ({count} steps): {exc}")
+            count = 0
+        with self.buffer.cond:
+            self._inflight = None
+            self.delivered += count
+            if not len(self.buffer):
+                self._flush = False
+            self.buffer.cond.notify_all()

@@ -1,0 +1,319 @@
+"""The handle watch() returns: optimizer and forward hooks that record steps, and loss bookkeeping.
+
+Hooks run on the training thread and only enqueue device work plus one async device-to-host copy
+per recorded step; everything touching the network happens in the background thread (_shipper).
+Every hook body is guarded: an internal error stops watching with one warning, never the training.
+"""
+
+from __future__ import annotations
+
+import atexit
+import threading
+import warnings
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from ._layers import Layer
+from ._records import HostArray, LossValue, Record, RecordBuffer
+from ._shipper import Shipper
+from ._stats import Pending, StatsEngine
+
+if TYPE_CHECKING:
+    from ..report import Report
+
+
+class WatchWarning(RuntimeWarning):
+    """Something went wrong in watch(); training carries on."""
+
+
+def _auto_loss(output: Any) -> Tensor | None:
+    """A loss in a forward() result: a scalar tensor, a `.loss` attribute or a "loss" key."""
+    if not isinstance(output, Tensor):
+        output = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
+    if isinstance(output, Tensor) and output.numel() == 1 and output.requires_grad:
+        return output.detach()
+    return None
+
+
+class Watch:
+    """A watched training loop; see gradhealth.watch()."""
+
+    def __init__(
+        self,
+        *,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None,
+        layers: list[Layer],
+        every: int,
+        param_every: int,
+        scaler: Any,
+        max_buffered_steps: int,
+        flush_interval: float,
+        batch_steps: int,
+        rank: int,
+        client: Callable[[], Any] | None,
+        create_run: Callable[[Any], str],
+    ) -> None:
+        """`client` is a factory for the service client; None makes a no-op handle (ranks other than 0)."""
+        self.every = every
+        self.param_every = param_every
+        self.rank = rank
+        self.layers = layers
+        self.steps_recorded = 0
+        self.skipped_steps = 0
+        self._optimizer = optimizer
+        self._scaler = scaler
+        self._step = 0  # the next step's number: optimizer steps taken (+ steps the scaler skipped)
+        self._open: Record | None = None  # the last step's record, still taking a late log(loss=...)
+        self._last_has_loss = False
+        self._upcoming: list[LossValue] = []
+        self._upcoming_auto: list[LossValue] = []
+        self._upcoming_has_loss = False
+        self._forward_seen = False
+        self._explicit = False
+        self._pending: Pending | None = None
+        self._stepped = False
+        self._hooks: list[Any] | None = []
+        self._warned: set[str] = set()
+        self.active = client is not None
+        self._closed = not self.active
+        self._lock = threading.Lock()
+        if client is None:
+            return
+        self._stats = StatsEngine(layers, param_every)
+        self._buffer = RecordBuffer(max_buffered_steps, batch_steps, self._on_first_drop)
+        if optimizer is not None:
+            self._hooks.append(optimizer.register_step_pre_hook(self._guard(self._pre_step)))
+            self._hooks.append(optimizer.register_step_post_hook(self._guard(self._post_step)))
+        forward_hook = self._guard(self._forward)
+        if getattr(model, "_compiled_call_impl", None) is not None:  # module.compile(): keep the hook out of the graph
+            forward_hook = torch.compiler.disable(forward_hook)
+        self._hooks.append(model.register_forward_hook(forward_hook))
+        if scaler is not None and optimizer is not None:
+            original_step = scaler.step
+            scaler.step = lambda opt, *a, **k: self._scaler_step(original_step, opt, *a, **k)
+        self._shipper = Shipper(
+            self._buffer, client, create_run, len(layers), flush_interval, batch_steps, self._on_problem
+        )
+        atexit.register(self._at_exit)
+
+    # ---- public API -------------------------------------------------------------------------
+
+    @property
+    def run_id(self) -> str | None:
+        """The service's id for this run, once the background thread has created it."""
+        return self._shipper.run_id if self.active else None
+
+    @property
+    def dropped(self) -> int:
+        """Recorded steps that never reached the service (buffer full, refused, or undelivered at close)."""
+        return self._buffer.dropped if self.active else 0
+
+    @property
+    def buffered(self) -> int:
+        """Recorded steps waiting in memory for the background thread."""
+        return len(self._buffer) if self.active else 0
+
+    def log(self, loss: LossValue | None = None, step: int | None = None) -> None:
+        """Attach a loss (a tensor is kept and read later: no device sync) to a step.
+
+        Without `step`: a loss logged after optimizer.step() and before the next forward belongs to
+        the step just taken (unless that step has one already); otherwise to the coming step.
+        Several losses for one step (micro-batches) are averaged.
+        """
+        if self._closed or loss is None:
+            return
+        try:
+            value = loss.detach() if isinstance(loss, Tensor) else float(loss)
+            if not self._explicit:
+                self._explicit = True
+                self._upcoming_auto = []
+            if step is None:
+                to_last = self._step > 0 and not self._forward_seen and not self._last_has_loss
+            else:
+                to_last = step == self._step - 1
+                if not to_last and step != self._step:
+                    return  # a step already shipped or not yet reached: nowhere to put it
+            if to_last:
+                self._last_has_loss = True
+                if self._open is not None:
+                    self._open.losses.append(value)
+            else:
+                self._upcoming_has_loss = True
+                if self._step % self.every == 0:
+                    self._upcoming.append(value)
+        except Exception as exc:
+            self._fail(exc)
+
+    def step(self) -> None:
+        """Mark a step when watch() has no optimizer: call after backward(), before zero_grad()."""
+        if self._closed:
+            return
+        if self._optimizer is not None:
+            self._warn("step", "watch.step() is ignored: steps are taken from the optimizer given to watch()")
+            return
+        self._guard(self._pre_step)(None, (), {})
+        self._guard(self._post_step)(None, (), {})
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Send everything recorded so far; True when the service has it all within `timeout` seconds."""
+        if not self.active:
+            return True
+        self._seal()
+        return self._shipper.flush(timeout)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop watching and deliver what is left, waiting at most `timeout` seconds."""
+        if not self.active or self._hooks is None:
+            return
+        self._closed = True
+        self._unhook()
+        self._seal()
+        atexit.unregister(self._at_exit)
+        if not self._shipper.close(timeout) and self._shipper.pending:
+            left = self._shipper.pending
+            self._buffer.dropped += left
+            if not self._warned:  # a problem already reported (service down, refused) explains this
+                reason = self._shipper.last_error or "no answer in time"
+                self._warn("delivery", f"gradhealth.watch: {left} recorded steps were not delivered ({reason})")
+
+    def report(self, timeout: float = 30.0) -> Report:
+        """The service's diagnosis of this run so far (flushes first)."""
+        if not self.active:
+            raise RuntimeError(f"watch() records on rank 0 only; this is rank {self.rank}")
+        self.flush(timeout)
+        if self._shipper.run_id is None:
+            raise RuntimeError(f"the run is not on the service yet: {self._shipper.last_error or 'not created'}")
+        return self._shipper.client().runs.report(self._shipper.run_id)
+
+    def __enter__(self) -> Watch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Watch(run_id={self.run_id!r}, steps_recorded={self.steps_recorded}, dropped={self.dropped})"
+
+    # ---- hooks ------------------------------------------------------------------------------
+
+    def _pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self._pending = None
+        if self._step % self.every:
+            return
+        with torch.no_grad():
+            lr = optimizer.param_groups[0]["lr"] if optimizer is not None else None
+            grad_scale = getattr(optimizer, "grad_scale", None)
+            grads = self._stats.grads(grad_scale)
+            sample = self._stats.sample(self.steps_recorded, optimizer is not None, grad_scale)
+            if lr is not None and not (isinstance(lr, Tensor) and not lr.is_cpu):
+                lr = float(lr)  # a CPU tensor lr is read now: copying it to the device would sync the stream
+            self._pending = Pending(grads, sample, lr)
+
+    def _post_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self._stepped = True
+        record = None
+        if self._pending is not None:
+            with torch.no_grad():
+                values = self._stats.finish(self._pending)
+            lr = self._pending.lr
+            if isinstance(lr, Tensor):
+                record = Record(self._step, HostArray(values), None, lr_in_values=True)
+            else:
+                record = Record(self._step, HostArray(values), lr)
+            self._pending = None
+        self._complete(record)
+
+    def _complete(self, record: Record | None) -> None:
+        """A step finished (or was skipped): the previous record is sealed, this one takes its losses."""
+        self._seal()
+        if record is not None:
+            record.losses, record.auto_losses = self._upcoming, self._upcoming_auto
+            self._open = record
+            self.steps_recorded += 1
+        self._last_has_loss = self._upcoming_has_loss
+        self._upcoming, self._upcoming_auto, self._upcoming_has_loss = [], [], False
+        self._forward_seen = False
+        self._step += 1
+
+    def _forward(self, module: nn.Module, args: Any, output: Any) -> None:
+        if not torch.is_grad_enabled():
+            return  # evaluation: neither a training step's forward nor its loss
+        self._forward_seen = True
+        if not self._explicit and self._step % self.every == 0:
+            loss = _auto_loss(output)
+            if loss is not None:
+                self._upcoming_auto.append(loss)
+
+    def _scaler_step(self, original: Callable[..., Any], optimizer: Any, *args: Any, **kwargs: Any) -> Any:
+        """GradScaler.step: a step it skips for inf/NaN grads never reaches the optimizer hooks; count it."""
+        self._stepped = False
+        result = original(optimizer, *args, **kwargs)
+        if not self._stepped and optimizer is self._optimizer and not self._closed:
+            try:
+                self.skipped_steps += 1
+                self._upcoming, self._upcoming_auto = [], []
+                self._complete(None)
+            except Exception as exc:
+                self._fail(exc)
+        return result
+
+    # ---- plumbing ---------------------------------------------------------------------------
+
+    def _seal(self) -> None:
+        if self._open is not None:
+            record, self._open = self._open, None
+            self._buffer.append(record.seal(self._explicit))
+
+    def _guard(self, hook: Callable[..., None]) -> Callable[..., None]:
+        def guarded(*args: Any) -> None:
+            if self._closed:
+                return
+            try:
+                hook(*args)
+            except Exception as exc:
+                self._fail(exc)
+
+        return guarded
+
+    def _fail(self, exc: Exception) -> None:
+        """An internal error: stop recording (what is buffered still ships), warn once, never raise.
+
+        Hooks are not removed here (this may run inside the optimizer's hook loop); they are inert
+        from now on and close() removes them.
+        """
+        self._closed = True
+        self._warn("error", f"gradhealth.watch stopped recording after an internal error ({exc!r}); training goes on")
+
+    def _unhook(self) -> None:
+        for handle in self._hooks or ():
+            handle.remove()
+        self._hooks = None
+        if self._scaler is not None and "step" in vars(self._scaler):
+            del self._scaler.step
+
+    def _on_first_drop(self) -> None:
+        reason = self._shipper.last_error or "the service is slow"
+        self._warn(
+            "delivery",
+            f"gradhealth.watch: {self._buffer.capacity} recorded steps are waiting ({reason}); "
+            "dropping the oldest from now on (counted in watch.dropped and reported to the service)",
+        )
+
+    def _on_problem(self, kind: str, message: str) -> None:
+        if kind == "fatal":
+            self._closed = True  # hooks go inert; close() removes them
+        self._warn(kind, f"gradhealth.watch: {message}")
+
+    def _warn(self, kind: str, message: str) -> None:
+        with self._lock:
+            if kind in self._warned:
+                return
+            self._warned.add(kind)
+        warnings.warn(message, WatchWarning, stacklevel=3)
+
+    def _at_exit(self) -> None:
+        self.close(timeout=5.0)
