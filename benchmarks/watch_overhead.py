@@ -1,14 +1,19 @@
-"""Step-time overhead of `gradhealth.watch()` (default settings, every step) and of `wandb.watch` beside it.
+"""Step-time overhead of `gradhealth.watch()` (default settings, and every step forced) and of `wandb.watch` beside it.
 
-Each model is trained in three copies with the same initial weights: the plain loop, the loop
-under `gradhealth.watch(model, optimizer)` shipping to a real local `gradhealth serve` (or, with
-`--sink stub`, a stub HTTP server in another process that accepts and discards every POST), and
-the loop under `wandb.watch(model, log="gradients", log_freq=1)` in offline mode, which needs a
-`wandb.log` per step to commit its histograms. Rounds are interleaved (the order rotates), each
-round times `--steps` steps per variant, and the table shows medians over rounds and ratios to
-the plain loop measured in the same run. wandb is measured in a second interleaved pair with its
-own plain loop, because its service process keeps working between rounds and would disturb the
-first pair (the plain column shows the first pair's plain loop).
+Each model is trained in copies with the same initial weights: the plain loop; the loop under
+`gradhealth.watch(model, optimizer)` at its defaults (every=1 with the 3% overhead budget, which
+raises the recording stride when recording costs more); the loop under
+`gradhealth.watch(model, optimizer, budget=None)`, which records every step whatever it costs;
+both ship to a real local `gradhealth serve` (or, with `--sink stub`, a stub HTTP server in
+another process that accepts and discards every POST); and the loop under
+`wandb.watch(model, log="gradients", log_freq=1)` in offline mode, which needs a `wandb.log` per
+step to commit its histograms. After `--warmup` steps per copy (the budget settles its stride
+within ~25 steps), rounds are interleaved (the order rotates), each round times `--steps` steps
+per variant, and the table shows medians over rounds and ratios to the plain loop measured in the
+same run; "stride" is the default handle's recording interval at the end and, in brackets, the
+overhead it measured itself. wandb is measured in a second interleaved pair with its own plain
+loop, because its service process keeps working between rounds and would disturb the first pair
+(the plain column shows the first pair's plain loop).
 
 Models: a small causal transformer (AdamW) and a small CNN with BatchNorm (SGD), typical steps of
 ~50-200 ms on a CPU, and a wide MLP at batch 16 (SGD with momentum), memory-bound: its step is
@@ -16,7 +21,7 @@ little more than reading the weights and gradients, so any extra pass over them 
 
 Budget (DESIGN.md §6): watch() adds <= 3% step time at default settings.
 
-    python benchmarks/watch_overhead.py [--rounds 7] [--steps 15] [--models transformer,cnn,mlp]
+    python benchmarks/watch_overhead.py [--rounds 7] [--steps 15] [--warmup 40] [--models transformer,cnn,mlp]
                                         [--sink serve|stub] [--no-wandb]
 
 wandb is not a dependency of gradhealth: `pip install wandb` into the environment to compare.
@@ -25,12 +30,14 @@ wandb is not a dependency of gradhealth: `pip install wandb` into the environmen
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -39,6 +46,7 @@ from pathlib import Path
 import httpx
 import torch
 import torch.nn.functional as F
+from gradhealth.sdk.watching import WatchWarning
 from torch import nn
 
 import gradhealth
@@ -108,7 +116,6 @@ class Case:
     build: Callable[[], nn.Module]
     optimizer: Callable[[nn.Module], torch.optim.Optimizer]
     batch: Callable[[torch.Generator], tuple[torch.Tensor, torch.Tensor]]
-    also_every: tuple[int, ...] = ()  # watch(every=k) measured too, beside the default every=1
 
 
 CASES = {
@@ -129,7 +136,6 @@ CASES = {
         _mlp,
         lambda m: torch.optim.SGD(m.parameters(), lr=1e-4, momentum=0.9),
         lambda g: (torch.randn(16, 256, generator=g), torch.randint(0, 10, (16,), generator=g)),
-        also_every=(5,),
     ),
 }
 
@@ -191,7 +197,9 @@ def settle(limit: float = 0.15, max_wait: float = 10.0) -> None:
         pass
 
 
-def _interleave(variants: list[Variant], x: torch.Tensor, y: torch.Tensor, rounds: int, steps: int) -> None:
+def _interleave(
+    variants: list[Variant], x: torch.Tensor, y: torch.Tensor, rounds: int, steps: int, warmup: int
+) -> None:
     """Warm up, then rounds with a rotating order, so drift and order effects hit every variant alike.
 
     Each round starts on a quiet machine: async work a variant leaves behind (wandb's service
@@ -200,7 +208,7 @@ def _interleave(variants: list[Variant], x: torch.Tensor, y: torch.Tensor, round
     """
     try:
         for variant in variants:
-            variant.run(x, y, 3)
+            variant.run(x, y, warmup)
         for r in range(rounds):
             for variant in variants[r % len(variants) :] + variants[: r % len(variants)]:
                 settle()
@@ -210,20 +218,24 @@ def _interleave(variants: list[Variant], x: torch.Tensor, y: torch.Tensor, round
             variant.close()
 
 
-def measure(case: Case, client: gradhealth.Client, rounds: int, steps: int, use_wandb: bool) -> dict[str, float]:
-    """Ratio of each variant's median step time to its plain loop's, plus the plain median ("plain").
+def measure(
+    case: Case, client: gradhealth.Client, rounds: int, steps: int, warmup: int, use_wandb: bool
+) -> dict[str, float]:
+    """Ratio of each variant's median step time to its plain loop's, plus the plain median ("plain"),
+    the default handle's final stride ("stride") and its self-measured overhead ("measured").
 
     gradhealth's variants are interleaved with one plain loop; wandb gets a second interleaved
     pair with its own plain loop, so its service process never runs during gradhealth's rounds.
     """
     x, y = case.batch(torch.Generator().manual_seed(1))
-    everies = (1, *case.also_every)
-    copies = _copies(case, 1 + len(everies))
+    copies = _copies(case, 3)
     variants = [Variant("plain", *copies[0], lambda loss: None)]
-    for every, (model, opt) in zip(everies, copies[1:], strict=True):
-        handle = gradhealth.watch(model, opt, run=f"bench-{case.name}-every{every}", client=client, every=every)
-        variants.append(Variant(f"every={every}", model, opt, lambda loss, h=handle: h.log(loss=loss), handle.close))
-    _interleave(variants, x, y, rounds, steps)
+    handles = {}
+    for name, budget, (model, opt) in zip(("default", "budget=None"), (BUDGET, None), copies[1:], strict=True):
+        handle = gradhealth.watch(model, opt, run=f"bench-{case.name}-{name}", client=client, budget=budget)
+        handles[name] = handle
+        variants.append(Variant(name, model, opt, lambda loss, h=handle: h.log(loss=loss), handle.close))
+    _interleave(variants, x, y, rounds, steps, warmup)
     if use_wandb:
         import wandb
 
@@ -234,7 +246,7 @@ def measure(case: Case, client: gradhealth.Client, rounds: int, steps: int, use_
             Variant("plain", model, opt, lambda loss: None),
             Variant("wandb", watched, watched_opt, lambda loss: run.log({"loss": loss.item()}), run.finish),
         ]
-        _interleave(pair, x, y, rounds, steps)
+        _interleave(pair, x, y, rounds, steps, warmup)
         variants += pair
     ratios, plain = {}, variants[0]
     for variant in variants[1:]:
@@ -243,6 +255,8 @@ def measure(case: Case, client: gradhealth.Client, rounds: int, steps: int, use_
         else:
             ratios[variant.name] = statistics.median(variant.times) / statistics.median(plain.times) - 1
     ratios["plain"] = statistics.median(variants[0].times)
+    ratios["stride"] = handles["default"].stride
+    ratios["measured"] = handles["default"].overhead or math.nan
     return ratios
 
 
@@ -273,11 +287,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=15)
+    parser.add_argument("--warmup", type=int, default=40, help="steps per variant before the rounds")
     parser.add_argument("--models", default="transformer,cnn,mlp")
     parser.add_argument("--sink", choices=["serve", "stub"], default="serve")
     parser.add_argument("--no-wandb", action="store_true")
     args = parser.parse_args()
     use_wandb = not args.no_wandb
+    warnings.filterwarnings("ignore", category=WatchWarning)  # the throttle's note: the "stride" column shows it
     if use_wandb:
         try:
             import wandb  # noqa: F401
@@ -291,15 +307,23 @@ def main() -> None:
             client = gradhealth.Client(base_url=url, api_key=key)
             print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; sink: "
                   f"{'gradhealth serve (SQLite)' if args.sink == 'serve' else 'stub HTTP server'} at {url}")  # fmt: skip
-            print(f"{args.rounds} interleaved rounds x {args.steps} steps; median step time, and added time vs plain\n")
-            print(f"{'model':38s} {'plain':>9s} {'watch()':>9s} {'every=5':>9s} {'wandb.watch':>12s}")
+            print(
+                f"{args.warmup} warm-up steps, then {args.rounds} interleaved rounds x {args.steps} steps; "
+                "median step time, and added time vs plain\n"
+            )
+            print(
+                f"{'model':38s} {'plain':>9s} {'watch()':>9s} {'stride (measured)':>18s} "
+                f"{'budget=None':>12s} {'wandb.watch':>12s}"
+            )
             worst = 0.0
             for name in args.models.split(","):
-                ratios = measure(CASES[name], client, args.rounds, args.steps, use_wandb)
-                worst = max(worst, ratios["every=1"])
-                cells = [f"{ratios[k]:+.1%}" if k in ratios else "-" for k in ("every=1", "every=5", "wandb")]
+                ratios = measure(CASES[name], client, args.rounds, args.steps, args.warmup, use_wandb)
+                worst = max(worst, ratios["default"])
+                cells = [f"{ratios[k]:+.1%}" if k in ratios else "-" for k in ("default", "budget=None", "wandb")]
+                stride = f"{ratios['stride']:.0f} ({ratios['measured']:.1%})"
                 print(
-                    f"{CASES[name].name:38s} {ratios['plain'] * 1e3:6.1f} ms {cells[0]:>9s} {cells[1]:>9s} {cells[2]:>12s}"
+                    f"{CASES[name].name:38s} {ratios['plain'] * 1e3:6.1f} ms {cells[0]:>9s} {stride:>18s} "
+                    f"{cells[1]:>12s} {cells[2]:>12s}"
                 )
             verdict = "within" if worst <= BUDGET else "OVER"
             print(f"\nworst watch() overhead at default settings {worst:+.1%}: {verdict} the {BUDGET:.0%} budget")

@@ -28,7 +28,7 @@ from .handles import AnalysisHandle, AsyncAnalysisHandle
 from .packaging import package, save_batch
 from .report import Report
 from .types import Analysis, Batch, ModelPackage
-from .watch import Watch, watch
+from .watching import Watch, WatchWarning, watch
 
 __all__ = [
     "APIConnectionError",
@@ -60,6 +60,7 @@ __all__ = [
     "UnprocessableEntityError",
     "WaitTimeoutError",
     "Watch",
+    "WatchWarning",
     "errors",
     "package",
     "save_batch",

@@ -34,5 +34,5 @@ def test_quickstart_notebook_runs(
     assert "the fixed model passes the gate" in texts
     html = [o["data"]["text/html"] for cell in outputs.values() for o in cell if "text/html" in o.get("data", {})]
     assert any("gh-gradient-chart" in h and "gh-activation-chart" in h for h in html)  # the report displayed itself
-    assert "300 steps logged" in texts  # the watched run's report
+    assert "steps logged up to step" in texts  # the watched run's report (the budget may thin out the steps)
     assert any("gh-loss-chart" in h and "gh-layer-chart" in h for h in html)  # updated in place while training

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import math
 import warnings
 from collections.abc import Callable
@@ -12,13 +11,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from gradhealth.sdk.watch import WatchWarning, watch
+from gradhealth.sdk import watching as watch_module
+from gradhealth.sdk.watching import WatchWarning, watch
 from torch import nn
 
 from .test_watch_support import Net, Reference, assert_matches, batches, recording_client, twin
-
-# `gradhealth.sdk.watch` the attribute is the watch() function; the package itself is in sys.modules
-watch_module = importlib.import_module("gradhealth.sdk.watch")
 
 OptFactory = Callable[[nn.Module], torch.optim.Optimizer]
 OPTIMIZERS: dict[str, OptFactory] = {

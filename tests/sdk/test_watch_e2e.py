@@ -59,7 +59,9 @@ def train(
         if optimizer == "sgd"
         else torch.optim.Adam(model.parameters(), lr=lr)
     )
-    with gradhealth.watch(model, opt, run=name, every=every, client=client, flush_interval=0.2) as watch:  # added
+    with gradhealth.watch(
+        model, opt, run=name, every=every, client=client, flush_interval=0.2, budget=None
+    ) as watch:  # added; budget=None: exact steps for the asserts
         for step in range(STEPS):
             batch = torch.randint(0, x.shape[0], (32,), generator=torch.Generator().manual_seed(step))
             loss = nn.functional.mse_loss(model(x[batch]), y[batch])
@@ -137,7 +139,7 @@ def test_the_report_updates_while_training(client: gradhealth.Client) -> None:
     x, y = data(3)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     seen = []
-    with gradhealth.watch(model, opt, run="live", client=client, flush_interval=0.1) as watch:
+    with gradhealth.watch(model, opt, run="live", client=client, flush_interval=0.1, budget=None) as watch:
         for step in range(90):
             loss = nn.functional.mse_loss(model(x), y)
             opt.zero_grad()

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from gradhealth.sdk.watch import watch
+from gradhealth.sdk.watching import watch
 from torch import nn
 
 from .servers import free_port

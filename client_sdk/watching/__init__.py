@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from typing import Any
@@ -44,11 +45,19 @@ def _client_factory(client: Any) -> Any:
 
 
 def _config(
-    optimizer: Any, scaler: Any, layers: list[Layer], every: int, param_every: int, rank: int, world: int
+    optimizer: Any,
+    scaler: Any,
+    layers: list[Layer],
+    every: int,
+    param_every: int,
+    budget: float | None,
+    rank: int,
+    world: int,
 ) -> dict[str, Any]:
     config: dict[str, Any] = {
         "every": every,
         "param_every": param_every,
+        "budget": budget or None,
         "optimizer": type(optimizer).__name__ if optimizer is not None else None,
         "world_size": world,
         "rank": rank,
@@ -75,6 +84,7 @@ def watch(
     scaler: torch.amp.GradScaler | None = None,
     webhook_url: str | None = None,
     param_every: int = 10,
+    budget: float | None = 0.03,
     max_buffered_steps: int = 10_000,
     flush_interval: float = 2.0,
     batch_steps: int = 256,
@@ -90,19 +100,28 @@ def watch(
     copied to the host once per step, asynchronously on CUDA; a background thread sends them.
     Only rank 0 records under torch.distributed (gradients are all-reduced, the same on every rank).
 
+    watch() times its own hooks against the step time and keeps within `budget`: while recording
+    costs more than that fraction of a step (and more than 0.5 ms per step), it records one step in
+    `handle.stride` (a multiple of `every`, at most 64x) and records more often again when there is
+    headroom; the first throttle warns once. Steps keep their optimizer step numbers, so a throttled
+    run has gaps (a finding's step is then known to within the stride). See docs/runs.md.
+
     Args:
         model: the module being trained (DDP and torch.compile wrappers are fine).
         optimizer: its optimizer; statistics are taken in its step hooks. Without one, call
             `handle.step()` after backward() at each step.
         run: the run's name on the service (default: model class and start time).
-        every: record every `every`-th optimizer step. A recorded step reads all gradients once:
-            about 1-2% of a typical step, but ~12% of a memory-bound one (benchmarks/watch_overhead.py),
-            where every=5 stays under 3%.
+        every: record every `every`-th optimizer step (at most; see `budget`). A recorded step reads
+            all gradients once: about 1-2% of a typical step, but ~12% of a memory-bound one
+            (benchmarks/watch_overhead.py).
         client: a gradhealth.Client (default: Client() from $GRADHEALTH_URL / $GRADHEALTH_API_KEY).
         scaler: the torch.amp.GradScaler in use: its skipped steps are counted and its settings sent.
         webhook_url: where the service posts health changes of this run.
         param_every: weight_norm and update_norm of each layer every `param_every` recorded steps
             (layers are sampled in turn, about 1/param_every of the weights per step); 0 disables.
+        budget: the most of the step time recording may take (0.03: 3%), as measured on the
+            training thread's clock (on CUDA: host time; the kernels' device time is not seen).
+            None or 0: never throttle, record every `every`-th step whatever it costs.
         max_buffered_steps: records kept while the service is slow or away; the oldest are dropped.
         flush_interval: seconds between batches.
         batch_steps: the most records per batch (a full batch is sent at once).
@@ -112,12 +131,14 @@ def watch(
     """
     if every < 1 or param_every < 0 or max_buffered_steps < 1 or batch_steps < 1 or flush_interval <= 0:
         raise ValueError("every, max_buffered_steps, batch_steps must be >= 1; param_every >= 0; flush_interval > 0")
+    if budget is not None and not 0 <= budget < math.inf:
+        raise ValueError(f"budget is a fraction of the step time (0.03 for 3%), or None; got {budget!r}")
     rank, world = _rank()
     layers = find_layers(model)
     if not layers:
         raise ValueError("the model has no parameters to watch")
     name = run or f"{type(model).__name__}-{time.strftime('%Y%m%d-%H%M%S')}"
-    config = _config(optimizer, scaler, layers, every, param_every, rank, world)
+    config = _config(optimizer, scaler, layers, every, param_every, budget, rank, world)
 
     def create_run(service: Any) -> str:
         described = [layer.describe() for layer in layers]
@@ -129,6 +150,7 @@ def watch(
         layers=layers,
         every=every,
         param_every=param_every,
+        budget=budget,
         scaler=scaler,
         max_buffered_steps=max_buffered_steps,
         flush_interval=flush_interval,

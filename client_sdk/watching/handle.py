@@ -3,12 +3,14 @@
 Hooks run on the training thread and only enqueue device work plus one async device-to-host copy
 per recorded step; everything touching the network happens in the background thread (_shipper).
 Every hook body is guarded: an internal error stops watching with one warning, never the training.
+Every hook body is also timed: the overhead budget (_budget) sets which steps are recorded.
 """
 
 from __future__ import annotations
 
 import atexit
 import threading
+import time
 import warnings
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -16,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from ._budget import Budget
 from ._layers import Layer
 from ._records import HostArray, LossValue, Record, RecordBuffer
 from ._shipper import Shipper
@@ -49,6 +52,7 @@ class Watch:
         layers: list[Layer],
         every: int,
         param_every: int,
+        budget: float | None,
         scaler: Any,
         max_buffered_steps: int,
         flush_interval: float,
@@ -75,6 +79,10 @@ class Watch:
         self._forward_seen = False
         self._explicit = False
         self._pending: Pending | None = None
+        self._last_recorded: int | None = None
+        self._spent = 0.0  # seconds spent in watch() since the last step ended
+        self._ended = False  # a step just ended; _account() hands its cost to the budget
+        self._ended_slot: int | None = None  # that step's sample slot, None when it was not recorded
         self._stepped = False
         self._hooks: list[Any] | None = []
         self._warned: set[str] = set()
@@ -82,8 +90,10 @@ class Watch:
         self._closed = not self.active
         self._lock = threading.Lock()
         if client is None:
+            self._budget = Budget(None, every, 1)
             return
         self._stats = StatsEngine(layers, param_every)
+        self._budget = Budget(budget, every, self._stats.slots)
         self._buffer = RecordBuffer(max_buffered_steps, batch_steps, self._on_first_drop)
         if optimizer is not None:
             self._hooks.append(optimizer.register_step_pre_hook(self._guard(self._pre_step)))
@@ -117,6 +127,20 @@ class Watch:
         """Recorded steps waiting in memory for the background thread."""
         return len(self._buffer) if self.active else 0
 
+    @property
+    def stride(self) -> int:
+        """The recording interval in optimizer steps now: `every`, or a multiple of it while over the budget."""
+        return self._budget.stride
+
+    @property
+    def overhead(self) -> float | None:
+        """watch()'s measured cost at the current stride, as a fraction of the step time without it.
+
+        Host time on the training thread (on CUDA the kernels' device time is not included);
+        None for the first steps, before there is a measurement.
+        """
+        return self._budget.overhead
+
     def log(self, loss: LossValue | None = None, step: int | None = None) -> None:
         """Attach a loss (a tensor is kept and read later: no device sync) to a step.
 
@@ -126,6 +150,7 @@ class Watch:
         """
         if self._closed or loss is None:
             return
+        start = time.perf_counter()
         try:
             value = loss.detach() if isinstance(loss, Tensor) else float(loss)
             if not self._explicit:
@@ -143,10 +168,12 @@ class Watch:
                     self._open.losses.append(value)
             else:
                 self._upcoming_has_loss = True
-                if self._step % self.every == 0:
+                if self._records(self._step):
                     self._upcoming.append(value)
         except Exception as exc:
             self._fail(exc)
+        finally:
+            self._account(start)
 
     def step(self) -> None:
         """Mark a step when watch() has no optimizer: call after backward(), before zero_grad()."""
@@ -176,7 +203,7 @@ class Watch:
         if not self._shipper.close(timeout) and self._shipper.pending:
             left = self._shipper.pending
             self._buffer.dropped += left
-            if not self._warned:  # a problem already reported (service down, refused) explains this
+            if not self._warned - {"throttle"}:  # a problem already reported (service down, refused) explains this
                 reason = self._shipper.last_error or "no answer in time"
                 self._warn("delivery", f"gradhealth.watch: {left} recorded steps were not delivered ({reason})")
 
@@ -196,13 +223,22 @@ class Watch:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Watch(run_id={self.run_id!r}, steps_recorded={self.steps_recorded}, dropped={self.dropped})"
+        return (
+            f"Watch(run_id={self.run_id!r}, steps_recorded={self.steps_recorded}, stride={self.stride}, "
+            f"dropped={self.dropped})"
+        )
 
     # ---- hooks ------------------------------------------------------------------------------
 
+    def _records(self, step: int) -> bool:
+        """Whether optimizer step `step` is recorded: a multiple of `every`, `stride` steps after the last recorded one."""
+        if step % self.every:
+            return False
+        return self._last_recorded is None or step - self._last_recorded >= self._budget.stride
+
     def _pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self._pending = None
-        if self._step % self.every:
+        if not self._records(self._step):
             return
         with torch.no_grad():
             lr = optimizer.param_groups[0]["lr"] if optimizer is not None else None
@@ -230,9 +266,12 @@ class Watch:
     def _complete(self, record: Record | None) -> None:
         """A step finished (or was skipped): the previous record is sealed, this one takes its losses."""
         self._seal()
+        self._ended, self._ended_slot = True, None
         if record is not None:
             record.losses, record.auto_losses = self._upcoming, self._upcoming_auto
             self._open = record
+            self._ended_slot = self.steps_recorded  # the sample group it measured (see StatsEngine.sample)
+            self._last_recorded = self._step
             self.steps_recorded += 1
         self._last_has_loss = self._upcoming_has_loss
         self._upcoming, self._upcoming_auto, self._upcoming_has_loss = [], [], False
@@ -243,7 +282,7 @@ class Watch:
         if not torch.is_grad_enabled():
             return  # evaluation: neither a training step's forward nor its loss
         self._forward_seen = True
-        if not self._explicit and self._step % self.every == 0:
+        if not self._explicit and self._records(self._step):
             loss = _auto_loss(output)
             if loss is not None:
                 self._upcoming_auto.append(loss)
@@ -253,12 +292,14 @@ class Watch:
         self._stepped = False
         result = original(optimizer, *args, **kwargs)
         if not self._stepped and optimizer is self._optimizer and not self._closed:
+            start = time.perf_counter()
             try:
                 self.skipped_steps += 1
                 self._upcoming, self._upcoming_auto = [], []
                 self._complete(None)
             except Exception as exc:
                 self._fail(exc)
+            self._account(start)
         return result
 
     # ---- plumbing ---------------------------------------------------------------------------
@@ -272,12 +313,40 @@ class Watch:
         def guarded(*args: Any) -> None:
             if self._closed:
                 return
+            start = time.perf_counter()
             try:
                 hook(*args)
             except Exception as exc:
                 self._fail(exc)
+            self._account(start)
 
         return guarded
+
+    def _account(self, start: float) -> None:
+        """Charge the time since `start` to watch(); when a step just ended, hand its total to the budget."""
+        now = time.perf_counter()
+        self._spent += now - start
+        if not self._ended:
+            return
+        self._ended = False
+        try:
+            self._budget.step(now, self._spent, self._ended_slot)
+            if self._budget.throttled and "throttle" not in self._warned:
+                self._warn_throttled()
+        except Exception as exc:
+            self._fail(exc)
+        self._spent = time.perf_counter() - now  # this bookkeeping is charged to the next step
+
+    def _warn_throttled(self) -> None:
+        budget = self._budget
+        forced = "every step" if self.every == 1 else f"one step in {self.every}"
+        self._warn(
+            "throttle",
+            f"gradhealth.watch: recording cost {budget.ratio(self.every):.1%} of the step time "
+            f"({budget.cost * 1e3:.2f} ms per recorded step, {budget.step_time * 1e3:.1f} ms per step without it), "
+            f"over budget={budget.budget * 100:g}%: recording one step in {budget.stride} from now on (watch.stride follows "
+            f"the measured cost; steps keep their numbers). watch(..., budget=None) records {forced}.",
+        )
 
     def _fail(self, exc: Exception) -> None:
         """An internal error: stop recording (what is buffered still ships), warn once, never raise.

@@ -110,6 +110,11 @@ class StatsEngine:
             self._groups.append((_index(group, self.device), params, local, _index(local, self.device)))
         self._present_index: dict[tuple[int, tuple[bool, ...]], Tensor] = {}
 
+    @property
+    def slots(self) -> int:
+        """How many recorded steps one round of the sample groups takes (1 when nothing is sampled)."""
+        return max(1, len(self._groups))
+
     def grads(self, grad_scale: Tensor | None = None) -> Tensor:
         """[grad_norm, nonfinite] per layer ([2, L]); a layer without grads reads 0 (measured, not missing)."""
         layout = tuple(p.grad is not None for p in self._params)

@@ -1,0 +1,229 @@
+"""watch(budget=...): the handle times its own hooks and records less often while they cost too much.
+
+The controller is checked on a synthetic clock (exact, whatever the machine does), then on real
+loops: a tiny model whose hooks dominate its step (with the 0.5 ms floor lowered to 0 so that the
+tiny model counts), where recorded numbers must still equal the plain-autograd reference.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from gradhealth.sdk.watching import WatchWarning, _budget, watch
+from gradhealth.sdk.watching._budget import Budget
+
+from .test_watch_support import Net, Reference, assert_matches, batches, recording_client, twin
+
+MS = 1e-3
+
+
+def simulate(
+    budget: float | None,
+    plain: Callable[[int], float],
+    cost: Callable[[int], float],
+    steps: int,
+    every: int = 1,
+    slots: int = 10,
+    idle: float = 0.02 * MS,
+    controller: Budget | None = None,
+    start: int = 0,
+) -> tuple[Budget, list[int], list[int]]:
+    """A loop on a synthetic clock: step k takes plain(k) s plus watch()'s cost (cost(k) when recorded, else idle).
+
+    Recording follows Watch._records: a multiple of `every`, `stride` steps after the last recorded one.
+    Returns the controller, the stride after each step and the recorded steps.
+    """
+    b = controller or Budget(budget, every, slots)
+    now, last, recorded, strides = b._last or 0.0, None, [], []
+    for step in range(start, start + steps):
+        records = step % every == 0 and (last is None or step - last >= b.stride)
+        spent = cost(step) if records else idle
+        now += plain(step) + spent
+        b.step(now, spent, len(recorded) if records else None)
+        if records:
+            last = step
+            recorded.append(step)
+        strides.append(b.stride)
+    return b, strides, recorded
+
+
+def test_a_dear_recording_is_throttled_to_within_the_budget() -> None:
+    # the memory-bound MLP of benchmarks/watch_overhead.py: 43 ms steps, ~6 ms per recorded step
+    b, strides, recorded = simulate(0.03, lambda s: 43 * MS, lambda s: 6 * MS, steps=400)
+    assert b.throttled and b.stride == 7 == math.ceil((6 - 0.02) / (0.75 * 0.03 * 43 - 0.02))
+    assert b.overhead is not None and 0.5 * 0.03 <= b.overhead <= 0.75 * 0.03
+    assert b.overhead == pytest.approx((6 + 6 * 0.02) / (7 * 43))
+    assert strides[:24] == [1] * 24  # 5 warm-up steps, then each of the 10 sample slots timed twice
+    assert len(set(strides[30:])) == 1  # one raise, then steady
+    assert set(np.diff(recorded[-20:])) == {7}
+
+
+def test_each_sample_slot_counts_at_its_share() -> None:
+    # one slot in ten measures a huge layer: the mean cost is 1 + 9/10 = 1.9 ms, though the median is 1 ms
+    b, _, _ = simulate(None, lambda s: 40 * MS, lambda s: 10 * MS if s % 10 == 0 else 1 * MS, steps=60, slots=10)
+    assert b.cost == pytest.approx(1.9 * MS)
+
+
+def test_tiny_steps_under_the_floor_are_never_throttled() -> None:
+    # the e2e models: ~0.3 ms of hooks on a ~0.5 ms step is 60% of it, but under MIN_COST per step
+    b, strides, recorded = simulate(0.03, lambda s: 0.5 * MS, lambda s: 0.3 * MS, steps=500)
+    assert b.overhead == pytest.approx(0.6, rel=0.01) and not b.throttled
+    assert set(strides) == {1} and recorded == list(range(500))
+    # just over the floor: throttled until the cost per step is within AIM x MIN_COST
+    b, _, _ = simulate(0.03, lambda s: 1 * MS, lambda s: 0.6 * MS, steps=500)
+    assert b.stride == 2
+
+
+def test_stalls_do_not_throttle_nor_release() -> None:
+    # a descheduled thread or a GIL hand-over: 15% of the steps stall 5 ms, in the hooks or in the loop
+    def stalls(base: float, phase: int) -> Callable[[int], float]:
+        return lambda s: base + (5 * MS if (s * 7 + phase) % 20 < 3 else 0.0)
+
+    b, strides, _ = simulate(0.03, stalls(0.5 * MS, 0), stalls(0.3 * MS, 11), steps=600)
+    assert set(strides) == {1}
+    # an evaluation pass of 10 s every 100 steps does not make the throttled MLP record more often
+    b, strides, _ = simulate(0.03, lambda s: 10.0 if s % 100 == 99 else 43 * MS, lambda s: 6 * MS, steps=600)
+    assert set(strides[40:]) == {7}
+
+
+def test_the_stride_comes_back_down_when_steps_grow_longer() -> None:
+    b, strides, _ = simulate(0.03, lambda s: 43 * MS, lambda s: 6 * MS, steps=200)
+    assert b.stride == 7
+    # the loop now spends 400 ms a step (a bigger batch, a slower input pipeline): 1.5% at every step
+    b, strides, recorded = simulate(None, lambda s: 400 * MS, lambda s: 6 * MS, steps=60, controller=b, start=200)
+    assert b.stride == 1 and strides.index(1) <= 40
+    assert recorded[-10:] == list(range(250, 260))
+    # changes inside the hysteresis band leave the stride alone: 1.6% and 2.5% at a stride of 7
+    for plain in (55 * MS, 35 * MS):
+        b, strides, _ = simulate(0.03, lambda s: 43 * MS, lambda s: 6 * MS, steps=200)
+        b, strides, _ = simulate(None, lambda s, p=plain: p, lambda s: 6 * MS, steps=200, controller=b, start=200)
+        assert set(strides) == {7}
+
+
+def test_the_stride_is_a_multiple_of_every_and_capped() -> None:
+    b, _, recorded = simulate(0.03, lambda s: 43 * MS, lambda s: 6 * MS, steps=1000, every=3)
+    assert b.stride == 9 and all(step % 3 == 0 for step in recorded)  # 3 x ceil(7 / 3)
+    b, _, _ = simulate(0.03, lambda s: 1 * MS, lambda s: 50 * MS, steps=4000, every=2, slots=1)
+    assert b.stride == 128
+
+
+def test_no_budget_never_throttles_but_still_measures() -> None:
+    for budget in (None, 0.0):
+        b, strides, recorded = simulate(budget, lambda s: 43 * MS, lambda s: 6 * MS, steps=100)
+        assert set(strides) == {1} and recorded == list(range(100)) and not b.throttled
+        assert b.overhead == pytest.approx(6 / 43)
+
+
+# ---- real loops ------------------------------------------------------------------------------
+
+
+def _watched(
+    steps: int, sleep: Callable[[int], float] = lambda s: 0.0, **options: Any
+) -> tuple[dict[int, dict[str, Any]], Reference, list[float], Any, list[int], list[Any]]:
+    """The tiny Net trained watched and by hand; the stride after each step and the warnings too."""
+    model, ref_model = twin(Net)
+    opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
+    ref_opt = torch.optim.SGD(ref_model.parameters(), lr=0.02, momentum=0.9)
+    data = batches(steps)
+    client = recording_client()
+    losses, strides = [], []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with watch(model, opt, run="t", client=client, **options) as handle:
+            assert handle.stride == options.get("every", 1) and handle.overhead is None
+            for step, (x, y) in enumerate(data):
+                loss = F.mse_loss(model(x), y)
+                loss.backward()
+                opt.step()
+                opt.zero_grad()
+                handle.log(loss=loss)
+                losses.append(loss.item())
+                strides.append(handle.stride)
+                if sleep(step):
+                    time.sleep(sleep(step))
+    reference = Reference(ref_model, ref_opt)
+    for step, (x, y) in enumerate(data):
+        F.mse_loss(ref_model(x), y).backward()
+        reference.before_step(step)
+        ref_opt.step()
+        reference.after_step()
+        ref_opt.zero_grad()
+    warned = [w for w in caught if w.category is WatchWarning]
+    return client.runs.steps(), reference, losses, handle, strides, warned
+
+
+def _check_exact(logged: dict[int, dict[str, Any]], reference: Reference, losses: list[float]) -> None:
+    assert_matches(logged, {s: reference.steps[s] for s in logged})
+    assert [logged[s]["loss"] for s in sorted(logged)] == pytest.approx([losses[s] for s in sorted(logged)], rel=1e-6)
+
+
+@pytest.fixture
+def no_floor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tiny models count as dear: their ~0.2 ms of hooks per step is under the 0.5 ms floor otherwise."""
+    monkeypatch.setattr(_budget, "MIN_COST", 0.0)
+
+
+@pytest.mark.usefixtures("no_floor")
+@pytest.mark.parametrize("every", [1, 2])
+def test_a_loop_whose_hooks_dominate_is_throttled_and_stays_exact(every: int) -> None:
+    # the hooks are ~60% of this tiny step; even its unrecorded steps cost ~2% (hook calls, log()),
+    # so a 3% budget would need the 64x cap: 25% makes the stride land in the middle of its range
+    logged, reference, losses, handle, strides, warned = _watched(400, every=every, budget=0.25)
+    stride = handle.stride
+    assert stride > every and stride % every == 0, (strides, handle.overhead)
+    assert handle.overhead is not None and handle.overhead <= 0.25
+    steps = sorted(logged)
+    assert steps[: 20 // every] == list(range(0, 40, every))[: 20 // every]  # not throttled before it measured
+    assert len(steps) < 0.75 * 400 / every and handle.steps_recorded == len(steps)
+    assert all(gap % every == 0 and gap >= every for gap in np.diff(steps))
+    assert steps[-1] - steps[-2] == strides[steps[-2]]  # the gap is the stride in force
+    _check_exact(logged, reference, losses)
+    [message] = [str(w.message) for w in warned]
+    assert "over budget=25%" in message and "watch(..., budget=None) records" in message
+    assert f"recording one step in {next(s for s in strides if s > every)} from now on" in message
+
+
+@pytest.mark.usefixtures("no_floor")
+def test_budget_none_records_every_step_whatever_it_costs() -> None:
+    logged, reference, losses, handle, strides, warned = _watched(200, budget=None)
+    assert sorted(logged) == list(range(200)) and set(strides) == {1} and not warned
+    assert handle.overhead is not None and handle.overhead > 0.03  # measured all the same
+    _check_exact(logged, reference, losses)
+
+
+@pytest.mark.usefixtures("no_floor")
+def test_the_stride_comes_back_down_when_the_cost_no_longer_shows() -> None:
+    # 150 steps of a fraction of a millisecond, then steps that sleep 20 ms: the hooks are ~1% of those
+    logged, reference, losses, handle, strides, _ = _watched(220, sleep=lambda s: 0.02 if s >= 150 else 0, budget=0.1)
+    throttled = max(strides[:150])
+    assert throttled > 1, strides
+    # the median step time turns after 17 long steps, the stride at the next recorded step
+    assert handle.stride == 1 and strides.index(1, 150) <= 150 + 17 + throttled, strides[150:]
+    steps = sorted(logged)
+    assert steps[-5:] == [215, 216, 217, 218, 219]
+    _check_exact(logged, reference, losses)
+
+
+def test_tiny_models_record_every_step_by_default() -> None:
+    logged, reference, losses, handle, strides, warned = _watched(200)
+    assert sorted(logged) == list(range(200)) and set(strides) == {1} and not warned
+    assert handle.overhead is not None
+    _check_exact(logged, reference, losses)
+
+
+def test_the_budget_is_checked_and_sent_in_the_run_config() -> None:
+    for bad in (-0.1, math.inf, math.nan):
+        with pytest.raises(ValueError, match="budget"):
+            watch(Net(), client=recording_client(), budget=bad)
+    client = recording_client()
+    watch(Net(), client=client, budget=0.05).close()
+    watch(Net(), client=client, budget=0).close()
+    assert [c["config"]["budget"] for c in client.runs.created] == [0.05, None]
