@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 from gradhealth.diagnostics.schema import Finding, severity_at_least
@@ -11,10 +10,10 @@ from gradhealth.store.db import session_scope
 from gradhealth.store.models import RunWebhookDelivery, TrainingRun
 from gradhealth.store.runs import DELIVER_RUN_WEBHOOK, NOTIFY_AT
 from gradhealth.store.settings import Settings
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from .webhooks import finding_payload, next_attempt, post_signed
+from .webhooks import attempt, finding_payload
 
 
 def payload(run: TrainingRun) -> dict[str, Any]:
@@ -55,16 +54,4 @@ def _claim_attempt(settings: Settings, run_id: str) -> tuple[RunWebhookDelivery,
 
 def deliver_run(settings: Settings, run_id: str) -> str:
     """Make one delivery attempt; on failure schedule the next after backoff."""
-    claimed = _claim_attempt(settings, run_id)
-    if claimed is None:
-        return "nothing to do"
-    row, body, secret = claimed
-    started = time.monotonic()
-    status, error = post_signed(row.url, secret, body, row.id, settings.webhook_timeout_seconds)
-    with session_scope(settings) as session:
-        session.execute(
-            update(RunWebhookDelivery)
-            .where(RunWebhookDelivery.id == row.id)
-            .values(status_code=status, ok=error is None, error=error, duration_ms=(time.monotonic() - started) * 1000)
-        )
-    return next_attempt(settings, DELIVER_RUN_WEBHOOK, run_id, row.attempt, error)
+    return attempt(settings, _claim_attempt(settings, run_id), RunWebhookDelivery, DELIVER_RUN_WEBHOOK, run_id)

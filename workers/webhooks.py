@@ -125,9 +125,10 @@ def next_attempt(settings: Settings, task: str, object_id: str, attempt: int, er
     return "retrying"
 
 
-def deliver(settings: Settings, run_id: str) -> str:
-    """Make one delivery attempt of an audit run's notification; failures are retried with backoff."""
-    claimed = _claim_attempt(settings, run_id)
+def attempt(
+    settings: Settings, claimed: tuple[Any, bytes, str] | None, table: type[Any], task: str, object_id: str
+) -> str:
+    """Send a claimed attempt, log its outcome in its row of `table`, and schedule the next if it failed."""
     if claimed is None:
         return "nothing to do"
     row, body, secret = claimed
@@ -135,8 +136,13 @@ def deliver(settings: Settings, run_id: str) -> str:
     status, error = post_signed(row.url, secret, body, row.id, settings.webhook_timeout_seconds)
     with session_scope(settings) as session:
         session.execute(
-            update(WebhookDelivery)
-            .where(WebhookDelivery.id == row.id)
+            update(table)
+            .where(table.id == row.id)
             .values(status_code=status, ok=error is None, error=error, duration_ms=(time.monotonic() - started) * 1000)
         )
-    return next_attempt(settings, DELIVER_WEBHOOK, run_id, row.attempt, error)
+    return next_attempt(settings, task, object_id, row.attempt, error)
+
+
+def deliver(settings: Settings, run_id: str) -> str:
+    """Make one delivery attempt of an audit run's notification; failures are retried with backoff."""
+    return attempt(settings, _claim_attempt(settings, run_id), WebhookDelivery, DELIVER_WEBHOOK, run_id)
