@@ -144,7 +144,7 @@ def test_html_report_renders_in_chromium(
 
 
 def test_run_report_renders_in_chromium(artifacts_dir: Path, tmp_path: Path) -> None:
-    from gradhealth.sdk import render_html
+    from gradhealth.sdk import render_html, render_run_html
 
     from .test_run_render import LAYER_SCALES, run_report
 
@@ -168,5 +168,5 @@ def test_run_report_renders_in_chromium(artifacts_dir: Path, tmp_path: Path) -> 
     assert width == 1200 and len(rows) == 2000
     # Lines, markers and non-finite ticks were painted: their colours cover real pixels on screen.
     assert _count_color(rows, channels, render_html.OK_COLOR) > 100  # the gradient-norm lines
-    assert _count_color(rows, channels, render_html.NONFINITE_COLOR) > 100  # ticks, fc's line, error markers
+    assert _count_color(rows, channels, render_run_html.NONFINITE_COLOR) > 100  # ticks, fc's line, error markers
     assert _count_color(rows, channels, render_html._COLORS["critical"]) > 20  # the critical finding's marker

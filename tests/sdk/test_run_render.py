@@ -11,8 +11,16 @@ from pathlib import Path
 
 import pytest
 from gradhealth.diagnostics.schema import Finding, LayerTimeline, ModelInfo, Timeline
-from gradhealth.sdk import render_html
-from gradhealth.sdk.render_html import LAYER_WIDTH, PLOT_BOTTOM, PLOT_LEFT, PLOT_RIGHT, PLOT_TOP, RUN_HEIGHT, RUN_WIDTH
+from gradhealth.sdk import render_html, render_run_html
+from gradhealth.sdk.render_run_html import (
+    LAYER_WIDTH,
+    PLOT_BOTTOM,
+    PLOT_LEFT,
+    PLOT_RIGHT,
+    PLOT_TOP,
+    RUN_HEIGHT,
+    RUN_WIDTH,
+)
 
 import gradhealth
 
@@ -186,7 +194,7 @@ def test_layers_share_one_log_scale(page: str) -> None:
     timeline = _timeline()
     logs = [math.log10(v) for layer in timeline.layers.values() for _, v in _drawable(layer)]
     low, high = math.floor(min(logs)), math.ceil(max(logs))
-    bottom = render_html.LAYER_HEIGHT - PLOT_BOTTOM
+    bottom = render_run_html.LAYER_HEIGHT - PLOT_BOTTOM
     for chart in _svgs(page, "gh-layer-chart"):
         (path,) = chart.iter(f"{SVG}path")
         name = (path.get("data-series") or "").removesuffix(" gradient norm")
@@ -231,7 +239,7 @@ def test_nonfinite_points_get_a_red_tick_and_break_the_line(page: str) -> None:
     assert [float(t.get("x1", "nan")) for t in ticks] == pytest.approx(
         [_x(s, LAYER_WIDTH) for s in bad_steps], abs=0.051
     )
-    assert all(t.get("stroke") == render_html.NONFINITE_COLOR for t in ticks)
+    assert all(t.get("stroke") == render_run_html.NONFINITE_COLOR for t in ticks)
     assert all(float(t.get("y1", "nan")) < PLOT_TOP for t in ticks)  # on the top edge
     (path,) = fc.iter(f"{SVG}path")
     assert max(x for run in _points(path) for x, _ in run) < _x(NAN_STEP, LAYER_WIDTH)
