@@ -20,6 +20,7 @@ def add_server_parsers(subparsers: argparse._SubParsersAction) -> None:  # type:
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--data-dir", help="where to keep the database, uploads and queue")
+    _add_unsafe_flag(p)
     p.set_defaults(handler=_serve)
 
     p = subparsers.add_parser("api", help="run the REST API only (configure with GRADHEALTH_* env vars)")
@@ -32,6 +33,7 @@ def add_server_parsers(subparsers: argparse._SubParsersAction) -> None:  # type:
     p.add_argument("--queues", default="gpu,cpu", help="queues to consume (default gpu,cpu)")
     p.add_argument("--name", default=None, help="worker name (default gradhealth-PID@HOST)")
     p.add_argument("--concurrency", type=int, default=1, help="analyses at once (default 1; one per GPU)")
+    _add_unsafe_flag(p)
     p.set_defaults(handler=_worker)
 
     admin = subparsers.add_parser("admin", help="projects and API keys (keys go to stdout, alone)")
@@ -48,6 +50,29 @@ def add_server_parsers(subparsers: argparse._SubParsersAction) -> None:  # type:
     p.set_defaults(handler=_migrate)
     p = sub.add_parser("sweep", help="re-enqueue analyses whose message was lost or whose worker died")
     p.set_defaults(handler=_sweep)
+
+
+def _add_unsafe_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--unsafe-no-sandbox",
+        action="store_true",
+        help="run uploaded models without bubblewrap's namespaces (GRADHEALTH_UNSAFE_NO_SANDBOX=1); "
+        "only where every uploaded model is trusted",
+    )
+
+
+def _sandbox_ready(args: argparse.Namespace) -> bool:
+    """Fail closed: no model may run unconfined unless the operator said so explicitly."""
+    if getattr(args, "unsafe_no_sandbox", False):
+        os.environ["GRADHEALTH_UNSAFE_NO_SANDBOX"] = "1"  # inherited by an embedded worker
+    from gradhealth.workers.sandbox_policy import SandboxUnavailable, check_sandbox
+
+    try:
+        check_sandbox(_settings().unsafe_no_sandbox)
+    except SandboxUnavailable as exc:
+        print(f"gradhealth: refusing to start: {exc}", file=sys.stderr)
+        return False
+    return True
 
 
 def _settings() -> Any:
@@ -130,7 +155,8 @@ def _worker(args: argparse.Namespace) -> int:
     from .embedded import exit_with_parent
 
     exit_with_parent()
-
+    if not _sandbox_ready(args):
+        return 2
     settings = _settings()
     migrate(settings)
     from gradhealth.workers.app import app
@@ -146,6 +172,8 @@ def _worker(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     if args.data_dir:
         os.environ["GRADHEALTH_DATA_DIR"] = os.path.abspath(args.data_dir)
+    if not _sandbox_ready(args):
+        return 2
     from .embedded import serve
 
     return serve(_settings(), args.host, args.port)

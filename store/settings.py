@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     analysis_memory_limit_mb: int = Field(default=16384, ge=0)
     device: str | None = None
     warm_sandbox: bool = True
+    unsafe_no_sandbox: bool = False  # run models without namespaces: only where every upload is trusted
     lease_seconds: float = Field(default=60.0, gt=0)
     heartbeat_seconds: float = Field(default=5.0, gt=0)
     requeue_after_seconds: float = Field(default=300.0, gt=0)
@@ -46,6 +47,9 @@ class Settings(BaseSettings):
     webhook_max_attempts: int = Field(default=5, ge=1)
     webhook_backoff_seconds: float = Field(default=10.0, ge=0)
     webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Webhooks: hosts or CIDRs that may receive despite being internal; how long a claimed delivery is held.
+    webhook_allow_hosts: str = ""
+    webhook_lease_seconds: float = Field(default=60.0, gt=0)
 
     @field_validator("database_url", "broker_url", mode="before")
     @classmethod

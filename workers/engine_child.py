@@ -5,15 +5,14 @@ This is the only place a client's model executes and the only place CUDA is touc
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 from .sandbox_child import limit_memory
 from .sandbox_errors import ChildFailure, ProgressFn
 
+MODEL_FILE = "model.pt2"  # torch.export.load wants a ".pt2" name; blobs are named by hash only
+BATCH_FILE = "batch.safetensors"
 LOAD_SHARE = 0.3  # progress fraction reported once loading is done; the engine maps onto the rest
 _OOM_MARKERS = ("out of memory", "can't allocate memory", "OutOfMemoryError", "Cannot allocate memory")
 
@@ -36,12 +35,8 @@ def analyze(payload: dict[str, Any], progress: ProgressFn) -> dict[str, Any]:
         limit_memory(int(payload.get("memory_mb") or 0))  # CUDA reserves huge address space: CPU only
     options = options.model_copy(update={"device": str(device)})
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="gradhealth-") as tmp:
-        # torch.export.load wants a ".pt2" name; blobs are named by hash only.
-        named = Path(tmp) / ("model.pt2" if payload.get("model_format") == "torch.export" else "model.pt")
-        os.symlink(payload["model_path"], named)
-        loaded = load_package(named, loss=options.loss)
-    inputs, targets = read_batch(payload["batch_path"])
+    loaded = load_package(payload["files"][MODEL_FILE], loss=options.loss)
+    inputs, targets = read_batch(payload["files"][BATCH_FILE])
     analyzer = Analyzer(loaded)
     progress("loaded", LOAD_SHARE)
     total = size = int(targets.shape[0]) if targets.dim() else 1

@@ -10,6 +10,7 @@ from gradhealth.store import analyses
 from gradhealth.store.blobs import blob_store
 from gradhealth.store.settings import Settings
 
+from .engine_child import BATCH_FILE, MODEL_FILE
 from .sandbox import Aborted, ChildFailure, Limits, run_in_child
 
 log = logging.getLogger(__name__)
@@ -34,13 +35,8 @@ def execute_analysis(settings: Settings, analysis_id: str, worker: str) -> str:
     except FileNotFoundError as exc:
         analyses.fail(settings, claim, "blob_missing", f"an uploaded file is missing from storage: {exc}")
         return "failed"
-    payload = {
-        "model_path": str(model_path),
-        "batch_path": str(batch_path),
-        "model_format": claim.model_format,
-        "options": json.loads(claim.options),
-        "device": settings.device,
-    }
+    payload = {"model_format": claim.model_format, "options": json.loads(claim.options), "device": settings.device}
+    files = {MODEL_FILE: model_path, BATCH_FILE: batch_path}
     last_at, last_phase = 0.0, "starting"
 
     def on_progress(phase: str | None, fraction: float | None) -> bool:
@@ -55,7 +51,7 @@ def execute_analysis(settings: Settings, analysis_id: str, worker: str) -> str:
 
     limits = Limits(time_s=settings.analysis_time_limit, memory_mb=settings.analysis_memory_limit_mb)
     try:
-        result = run_in_child(ENGINE_TARGET, payload, limits, on_progress, warm=settings.warm_sandbox)
+        result = run_in_child(ENGINE_TARGET, payload, limits, on_progress, files=files, warm=settings.warm_sandbox)
     except Aborted:
         log.warning("analysis %s: lease lost to another attempt; stopped", analysis_id)
         return "superseded"

@@ -1,8 +1,10 @@
 """The sandbox child: a fresh interpreter that runs one target and reports back in JSON.
 
-Started as `python -m gradhealth.workers.sandbox_child FD PARENT_PID PRELOAD`. It imports the
-PRELOAD modules (torch) first, then waits for one request {"target", "payload"} on stdin, so a
-spare child can be started ahead of time and an analysis does not wait for torch to import.
+Started as `python -I -m gradhealth.workers.sandbox_child FD PARENT_PID PRELOAD [IMPORT_ROOT…]`
+(inside bwrap, see sandbox_policy). It caps its own resources, imports the PRELOAD modules (torch)
+first, then waits for one request {"target", "payload"} on stdin, so a spare child can be started
+ahead of time and an analysis does not wait for torch to import. PARENT_PID 0 means bwrap's
+--die-with-parent already ties the child to the worker.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from typing import Any
 from .sandbox_errors import ChildFailure, ChildTarget, oom_message
 
 _PR_SET_PDEATHSIG = 1
+MAX_FILE_BYTES = 256 * 2**20  # RLIMIT_FSIZE: the child has no business writing big files
+MAX_OPEN_FILES = 1024  # RLIMIT_NOFILE
+MAX_PROCESSES = 512  # RLIMIT_NPROC (threads count): torch's pools fit, a fork bomb does not
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -31,6 +36,21 @@ def _die_with_parent(parent_pid: int) -> None:
         pass
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
         os._exit(1)
+
+
+def limit_resources() -> None:
+    """Cap file size, open files and processes, and disable core dumps (they could leak memory)."""
+    import resource
+
+    for limit, value in (
+        (resource.RLIMIT_CORE, 0),
+        (resource.RLIMIT_FSIZE, MAX_FILE_BYTES),
+        (resource.RLIMIT_NOFILE, MAX_OPEN_FILES),
+        (resource.RLIMIT_NPROC, MAX_PROCESSES),
+    ):
+        _, hard = resource.getrlimit(limit)
+        soft = value if hard == resource.RLIM_INFINITY else min(value, hard)
+        resource.setrlimit(limit, (soft, soft))
 
 
 def limit_memory(memory_mb: int) -> None:
@@ -79,8 +99,11 @@ def _child_main(target_name: str, payload: dict[str, Any], conn: Connection) -> 
 
 def main(argv: list[str]) -> None:
     """Preload, then run the one request that arrives on stdin (none: exit quietly)."""
-    fd, parent_pid, preload = argv
-    _die_with_parent(int(parent_pid))
+    fd, parent_pid, preload, *import_roots = argv
+    if int(parent_pid):
+        _die_with_parent(int(parent_pid))
+    limit_resources()
+    sys.path.extend(str(os.path.dirname(root)) for root in import_roots)
     for module in filter(None, preload.split(",")):
         importlib.import_module(module)
     raw = sys.stdin.buffer.read()

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import pytest
-from gradhealth.workers.sandbox import Aborted, ChildFailure, Limits, run_in_child
+from gradhealth.workers.sandbox import Aborted, ChildFailure, Isolation, Limits, run_in_child
 
 TARGETS = "tests.service.child_targets"
 LIMITS = Limits(time_s=60, memory_mb=0)
+TESTS = Isolation(import_roots=(Path(__file__).resolve().parents[1],))  # the child imports tests.service
 
 
 def run(name: str, limits: Limits = LIMITS, **payload: object) -> dict:  # type: ignore[type-arg]
@@ -19,7 +21,7 @@ def run(name: str, limits: Limits = LIMITS, **payload: object) -> dict:  # type:
         seen.append((phase, fraction))
         return True
 
-    result = run_in_child(f"{TARGETS}:{name}", dict(payload), limits, on_progress)
+    result = run_in_child(f"{TARGETS}:{name}", dict(payload), limits, on_progress, isolation=TESTS)
     result["seen"] = [s for s in seen if s[0] is not None]
     return result
 
@@ -65,4 +67,4 @@ def test_unexpected_errors_are_named() -> None:
 
 def test_callback_can_abort_a_running_child() -> None:
     with pytest.raises(Aborted):
-        run_in_child(f"{TARGETS}:hang", {}, LIMITS, lambda phase, fraction: phase is None)
+        run_in_child(f"{TARGETS}:hang", {}, LIMITS, lambda phase, fraction: phase is None, isolation=TESTS)
