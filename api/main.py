@@ -15,7 +15,9 @@ from gradhealth import __version__
 
 from .errors import install_error_handlers
 from .metrics import MetricsMiddleware
+from .openapi import document_errors
 from .routes import analyses, audits, batches, compare, health, models, runs
+from .run_schemas import LogBatchBody
 
 API_PREFIX = "/v1"
 api_router = APIRouter()
@@ -54,4 +56,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(MetricsMiddleware, prefix=API_PREFIX)
     app.include_router(api_router, prefix=API_PREFIX)
     app.include_router(health.router)
+    document_errors(app, LogBatchBody)
     return app

@@ -16,6 +16,7 @@ import numpy as np
 from gradhealth.store.run_segments import LogBatch
 
 from .errors import ApiError
+from .paging import INT64_MAX
 
 JSON_TYPES = {"application/json"}
 MSGPACK_TYPES = {"application/msgpack", "application/x-msgpack", "application/vnd.msgpack"}
@@ -66,8 +67,8 @@ def _int(body: dict[str, Any], key: str, default: int | None = None) -> int:
     value = body.get(key, default)
     if value is None:
         raise ApiError(422, f"{key} is required (docs/runs.md)", code="validation_error")
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ApiError(422, f"{key} must be an integer >= 0, got {value!r}", code="validation_error")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= INT64_MAX:
+        raise ApiError(422, f"{key} must be an integer from 0 to 2^63-1, got {value!r}", code="validation_error")
     return value
 
 
@@ -76,11 +77,13 @@ def _steps(value: Any) -> np.ndarray:
         raise ApiError(422, "steps must be a non-empty list of step numbers", code="validation_error")
     if len(value) > MAX_STEPS_PER_BATCH:
         raise ApiError(413, f"{len(value)} steps in one batch; send at most {MAX_STEPS_PER_BATCH}")
-    steps = np.asarray(value)
-    if steps.dtype.kind not in "iu" or steps.ndim != 1:
+    if any(type(v) is not int for v in value):  # bools and floats would pass np.asarray as numbers
         raise ApiError(422, "steps must be integers (optimizer step numbers)", code="validation_error")
-    steps = steps.astype(np.int64)
-    if steps[0] < 0 or (steps.shape[0] > 1 and np.any(np.diff(steps) <= 0)):
+    try:
+        steps = np.asarray(value, dtype=np.int64)
+    except OverflowError:
+        raise ApiError(422, "steps must be integers from 0 to 2^63-1", code="validation_error") from None
+    if steps.min() < 0 or (steps.shape[0] > 1 and np.any(np.diff(steps) <= 0)):
         raise ApiError(422, "steps must be >= 0 and strictly increasing within a batch", code="validation_error")
     return steps
 
@@ -95,7 +98,7 @@ def _scalars(body: dict[str, Any], key: str, n: int) -> tuple[np.ndarray, np.nda
     logged = np.fromiter((v is not None for v in value), dtype=bool, count=n)
     try:
         numbers = np.array([np.nan if v is None else v for v in value], dtype=np.float64)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise ApiError(422, f"{key} must hold numbers or nulls: {exc}", code="validation_error") from exc
     return numbers, logged
 
@@ -115,10 +118,10 @@ def _matrix(name: str, value: Any, n: int, num_layers: int) -> np.ndarray:
         raise ApiError(422, f"metrics.{name} must be {n} lists of {num_layers} numbers", code="validation_error")
     try:
         matrix = np.array(value, dtype=np.float32)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         try:
             matrix = np.array([[np.nan if v is None else v for v in row] for row in value], dtype=np.float32)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             raise ApiError(422, f"metrics.{name} must hold numbers or nulls: {exc}", code="validation_error") from exc
     if matrix.shape != (n, num_layers):
         raise ApiError(

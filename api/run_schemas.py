@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from gradhealth.store.runs import METRICS
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 
-from .schemas import WebhookUrl
+from .paging import INT64_MAX
+from .run_codec import MAX_STEPS_PER_BATCH
+from .schemas import UtcDatetime, WebhookUrl
 
 MAX_LAYERS = 100_000
 
@@ -20,7 +21,7 @@ class RunLayer(BaseModel):
 
     name: str = Field(min_length=1, max_length=500)
     type: str = Field(default="", max_length=200)
-    num_parameters: int = Field(default=0, ge=0)
+    num_parameters: StrictInt = Field(default=0, ge=0, le=INT64_MAX)
 
 
 class RunCreate(BaseModel):
@@ -73,8 +74,8 @@ class RunPublic(BaseModel):
     dropped_steps: int
     health: str
     webhook_url: str | None
-    created_at: datetime
-    updated_at: datetime
+    created_at: UtcDatetime
+    updated_at: UtcDatetime
 
 
 class RunCreated(RunPublic):
@@ -101,3 +102,22 @@ class LayerHistory(BaseModel):
     steps: list[int]
     values: list[float | None]
     nonfinite_steps: list[int]
+
+
+Count = Annotated[StrictInt, Field(ge=0, le=INT64_MAX)]
+Column = list[float | None]
+
+
+class LogBatchBody(BaseModel):
+    """One log batch as JSON, for the OpenAPI document; run_codec decodes bodies itself (JSON or msgpack)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seq: Count = Field(description="batch number; a repeated seq is acknowledged, not stored twice")
+    steps: list[Count] = Field(min_length=1, max_length=MAX_STEPS_PER_BATCH, description="strictly increasing")
+    loss: Column | None = None
+    lr: Column | None = None
+    metrics: dict[Literal[METRICS], list[Column]] = Field(  # type: ignore[valid-type]
+        default_factory=dict, description="metric -> one row per step, one value per layer of the run"
+    )
+    dropped: Count = Field(default=0, description="steps the client dropped since the previous batch")

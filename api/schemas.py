@@ -12,7 +12,13 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 
 def _as_utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+    """Naive values are UTC (the database stores them so); aware ones are converted, within the calendar."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("the time falls outside years 1-9999 once converted to UTC") from None
 
 
 UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]

@@ -13,7 +13,7 @@ KNOWN_CHECKS = ("standard", "curvature")
 class OptimizerSpec(BaseModel):
     """The optimizer the user trains with; needed for update-size and lr rules."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # stored and replayed: finite only
 
     name: Literal["sgd", "adam", "adamw"]
     lr: float = Field(gt=0)

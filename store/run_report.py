@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC
 from typing import Any
 
 import numpy as np
@@ -152,7 +153,7 @@ def build_report(session: Session, run: TrainingRun) -> Report:
     return Report(
         id=run.id,
         kind="run",
-        created_at=run.updated_at,
+        created_at=run.updated_at.replace(tzinfo=UTC),  # the database keeps naive UTC
         health=run.health,  # type: ignore[arg-type]
         summary=_summary(run, findings),
         model=ModelInfo(

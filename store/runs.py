@@ -23,6 +23,8 @@ from sqlalchemy.orm import Session
 from .models import RunBatch, RunSegment, TrainingRun, utcnow
 from .run_segments import LogBatch, segment_rows
 
+INT64_MAX = 2**63 - 1
+
 METRICS = ("grad_norm", "grad_max_abs", "nonfinite", "weight_norm", "update_norm")
 NOTIFY_AT = "error"
 DELIVER_RUN_WEBHOOK = "gradhealth.deliver_run_webhook"
@@ -90,7 +92,7 @@ def _record(run: TrainingRun, batch: LogBatch, metrics: list[str]) -> bool:
         run.latest = json.dumps(_latest(json.loads(run.latest), batch, metrics), allow_nan=False)
     run.num_steps += batch.num_steps
     run.num_batches += 1
-    run.dropped += batch.dropped
+    run.dropped = min(run.dropped + batch.dropped, INT64_MAX)  # a count, saturating, never a BIGINT overflow
     first, last = int(batch.steps[0]), int(batch.steps[-1])
     run.first_step = first if run.first_step is None else min(run.first_step, first)
     run.last_step = last if run.last_step is None else max(run.last_step, last)

@@ -19,6 +19,8 @@ from sqlalchemy.orm import Session
 
 from ..deps import ReadAccess, SessionDep, SettingsDep, WriteAccess
 from ..errors import ApiError
+from ..openapi import error_responses
+from ..paging import Offset
 from ..reports import MEDIA_TYPES, ReportFormat, render, rendered
 from ..resources import get_owned, resolve_model
 from ..schemas import AnalysesPublic, AnalysisCreate, AnalysisError, AnalysisPublic, Progress
@@ -64,7 +66,7 @@ def _replay(
     return row
 
 
-@router.post("", status_code=202, response_model=AnalysisPublic)
+@router.post("", status_code=202, response_model=AnalysisPublic, responses=error_responses(404))
 def create_analysis(
     body: AnalysisCreate,
     response: Response,
@@ -118,7 +120,7 @@ def list_analyses(
     session: SessionDep,
     status: Literal["queued", "running", "succeeded", "failed"] | None = None,
     limit: int = Query(default=50, ge=1, le=500),
-    offset: int = Query(default=0, ge=0),
+    offset: Offset = 0,
 ) -> AnalysesPublic:
     """This project's analyses, newest first."""
     where = [Analysis.project_id == principal.project_id]
@@ -158,7 +160,7 @@ def _load_report(settings: Settings, analysis_id: str, principal: Principal) -> 
 
 @router.get(
     "/{analysis_id}/report",
-    responses={200: {"content": {t: {} for t in MEDIA_TYPES.values()}}, 409: {"description": "Not finished"}},
+    responses={200: {"content": {t: {} for t in MEDIA_TYPES.values()}}, **error_responses(409)},
 )
 async def read_report(
     analysis_id: str, principal: ReadAccess, settings: SettingsDep, format: ReportFormat = "json"

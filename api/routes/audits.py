@@ -30,6 +30,8 @@ from ..audit_schemas import (
 )
 from ..deps import AdminAccess, ReadAccess, SessionDep, SettingsDep, WriteAccess
 from ..errors import ApiError
+from ..openapi import error_responses
+from ..paging import Offset
 from ..resources import get_owned, resolve_model
 
 router = APIRouter(prefix="/audits", tags=["audits"])
@@ -54,7 +56,7 @@ def to_public(row: Audit) -> AuditPublic:
     )
 
 
-@router.post("", status_code=201, response_model=AuditCreated)
+@router.post("", status_code=201, response_model=AuditCreated, responses=error_responses(404))
 def create_audit(body: AuditCreate, response: Response, principal: WriteAccess, session: SessionDep) -> AuditCreated:
     """Create an audit; the response carries the webhook signing secret, shown only this once."""
     model = resolve_model(session, principal, body.model)
@@ -88,7 +90,7 @@ def list_audits(
     principal: ReadAccess,
     session: SessionDep,
     limit: int = Query(default=50, ge=1, le=500),
-    offset: int = Query(default=0, ge=0),
+    offset: Offset = 0,
 ) -> AuditsPublic:
     """This project's audits, newest first."""
     where = Audit.project_id == principal.project_id
@@ -114,7 +116,7 @@ def update_audit(audit_id: str, body: AuditUpdate, principal: WriteAccess, sessi
     return to_public(row)
 
 
-@router.post("/{audit_id}/run", status_code=202, response_model=AuditRunPublic)
+@router.post("/{audit_id}/run", status_code=202, response_model=AuditRunPublic, responses=error_responses(409))
 def run_audit(audit_id: str, principal: WriteAccess, session: SessionDep, settings: SettingsDep) -> AuditRunPublic:
     """Run the audit now, outside its schedule (works while paused too)."""
     row = get_owned(session, Audit, audit_id, principal, "audit")
@@ -130,7 +132,7 @@ def audit_history(
     principal: ReadAccess,
     session: SessionDep,
     limit: int = Query(default=50, ge=1, le=500),
-    offset: int = Query(default=0, ge=0),
+    offset: Offset = 0,
 ) -> AuditRunsPublic:
     """The audit's runs, newest first: analysis, health, and the comparison with the run before."""
     get_owned(session, Audit, audit_id, principal, "audit")
@@ -148,7 +150,7 @@ def audit_deliveries(
     principal: ReadAccess,
     session: SessionDep,
     limit: int = Query(default=100, ge=1, le=1000),
-    offset: int = Query(default=0, ge=0),
+    offset: Offset = 0,
 ) -> DeliveriesPublic:
     """Every webhook delivery attempt of this audit, newest first."""
     get_owned(session, Audit, audit_id, principal, "audit")

@@ -13,6 +13,7 @@ from gradhealth.store.settings import Settings
 
 from ..deps import ReadAccess, SettingsDep
 from ..errors import ApiError
+from ..openapi import error_responses
 from ..resources import get_owned
 
 router = APIRouter(prefix="/reports", tags=["reports"])
@@ -34,7 +35,7 @@ def finished_report(settings: Settings, analysis_id: str, principal: Principal) 
         return Report.model_validate_json(stored.body)
 
 
-@router.get("/{baseline_id}/compare/{analysis_id}", response_model=Comparison)
+@router.get("/{baseline_id}/compare/{analysis_id}", response_model=Comparison, responses=error_responses(409))
 async def compare(baseline_id: str, analysis_id: str, principal: ReadAccess, settings: SettingsDep) -> Comparison:
     """Compare analysis `analysis_id` with the baseline `baseline_id`: new, resolved, changed findings,
     per-layer changes beyond tolerance, and whether it regressed."""

@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 from ..deps import SettingsDep
 from ..errors import ApiError
 from ..metrics import ANALYSES, REGISTRY
+from ..openapi import error_responses
 
 router = APIRouter(tags=["health"])
 
@@ -35,7 +36,7 @@ def _check(settings: Settings) -> dict[str, str]:
     return checks
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses=error_responses(503))
 async def readyz(settings: SettingsDep) -> dict[str, object]:
     """Ready to take work: the database and the broker both answer (503 otherwise)."""
     checks = await run_in_threadpool(_check, settings)

@@ -18,6 +18,8 @@ from sqlalchemy.orm import Session
 from ..deps import ReadAccess, SessionDep, SettingsDep, StoreDep, WriteAccess
 from ..errors import ApiError
 from ..metrics import UPLOADED_BYTES
+from ..openapi import error_responses
+from ..paging import Offset
 from ..resources import accept_upload, get_owned, resolve_model
 from ..schemas import ModelPublic, ModelsPublic
 from ..uploads import UPLOAD_OPENAPI, Upload, receive_upload
@@ -81,7 +83,10 @@ def _insert_next_version(
     status_code=201,
     response_model=ModelPublic,
     openapi_extra=UPLOAD_OPENAPI,
-    responses={200: {"description": "Already uploaded to this project (same sha256)", "model": ModelPublic}},
+    responses={
+        200: {"description": "Already uploaded to this project (same sha256)", "model": ModelPublic},
+        **error_responses(409),
+    },
 )
 async def upload_model(
     request: Request,
@@ -158,7 +163,7 @@ def list_models(
     session: SessionDep,
     name: str | None = Query(default=None, description="only the versions of this name, newest first"),
     limit: int = Query(default=50, ge=1, le=500),
-    offset: int = Query(default=0, ge=0),
+    offset: Offset = 0,
 ) -> ModelsPublic:
     """This project's models (newest first), or the version history of one name."""
     where = _owned(principal)

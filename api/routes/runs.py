@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from ..audit_schemas import DeliveriesPublic, DeliveryPublic
 from ..deps import ReadAccess, SessionDep, SettingsDep, WriteAccess
 from ..errors import ApiError
+from ..paging import Offset
 from ..reports import MEDIA_TYPES, ReportFormat, render
 from ..resources import get_owned
 from ..run_codec import parse_body, to_log_batch
@@ -95,7 +96,7 @@ def list_runs(
     principal: ReadAccess,
     session: SessionDep,
     limit: int = Query(default=50, ge=1, le=500),
-    offset: int = Query(default=0, ge=0),
+    offset: Offset = 0,
 ) -> list[RunPublic]:
     """This project's runs, most recently updated first."""
     rows = session.scalars(
@@ -157,7 +158,10 @@ def _append(
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": {"type": "object"}}, "application/msgpack": {}},
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/LogBatchBody"}},
+                "application/msgpack": {},
+            },
             "description": "One columnar batch (docs/runs.md); Content-Encoding: gzip is honoured.",
         }
     },

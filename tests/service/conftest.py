@@ -153,3 +153,33 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pg_url: str, redis_prefix: s
     finally:
         for proc in procs:
             proc.stop()
+
+
+@dataclass
+class Embedded:
+    """One `gradhealth serve` (SQLite, local files) shared by the bounds and fuzzing tests."""
+
+    proc: Proc
+    base_url: str
+    data_dir: Path
+
+    @property
+    def key(self) -> str:
+        return (self.data_dir / "api_key").read_text().strip()
+
+    def client(self) -> Api:
+        return Api(self.base_url, self.key)
+
+
+@pytest.fixture(scope="session")
+def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedded]:
+    """`gradhealth serve` on a free port with its own data folder."""
+    root = tmp_path_factory.mktemp("embedded")
+    port = free_port()
+    args = ["serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(root / "data")]
+    proc = Proc("embedded", args, base_env(), root)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", proc)
+        yield Embedded(proc, f"http://127.0.0.1:{port}", root / "data")
+    finally:
+        proc.stop()
