@@ -35,7 +35,7 @@ class ModelPublic(Public):
 
     id: str
     sha256: str
-    format: str = Field(description="torch.export or torchscript")
+    format: str = Field(description="torch.export (TorchScript is refused)")
     num_parameters: int | None = None
     returns_loss: bool | None = Field(
         default=None, description="true: the package computes its loss; false: name a loss"

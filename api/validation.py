@@ -68,11 +68,10 @@ def _num_parameters(archive: zipfile.ZipFile) -> int | None:
 
 
 def inspect_model(path: Path, filename: str | None) -> ModelFacts:
-    """Accept a torch.export or TorchScript archive that passes the safety checks, else InputError."""
+    """Accept a torch.export archive that passes the safety checks, else InputError (TorchScript too)."""
     try:
         fmt = sniff_format(path)
-        if fmt == "torch.export":
-            check_pt2_archive(path)
+        check_pt2_archive(path)
         with zipfile.ZipFile(path) as archive:
             if sum(info.file_size for info in archive.infolist()) > MAX_UNCOMPRESSED_BYTES:
                 raise InputError(f"{filename or 'the upload'} unpacks to more than 8 GiB; refused")
@@ -82,7 +81,7 @@ def inspect_model(path: Path, filename: str | None) -> ModelFacts:
                     f"{filename or 'the upload'} is corrupt: entry {bad} fails its CRC check; upload the file again"
                 )
             returns_loss = _package_metadata(archive)
-            params = _num_parameters(archive) if fmt == "torch.export" else None
+            params = _num_parameters(archive)
     except InputError as exc:
         raise _user_facing(exc, path, filename) from None
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError, TypeError) as exc:

@@ -25,7 +25,7 @@ def add_check_parser(subparsers: argparse._SubParsersAction) -> None:  # type: i
 
 def add_analysis_arguments(p: argparse.ArgumentParser) -> None:
     """What to analyse and under which training set-up: shared by `analyze` and `check`."""
-    p.add_argument("--model", required=True, type=Path, help="model package: .pt2 (gradhealth.package) or TorchScript")
+    p.add_argument("--model", required=True, type=Path, help="model package: .pt2 (gradhealth.package)")
     p.add_argument("--batch", required=True, type=Path, help="batch: safetensors with inputs[.i] and targets")
     p.add_argument(
         "--loss", help="named loss for plain models: cross_entropy, mse, nll, bce_with_logits, l1, smooth_l1"

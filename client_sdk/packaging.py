@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
 
 import torch
 from gradhealth.diagnostics.batch import write_batch
@@ -14,7 +13,6 @@ from gradhealth.diagnostics.export import (
     PackageMetadata,
     as_input_tuple,
     export_per_sample_loss,
-    trace_torchscript,
 )
 from torch import Tensor
 
@@ -27,8 +25,6 @@ def package(
     example_inputs: Tensor | tuple[Tensor, ...],
     example_targets: Tensor,
     path: str | os.PathLike[str],
-    *,
-    format: Literal["torch.export", "torchscript"] = "torch.export",
 ) -> Path:
     """Save model+loss as one module returning the per-sample loss [B] (train mode, dynamic batch).
 
@@ -38,8 +34,7 @@ def package(
             losses (use reduction="none").
         example_inputs: one tensor or a tuple of tensors, batch dimension first (>= 2 samples).
         example_targets: targets for the example batch.
-        path: where to write the archive (".pt2" for torch.export, ".pt" for TorchScript).
-        format: "torch.export" (default, full diagnostics) or "torchscript" (parameter-level only).
+        path: where to write the torch.export archive (".pt2").
 
     Returns:
         The path written.
@@ -49,10 +44,6 @@ def package(
         returns_loss=True, num_inputs=len(inputs), loss=loss if isinstance(loss, str) else "custom"
     )
     path = Path(path)
-    if format == "torchscript":
-        scripted = trace_torchscript(model, loss, inputs, example_targets)
-        torch.jit.save(scripted, str(path), _extra_files={PACKAGE_METADATA_FILE: metadata.to_json()})
-        return path
     exported = export_per_sample_loss(model, loss, inputs, example_targets)
     torch.export.save(exported, str(path), extra_files={PACKAGE_METADATA_FILE: metadata.to_json()})
     return path

@@ -25,7 +25,7 @@ class ModelPackage(_Result):
     sha256: str
     """Hex digest of the uploaded bytes; the server deduplicates on it per project."""
     format: str
-    """`torch.export` or `torchscript`."""
+    """`torch.export` (the only format the service runs)."""
     num_parameters: int | None = None
     returns_loss: bool | None = None
     """True when the package computes its own loss; False means a named loss must be sent."""

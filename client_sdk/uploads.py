@@ -112,7 +112,7 @@ def _named_upload(path: Path, filename: str | None, name: str, tags: Sequence[st
 
 
 class Models(_SyncUploads[ModelPackage]):
-    """`client.models`: model packages (.pt2 from gradhealth.package, or TorchScript)."""
+    """`client.models`: model packages (.pt2 from gradhealth.package)."""
 
     _kind, _cast = "models", ModelPackage
 

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from .errors import ExportUnsupportedError, InputError
-from .losses import LossFn, PerSampleLoss, per_sample
+from .losses import LossFn, PerSampleLoss
 
 PACKAGE_METADATA_FILE = "gradhealth.json"
 PACKAGE_FORMAT_VERSION = 1
@@ -98,35 +98,9 @@ def export_per_sample_loss(
         raise ExportUnsupportedError(
             f"torch.export could not trace this model: {type(exc).__name__}: {str(exc)[:600]}\n"
             "What to do: remove data-dependent Python control flow (use torch.cond or torch.where), "
-            "avoid .item()/.tolist() and Python-side randomness in forward; or package it as "
-            "TorchScript with gradhealth.package(..., format='torchscript'); or ask your "
-            "deployment to register a server-side factory (entry-point group gradhealth.models)."
+            "avoid .item()/.tolist() and Python-side randomness in forward; or ask your "
+            "deployment to register a server-side factory (entry-point group gradhealth.models). "
+            "TorchScript is not accepted: the service cannot vet the file and process ops it may call."
         ) from exc
 
 
-def trace_torchscript(
-    model: torch.nn.Module,
-    loss: str | LossFn,
-    inputs: Tensor | tuple[Tensor, ...],
-    targets: Tensor,
-) -> torch.jit.ScriptModule:
-    """Trace model+loss to TorchScript whose forward(*inputs, targets) gives the loss vector."""
-    inputs = as_input_tuple(inputs)
-    check_batch_shapes(inputs, targets)
-    wrapper = _PositionalPerSampleLoss(PerSampleLoss(model, loss)).train()
-    try:
-        return torch.jit.trace(wrapper, (*inputs, targets), check_trace=False)
-    except Exception as exc:
-        raise ExportUnsupportedError(f"TorchScript tracing failed: {type(exc).__name__}: {str(exc)[:600]}") from exc
-
-
-class _PositionalPerSampleLoss(torch.nn.Module):
-    """TorchScript tracing takes positional arguments only: targets come last."""
-
-    def __init__(self, inner: PerSampleLoss) -> None:
-        super().__init__()
-        self.model = inner.model
-        self._loss_fn = inner._loss_fn
-
-    def forward(self, *args: Tensor) -> Tensor:
-        return per_sample(self._loss_fn(self.model(*args[:-1]), args[-1]))

@@ -1,4 +1,8 @@
-"""Load a model package (torch.export or TorchScript) without unpickling client bytes."""
+"""Load a model package (a checked torch.export archive) without unpickling client bytes.
+
+TorchScript is refused: its code can call file and process ops (aten::save, torch.from_file) that
+only a full interpreter audit could rule out, and it gives parameter-level diagnostics only.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ class LoadedModel:
     """A runnable model that maps (inputs, targets) to a per-sample loss vector."""
 
     module: torch.nn.Module
-    format: str  # "torch.export" | "torchscript"
+    format: str  # "torch.export"
     returns_loss: bool
     loss_fn: LossFn | None
     graph_module: fx.GraphModule | None
@@ -30,8 +34,6 @@ class LoadedModel:
     def per_sample_loss(self, inputs: tuple[Tensor, ...], targets: Tensor) -> Tensor:
         """Run forward and return the loss vector [B]."""
         if self.returns_loss:
-            if self.format == "torchscript":
-                return self.module(*inputs, targets)
             return self.module(*inputs, targets=targets)
         assert self.loss_fn is not None
         return per_sample(self.loss_fn(self.module(*inputs), targets))
@@ -78,58 +80,45 @@ def from_exported_program(
     )
 
 
+TORCHSCRIPT_REFUSED = (
+    "is a TorchScript archive, which gradhealth does not run: TorchScript code can call file and "
+    "process operators that no upload check can fully rule out. Export the model instead: "
+    "gradhealth.package(model, loss, example_inputs, example_targets, 'model.pt2') writes a checked "
+    "torch.export archive (see README, 'Model packages')"
+)
+
+
 def sniff_format(path: str | os.PathLike[str]) -> str:
-    """Tell a torch.export archive from a TorchScript archive by its entries."""
+    """Tell a torch.export archive by its entries; refuse TorchScript and anything else."""
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise InputError(
             f"{os.fspath(path)!r} is not a model package (expected a .pt2 torch.export archive "
-            f"or a TorchScript archive, both zip files): {exc}"
+            f"built with gradhealth.package, a zip file): {exc}"
         ) from None
     if any(n.endswith("/archive_format") or n.endswith("/archive_version") for n in names):
         return "torch.export"
     if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
-        return "torchscript"
-    raise InputError(f"{os.fspath(path)!r} is a zip file but neither a torch.export (.pt2) nor a TorchScript archive")
+        raise InputError(f"{os.fspath(path)!r} {TORCHSCRIPT_REFUSED}")
+    raise InputError(
+        f"{os.fspath(path)!r} is a zip file but not a torch.export (.pt2) archive; "
+        "build one with gradhealth.package(model, loss, example_inputs, example_targets, 'model.pt2')"
+    )
 
 
 def load_package(path: str | os.PathLike[str], loss: str | LossFn | None = None) -> LoadedModel:
     """Load a package file after the safety checks; the loss is needed for plain models."""
-    fmt = sniff_format(path)
+    from .archive_check import check_graph_targets, check_pt2_archive
+
+    sniff_format(path)
     extra = {PACKAGE_METADATA_FILE: ""}
-    if fmt == "torch.export":
-        from .archive_check import check_graph_targets, check_pt2_archive
-
-        check_pt2_archive(path)
-        try:
-            ep = torch.export.load(os.fspath(path), extra_files=extra)
-        except Exception as exc:
-            raise InputError(f"cannot load the torch.export archive: {type(exc).__name__}: {exc}") from None
-        check_graph_targets(ep)
-        metadata = PackageMetadata.from_json(extra[PACKAGE_METADATA_FILE]) if extra[PACKAGE_METADATA_FILE] else None
-        return from_exported_program(ep, metadata, loss)
-    return _load_torchscript(path, loss)
-
-
-def _load_torchscript(path: str | os.PathLike[str], loss: str | LossFn | None) -> LoadedModel:
-    """TorchScript archives are read by TorchScript's own restricted loader, not pickle."""
-    extra = {PACKAGE_METADATA_FILE: ""}
+    check_pt2_archive(path)
     try:
-        module = torch.jit.load(os.fspath(path), map_location="cpu", _extra_files=extra)
+        ep = torch.export.load(os.fspath(path), extra_files=extra)
     except Exception as exc:
-        raise InputError(f"cannot load the TorchScript archive: {type(exc).__name__}: {exc}") from None
-    raw = extra[PACKAGE_METADATA_FILE]
-    text = raw.decode() if isinstance(raw, bytes) else raw
-    metadata = PackageMetadata.from_json(text) if text else None
-    returns_loss = metadata is not None and metadata.returns_loss
-    module.train()
-    return LoadedModel(
-        module=module,
-        format="torchscript",
-        returns_loss=returns_loss,
-        loss_fn=_bind_loss(returns_loss, loss),
-        graph_module=None,
-        param_prefix=WRAPPER_PREFIX if returns_loss else "",
-    )
+        raise InputError(f"cannot load the torch.export archive: {type(exc).__name__}: {exc}") from None
+    check_graph_targets(ep)
+    metadata = PackageMetadata.from_json(extra[PACKAGE_METADATA_FILE]) if extra[PACKAGE_METADATA_FILE] else None
+    return from_exported_program(ep, metadata, loss)

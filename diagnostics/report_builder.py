@@ -139,6 +139,6 @@ def build(
             "precision": measurements.options.precision,
             "probes": "graph"
             if measurements.graph_available
-            else "parameters-only (TorchScript: no activation probes)",
+            else "parameters-only (no exported graph: no activation probes)",
         },
     )

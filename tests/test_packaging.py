@@ -108,14 +108,13 @@ def test_untraceable_model_says_what_to_do(tmp_path: Path) -> None:
     assert "torchscript" in message.lower() and "factory" in message
 
 
-def test_torchscript_package_gives_parameter_statistics(tmp_path: Path) -> None:
+def test_torchscript_archives_are_refused_with_the_way_to_a_pt2(tmp_path: Path) -> None:
     model, (x, y) = _mlp(), _batch()
-    gradhealth.package(model, "cross_entropy", x, y, tmp_path / "m.pt", format="torchscript")
+    torch.jit.save(torch.jit.trace(model, (x,)), str(tmp_path / "m.pt"))
     gradhealth.save_batch(tmp_path / "b.safetensors", x, y)
-    report = analyze_files(tmp_path / "m.pt", tmp_path / "b.safetensors")
-    reference = analyze_module(_mlp(), "cross_entropy", x, y)
-    assert report.model.format == "torchscript"
-    assert _no_dropout_report(report) == pytest.approx(_no_dropout_report(reference), rel=1e-5)
+    with pytest.raises(InputError) as info:
+        analyze_files(tmp_path / "m.pt", tmp_path / "b.safetensors")
+    assert "TorchScript" in str(info.value) and "gradhealth.package(" in str(info.value)
 
 
 def test_plain_exported_model_needs_a_named_loss(tmp_path: Path) -> None:

@@ -97,7 +97,7 @@ async def upload_model(
     name: str | None = Query(default=None, description="register as the next version of this name"),
     tags: str | None = Query(default=None, description="comma-separated tags for a named version"),
 ) -> ModelPublic:
-    """Upload a .pt2 (torch.export) or TorchScript package; unsafe archives are refused (422).
+    """Upload a .pt2 (torch.export) package; unsafe archives and TorchScript are refused (422).
 
     With `name` (query or form field) the upload becomes version max+1 of that name; the same bytes
     again return the existing version (200).
