@@ -102,5 +102,3 @@ def export_per_sample_loss(
             "deployment to register a server-side factory (entry-point group gradhealth.models). "
             "TorchScript is not accepted: the service cannot vet the file and process ops it may call."
         ) from exc
-
-
