@@ -122,6 +122,9 @@ class DeliveryPublic(BaseModel):
     url: str
     status_code: int | None
     ok: bool
+    category: Literal["connect_failed", "timeout", "http_status", "refused_address"] | None = Field(
+        default=None, description="why the attempt failed; null when it was delivered"
+    )
     error: str | None
     duration_ms: float | None
     created_at: UtcDatetime

@@ -198,6 +198,8 @@ class WebhookDelivery(Base):
     url: Mapped[str] = mapped_column(String(2000))
     status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
     ok: Mapped[bool] = mapped_column(default=False)
+    # connect_failed | timeout | http_status | refused_address (None when delivered); error is a fixed sentence.
+    category: Mapped[str | None] = mapped_column(String(32), nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     duration_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
@@ -271,6 +273,8 @@ class RunWebhookDelivery(Base):
     url: Mapped[str] = mapped_column(String(2000))
     status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
     ok: Mapped[bool] = mapped_column(default=False)
+    # connect_failed | timeout | http_status | refused_address (None when delivered); error is a fixed sentence.
+    category: Mapped[str | None] = mapped_column(String(32), nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     duration_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

@@ -13,6 +13,7 @@ import httpx
 from gradhealth.diagnostics.schema import Finding
 from gradhealth.diagnostics.schema import Report as EngineReport
 from gradhealth.sdk.compare import Comparison
+from gradhealth.store import webhook_targets as targets
 from gradhealth.store.celery_app import enqueue
 from gradhealth.store.db import session_scope
 from gradhealth.store.models import Audit, AuditRun, StoredReport, WebhookDelivery
@@ -96,8 +97,14 @@ def _claim_attempt(settings: Settings, run_id: str) -> tuple[WebhookDelivery, by
     return row, body, secret
 
 
-def post_signed(url: str, secret: str, body: bytes, delivery_id: str, timeout: float) -> tuple[int | None, str | None]:
-    """One signed POST: (status code, error or None when the receiver answered 2xx)."""
+def post_signed(
+    settings: Settings, url: str, secret: str, body: bytes, delivery_id: str
+) -> tuple[int | None, str | None, str | None]:
+    """One signed POST to the re-checked address: (status code, category, message), category None on 2xx.
+
+    The URL is resolved and checked again here, not only at creation (DNS rebinding), and the
+    message is one of a few fixed sentences: raw connection errors would map internal ports.
+    """
     timestamp = int(time.time())
     headers = {
         "Content-Type": "application/json",
@@ -105,13 +112,19 @@ def post_signed(url: str, secret: str, body: bytes, delivery_id: str, timeout: f
         "X-Gradhealth-Delivery": delivery_id,
         "User-Agent": "gradhealth-webhooks",
     }
+    timeout = settings.webhook_timeout_seconds
     try:
-        response = httpx.post(url, content=body, headers=headers, timeout=timeout)
-    except httpx.HTTPError as exc:
-        return None, f"{type(exc).__name__}: {exc}"
-    if not 200 <= response.status_code < 300:
-        return response.status_code, f"the receiver answered HTTP {response.status_code}"
-    return response.status_code, None
+        target = targets.check(url, targets.parse_allow(settings.webhook_allow_hosts))
+        status = targets.post(target, body, headers, timeout)
+    except targets.TargetError as exc:
+        return None, exc.category, str(exc)
+    except httpx.TimeoutException:
+        return None, targets.TIMEOUT, f"the receiver did not answer within {timeout:g} s"
+    except httpx.HTTPError:
+        return None, targets.CONNECT_FAILED, "could not connect to the receiver, or it closed the connection early"
+    if not 200 <= status < 300:
+        return status, targets.HTTP_STATUS, f"the receiver answered HTTP {status}"
+    return status, None, None
 
 
 def next_attempt(settings: Settings, task: str, object_id: str, attempt: int, error: str | None) -> str:
@@ -133,13 +146,16 @@ def attempt(
         return "nothing to do"
     row, body, secret = claimed
     started = time.monotonic()
-    status, error = post_signed(row.url, secret, body, row.id, settings.webhook_timeout_seconds)
+    status, category, error = post_signed(settings, row.url, secret, body, row.id)
+    duration_ms = (time.monotonic() - started) * 1000
     with session_scope(settings) as session:
         session.execute(
             update(table)
             .where(table.id == row.id)
-            .values(status_code=status, ok=error is None, error=error, duration_ms=(time.monotonic() - started) * 1000)
+            .values(status_code=status, ok=category is None, category=category, error=error, duration_ms=duration_ms)
         )
+    if category == targets.REFUSED:  # the address will not become acceptable by asking again
+        return "refused"
     return next_attempt(settings, task, object_id, row.attempt, error)
 
 

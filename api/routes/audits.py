@@ -33,6 +33,7 @@ from ..errors import ApiError
 from ..openapi import error_responses
 from ..paging import Offset
 from ..resources import get_owned, resolve_model
+from ..webhook_urls import checked_webhook_url
 
 router = APIRouter(prefix="/audits", tags=["audits"])
 
@@ -57,8 +58,11 @@ def to_public(row: Audit) -> AuditPublic:
 
 
 @router.post("", status_code=201, response_model=AuditCreated, responses=error_responses(404))
-def create_audit(body: AuditCreate, response: Response, principal: WriteAccess, session: SessionDep) -> AuditCreated:
+def create_audit(
+    body: AuditCreate, response: Response, principal: WriteAccess, session: SessionDep, settings: SettingsDep
+) -> AuditCreated:
     """Create an audit; the response carries the webhook signing secret, shown only this once."""
+    webhook_url = checked_webhook_url(settings, body.webhook_url)
     model = resolve_model(session, principal, body.model)
     get_owned(session, Batch, body.batch_id, principal, "batch")
     if model.returns_loss is False and body.options.loss is None:
@@ -74,7 +78,7 @@ def create_audit(body: AuditCreate, response: Response, principal: WriteAccess, 
         model_ref=body.model,
         batch_id=body.batch_id,
         options=json.dumps(body.options.options().model_dump(mode="json", exclude_none=True)),
-        webhook_url=body.webhook_url,
+        webhook_url=webhook_url,
         webhook_secret="whsec_" + secrets.token_hex(24),
         notify_on=body.notify_on,
         status=ACTIVE,

@@ -28,6 +28,7 @@ from ..reports import MEDIA_TYPES, ReportFormat, render
 from ..resources import get_owned
 from ..run_codec import parse_body, to_log_batch
 from ..run_schemas import LayerHistory, LogAck, RunCreate, RunCreated, RunPublic
+from ..webhook_urls import checked_webhook_url
 
 router = APIRouter(prefix="/runs", tags=["runs"])
 MAX_INFLATE_FACTOR = 4  # JSON number lists gzip about 3-4x; msgpack float32 blobs barely shrink
@@ -64,9 +65,11 @@ def create_run(
     response: Response,
     principal: WriteAccess,
     session: SessionDep,
+    settings: SettingsDep,
     idempotency_key: str | None = Header(default=None, max_length=128),
 ) -> RunCreated:
     """Start a run; a repeated POST with the same Idempotency-Key returns the same run."""
+    webhook_url = checked_webhook_url(settings, body.webhook_url)
     existing = _replay(session, principal, idempotency_key) if idempotency_key else None
     if existing is None:
         existing = TrainingRun(
@@ -76,7 +79,7 @@ def create_run(
             metrics=json.dumps(body.metrics),
             config=json.dumps(body.config, default=str),
             idempotency_key=idempotency_key,
-            webhook_url=body.webhook_url,
+            webhook_url=webhook_url,
             webhook_secret="whsec_" + secrets.token_hex(24),
         )
         session.add(existing)

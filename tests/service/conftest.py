@@ -36,6 +36,7 @@ FAST_RECOVERY = {
     "GRADHEALTH_LOG_LEVEL": "INFO",
     "GRADHEALTH_AUDIT_TICK_SECONDS": "1",
     "GRADHEALTH_WEBHOOK_BACKOFF_SECONDS": "0.2",
+    "GRADHEALTH_WEBHOOK_ALLOW_HOSTS": "127.0.0.1",  # the local receivers; everything else internal is refused
 }
 
 

@@ -19,7 +19,7 @@ class Received:
 class Receiver:
     """Answers with the scripted codes in order, then 200; `url` is where to send webhooks."""
 
-    def __init__(self, *codes: int) -> None:
+    def __init__(self, *codes: int, host: str = "127.0.0.1") -> None:
         self.codes = list(codes)
         self.requests: list[Received] = []
         self.lock = threading.Lock()
@@ -38,8 +38,8 @@ class Receiver:
             def log_message(self, *_: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.server = ThreadingHTTPServer((host, 0), Handler)
+        self.url = f"http://{host}:{self.server.server_address[1]}/hook"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
