@@ -5,6 +5,12 @@ torch.export.load trusts its input: it unpickles some entries (weights_only=Fals
 resolves node targets to any torch/operator/math callable. check_pt2_archive() inspects the zip
 without loading anything and refuses every entry or string that could reach one of those paths;
 check_graph_targets() re-checks the loaded graph before anything runs it.
+
+Every read is bounded before it happens: each entry's declared size is checked against a per-entry
+cap (and the whole archive against a total cap) in the zip directory, both zip parsers must declare
+the same sizes, and the few entries the checker parses are read once, by torch's own reader, into
+a buffer of exactly the declared size, so a deflate stream that lies about its size cannot inflate
+past it.
 """
 
 from __future__ import annotations
@@ -17,7 +23,6 @@ import os
 import re
 import tokenize
 import zipfile
-import zlib
 from typing import Any
 
 import torch
@@ -39,6 +44,19 @@ _ENTRY = re.compile(
     r"|data/weights/(\w+_weights_config\.json|weight_[0-9]+)"
     r"|data/constants/(\w+_constants_config\.json|tensor_[0-9]+))\Z",
     re.ASCII,
+)
+MiB = 2**20
+MAX_UNCOMPRESSED_BYTES = 2 * 2**30  # 4x the default upload limit; real archives declare about 1x their size
+STORED_FACTOR = 4  # an archive may declare at most 4x its own size (+1 MiB): torch.export.save stores entries
+MAX_MODELS = 16  # torch.export.save writes one models/<name>.json per exported program
+MAX_JSON_ITEMS = 2_000_000  # values + containers per JSON entry; a 48-block transformer needs 150k
+_ENTRY_CAPS = (  # declared-size cap per entry; measured need: a 48-block transformer's package()
+    (re.compile(r"models/\w+\.json\Z"), 32 * MiB),  # 2.9 MB (about 61 kB per block)
+    (re.compile(r"data/\w+/\w+_config\.json\Z"), 16 * MiB),  # 178 kB for 589 tensors
+    (re.compile(r"data/sample_inputs/"), 64 * MiB),  # the example batch, as torch.save wrote it
+    (re.compile(r"extra/"), 1 * MiB),  # gradhealth.json: 85 bytes
+    (re.compile(r"data/(weights|constants)/"), None),  # tensors: bounded by the archive's total only
+    (re.compile(""), 1024),  # archive_format, archive_version, byteorder, .data/*: a few bytes
 )
 _ENTRY_PROBLEMS = (  # the first matching pattern explains why an entry outside _ENTRY is refused
     ("data/aotinductor/", "AOTInductor native code: a shared library that would be loaded and run"),
@@ -107,45 +125,54 @@ def _unreadable(path: Any, problem: str) -> InputError:
     )
 
 
-def check_pt2_archive(path: str | os.PathLike[str], *, max_uncompressed_bytes: int = 8 * 2**30) -> None:
+def check_pt2_archive(path: str | os.PathLike[str], *, max_uncompressed_bytes: int = MAX_UNCOMPRESSED_BYTES) -> None:
     """Refuse (UnsafeArchiveError) before anything is loaded if any entry could run code;
     raise InputError if it is not a readable .pt2 archive at all."""
     try:
         zf = zipfile.ZipFile(path)
+        limit = min(max_uncompressed_bytes, STORED_FACTOR * os.path.getsize(path) + MiB)
     except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
         raise _unreadable(path, f"not a zip file ({e})") from None
     with zf:
-        root, names = _check_layout(zf, max_uncompressed_bytes)
-        reader = _torch_reader(path, names)
+        root, sizes = _check_layout(zf, limit)
+    names = set(sizes)
+    reader = _torch_reader(path, sizes)
 
-        def read(rel: str) -> bytes:
-            """Read an entry and prove that torch would read exactly the same bytes."""
-            if rel not in names:
-                raise _unreadable(path, f"missing entry {rel}")
-            try:
-                data = zf.read(f"{root}/{rel}")
-            except (OSError, EOFError, zlib.error, zipfile.BadZipFile) as e:
-                raise _unreadable(path, f"entry {rel} is truncated or corrupt ({e})") from None
-            if reader.get_record(rel) != data:
-                raise _refuse(rel, "torch's zip reader sees different bytes than Python's")
-            return data
+    def read(rel: str) -> bytes:
+        """The entry's bytes as torch will load them: one read, never more than its checked size."""
+        if rel not in names:
+            raise _unreadable(path, f"missing entry {rel}")
+        try:
+            data = reader.get_record(rel)  # miniz inflates into a buffer of the declared size
+        except RuntimeError as e:
+            raise _unreadable(path, f"entry {rel} is truncated or corrupt ({str(e)[:120]})") from None
+        if len(data) != sizes[rel]:
+            raise _unreadable(path, f"entry {rel} holds {len(data)} bytes, not the {sizes[rel]} it declares")
+        return data
 
-        if read("archive_format") != b"pt2" or read("archive_version") != b"0":
-            raise _unreadable(path, "archive_format/archive_version is not pt2/0")
-        models = sorted(n[7:-5] for n in names if n.startswith("models/"))
-        if not models:
-            raise _unreadable(path, "it holds no models/<name>.json")
-        for model in models:
-            for kind in ("weights", "constants"):
-                entry = f"data/{kind}/{model}_{kind}_config.json"
-                config = _json(read(entry), entry, path)
-                _check_payload_config(config, entry, kind, names, max_uncompressed_bytes)
-            entry = f"models/{model}.json"
-            _walk(_json(read(entry), entry, path), "", entry)
-            _check_sample_inputs(read(f"data/sample_inputs/{model}.pt"), model)
+    if read("archive_format") != b"pt2" or read("archive_version") != b"0":
+        raise _unreadable(path, "archive_format/archive_version is not pt2/0")
+    models = sorted(n[7:-5] for n in names if n.startswith("models/"))
+    if not models:
+        raise _unreadable(path, "it holds no models/<name>.json")
+    if len(models) > MAX_MODELS:
+        raise _refuse("the zip", f"it holds {len(models)} models; torch.export.save writes one")
+    for model in models:
+        for kind in ("weights", "constants"):
+            entry = f"data/{kind}/{model}_{kind}_config.json"
+            config = _json(read(entry), entry, path)
+            _check_payload_config(config, entry, kind, names, limit)
+        entry = f"models/{model}.json"
+        _walk(_json(read(entry), entry, path), "", entry)
+        _check_sample_inputs(read(f"data/sample_inputs/{model}.pt"), model)
 
 
-def _check_layout(zf: zipfile.ZipFile, limit: int) -> tuple[str, set[str]]:
+def entry_cap(rel: str) -> int | None:
+    """The most bytes an entry (path below the archive root) may declare; None: only the total applies."""
+    return next(cap for pattern, cap in _ENTRY_CAPS if pattern.match(rel))
+
+
+def _check_layout(zf: zipfile.ZipFile, limit: int) -> tuple[str, dict[str, int]]:
     """Accept only the layout torch.export.save writes: one root folder, plain names, sane sizes."""
     infos = zf.infolist()
     names = [i.filename for i in infos]
@@ -166,31 +193,40 @@ def _check_layout(zf: zipfile.ZipFile, limit: int) -> tuple[str, set[str]]:
         if "version" in names:
             problem = "legacy pre-2.8 export format; its pickles load with weights_only=False"
         raise _refuse("the zip layout", problem)
-    if sum(i.file_size for i in infos) > limit:
-        raise _refuse("the zip", f"it declares over {limit} uncompressed bytes (zip bomb)")
     root = roots.pop()
-    rel_names = {n[len(root) + 1 :] for n in names}
-    if "archive_format" not in rel_names:
+    sizes = {i.filename[len(root) + 1 :]: i.file_size for i in infos}
+    if "archive_format" not in sizes:
         raise _unreadable(zf.filename, "it has no archive_format entry")
-    for rel in sorted(rel_names):
+    for rel in sorted(sizes):
         if not _ENTRY.fullmatch(rel):
             raise _refuse(rel, next(why for pat, why in _ENTRY_PROBLEMS if re.match(pat, rel)))
-    return root, rel_names
+        cap = entry_cap(rel)
+        if cap is not None and sizes[rel] > cap:
+            raise _refuse(rel, f"it declares {sizes[rel]} uncompressed bytes, over the {cap} allowed (zip bomb)")
+    if sum(i.file_size for i in infos) > limit:
+        raise _refuse("the zip", f"it declares over {limit} uncompressed bytes (zip bomb)")
+    return root, sizes
 
 
-def _torch_reader(path: Any, names: set[str]) -> Any:
+def _torch_reader(path: Any, sizes: dict[str, int]) -> Any:
     """Open the zip with torch's own reader too, so both parsers must agree on what it holds."""
     try:
         reader = torch._C.PyTorchFileReader(os.fspath(path))
     except RuntimeError as e:
         raise _unreadable(path, f"torch cannot read the zip ({str(e)[:120]})") from None
-    if set(reader.get_all_records()) != names:
+    if set(reader.get_all_records()) != set(sizes):
         raise _refuse("the zip", "torch's zip reader sees different entries than Python's")
+    for rel, size in sizes.items():  # torch allocates what it reads: the checked caps must bind it too
+        if reader.get_record_size(rel) != size:
+            raise _refuse(rel, "torch's zip reader sees a different size than Python's")
     return reader
 
 
 def _json(data: bytes, entry: str, path: Any) -> Any:
-    """Parse an entry exactly like torch does (UTF-8, then json)."""
+    """Parse an entry exactly like torch does (UTF-8, then json), if it holds few enough items."""
+    items = data.count(b",") + data.count(b"[") + data.count(b"{")  # an upper bound on values + containers
+    if items > MAX_JSON_ITEMS:
+        raise _refuse(entry, f"it holds about {items} JSON items, over the {MAX_JSON_ITEMS} allowed")
     try:
         return json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
@@ -226,6 +262,7 @@ def _check_sample_inputs(data: bytes, model: str) -> None:
     entry = f"data/sample_inputs/{model}.pt"
     if not data:
         return
+    _check_nested_zip(data, entry)
     try:
         value = torch.load(io.BytesIO(data), weights_only=True)
     except Exception as e:  # any failure makes torch retry with weights_only=False
@@ -236,6 +273,17 @@ def _check_sample_inputs(data: bytes, model: str) -> None:
         ) from None
     if not isinstance(value, (tuple, dict)) or not _plain(value):
         raise _refuse(entry, "it holds objects other than tensors, containers and numbers")
+
+
+def _check_nested_zip(data: bytes, entry: str) -> None:
+    """torch.save writes an uncompressed zip: anything else could inflate past the entry's size."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as nested:
+            infos = nested.infolist()
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile):
+        raise _refuse(entry, "it is not a torch.save zip file") from None
+    if any(i.compress_type != zipfile.ZIP_STORED for i in infos) or sum(i.file_size for i in infos) > len(data):
+        raise _refuse(entry, "its entries are compressed or declare more bytes than the file holds (zip bomb)")
 
 
 def _plain(value: Any) -> bool:

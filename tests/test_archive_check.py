@@ -20,6 +20,8 @@ from gradhealth.diagnostics.archive_check import check_graph_targets, check_pt2_
 from gradhealth.diagnostics.errors import InputError, UnsafeArchiveError
 from torch.export import Dim
 
+from .bombs import MiB, zero_bomb
+
 warnings.filterwarnings("ignore", category=UserWarning)
 
 
@@ -480,3 +482,87 @@ def test_incomplete_archives_raise_input_error(missing: str, base: Path, tmp_pat
 def test_missing_file_raises_input_error(tmp_path: Path) -> None:
     with pytest.raises(InputError):
         check_pt2_archive(tmp_path / "nope.pt2")
+
+
+# Peak RSS growth of a fresh process while it checks one archive: VmHWM after, minus VmRSS before.
+PEAK = """
+import json, sys, warnings
+from pathlib import Path
+warnings.simplefilter("ignore")
+from gradhealth.diagnostics.archive_check import check_pt2_archive
+
+def kib(field):
+    return next(int(l.split()[1]) for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(field))
+
+Path("/proc/self/clear_refs").write_text("5")
+before = kib("VmRSS:")
+try:
+    check_pt2_archive(sys.argv[1])
+    error = None
+except Exception as e:
+    error = f"{type(e).__name__}: {e}"
+print(json.dumps({"growth_kib": kib("VmHWM:") - before, "error": error}))
+"""
+BOMB_RSS_BOUND = 300 * MiB  # over the checking process's RSS before the check; it was 4+ GiB before the fix
+
+
+def peak_check(path: Path) -> tuple[int, str | None]:
+    """Check the archive in a fresh process; its peak RSS growth in bytes and the error it raised."""
+    done = subprocess.run([sys.executable, "-c", PEAK, str(path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return result["growth_kib"] * 1024, result["error"]
+
+
+def test_deflate_bomb_entry_is_refused_from_the_directory(base: Path, tmp_path: Path) -> None:
+    """Finding 3: a ~2 MB .pt2 whose archive_format is 2 GiB of deflated zeros (was 6.6 GB RSS, 27 s)."""
+    bomb = zero_bomb(base, tmp_path / "bomb.pt2", "archive_format", 2 * 2**30)
+    assert bomb.stat().st_size < 3 * MiB
+    growth, error = peak_check(bomb)
+    assert error and error.startswith("UnsafeArchiveError") and "archive_format" in error and "zip bomb" in error
+    assert growth < BOMB_RSS_BOUND, f"checking grew RSS by {growth / MiB:.0f} MiB"
+
+
+def test_entry_lying_about_its_size_is_read_only_up_to_the_declared_size(base: Path, tmp_path: Path) -> None:
+    """The directory says 3 bytes, the deflate stream holds 512 MiB: the read stops at 3 bytes."""
+    bomb = zero_bomb(base, tmp_path / "liar.pt2", "archive_format", 512 * MiB, declare=3)
+    growth, error = peak_check(bomb)
+    assert error and error.startswith("InputError") and "archive_format" in error
+    assert growth < BOMB_RSS_BOUND, f"checking grew RSS by {growth / MiB:.0f} MiB"
+
+
+@pytest.mark.parametrize("rel", [MODEL, WEIGHTS, SAMPLE, "extra/notes.txt", "byteorder"])
+def test_per_entry_caps_are_checked_before_reading(rel: str, base: Path, tmp_path: Path) -> None:
+    size = {MODEL: 33, WEIGHTS: 17, SAMPLE: 65}.get(rel, 2) * MiB
+    path = zero_bomb(base, tmp_path / "big.pt2", rel, size)
+    with pytest.raises(UnsafeArchiveError, match=f"refused {rel}: it declares {size} uncompressed bytes"):
+        check_pt2_archive(path)
+
+
+def test_total_declared_size_is_tied_to_the_file_size(base: Path, tmp_path: Path) -> None:
+    """Weights are only bounded by the total: at most 4x the archive's own size (+1 MiB)."""
+    path = zero_bomb(base, tmp_path / "weights.pt2", "data/weights/weight_0", 64 * MiB)
+    with pytest.raises(UnsafeArchiveError, match="the zip: it declares over .* uncompressed bytes"):
+        check_pt2_archive(path)
+
+
+def test_compressed_sample_inputs_zip_is_refused(base: Path, tmp_path: Path) -> None:
+    """The sample inputs are a zip inside the zip: torch.save stores it uncompressed, so must the upload."""
+    inner = tmp_path / "inner.pt"
+    torch.save((torch.zeros(1024, 1024),), inner)
+    deflated = tmp_path / "deflated.pt"
+    with zipfile.ZipFile(inner) as zin, zipfile.ZipFile(deflated, "w", zipfile.ZIP_DEFLATED) as zout:
+        for info in zin.infolist():
+            zout.writestr(info.filename, zin.read(info.filename))
+    assert deflated.stat().st_size < 100_000
+    path = rewrite(base, tmp_path / "nested.pt2", edit={SAMPLE: lambda _: deflated.read_bytes()})
+    with pytest.raises(UnsafeArchiveError, match="compressed or declare more bytes"):
+        check_pt2_archive(path)
+
+
+def test_json_entry_with_too_many_items_is_refused_before_parsing(base: Path, tmp_path: Path) -> None:
+    """2.1 million empty lists in 6 MB would take about 140 MB as Python objects."""
+    many = b'{"config": {}, "x": [' + b"[]," * 2_100_000 + b"[]]}"
+    path = rewrite(base, tmp_path / "items.pt2", edit={CONSTANTS: lambda _: many})
+    with pytest.raises(UnsafeArchiveError, match="JSON items"):
+        check_pt2_archive(path)
