@@ -8,16 +8,17 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi.routing import APIRoute
+from gradhealth.store.blobs import sweep_partial_uploads
 from gradhealth.store.db import migrate
 from gradhealth.store.settings import Settings, get_settings
 
 from gradhealth import __version__
 
 from .errors import install_error_handlers
+from .log_batch_doc import LogBatchBody
 from .metrics import MetricsMiddleware
 from .openapi import document_errors
 from .routes import analyses, audits, batches, compare, health, models, runs
-from .run_schemas import LogBatchBody
 
 API_PREFIX = "/v1"
 api_router = APIRouter()
@@ -38,6 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(migrate, settings)
         yield
+        await run_in_threadpool(sweep_partial_uploads, settings)
 
     app = FastAPI(
         title="gradhealth",

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any
 
 from gradhealth.store.runs import METRICS
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 
 from .paging import INT64_MAX
-from .run_codec import MAX_STEPS_PER_BATCH
 from .schemas import UtcDatetime, WebhookUrl
 
 MAX_LAYERS = 100_000
@@ -103,21 +102,3 @@ class LayerHistory(BaseModel):
     values: list[float | None]
     nonfinite_steps: list[int]
 
-
-Count = Annotated[StrictInt, Field(ge=0, le=INT64_MAX)]
-Column = list[float | None]
-
-
-class LogBatchBody(BaseModel):
-    """One log batch as JSON, for the OpenAPI document; run_codec decodes bodies itself (JSON or msgpack)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    seq: Count = Field(description="batch number; a repeated seq is acknowledged, not stored twice")
-    steps: list[Count] = Field(min_length=1, max_length=MAX_STEPS_PER_BATCH, description="strictly increasing")
-    loss: Column | None = None
-    lr: Column | None = None
-    metrics: dict[Literal[METRICS], list[Column]] = Field(  # type: ignore[valid-type]
-        default_factory=dict, description="metric -> one row per step, one value per layer of the run"
-    )
-    dropped: Count = Field(default=0, description="steps the client dropped since the previous batch")

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import logging
 import os
+import shutil
 import tempfile
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 CHUNK = 1 << 20
+LOCK_NAME = ".owner.lock"
+STAGING_GRACE_SECONDS = 3600.0  # leftovers whose owner cannot be told (no lock, old layout) go after this
+log = logging.getLogger(__name__)
+_staging: dict[Path, tuple[Path, int, int]] = {}  # tmp dir -> (this process's folder, lock fd, pid)
+_staging_guard = threading.Lock()
 
 
 class BlobTooLarge(Exception):
@@ -69,6 +79,9 @@ class BlobStore(Protocol):
     def exists(self, key: str) -> bool:
         """True when the key has been committed."""
 
+    def sweep_staging(self) -> int:
+        """Remove partial uploads left by processes that died; returns how many were removed."""
+
 
 class LocalBlobStore:
     """Blobs as files <root>/<sha[:2]>/<sha>; writes are temp file + fsync + os.replace."""
@@ -80,8 +93,8 @@ class LocalBlobStore:
         self._tmp.mkdir(parents=True, exist_ok=True)
 
     def stage(self) -> StagedBlob:
-        """Receive into <root>/tmp so the final rename stays on one filesystem."""
-        fd, name = tempfile.mkstemp(dir=self._tmp, prefix="upload-")
+        """Receive into this process's folder under <root>/tmp, so the final rename stays on one filesystem."""
+        fd, name = tempfile.mkstemp(dir=_own_staging_dir(self._tmp), prefix="upload-")
         return StagedBlob(path=Path(name), file=os.fdopen(fd, "wb"), limit=self.max_bytes)
 
     def commit(self, staged: StagedBlob) -> str:
@@ -115,10 +128,68 @@ class LocalBlobStore:
         """True when the key has been committed."""
         return self._path(key).is_file()
 
+    def sweep_staging(self) -> int:
+        """Delete staging folders whose owner is gone (its lock is free) and stray files older than the grace."""
+        removed = 0
+        for entry in self._tmp.iterdir():
+            if entry.is_dir() and _abandoned(entry):
+                shutil.rmtree(entry, ignore_errors=True)
+                removed += 1
+            elif entry.is_file() and _age(entry) > STAGING_GRACE_SECONDS:  # the layout before per-process folders
+                entry.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
     def _path(self, key: str) -> Path:
         if len(key) != 64 or not all(c in "0123456789abcdef" for c in key):
             raise ValueError(f"not a sha256 blob key: {key!r}")
         return self.root / key[:2] / key
+
+
+def _age(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
+def _own_staging_dir(tmp: Path) -> Path:
+    """This process's staging folder, locked (flock) for its lifetime so other processes can tell it is alive."""
+    with _staging_guard:
+        entry = _staging.get(tmp)
+        if entry is not None and entry[2] == os.getpid() and entry[0].is_dir():
+            return entry[0]
+        folder = Path(tempfile.mkdtemp(dir=tmp, prefix=f"proc-{os.getpid()}-"))
+        fd = os.open(folder / LOCK_NAME, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        _staging[tmp] = (folder, fd, os.getpid())
+        return folder
+
+
+def _abandoned(folder: Path) -> bool:
+    """True when no live process holds the folder's lock (or, where locks cannot tell, it is old)."""
+    if any(entry[0] == folder and entry[2] == os.getpid() for entry in _staging.values()):
+        return False
+    try:
+        fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:  # its owner is between mkdtemp and taking the lock, or it is not ours
+        return _age(folder) > STAGING_GRACE_SECONDS
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:  # a filesystem without flock: fall back to age
+        return _age(folder) > STAGING_GRACE_SECONDS
+    finally:
+        os.close(fd)  # the caller removes the folder at once; a new owner never reuses a folder name
+    return True
+
+
+def sweep_partial_uploads(settings: Any) -> None:
+    """At API start-up: drop what a killed process left half-received in the staging area."""
+    removed = blob_store(settings).sweep_staging()
+    if removed:
+        log.info("removed %d partial upload(s) left by stopped processes", removed)
 
 
 def blob_store(settings: Any) -> BlobStore:

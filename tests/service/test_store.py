@@ -124,7 +124,7 @@ def test_blob_store_is_content_addressed_atomic_and_limited(tmp_path: Path) -> N
     with pytest.raises(BlobTooLarge):
         big.write(b"x" * 11)
     store.discard(big)
-    assert list((tmp_path / "tmp").iterdir()) == []
+    assert list((tmp_path / "tmp").rglob("upload-*")) == []
     with pytest.raises(FileNotFoundError):
         store.local_path("0" * 64)
 
