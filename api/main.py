@@ -14,6 +14,7 @@ from gradhealth.store.settings import Settings, get_settings
 
 from gradhealth import __version__
 
+from .body_limit import BodyLimitMiddleware
 from .errors import install_error_handlers
 from .log_batch_doc import LogBatchBody
 from .metrics import MetricsMiddleware
@@ -56,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.dependency_overrides[get_settings] = app_settings
     install_error_handlers(app)
     app.add_middleware(MetricsMiddleware, prefix=API_PREFIX)
+    app.add_middleware(BodyLimitMiddleware, settings=settings)  # outermost: refuse before anything reads
     app.include_router(api_router, prefix=API_PREFIX)
     app.include_router(health.router)
     document_errors(app, LogBatchBody)

@@ -3,6 +3,10 @@
 Every problem is an ApiError with a message that says what to fix: 413 for size, 415 for an
 unknown Content-Type or Content-Encoding, 400 for bytes that do not parse, 422 for a body that
 parses but does not fit the run (docs/runs.md).
+
+Parsing is bounded before it allocates: gzip inflates to at most the batch limit, msgpack runs with
+max_*_len limits and hooks that count every container and item, and a JSON body's containers and
+items are counted on the raw bytes (one C pass) before json.loads builds anything.
 """
 
 from __future__ import annotations
@@ -14,26 +18,99 @@ from typing import Any
 import msgpack
 import numpy as np
 from gradhealth.store.run_segments import LogBatch
+from gradhealth.store.runs import METRICS
 
 from .errors import ApiError
 from .paging import INT64_MAX
+from .run_schemas import MAX_LAYERS
 
 JSON_TYPES = {"application/json"}
 MSGPACK_TYPES = {"application/msgpack", "application/x-msgpack", "application/vnd.msgpack"}
 MAX_STEPS_PER_BATCH = 100_000
-MAX_VALUES_PER_BATCH = 50_000_000
+MAX_VALUES_PER_BATCH = 16 * 2**20  # float32 values: what a 64 MiB batch of msgpack bins carries
 FIELDS = {"seq", "steps", "loss", "lr", "metrics", "dropped"}
+# Lists and maps, and the items in them, in one parsed batch: a row per step per metric, plus a few.
+MAX_CONTAINERS = MAX_STEPS_PER_BATCH * len(METRICS) + 64
+MAX_ITEMS = 4_000_000  # numbers in list form (send more as msgpack float32 bins); about 128 MB as floats
+MSGPACK_LIMITS = {
+    "max_array_len": max(MAX_STEPS_PER_BATCH, MAX_LAYERS),  # steps, or a row of layers
+    "max_map_len": 64,
+    "max_str_len": 1024,
+}
+
+
+def _too_many(what: str, limit: int) -> ApiError:
+    return ApiError(
+        413,
+        f"the batch holds more than {limit} {what}, the most one batch may hold; send fewer steps per batch, "
+        "or metrics as msgpack float32 bins (docs/runs.md)",
+    )
+
+
+class _Budget:
+    """msgpack hooks that count containers and items as they are built, refusing past the limits."""
+
+    def __init__(self) -> None:
+        self.containers = 0
+        self.items = 0
+
+    def _count(self, items: int) -> None:
+        self.containers += 1
+        self.items += items
+        if self.containers > MAX_CONTAINERS:
+            raise _too_many("lists and maps", MAX_CONTAINERS)
+        if self.items > MAX_ITEMS:
+            raise _too_many("values", MAX_ITEMS)
+
+    def list_hook(self, value: list[Any]) -> list[Any]:
+        self._count(len(value))
+        return value
+
+    def object_hook(self, value: dict[str, Any]) -> dict[str, Any]:
+        self._count(len(value))
+        return value
+
+
+def _unpack_msgpack(raw: bytes) -> Any:
+    """msgpack to Python with per-object limits and a running count, never more than the batch limits."""
+    budget = _Budget()
+    return msgpack.unpackb(
+        raw,
+        raw=False,
+        strict_map_key=True,
+        max_bin_len=len(raw),
+        max_ext_len=0,
+        list_hook=budget.list_hook,
+        object_hook=budget.object_hook,
+        **MSGPACK_LIMITS,
+    )
+
+
+def _load_json(raw: bytes) -> Any:
+    """JSON to Python after counting containers and items on the bytes (an upper bound: no string holds many)."""
+    containers = raw.count(b"[") + raw.count(b"{")
+    if containers > MAX_CONTAINERS:
+        raise _too_many("lists and objects", MAX_CONTAINERS)
+    items = raw.count(b",") + containers
+    if items > MAX_ITEMS:
+        raise _too_many("values", MAX_ITEMS)
+    return json.loads(raw)
 
 
 def _gunzip(raw: bytes, max_bytes: int) -> bytes:
-    """Inflate with a cap, so a small gzip bomb cannot allocate gigabytes."""
+    """Inflate with a cap, so a small gzip bomb cannot allocate more than one batch may hold."""
     inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
     try:
         data = inflater.decompress(raw, max_bytes)
+        over = bool(inflater.unconsumed_tail) or (not inflater.eof and bool(inflater.decompress(b"", 1)))
     except zlib.error as exc:
         raise ApiError(400, f"the body is not valid gzip ({exc}); send it uncompressed or fix the encoder") from exc
-    if inflater.unconsumed_tail:
-        raise ApiError(413, f"the body inflates beyond {max_bytes} bytes; send fewer steps per batch")
+    if over:
+        raise ApiError(
+            413, f"the body inflates beyond this server's batch limit of {max_bytes} bytes; send fewer steps per batch"
+        )
+    if not inflater.eof:
+        raise ApiError(400, "the gzip body is truncated; send the whole compressed batch")
     return data
 
 
@@ -47,15 +124,23 @@ def parse_body(raw: bytes, content_type: str | None, content_encoding: str | Non
     media = (content_type or "").split(";")[0].strip().lower()
     try:
         if media in JSON_TYPES:
-            body = json.loads(raw)
+            body = _load_json(raw)
         elif media in MSGPACK_TYPES:
-            body = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+            body = _unpack_msgpack(raw)
         else:
             raise ApiError(
                 415, f"Content-Type {media or '(none)'!r} is not supported; use application/json or application/msgpack"
             )
     except ApiError:
         raise
+    except ValueError as exc:
+        if "exceeds max_" not in str(exc):  # msgpack's per-object limits
+            raise ApiError(400, f"the body is not valid {media.split('/')[-1]}: {exc}") from exc
+        raise ApiError(
+            413,
+            f"the batch holds a list, map or string longer than one batch may hold ({exc}): at most "
+            f"{MAX_STEPS_PER_BATCH} steps, rows of at most {MAX_LAYERS} layers",
+        ) from exc
     except Exception as exc:  # json and msgpack raise several types for malformed bytes
         raise ApiError(400, f"the body is not valid {media.split('/')[-1]}: {exc}") from exc
     if not isinstance(body, dict):

@@ -22,6 +22,8 @@ MULTIPART_SLACK = 64 * 1024  # boundaries and part headers around the file bytes
 DRAIN_CAP = 64 * 2**20  # read (and drop) up to this much of an oversize body so the 413 arrives
 MEDIA_TYPES = ("multipart/form-data", "application/octet-stream")
 MAX_FIELD_BYTES = 4096  # other form fields (e.g. name, tags) are small text
+MAX_FIELDS = 16  # parts besides the file: name, tags, and room to spare
+MAX_PART_HEADER_BYTES = 8192  # Content-Disposition and Content-Type of one part
 
 UPLOAD_OPENAPI = {
     "requestBody": {
@@ -81,6 +83,8 @@ class _MultipartSink:
         self._field = b""
         self._value = b""
         self._headers: dict[bytes, bytes] = {}
+        self._header_bytes = 0
+        self.parts = 0  # every part counts, named or not, so many empty fields cannot pile up
 
     def callbacks(self) -> dict[str, object]:
         return {
@@ -94,10 +98,17 @@ class _MultipartSink:
         }
 
     def _add(self, attr: str, data: bytes) -> None:
+        self._header_bytes += len(data)
+        if self._header_bytes > MAX_PART_HEADER_BYTES:
+            raise ApiError(400, f"a multipart part has more than {MAX_PART_HEADER_BYTES} bytes of headers")
         setattr(self, attr, getattr(self, attr) + data)
 
     def _part_begin(self) -> None:
         self._headers, self._field, self._value = {}, b"", b""
+        self._header_bytes = 0
+        self.parts += 1
+        if self.parts > MAX_FIELDS + 1:
+            raise ApiError(422, f"the multipart body has more than {MAX_FIELDS} form fields besides '{FIELD}'")
 
     def _header_end(self) -> None:
         self._headers[self._field.strip().lower()] = self._value.strip()

@@ -30,6 +30,7 @@ class Settings(BaseSettings):
     blob_dir: Path | None = None
     max_upload_bytes: int = Field(default=512 * 2**20, gt=0)
     max_log_batch_bytes: int = Field(default=64 * 2**20, gt=0)  # one POST /v1/runs/{id}/logs body
+    max_json_bytes: int = Field(default=8 * 2**20, gt=0)  # any other body: a run of 100k layers is ~7 MiB
     analysis_time_limit: float = Field(default=900.0, gt=0)
     analysis_memory_limit_mb: int = Field(default=16384, ge=0)
     device: str | None = None

@@ -31,7 +31,6 @@ from ..run_schemas import LayerHistory, LogAck, RunCreate, RunCreated, RunPublic
 from ..webhook_urls import checked_webhook_url
 
 router = APIRouter(prefix="/runs", tags=["runs"])
-MAX_INFLATE_FACTOR = 4  # JSON number lists gzip about 3-4x; msgpack float32 blobs barely shrink
 
 
 def to_public(row: TrainingRun) -> RunPublic:
@@ -140,7 +139,7 @@ def _append(
     settings: Settings, principal: Principal, run_id: str, raw: bytes, ctype: str | None, cenc: str | None
 ) -> LogAck:
     """Decode, validate against the run, store and evaluate; then call the webhook if the run just went bad."""
-    body = parse_body(raw, ctype, cenc, settings.max_log_batch_bytes * MAX_INFLATE_FACTOR)
+    body = parse_body(raw, ctype, cenc, settings.max_log_batch_bytes)  # gzip inflates to the batch limit, no more
     with session_factory(settings)() as session:
         run = get_owned(session, TrainingRun, run_id, principal, "run")
         batch = to_log_batch(body, json.loads(run.metrics), len(json.loads(run.layers)))
