@@ -193,3 +193,27 @@ def test_worker_refuses_to_start_without_a_sandbox(tmp_path: Path) -> None:
         )
         assert done.returncode == 2, done.stderr
         assert "refusing to start" in done.stderr and "bubblewrap" in done.stderr
+
+
+def test_crafted_pt2_payloads_run_unchecked_leave_no_trace_on_the_host(tmp_path: Path) -> None:
+    """Every archive attack of tests/test_archive_check.py, loaded with no checker, inside the sandbox.
+
+    Each payload writes a marker file under /tmp. Inside the sandbox the payloads do run (their
+    markers appear in the child's private /tmp), and the host's /tmp never sees one.
+    """
+    from tests.test_archive_check import export_archive, rewrite, vectors
+
+    base = export_archive("mlp", tmp_path / "base.pt2")
+    token = os.urandom(6).hex()
+    files, stages, markers = {}, {}, {}
+    for vector, (_, stage) in vectors(Path("/unused")).items():
+        if stage == "none":
+            continue
+        marker = Path(f"/tmp/gradhealth-sandbox-marker-{token}-{vector}")
+        spec, _ = vectors(marker, base)[vector]
+        name = f"{vector}.pt2"
+        files[name] = rewrite(base, tmp_path / name, **spec)
+        stages[name], markers[vector] = stage, str(marker)
+    inside = run("run_pt2_unchecked", files=files, stages=stages, markers=list(markers.values()))
+    assert all(inside.values()), {v: inside[m] for v, m in markers.items()}  # the payloads really ran
+    assert not [v for v, m in markers.items() if os.path.exists(m)], "a payload reached the host's /tmp"
