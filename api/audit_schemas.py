@@ -127,6 +127,7 @@ class DeliveryPublic(BaseModel):
     )
     error: str | None
     duration_ms: float | None
+    pending: bool = Field(default=False, description="not attempted yet: a retry waiting for its due time")
     created_at: UtcDatetime
 
 

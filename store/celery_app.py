@@ -50,6 +50,9 @@ def make_celery(settings: Settings) -> Celery:
         broker_url=url,
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
+        # A worker outlives any broker outage: it reconnects forever instead of exiting (issue 10, finding 8).
+        broker_connection_retry=True,
+        broker_connection_max_retries=None,
         broker_pool_limit=10,
         task_serializer="json",
         result_serializer="json",
@@ -85,14 +88,16 @@ def get_celery(settings: Settings | None = None) -> Celery:
     return _apps[key]
 
 
-def enqueue(task_name: str, object_id: str, settings: Settings | None = None, countdown: float | None = None) -> bool:
+def enqueue(task_name: str, object_id: str, settings: Settings | None = None) -> bool:
     """Send a task by name with only an id; False (logged) when the broker is unreachable.
 
     Callers commit the database row first: the row, not the message, is the truth, and the
-    recovery sweep re-sends anything whose message never arrived.
+    recovery sweep re-sends anything whose message never arrived. There is no countdown: a task
+    that should run later is a due time in the database (store/outbox.py), because a worker holding
+    an ETA message dies with kombu's restore_unacked error when the broker goes away.
     """
     try:
-        get_celery(settings).send_task(task_name, args=[object_id], queue=queue_for(task_name), countdown=countdown)
+        get_celery(settings).send_task(task_name, args=[object_id], queue=queue_for(task_name))
     except Exception as exc:  # broker down: the sweep re-enqueues from the database
         log.warning("could not enqueue %s(%s): %s: %s", task_name, object_id, type(exc).__name__, exc)
         return False

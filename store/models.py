@@ -203,6 +203,14 @@ class WebhookDelivery(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     duration_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    # Outbox (store/outbox.py): pending while due_at is set; claimed_at is the sending worker's lease.
+    due_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True, index=True)
+    claimed_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+    @property
+    def pending(self) -> bool:
+        """Not attempted yet (or being attempted now)."""
+        return self.due_at is not None
 
 
 class TrainingRun(Base):
@@ -278,3 +286,11 @@ class RunWebhookDelivery(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     duration_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    # Outbox (store/outbox.py): pending while due_at is set; claimed_at is the sending worker's lease.
+    due_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True, index=True)
+    claimed_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+    @property
+    def pending(self) -> bool:
+        """Not attempted yet (or being attempted now)."""
+        return self.due_at is not None

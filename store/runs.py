@@ -11,6 +11,7 @@ import json
 import threading
 import zlib
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from .models import RunBatch, RunSegment, TrainingRun, utcnow
+from .models import RunBatch, RunSegment, RunWebhookDelivery, TrainingRun, new_id, utcnow
 from .run_segments import LogBatch, segment_rows
 
 INT64_MAX = 2**63 - 1
@@ -46,6 +47,7 @@ class IngestResult:
     run_steps: int
     health: str
     notify: bool = False
+    delivery_id: str | None = None  # the outbox row written with notified_at, when the run just went bad
 
 
 def layer_names(run: TrainingRun) -> list[str]:
@@ -103,8 +105,14 @@ def _record(run: TrainingRun, batch: LogBatch, metrics: list[str]) -> bool:
     return False
 
 
-def ingest(session: Session, run_id: str, project_id: str, batch: LogBatch) -> IngestResult | None:
-    """Store and evaluate one batch exactly once; None when the run is not this project's."""
+def ingest(
+    session: Session, run_id: str, project_id: str, batch: LogBatch, notify_due: datetime | None = None
+) -> IngestResult | None:
+    """Store and evaluate one batch exactly once; None when the run is not this project's.
+
+    When the run goes bad its first webhook delivery row (store/outbox.py) is written in this same
+    transaction, due at `notify_due` (default now): notified_at is never committed without it.
+    """
     with _lock_for(run_id):
         run = session.scalars(
             select(TrainingRun).where(TrainingRun.id == run_id, TrainingRun.project_id == project_id).with_for_update()
@@ -129,9 +137,15 @@ def ingest(session: Session, run_id: str, project_id: str, batch: LogBatch) -> I
         grad_norm_index = metrics.index("grad_norm") if "grad_norm" in metrics else None
         session.execute(insert(RunSegment), segment_rows(run_id, batch, grad_norm_index))
         notify = _record(run, batch, metrics)
+        delivery = None
+        if notify:
+            delivery = RunWebhookDelivery(id=new_id(), run_id=run_id, attempt=1, url=run.webhook_url)
+            delivery.due_at = notify_due or utcnow()
+            session.add(delivery)
         try:
             session.commit()
         except IntegrityError:  # another process stored this seq between our check and commit
             session.rollback()
             return duplicate
-        return IngestResult(True, batch.seq, batch.num_steps, run.num_steps, run.health, notify)
+        delivery_id = delivery.id if delivery else None
+        return IngestResult(True, batch.seq, batch.num_steps, run.num_steps, run.health, notify, delivery_id)

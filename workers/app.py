@@ -14,7 +14,7 @@ from gradhealth.store.db import migrate
 from gradhealth.store.models import utcnow
 from gradhealth.store.settings import get_settings
 
-from . import audit_runs, tasks  # noqa: F401  (tasks registers the tasks on the app)
+from . import audit_runs, tasks, webhooks  # noqa: F401  (tasks registers the tasks on the app)
 from .sandbox import prepare_spare
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,11 @@ def sweep_forever(stop: threading.Event) -> None:
 
 
 def audit_forever(stop: threading.Event) -> None:
-    """Every worker ticks; the (audit, slot) unique constraint lets only one start each slot."""
+    """Every worker ticks; the (audit, slot) unique constraint lets only one start each slot.
+
+    The same tick enqueues due webhook deliveries (the outbox): compare-and-set on the row's due
+    time lets one ticker send each, and a retry waits in the database, not in a worker.
+    """
     settings = get_settings()
     send = partial(enqueue, settings=settings)
     while not stop.wait(settings.audit_tick_seconds):
@@ -50,6 +54,10 @@ def audit_forever(stop: threading.Event) -> None:
             audit_runs.finalize_pending(settings, send)
         except Exception:  # the database may be briefly away; try again next round
             log.exception("audit tick failed")
+        try:
+            webhooks.enqueue_due(settings, send)
+        except Exception:
+            log.exception("webhook outbox tick failed")
 
 
 @worker_init.connect

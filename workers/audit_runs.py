@@ -18,8 +18,11 @@ from gradhealth.store.models import (
     Audit,
     AuditRun,
     StoredReport,
+    WebhookDelivery,
+    new_id,
     utcnow,
 )
+from gradhealth.store.outbox import first_due, hand_over
 from gradhealth.store.settings import Settings
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -85,9 +88,19 @@ def finalize(settings: Settings, run_id: str, send: Callable[[str, str], object]
         won = session.execute(
             update(AuditRun).where(AuditRun.id == run.id, AuditRun.status == RUNNING).values(**values)
         ).rowcount
-        webhook = audit.webhook_url if audit else None
-    if won and values.get("notify") and webhook:
-        send(DELIVER_WEBHOOK, run_id)
+        delivery = None
+        if won and values.get("notify") and audit is not None and audit.webhook_url:  # outbox: same transaction
+            delivery = WebhookDelivery(
+                id=new_id(),
+                audit_id=audit.id,
+                run_id=run.id,
+                attempt=1,
+                url=audit.webhook_url,
+                due_at=first_due(settings),
+            )
+            session.add(delivery)
+    if delivery is not None:
+        hand_over(settings, WebhookDelivery, DELIVER_WEBHOOK, delivery.id, send)
     return bool(won)
 
 

@@ -6,12 +6,10 @@ import json
 from typing import Any
 
 from gradhealth.diagnostics.schema import Finding, severity_at_least
-from gradhealth.store.db import session_scope
-from gradhealth.store.models import RunWebhookDelivery, TrainingRun
-from gradhealth.store.runs import DELIVER_RUN_WEBHOOK, NOTIFY_AT
+from gradhealth.store.models import RunWebhookDelivery, TrainingRun, WebhookDelivery
+from gradhealth.store.runs import NOTIFY_AT
 from gradhealth.store.settings import Settings
-from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from .webhooks import attempt, finding_payload
 
@@ -29,29 +27,14 @@ def payload(run: TrainingRun) -> dict[str, Any]:
     }
 
 
-def _claim_attempt(settings: Settings, run_id: str) -> tuple[RunWebhookDelivery, bytes, str] | None:
-    """Log the next attempt (unique per run and number) and build the body; None if done or given up."""
-    with session_scope(settings) as session:
-        run = session.get(TrainingRun, run_id)
-        if run is None or not run.webhook_url:
-            return None
-        where = RunWebhookDelivery.run_id == run_id
-        done = session.scalar(select(func.count()).where(where, RunWebhookDelivery.ok))
-        attempts = session.scalar(select(func.count()).where(where)) or 0
-        if done or attempts >= settings.webhook_max_attempts:
-            return None
-        body = json.dumps(payload(run), separators=(",", ":")).encode()
-        row = RunWebhookDelivery(run_id=run.id, attempt=attempts + 1, url=run.webhook_url)
-        session.add(row)
-        try:
-            session.flush()
-        except IntegrityError:  # a redelivered task is making this attempt already
-            session.rollback()
-            return None
-        secret = run.webhook_secret
-    return row, body, secret
+def _run_body(session: Session, row: WebhookDelivery | RunWebhookDelivery) -> tuple[bytes, str] | None:
+    """The run's notification and its secret; None when the run has no webhook any more."""
+    run = session.get(TrainingRun, row.run_id)
+    if run is None or not run.webhook_url:
+        return None
+    return json.dumps(payload(run), separators=(",", ":")).encode(), run.webhook_secret
 
 
-def deliver_run(settings: Settings, run_id: str) -> str:
-    """Make one delivery attempt; on failure schedule the next after backoff."""
-    return attempt(settings, _claim_attempt(settings, run_id), RunWebhookDelivery, DELIVER_RUN_WEBHOOK, run_id)
+def deliver_run(settings: Settings, delivery_id: str) -> str:
+    """One attempt at a run's notification (a row of run_webhook_deliveries)."""
+    return attempt(settings, RunWebhookDelivery, delivery_id, _run_body)

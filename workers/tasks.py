@@ -8,6 +8,7 @@ from functools import partial
 from celery import Task
 from gradhealth.store import analyses
 from gradhealth.store.celery_app import enqueue, get_celery
+from gradhealth.store.runs import DELIVER_RUN_WEBHOOK
 from gradhealth.store.settings import get_settings
 
 from . import audit_runs, run_webhooks, webhooks
@@ -36,12 +37,12 @@ def sweep() -> dict[str, list[str]]:
 
 
 @app.task(name=audit_runs.DELIVER_WEBHOOK, acks_late=True, ignore_result=True)
-def deliver_webhook(run_id: str) -> str:
-    """One signed delivery attempt of an audit run's notification; failures re-enqueue with backoff."""
-    return webhooks.deliver(get_settings(), run_id)
+def deliver_webhook(delivery_id: str) -> str:
+    """One signed attempt of an audit run's notification; a retry is a later outbox row, never a countdown."""
+    return webhooks.deliver(get_settings(), delivery_id)
 
 
-@app.task(name=run_webhooks.DELIVER_RUN_WEBHOOK, acks_late=True, ignore_result=True)
-def deliver_run_webhook(run_id: str) -> str:
-    """One signed delivery attempt telling a training run's webhook that the run went bad."""
-    return run_webhooks.deliver_run(get_settings(), run_id)
+@app.task(name=DELIVER_RUN_WEBHOOK, acks_late=True, ignore_result=True)
+def deliver_run_webhook(delivery_id: str) -> str:
+    """One signed attempt telling a training run's webhook that the run went bad."""
+    return run_webhooks.deliver_run(get_settings(), delivery_id)

@@ -1,4 +1,4 @@
-"""Signed webhook delivery: one logged attempt per task run, retries re-enqueued with backoff."""
+"""Signed webhook delivery from the outbox: one attempt per due row, retries are later rows the ticker enqueues."""
 
 from __future__ import annotations
 
@@ -7,19 +7,19 @@ import hmac
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 from gradhealth.diagnostics.schema import Finding
 from gradhealth.diagnostics.schema import Report as EngineReport
 from gradhealth.sdk.compare import Comparison
+from gradhealth.store import outbox
 from gradhealth.store import webhook_targets as targets
-from gradhealth.store.celery_app import enqueue
-from gradhealth.store.db import session_scope
-from gradhealth.store.models import Audit, AuditRun, StoredReport, WebhookDelivery
+from gradhealth.store.models import Audit, AuditRun, RunWebhookDelivery, StoredReport, WebhookDelivery, utcnow
+from gradhealth.store.runs import DELIVER_RUN_WEBHOOK
 from gradhealth.store.settings import Settings
-from sqlalchemy import func, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from .audit_runs import DELIVER_WEBHOOK, worse_findings
 
@@ -72,29 +72,15 @@ def finding_payload(f: Finding) -> dict[str, Any]:
     }
 
 
-def _claim_attempt(settings: Settings, run_id: str) -> tuple[WebhookDelivery, bytes, str] | None:
-    """Log the next attempt (unique per run and number) and build the body; None if done or given up."""
-    with session_scope(settings) as session:
-        run = session.get(AuditRun, run_id)
-        audit = session.get(Audit, run.audit_id) if run else None
-        if run is None or audit is None or not audit.webhook_url:
-            return None
-        done = session.scalar(select(func.count()).where(WebhookDelivery.run_id == run_id, WebhookDelivery.ok))
-        attempts = session.scalar(select(func.count()).where(WebhookDelivery.run_id == run_id)) or 0
-        if done or attempts >= settings.webhook_max_attempts:
-            return None
-        stored = session.get(StoredReport, run.analysis_id) if run.analysis_id else None
-        report = EngineReport.model_validate_json(stored.body) if stored else None
-        body = json.dumps(payload(audit, run, report), separators=(",", ":")).encode()
-        row = WebhookDelivery(audit_id=audit.id, run_id=run.id, attempt=attempts + 1, url=audit.webhook_url)
-        session.add(row)
-        try:
-            session.flush()
-        except IntegrityError:  # a redelivered task is making this attempt already
-            session.rollback()
-            return None
-        secret = audit.webhook_secret
-    return row, body, secret
+def _audit_body(session: Session, row: WebhookDelivery | RunWebhookDelivery) -> tuple[bytes, str] | None:
+    """The audit run's notification and the audit's secret; None when the audit has no webhook any more."""
+    run = session.get(AuditRun, row.run_id)
+    audit = session.get(Audit, run.audit_id) if run else None
+    if run is None or audit is None or not audit.webhook_url:
+        return None
+    stored = session.get(StoredReport, run.analysis_id) if run.analysis_id else None
+    report = EngineReport.model_validate_json(stored.body) if stored else None
+    return json.dumps(payload(audit, run, report), separators=(",", ":")).encode(), audit.webhook_secret
 
 
 def post_signed(
@@ -127,38 +113,44 @@ def post_signed(
     return status, None, None
 
 
-def next_attempt(settings: Settings, task: str, object_id: str, attempt: int, error: str | None) -> str:
-    """After an attempt: done, give up after the last attempt, or re-enqueue after backoff * 2**(attempt-1)."""
-    if error is None:
-        return "delivered"
-    if attempt >= settings.webhook_max_attempts:
-        log.warning("webhook for %s: giving up after %d attempts (%s)", object_id, attempt, error)
-        return "gave up"
-    enqueue(task, object_id, settings, countdown=settings.webhook_backoff_seconds * 2 ** (attempt - 1))
-    return "retrying"
-
-
-def attempt(
-    settings: Settings, claimed: tuple[Any, bytes, str] | None, table: type[Any], task: str, object_id: str
-) -> str:
-    """Send a claimed attempt, log its outcome in its row of `table`, and schedule the next if it failed."""
+def attempt(settings: Settings, table: outbox.Table, delivery_id: str, build: outbox.Build) -> str:
+    """Send one delivery row if this worker wins its claim; the outcome and any retry are written together."""
+    claimed = outbox.claim(settings, table, delivery_id, build)
     if claimed is None:
         return "nothing to do"
-    row, body, secret = claimed
     started = time.monotonic()
-    status, category, error = post_signed(settings, row.url, secret, body, row.id)
+    status, category, error = post_signed(settings, claimed.url, claimed.secret, claimed.body, claimed.id)
     duration_ms = (time.monotonic() - started) * 1000
-    with session_scope(settings) as session:
-        session.execute(
-            update(table)
-            .where(table.id == row.id)
-            .values(status_code=status, ok=category is None, category=category, error=error, duration_ms=duration_ms)
-        )
-    if category == targets.REFUSED:  # the address will not become acceptable by asking again
-        return "refused"
-    return next_attempt(settings, task, object_id, row.attempt, error)
+    retry = category != targets.REFUSED  # asking again will not make the address acceptable
+    retry_at = outbox.finish(settings, table, claimed, status, category, error, duration_ms, retry)
+    if category is None:
+        return "delivered"
+    if retry_at is None:
+        log.warning("webhook delivery %s: giving up after attempt %d (%s)", claimed.id, claimed.attempt, category)
+        return "gave up"
+    return f"retry due {retry_at.isoformat()}Z"
 
 
-def deliver(settings: Settings, run_id: str) -> str:
-    """Make one delivery attempt of an audit run's notification; failures are retried with backoff."""
-    return attempt(settings, _claim_attempt(settings, run_id), WebhookDelivery, DELIVER_WEBHOOK, run_id)
+def deliver(settings: Settings, delivery_id: str) -> str:
+    """One attempt at an audit run's notification (a row of webhook_deliveries)."""
+    return attempt(settings, WebhookDelivery, delivery_id, _audit_body)
+
+
+OUTBOXES: tuple[tuple[outbox.Table, str], ...] = (
+    (WebhookDelivery, DELIVER_WEBHOOK),
+    (RunWebhookDelivery, DELIVER_RUN_WEBHOOK),
+)
+
+
+def enqueue_due(settings: Settings, send: Callable[[str, str], object]) -> int:
+    """Ticker: enqueue every due delivery row; once the broker refuses one, the rest stay due for the next tick."""
+    sent = 0
+    for table, task in OUTBOXES:
+        due = outbox.take_due(settings, table, utcnow())
+        for index, (row_id, _) in enumerate(due):
+            if send(task, row_id) is False:
+                for later_id, _ in due[index:]:
+                    outbox.make_due(settings, table, later_id)
+                return sent
+            sent += 1
+    return sent

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import math
 import secrets
+from functools import partial
 from typing import Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from gradhealth.store import outbox
 from gradhealth.store.celery_app import enqueue
 from gradhealth.store.db import session_factory
 from gradhealth.store.keys import Principal
@@ -144,11 +146,13 @@ def _append(
         run = get_owned(session, TrainingRun, run_id, principal, "run")
         batch = to_log_batch(body, json.loads(run.metrics), len(json.loads(run.layers)))
         session.rollback()  # release the read; ingest takes the row lock itself
-        result = ingest(session, run_id, principal.project_id, batch)
+        result = ingest(session, run_id, principal.project_id, batch, outbox.first_due(settings))
     if result is None:
         raise ApiError(404, f"no run with id {run_id!r} in this project")
-    if result.notify:
-        enqueue(DELIVER_RUN_WEBHOOK, run_id, settings)
+    if result.delivery_id:  # the row is committed: a lost message only delays it until the ticker's next look
+        outbox.hand_over(
+            settings, RunWebhookDelivery, DELIVER_RUN_WEBHOOK, result.delivery_id, partial(enqueue, settings=settings)
+        )
     return LogAck(
         stored=result.stored, seq=result.seq, steps=result.steps, run_steps=result.run_steps, health=result.health
     )

@@ -23,6 +23,8 @@ class Receiver:
         self.codes = list(codes)
         self.requests: list[Received] = []
         self.lock = threading.Lock()
+        self.gate = threading.Event()  # clear it to hold answers (a slow receiver); set again to release them
+        self.gate.set()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -31,6 +33,7 @@ class Receiver:
                 with receiver.lock:
                     receiver.requests.append(Received({k.lower(): v for k, v in self.headers.items()}, body))
                     code = receiver.codes.pop(0) if receiver.codes else 200
+                receiver.gate.wait(60)
                 self.send_response(code)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -53,5 +56,6 @@ class Receiver:
         return list(self.requests)
 
     def close(self) -> None:
+        self.gate.set()
         self.server.shutdown()
         self.server.server_close()

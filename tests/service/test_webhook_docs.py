@@ -24,3 +24,14 @@ def test_documented_verifier_accepts_our_signature() -> None:
     assert not verify("whsec_other", header, body)  # type: ignore[operator]
     assert not verify("whsec_test", header, body + b" ")  # type: ignore[operator]
     assert not verify("whsec_test", sign("whsec_test", now - 3600, body), body)  # type: ignore[operator]
+
+
+def test_documented_categories_and_settings_are_the_real_ones() -> None:
+    from gradhealth.store import webhook_targets as targets
+    from gradhealth.store.settings import Settings
+
+    text = DOC.read_text()
+    for category in (targets.CONNECT_FAILED, targets.TIMEOUT, targets.HTTP_STATUS, targets.REFUSED):
+        assert f"| `{category}` |" in text, category
+    for field in ("webhook_allow_hosts", "webhook_lease_seconds", "webhook_timeout_seconds", "audit_tick_seconds"):
+        assert field in Settings.model_fields and f"GRADHEALTH_{field.upper()}" in text, field
