@@ -39,8 +39,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(migrate, settings)
-        yield
         await run_in_threadpool(sweep_partial_uploads, settings)
+        yield
 
     app = FastAPI(
         title="gradhealth",
