@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import statistics
 import time
 import warnings
@@ -24,44 +25,45 @@ def _mlp() -> nn.Module:
     return nn.Sequential(nn.Linear(128, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 1))
 
 
-def _loop(model: nn.Module, opt: torch.optim.Optimizer, steps: int, handle: Any = None, bound: int = 0) -> float:
+def _loop(model: nn.Module, opt: torch.optim.Optimizer, steps: int, handle: Any, bound: int) -> None:
     x, y = torch.randn(128, 128), torch.randn(128, 1)
-    start = time.perf_counter()
     for _ in range(steps):
         loss = F.mse_loss(model(x), y)
         loss.backward()
         opt.step()
         opt.zero_grad()
-        if handle is not None:
-            handle.log(loss=loss)
-            assert handle.buffered <= bound
-    return time.perf_counter() - start
+        handle.log(loss=loss)
+        assert handle.buffered <= bound
 
 
-def test_a_down_service_costs_training_nothing_and_memory_stays_bounded() -> None:
-    client = gradhealth.Client(base_url=f"http://127.0.0.1:{free_port()}", api_key="k")  # nobody listens there
-    steps, bound = 100, 40
-    plain, watched = [], []
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        for _ in range(2):  # interleaved rounds; the best of each is least disturbed by the machine
-            model = _mlp()
-            plain.append(_loop(model, torch.optim.SGD(model.parameters(), lr=1e-3), steps))
+@pytest.mark.parametrize("service", ["refusing", "silent"])
+def test_a_down_service_never_blocks_training_and_memory_stays_bounded(service: str) -> None:
+    """Mechanism, not timing: against a service that never answers, every step still returns.
+
+    A log() that waited on the network would hang on the silent listener (its connections are
+    accepted by the kernel and never answered), so finishing the loop, with the oldest records
+    dropped and counted and at most `bound` buffered, is the proof.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        port = listener.getsockname()[1]
+        if service == "silent":
+            listener.listen(64)
+        else:
+            listener.close()  # nobody listens: connections are refused
+        client = gradhealth.Client(base_url=f"http://127.0.0.1:{port}", api_key="k")
+        steps, bound = 100, 40
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             model = _mlp()
             opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-            # budget=None: every step is recorded (this model's hooks are near the 0.5 ms floor on a busy machine)
             handle = watch(model, opt, run="down", client=client, max_buffered_steps=bound, budget=None)
-            watched.append(_loop(model, opt, steps, handle, bound))
+            _loop(model, opt, steps, handle, bound)
             assert handle.run_id is None and handle.dropped == steps - bound - 1  # one record still open
-            start = time.perf_counter()
-            handle.close(timeout=0.5)
-            assert time.perf_counter() - start < 1.0
+            handle.close(timeout=0.5)  # returns although the service never answers
             assert handle.dropped == handle.steps_recorded == steps  # none delivered, all counted
-    print(f"plain {plain}, watched with the service down {watched}")
-    assert min(watched) < min(plain) * 1.25 + 0.05, (plain, watched)
     messages = [str(w.message) for w in caught if issubclass(w.category, WatchWarning)]
-    assert len(messages) == 2, messages  # one per watch() handle
-    assert all("dropping the oldest" in m for m in messages)
+    assert len(messages) == 1 and "dropping the oldest" in messages[0], messages
 
 
 def test_close_says_once_what_it_could_not_deliver() -> None:
