@@ -8,6 +8,7 @@ import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,11 +68,11 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Files:
     return build(tmp_path_factory.mktemp("artifacts"))
 
 
-@pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for this session, dropped afterwards."""
+@contextmanager
+def fresh_pg_database(prefix: str = "gradhealth_test_") -> Iterator[str]:
+    """A new, empty PostgreSQL database; dropped (with any connection still open) afterwards."""
     psycopg = pytest.importorskip("psycopg")
-    name = "gradhealth_test_" + secrets.token_hex(6)
+    name = prefix + secrets.token_hex(6)
     try:
         admin_conn = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5)
     except psycopg.OperationalError as exc:
@@ -83,6 +84,20 @@ def pg_url() -> Iterator[str]:
     finally:  # FORCE also ends connections this process still pools
         with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """The database of this session's distributed stack (its workers sweep and tick over all of it)."""
+    with fresh_pg_database() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def private_pg_url() -> Iterator[str]:
+    """A database no server process touches: for tests that call sweeps and tickers themselves."""
+    with fresh_pg_database() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

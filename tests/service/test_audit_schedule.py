@@ -19,7 +19,7 @@ CREATED = datetime(2026, 11, 29, 19, 40)
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
-    url = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
+    url = request.getfixturevalue("private_pg_url") if request.param == "postgresql" else None
     settings = Settings(data_dir=tmp_path, database_url=url)
     migrate(settings)
     return settings

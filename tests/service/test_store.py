@@ -150,7 +150,7 @@ def test_keys_are_hashed_scoped_and_revocable(settings: Settings) -> None:
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_migrations_match_the_models(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    url = request.getfixturevalue("pg_url") if backend == "postgresql" else None
+    url = request.getfixturevalue("private_pg_url") if backend == "postgresql" else None
     s = Settings(data_dir=tmp_path, database_url=url)
     migrate(s)
     migrate(s)  # idempotent

@@ -7,7 +7,6 @@ PostgreSQL database, one API and two workers.
 
 from __future__ import annotations
 
-import secrets
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from .conftest import PG_ADMIN_URL, admin, base_env
+from .conftest import admin, base_env
 from .procs import Proc, free_port, wait_for, wait_ready, wait_worker_ready
 from .receiver import Receiver
 from .test_runs_api import LAYERS, batch_body, post_logs
@@ -70,15 +69,12 @@ class OwnStack:
 
 
 @pytest.fixture(scope="module")
-def own(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnStack]:
+def own(tmp_path_factory: pytest.TempPathFactory, private_pg_url: str) -> Iterator[OwnStack]:
     root = tmp_path_factory.mktemp("outbox")
     broker = ThrowawayRedis(root)
-    database = "gradhealth_outbox_" + secrets.token_hex(6)
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5) as conn:
-        conn.execute(f'CREATE DATABASE "{database}"')
     env = base_env(
         GRADHEALTH_DATA_DIR=str(root / "data"),
-        GRADHEALTH_DATABASE_URL=PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + database,
+        GRADHEALTH_DATABASE_URL=private_pg_url,
         GRADHEALTH_BROKER_URL=broker.url,
         GRADHEALTH_WARM_SANDBOX="0",
         GRADHEALTH_WEBHOOK_TIMEOUT_SECONDS="3",
@@ -102,8 +98,6 @@ def own(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnStack]:
             proc.stop()
         if broker.popen is not None and broker.popen.poll() is None:
             broker.kill()
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
 def bad_run(own: OwnStack, receiver: Receiver) -> str:
