@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from celery import Celery
 
 from .conftest import admin, base_env
 from .procs import Proc, free_port, wait_for, wait_ready, wait_worker_ready
@@ -86,7 +87,10 @@ def own(tmp_path_factory: pytest.TempPathFactory, private_pg_url: str) -> Iterat
     port = free_port()
     procs = [Proc("outbox_api", ["api", "--host", "127.0.0.1", "--port", str(port)], env, root)]
     try:
-        procs += [Proc(f"outbox_{n}", ["worker", "--name", f"outbox_{n}@test"], env, root) for n in ("a", "b")]
+        procs += [
+            Proc(f"outbox_{n}", ["worker", "--name", f"outbox_{n}@test", "--queues", f"gpu,cpu,only_{n}"], env, root)
+            for n in ("a", "b")
+        ]
         wait_ready(f"http://127.0.0.1:{port}", procs[0])
         for worker in procs[1:]:
             wait_worker_ready(worker)
@@ -112,6 +116,20 @@ def bad_run(own: OwnStack, receiver: Receiver) -> str:
     ack = post_logs(own.http, run_id, bad)
     assert ack.status_code == 200 and ack.json()["health"] in ("error", "critical"), ack.text
     return str(run_id)
+
+
+def assert_consumes(own: OwnStack, worker: Proc) -> None:
+    """Send a harmless task to this worker's own queue and wait until it has run it."""
+    app = Celery("probe", broker=own.broker.url, set_as_current=False)
+    queue = "only_" + worker.name.removeprefix("outbox_")
+    task_id = app.send_task("gradhealth.sweep", queue=queue).id
+    app.close()
+    wait_for(
+        lambda: f"gradhealth.sweep[{task_id}] succeeded" in own.logs(worker),
+        120,
+        f"{worker.name} to consume from its own queue after the outage",
+        procs=(worker,),
+    )
 
 
 def deliveries(own: OwnStack, run_id: str) -> list[dict[str, Any]]:
@@ -179,6 +197,8 @@ def test_broker_killed_with_retries_pending_and_a_send_in_flight(own: OwnStack) 
         assert len(failing.requests) == 2 and 1 <= len(slow.requests) <= 2
         assert all(worker.alive() for worker in own.workers), [w.tail() for w in own.workers]
         assert not any("Unrecoverable error" in own.logs(w) for w in own.workers)
+        for worker in own.workers:  # alive is not enough: each one takes tasks again
+            assert_consumes(own, worker)
     finally:
         failing.close()
         slow.close()
