@@ -187,15 +187,21 @@ class Embedded:
         return Api(self.base_url, self.key)
 
 
-@pytest.fixture(scope="session")
-def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedded]:
-    """`gradhealth serve` on a free port with its own data folder."""
-    root = tmp_path_factory.mktemp("embedded")
+@contextmanager
+def serving(root: Path, name: str = "embedded") -> Iterator[Embedded]:
+    """`gradhealth serve` on a free port with its own data folder under root, stopped afterwards."""
     port = free_port()
     args = ["serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(root / "data")]
-    proc = Proc("embedded", args, base_env(), root)
+    proc = Proc(name, args, base_env(), root)
     try:
         wait_ready(f"http://127.0.0.1:{port}", proc)
         yield Embedded(proc, f"http://127.0.0.1:{port}", root / "data")
     finally:
         proc.stop()
+
+
+@pytest.fixture(scope="session")
+def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedded]:
+    """One `gradhealth serve` shared by the bounds, staging and fuzzing tests."""
+    with serving(tmp_path_factory.mktemp("embedded")) as served:
+        yield served

@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from .artifacts import Files
 from .client import Api
-from .conftest import base_env
-from .procs import Proc, free_port, pid_alive, wait_for, wait_ready
-
-
-@dataclass
-class Served:
-    proc: Proc
-    base_url: str
-    data_dir: Path
+from .conftest import Embedded as Served
+from .conftest import serving
+from .procs import pid_alive, wait_for, wait_ready
 
 
 def worker_children(serve_pid: int) -> list[int]:
@@ -36,16 +29,9 @@ def worker_children(serve_pid: int) -> list[int]:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    root = tmp_path_factory.mktemp("serve")
-    port = free_port()
-    args = ["serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(root / "data")]
-    proc = Proc("serve", args, base_env(), root)
-    try:
-        base_url = f"http://127.0.0.1:{port}"
-        wait_ready(base_url, proc)
-        yield Served(proc, base_url, root / "data")
-    finally:
-        proc.stop()
+    """A server of this module's own: the tests restart it."""
+    with serving(tmp_path_factory.mktemp("serve"), "serve") as server:
+        yield server
 
 
 @pytest.mark.slow
