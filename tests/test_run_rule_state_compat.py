@@ -1,0 +1,50 @@
+"""Stored run-rule state keeps loading: state blobs written by the code before typed rule state (version 1)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+from gradhealth.diagnostics.run_rules import RunEvaluator
+
+from .test_run_rules import random_stream
+
+FIXTURE = Path(__file__).parent / "fixtures" / "run_rule_state_v1.json.gz"
+
+
+@cache
+def cases() -> list[dict[str, Any]]:
+    with gzip.open(FIXTURE, "rt") as fh:
+        return json.load(fh)["cases"]
+
+
+def as_json(value: Any) -> Any:
+    return json.loads(json.dumps(value, allow_nan=False))
+
+
+def findings(ev: RunEvaluator) -> list[dict[str, Any]]:
+    return as_json([f.model_dump(mode="json") for f in ev.findings()])
+
+
+@pytest.mark.parametrize("index", range(32))
+def test_stored_state_loads_and_continues(index: int) -> None:
+    case = cases()[index]
+    ev = RunEvaluator(case["layers"], case["state"])
+    assert findings(ev) == case["findings_at_cut"]
+    assert as_json(ev.summary()) == case["summary_at_cut"]
+    assert ev.state() == case["state"]  # the stored format is unchanged: a loaded state writes back the same
+    if "final_state" not in case:
+        return  # a recorded training run: its remaining rows are not stored
+    s = random_stream(int(case["name"].split("_")[1]))
+    ev.update(s.chunk(case["cut"], len(s.steps)))
+    assert findings(ev) == case["findings"]
+    assert as_json(ev.summary()) == case["summary"]
+    assert ev.state() == case["final_state"]
+
+
+def test_fixture_covers_every_case() -> None:
+    assert len(cases()) == 32
