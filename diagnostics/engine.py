@@ -14,7 +14,7 @@ from torch import Tensor
 from . import report_builder
 from .batch import float_inputs
 from .curvature import top_hessian_eigenvalue
-from .errors import InputError
+from .errors import InputError, ModelOutOfMemory, is_out_of_memory
 from .export import check_batch_shapes
 from .graph_map import parameter_layers
 from .loading import LoadedModel
@@ -89,7 +89,23 @@ class Analyzer:
         progress: ProgressFn | None = None,
         model_format: str | None = None,
     ) -> Report:
-        """Measure, diagnose and report."""
+        """Measure, diagnose and report; an allocation failure in any phase is a ModelOutOfMemory."""
+        try:
+            return self._run(inputs, targets, options, progress, model_format)
+        except Exception as exc:
+            if is_out_of_memory(exc) and not isinstance(exc, ModelOutOfMemory):
+                raise ModelOutOfMemory(f"{type(exc).__name__}: {str(exc)[:300]}") from exc
+            raise
+
+    def _run(
+        self,
+        inputs: tuple[Tensor, ...],
+        targets: Tensor,
+        options: AnalysisOptions,
+        progress: ProgressFn | None,
+        model_format: str | None,
+    ) -> Report:
+        """One instrumented forward+backward, the optional checks, the rules, the report."""
         notify = progress or (lambda phase, fraction: None)
         device = pick_device(options.device)
         timer = _Timer(device)
@@ -116,6 +132,8 @@ class Analyzer:
             except InputError:
                 raise  # already says what to fix
             except Exception as exc:
+                if is_out_of_memory(exc):
+                    raise ModelOutOfMemory(f"{type(exc).__name__}: {str(exc)[:300]}") from exc
                 raise InputError(
                     f"the model failed on this batch: {type(exc).__name__}: {str(exc)[:500]}. "
                     f"Batch shapes: inputs {[tuple(t.shape) for t in inputs]}, targets {tuple(targets.shape)}"

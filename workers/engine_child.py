@@ -6,26 +6,24 @@ This is the only place a client's model executes and the only place CUDA is touc
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .sandbox_child import limit_memory
 from .sandbox_errors import ChildFailure, ProgressFn
 
+if TYPE_CHECKING:  # the worker process itself never imports torch or the engine
+    from gradhealth.diagnostics import Analyzer
+    from gradhealth.diagnostics.schema import Report
+    from torch import Tensor
+
 MODEL_FILE = "model.pt2"  # torch.export.load wants a ".pt2" name; blobs are named by hash only
 BATCH_FILE = "batch.safetensors"
 LOAD_SHARE = 0.3  # progress fraction reported once loading is done; the engine maps onto the rest
-_OOM_MARKERS = ("out of memory", "can't allocate memory", "OutOfMemoryError", "Cannot allocate memory")
-
-
-def _is_oom(exc: BaseException) -> bool:
-    """CUDA OOM, CPU allocator failure under RLIMIT_AS, or the engine's wrapped form of either."""
-    return isinstance(exc, MemoryError) or any(marker in str(exc) for marker in _OOM_MARKERS)
 
 
 def analyze(payload: dict[str, Any], progress: ProgressFn) -> dict[str, Any]:
     """Run one analysis; on out-of-memory retry with half the batch until one sample remains."""
     progress("loading", 0.01)
-    import torch
     from gradhealth.diagnostics import AnalysisOptions, Analyzer, load_package, read_batch
     from gradhealth.diagnostics.engine import pick_device
 
@@ -37,8 +35,24 @@ def analyze(payload: dict[str, Any], progress: ProgressFn) -> dict[str, Any]:
     started = time.perf_counter()
     loaded = load_package(payload["files"][MODEL_FILE], loss=options.loss)
     inputs, targets = read_batch(payload["files"][BATCH_FILE])
-    analyzer = Analyzer(loaded)
     progress("loaded", LOAD_SHARE)
+    report, note = _run_shrinking(Analyzer(loaded), inputs, targets, options, device, progress)
+    if note:
+        report.environment["batch_note"] = note
+    return {
+        "report": report.model_dump_json(),
+        "health": report.health,
+        "note": note,
+        "run_seconds": time.perf_counter() - started,
+    }
+
+
+def _run_shrinking(
+    analyzer: Analyzer, inputs: tuple[Tensor, ...], targets: Tensor, options: Any, device: Any, progress: ProgressFn
+) -> tuple[Report, str | None]:
+    """Run the engine; on out-of-memory (a MemoryError by type) halve the batch, down to one sample."""
+    import torch
+
     total = size = int(targets.shape[0]) if targets.dim() else 1
     note = None
     while True:
@@ -49,26 +63,14 @@ def analyze(payload: dict[str, Any], progress: ProgressFn) -> dict[str, Any]:
                 options,
                 progress=lambda phase, f: progress(phase, LOAD_SHARE + (1 - LOAD_SHARE) * f),
             )
-            break
-        except Exception as exc:
-            if not _is_oom(exc) or size <= 1:
-                if _is_oom(exc):
-                    raise ChildFailure(
-                        "out_of_memory",
-                        f"the model does not fit in {device.type} memory even with one sample "
-                        f"({type(exc).__name__}: {str(exc)[:300]})",
-                    ) from None
-                raise
+            return report, note
+        except MemoryError as exc:  # ModelOutOfMemory from the engine, or Python's own
+            if size <= 1:
+                raise ChildFailure(
+                    "out_of_memory", f"the model does not fit in {device.type} memory even with one sample ({exc})"
+                ) from None
             size = max(1, size // 2)
             note = f"out of {device.type} memory with {total} samples; analysed the first {size}"
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             progress("retry_smaller_batch", LOAD_SHARE)
-    if note:
-        report.environment["batch_note"] = note
-    return {
-        "report": report.model_dump_json(),
-        "health": report.health,
-        "note": note,
-        "run_seconds": time.perf_counter() - started,
-    }

@@ -19,6 +19,8 @@ import traceback
 from multiprocessing.connection import Connection
 from typing import Any
 
+from gradhealth.diagnostics.errors import CODED_ERRORS
+
 from .sandbox_errors import ChildFailure, ChildTarget, oom_message
 
 _PR_SET_PDEATHSIG = 1
@@ -82,15 +84,13 @@ def _child_main(target_name: str, payload: dict[str, Any], conn: Connection) -> 
         send({"type": "result", "result": result})
     except ChildFailure as exc:
         send({"type": "error", "code": exc.code, "message": exc.message})
+    except CODED_ERRORS as exc:  # the engine's typed errors carry their own code and message
+        send({"type": "error", "code": exc.code, "message": str(exc)})
     except MemoryError:
         send({"type": "error", "code": "out_of_memory", "message": oom_message(payload)})
     except Exception as exc:
-        code = getattr(exc, "code", None)
-        if isinstance(code, str) and type(exc).__module__.startswith("gradhealth."):
-            send({"type": "error", "code": code, "message": str(exc)})
-        else:
-            detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()[:2000]
-            send({"type": "error", "code": "engine_error", "message": f"the analysis failed: {detail}"})
+        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()[:2000]
+        send({"type": "error", "code": "engine_error", "message": f"the analysis failed: {detail}"})
     finally:
         conn.close()
         sys.stdout.flush()

@@ -160,15 +160,16 @@ def test_migrations_match_the_models(backend: str, tmp_path: Path, request: pyte
 
 
 class _WideActivation(nn.Module):
-    """Each sample expands to 64 MiB of activations: a large batch cannot fit a small memory limit."""
+    """Each sample expands to 16 × width floats: a large batch cannot fit a small memory limit."""
 
-    def __init__(self) -> None:
+    def __init__(self, width: int = 2**20) -> None:
         super().__init__()
+        self.width = width
         self.scale = nn.Parameter(torch.ones(1))
         self.head = nn.Linear(16, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        wide = (x.unsqueeze(-1).expand(-1, -1, 2**20) * self.scale).tanh()
+        wide = (x.unsqueeze(-1).expand(-1, -1, self.width) * self.scale).tanh()  # 64 MiB a sample by default
         return self.head(wide.mean(-1))
 
 
@@ -184,3 +185,18 @@ def test_out_of_memory_retries_with_a_smaller_batch(tmp_path: Path) -> None:
     assert execute_analysis(settings, analysis_id, "w") == "succeeded"
     row, reports = rows(settings, analysis_id)
     assert reports == 1 and row.note is not None and "analysed the first" in row.note, row.note
+
+
+@pytest.mark.slow
+def test_a_model_too_big_for_one_sample_fails_as_out_of_memory(tmp_path: Path) -> None:
+    """A real allocation failure (2 GiB per sample under a 3000 MiB limit) is classified by type."""
+    settings = Settings(data_dir=tmp_path / "data", analysis_memory_limit_mb=3000)
+    migrate(settings)
+    x, y = torch.randn(4, 16), torch.randint(0, 3, (4,))
+    model_path = gradhealth.package(_WideActivation(2**25), "cross_entropy", x[:2], y[:2], tmp_path / "huge.pt2")
+    batch_path = gradhealth.save_batch(tmp_path / "huge.safetensors", x, y)
+    analysis_id = add_analysis(settings, model_path, batch_path)
+    assert execute_analysis(settings, analysis_id, "w") == "failed"
+    row, reports = rows(settings, analysis_id)
+    assert reports == 0 and row.error_code == "out_of_memory", (row.error_code, row.error_message)
+    assert "even with one sample" in (row.error_message or "")
