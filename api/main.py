@@ -15,6 +15,7 @@ from gradhealth.store.settings import Settings, get_settings
 from gradhealth import __version__
 
 from .body_limit import BodyLimitMiddleware
+from .docs_pages import install_docs_pages
 from .errors import install_error_handlers
 from .log_batch_doc import LogBatchBody
 from .metrics import MetricsMiddleware
@@ -48,6 +49,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Gradient-health diagnostics for PyTorch models",
         lifespan=lifespan,
         generate_unique_id_function=_operation_id,
+        docs_url=None,  # served from the package by install_docs_pages (no CDN)
+        redoc_url=None,
     )
 
     async def app_settings() -> Settings:
@@ -60,5 +63,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, settings=settings)  # outermost: refuse before anything reads
     app.include_router(api_router, prefix=API_PREFIX)
     app.include_router(health.router)
+    install_docs_pages(app)
     document_errors(app, LogBatchBody)
     return app
