@@ -5,9 +5,9 @@ run_codec decodes bodies itself, JSON or msgpack, for speed; this model states t
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
-from gradhealth.store.runs import METRICS
+from gradhealth.diagnostics.run_rules.metrics import GradientMetric
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from .paging import INT64_MAX
@@ -26,7 +26,7 @@ class LogBatchBody(BaseModel):
     steps: list[Count] = Field(min_length=1, max_length=MAX_STEPS_PER_BATCH, description="strictly increasing")
     loss: Column | None = None
     lr: Column | None = None
-    metrics: dict[Literal[METRICS], list[Column]] = Field(  # type: ignore[valid-type]
+    metrics: dict[GradientMetric, list[Column]] = Field(
         default_factory=dict, description="metric -> one row per step, one value per layer of the run"
     )
     dropped: Count = Field(default=0, description="steps the client dropped since the previous batch")

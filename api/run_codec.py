@@ -17,8 +17,8 @@ from typing import Any
 
 import msgpack
 import numpy as np
+from gradhealth.diagnostics.run_rules.metrics import METRICS
 from gradhealth.store.run_segments import LogBatch
-from gradhealth.store.runs import METRICS
 
 from .errors import ApiError
 from .paging import INT64_MAX

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gradhealth.store.runs import METRICS
+from gradhealth.diagnostics.run_rules.metrics import METRICS
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 
 from .paging import INT64_MAX
@@ -101,4 +101,3 @@ class LayerHistory(BaseModel):
     steps: list[int]
     values: list[float | None]
     nonfinite_steps: list[int]
-

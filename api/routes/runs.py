@@ -6,10 +6,10 @@ import json
 import math
 import secrets
 from functools import partial
-from typing import Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from gradhealth.diagnostics.run_rules.metrics import GradientMetric
 from gradhealth.store import outbox
 from gradhealth.store.celery_app import enqueue
 from gradhealth.store.db import session_factory
@@ -207,7 +207,7 @@ def layer_history(
     layer: str,
     principal: ReadAccess,
     session: SessionDep,
-    metric: Literal["grad_norm", "grad_max_abs", "nonfinite", "weight_norm", "update_norm"] = "grad_norm",
+    metric: GradientMetric = "grad_norm",
 ) -> LayerHistory:
     """Every logged value of one metric of one layer, read from that layer's segments only."""
     run = get_owned(session, TrainingRun, run_id, principal, "run")

@@ -10,11 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from gradhealth.diagnostics.run_rules.metrics import METRICS
 from torch import Tensor
 
 from ._layers import Layer, main_device, sample_groups
 
-METRICS = ("grad_norm", "grad_max_abs", "nonfinite", "weight_norm", "update_norm")
 INF = float("inf")
 NAN = float("nan")
 

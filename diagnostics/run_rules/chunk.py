@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-METRICS = ("grad_norm", "grad_max_abs", "nonfinite", "weight_norm", "update_norm")
+from .metrics import METRICS
 
 
 @dataclass(frozen=True)
