@@ -6,6 +6,7 @@ import argparse
 import os
 import socket
 import sys
+from collections.abc import Callable
 from typing import Any
 
 
@@ -37,19 +38,33 @@ def add_server_parsers(subparsers: argparse._SubParsersAction) -> None:  # type:
     p.set_defaults(handler=_worker)
 
     admin = subparsers.add_parser("admin", help="projects and API keys (keys go to stdout, alone)")
+    admin.add_argument(
+        "--data-dir", help="the data folder of an embedded `gradhealth serve` (default $GRADHEALTH_DATA_DIR)"
+    )
     sub = admin.add_subparsers(dest="admin_command", metavar="ACTION", required=True)
     p = sub.add_parser("create-project", help="create a project and print its first key")
     p.add_argument("name")
     p.add_argument("--scope", action="append", choices=["read", "write", "admin"], help="default: admin")
-    p.set_defaults(handler=_create_project)
+    p.set_defaults(handler=_in_data_dir(_create_project))
     p = sub.add_parser("create-key", help="create an API key for a project and print it")
     p.add_argument("project", help="project name or id")
     p.add_argument("--scope", action="append", choices=["read", "write", "admin"], help="default: write")
-    p.set_defaults(handler=_create_key)
+    p.set_defaults(handler=_in_data_dir(_create_key))
     p = sub.add_parser("migrate", help="apply database migrations (every server command does this too)")
-    p.set_defaults(handler=_migrate)
+    p.set_defaults(handler=_in_data_dir(_migrate))
     p = sub.add_parser("sweep", help="re-enqueue analyses whose message was lost or whose worker died")
-    p.set_defaults(handler=_sweep)
+    p.set_defaults(handler=_in_data_dir(_sweep))
+
+
+def _in_data_dir(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """`gradhealth admin --data-dir D …` acts on the same folder as `gradhealth serve --data-dir D`."""
+
+    def run(args: argparse.Namespace) -> int:
+        if args.data_dir:
+            os.environ["GRADHEALTH_DATA_DIR"] = os.path.abspath(args.data_dir)
+        return handler(args)
+
+    return run
 
 
 def _add_unsafe_flag(parser: argparse.ArgumentParser) -> None:
@@ -76,6 +91,7 @@ def _sandbox_ready(args: argparse.Namespace) -> bool:
 
 
 def _settings() -> Any:
+    """Settings from the environment; --data-dir (serve, admin) has set GRADHEALTH_DATA_DIR first."""
     from gradhealth.store.settings import get_settings
 
     get_settings.cache_clear()

@@ -28,3 +28,15 @@ def test_create_project_and_key_print_only_the_key(tmp_path: Path) -> None:
     assert again.returncode == 2 and again.stdout == "" and "already exists" in again.stderr
     missing = admin(env, "create-key", "nobody")
     assert missing.returncode == 2 and missing.stdout == "" and "no project named 'nobody'" in missing.stderr
+
+
+def test_data_dir_flag_acts_on_that_folder(tmp_path: Path) -> None:
+    """`admin --data-dir D` and `serve --data-dir D` mean the same folder, whatever the environment says."""
+    elsewhere, target = tmp_path / "env-dir", tmp_path / "flag-dir"
+    env = base_env(GRADHEALTH_DATA_DIR=str(elsewhere))
+    created = admin(env, "--data-dir", str(target), "create-project", "flagged")
+    assert created.returncode == 0, created.stderr
+    with session_scope(settings_from(base_env(GRADHEALTH_DATA_DIR=str(target)))) as session:
+        principal = keys.authenticate(session, created.stdout.strip())
+    assert principal is not None and principal.allows("admin")
+    assert (target / "gradhealth.db").is_file() and not (elsewhere / "gradhealth.db").exists()
