@@ -105,7 +105,7 @@ def heartbeat(settings: Settings, claim_: Claim, phase: str | None, fraction: fl
     if phase is not None:
         values["phase"] = phase[:32]
     if fraction is not None:
-        values["fraction"] = max(0.0, min(1.0, float(fraction)))
+        values["fraction"] = round(max(0.0, min(1.0, float(fraction))), 3)  # 0.405, not 0.40499999999999997
     with session_scope(settings) as session:
         return session.execute(_owned(claim_).values(**values)).rowcount == 1
 

@@ -200,3 +200,14 @@ def test_a_model_too_big_for_one_sample_fails_as_out_of_memory(tmp_path: Path) -
     row, reports = rows(settings, analysis_id)
     assert reports == 0 and row.error_code == "out_of_memory", (row.error_code, row.error_message)
     assert "even with one sample" in (row.error_message or "")
+
+
+def test_progress_is_stored_rounded(tmp_path: Path, files: Files) -> None:
+    settings = Settings(data_dir=tmp_path / "data")
+    migrate(settings)
+    name = "mlp_dead_relu_negative_bias"
+    analysis_id = add_analysis(settings, files.models[name], files.batches[name])
+    claim = analyses.claim(settings, analysis_id, "w")
+    assert claim is not None and analyses.heartbeat(settings, claim, "statistics", 0.3 + (1 - 0.3) * 0.15)
+    row, _ = rows(settings, analysis_id)
+    assert (row.phase, row.fraction) == ("statistics", 0.405)
