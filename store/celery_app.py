@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from celery import Celery
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from .settings import Settings, get_settings
 
@@ -65,7 +65,10 @@ def make_celery(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         task_soft_time_limit=settings.analysis_time_limit + 60.0,
         task_time_limit=settings.hard_time_limit,
-        task_queues=(Queue(GPU_QUEUE), Queue(CPU_QUEUE)),
+        # Each queue on its own direct exchange: the worker banner then says what really happens.
+        task_queues=tuple(
+            Queue(name, Exchange(name, type="direct"), routing_key=name) for name in (GPU_QUEUE, CPU_QUEUE)
+        ),
         task_default_queue=CPU_QUEUE,
         task_routes={name: {"queue": queue} for name, queue in TASK_QUEUES.items()},
         task_publish_retry=True,
