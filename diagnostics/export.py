@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
+import sys
 import warnings
 from dataclasses import asdict, dataclass
 
@@ -14,6 +18,7 @@ from .losses import LossFn, PerSampleLoss
 
 PACKAGE_METADATA_FILE = "gradhealth.json"
 PACKAGE_FORMAT_VERSION = 1
+EXPORT_DEBUG_ENV = "GRADHEALTH_EXPORT_DEBUG"
 
 
 @dataclass(frozen=True)
@@ -87,18 +92,34 @@ def export_per_sample_loss(
         probe = wrapper(*inputs, targets=targets)
     if probe.shape != (batch,):
         raise InputError(f"the loss must give one value per sample, shape [{batch}]; got {tuple(probe.shape)}")
+    torch_stderr = io.StringIO()  # torch.export prints the partial graph to stderr before raising
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.redirect_stderr(torch_stderr):
             # nn.RNN/LSTM re-assign _flat_weights during tracing; the weights are still lifted.
             warnings.filterwarnings("ignore", message=".*_flat_weights.*")
-            return torch.export.export(
+            exported = torch.export.export(
                 wrapper, inputs, kwargs={"targets": targets}, dynamic_shapes=_dynamic_batch_shapes(inputs)
             )
     except Exception as exc:  # torch.export raises many unrelated types
-        raise ExportUnsupportedError(
-            f"torch.export could not trace this model: {type(exc).__name__}: {str(exc)[:600]}\n"
-            "What to do: remove data-dependent Python control flow (use torch.cond or torch.where), "
-            "avoid .item()/.tolist() and Python-side randomness in forward; or ask your "
-            "deployment to register a server-side factory (entry-point group gradhealth.models). "
-            "TorchScript is not accepted: the service cannot vet the file and process ops it may call."
-        ) from exc
+        raise ExportUnsupportedError(_export_failure(exc, torch_stderr.getvalue())) from exc
+    sys.stderr.write(torch_stderr.getvalue())  # a successful export's warnings still reach the user
+    return exported
+
+
+def _export_failure(exc: Exception, torch_output: str) -> str:
+    """Cause and remedy first; torch's partial graph only when GRADHEALTH_EXPORT_DEBUG is set."""
+    message = (
+        f"torch.export could not trace this model: {type(exc).__name__}: {str(exc).strip()[:600]}\n"
+        "What to do: remove data-dependent Python control flow (use torch.cond or torch.where), "
+        "avoid .item()/.tolist() and Python-side randomness in forward; or ask your "
+        "deployment to register a server-side factory (entry-point group gradhealth.models). "
+        "TorchScript is not accepted: the service cannot vet the file and process ops it may call."
+    )
+    if not torch_output.strip():
+        return message
+    if os.environ.get(EXPORT_DEBUG_ENV, "") not in ("", "0"):
+        return f"{message}\n\ntorch.export's output (the graph traced so far):\n{torch_output}"
+    lines = len(torch_output.strip().splitlines())
+    return (
+        f"{message}\n(torch.export also printed {lines} lines of partial graph: set {EXPORT_DEBUG_ENV}=1 to see them)"
+    )

@@ -90,7 +90,9 @@ def test_unknown_loss_name_lists_the_known_ones() -> None:
         analyze_module(_mlp(), "crossentropy", x, y)
 
 
-def test_untraceable_model_says_what_to_do(tmp_path: Path) -> None:
+def test_untraceable_model_says_what_to_do(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     class DataDependent(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -106,6 +108,13 @@ def test_untraceable_model_says_what_to_do(tmp_path: Path) -> None:
         gradhealth.package(DataDependent(), "cross_entropy", x, y, tmp_path / "m.pt2")
     message = str(info.value)
     assert "torchscript" in message.lower() and "factory" in message
+    assert message.index("What to do") < 1000 and "def forward" not in message  # cause and remedy, no graph
+    assert "def forward" not in capsys.readouterr().err  # torch's partial-graph dump is held back
+    assert "GRADHEALTH_EXPORT_DEBUG=1" in message
+    monkeypatch.setenv("GRADHEALTH_EXPORT_DEBUG", "1")
+    with pytest.raises(ExportUnsupportedError) as info:
+        gradhealth.package(DataDependent(), "cross_entropy", x, y, tmp_path / "m.pt2")
+    assert "def forward" in str(info.value)
 
 
 def test_torchscript_archives_are_refused_with_the_way_to_a_pt2(tmp_path: Path) -> None:
