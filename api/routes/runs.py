@@ -54,10 +54,18 @@ def to_public(row: TrainingRun) -> RunPublic:
     )
 
 
-def _replay(session: SessionDep, principal: Principal, key: str) -> TrainingRun | None:
-    return session.scalars(
+def _replay(session: SessionDep, principal: Principal, key: str, request: dict[str, str | None]) -> TrainingRun | None:
+    """The run an earlier POST with this Idempotency-Key created; 422 when that request was a different one."""
+    row = session.scalars(
         select(TrainingRun).where(TrainingRun.project_id == principal.project_id, TrainingRun.idempotency_key == key)
     ).one_or_none()
+    if row is not None and any(getattr(row, field) != value for field, value in request.items()):
+        raise ApiError(
+            422,
+            "this Idempotency-Key was already used for a different run; use a new key per run",
+            code="idempotency_key_reused",
+        )
+    return row
 
 
 @router.post("", status_code=201, response_model=RunCreated)
@@ -70,25 +78,27 @@ def create_run(
     idempotency_key: str | None = Header(default=None, max_length=128),
 ) -> RunCreated:
     """Start a run; a repeated POST with the same Idempotency-Key returns the same run."""
-    webhook_url = checked_webhook_url(settings, body.webhook_url)
-    existing = _replay(session, principal, idempotency_key) if idempotency_key else None
+    request = {
+        "name": body.name,
+        "layers": json.dumps([layer.model_dump() for layer in body.layers]),
+        "metrics": json.dumps(body.metrics),
+        "config": json.dumps(body.config, default=str),
+        "webhook_url": checked_webhook_url(settings, body.webhook_url),
+    }
+    existing = _replay(session, principal, idempotency_key, request) if idempotency_key else None
     if existing is None:
         existing = TrainingRun(
             project_id=principal.project_id,
-            name=body.name,
-            layers=json.dumps([layer.model_dump() for layer in body.layers]),
-            metrics=json.dumps(body.metrics),
-            config=json.dumps(body.config, default=str),
             idempotency_key=idempotency_key,
-            webhook_url=webhook_url,
             webhook_secret="whsec_" + secrets.token_hex(24),
+            **request,
         )
         session.add(existing)
         try:
             session.commit()
         except IntegrityError:  # a concurrent retry with the same key won
             session.rollback()
-            existing = _replay(session, principal, idempotency_key or "")
+            existing = _replay(session, principal, idempotency_key or "", request)
             if existing is None:
                 raise
     response.headers["Location"] = f"/v1/runs/{existing.id}"

@@ -189,6 +189,8 @@ def test_idempotent_create(http: httpx.Client) -> None:
     first = http.post("/v1/runs", json=body, headers={"Idempotency-Key": "run-create-1"}).json()
     second = http.post("/v1/runs", json=body, headers={"Idempotency-Key": "run-create-1"}).json()
     assert first["id"] == second["id"]
+    other = http.post("/v1/runs", json={**body, "name": "other"}, headers={"Idempotency-Key": "run-create-1"})
+    assert other.status_code == 422 and other.json()["error"]["code"] == "idempotency_key_reused", other.text
 
 
 def test_webhook_called_once_when_the_run_goes_bad(http: httpx.Client) -> None:
