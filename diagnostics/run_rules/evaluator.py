@@ -17,6 +17,7 @@ from .loss_divergence import LossDivergenceRule
 from .loss_plateau import LossPlateauRule
 from .non_finite import NonFiniteRule
 from .oscillating_loss import OscillatingLossRule
+from .protocol import RuleSummary, RunRule
 from .rolling import dec, dec_array, enc, enc_array, opt_float, rolling_median_mad
 from .stalled_layer import StalledLayerRule
 from .update_ratio import UpdateRatioRule
@@ -27,7 +28,7 @@ LOSS_WINDOW = 9  # shared smoothing of the loss: a rolling median of 9 logged lo
 # and its noise: the MAD of the last 51 (a 9-point MAD is itself too noisy to scale thresholds with)
 NOISE_WINDOW = 51
 
-RULES = (
+RULES: tuple[type[RunRule], ...] = (
     NonFiniteRule,
     GradientSpikeRule,
     LossDivergenceRule,
@@ -61,8 +62,7 @@ class RunEvaluator:
         self.last_norm: float | None = st.get("last_norm")
         self.loss_hist = dec_array(st.get("loss_hist", []))  # the last 51 finite logged losses
         rules_state = st.get("rules", {})
-        self.rules = [rule(L, rules_state.get(rule.rule_id)) for rule in RULES]
-        self.rule = {r.rule_id: r for r in self.rules}
+        self.rules: list[RunRule] = [rule(L, rules_state.get(rule.rule_id)) for rule in RULES]
 
     def update(self, chunk: LogChunk) -> None:
         """Evaluate the rows of `chunk` after the last step seen; earlier (late, repeated) rows are ignored."""
@@ -131,8 +131,12 @@ class RunEvaluator:
             self.last_norm = float(norms[-1])
         self.loss_hist = np.concatenate([self.loss_hist, v.fin_loss])[-NOISE_WINDOW:]
 
+    def _published(self) -> RuleSummary:
+        """What the rules publish for the run: the only way one rule's numbers reach another (via RunContext)."""
+        return {key: value for rule in self.rules for key, value in rule.summary().items()}
+
     def _context(self) -> RunContext:
-        p90 = self.rule["gradient_spike"].p90()
+        p90 = self._published()["global_grad_norm_p90"]
         return RunContext(
             layers=self.layers,
             last_step=self.last_step,
@@ -152,8 +156,7 @@ class RunEvaluator:
 
     def summary(self) -> dict[str, float | int | None]:
         """Run-level numbers for the report's metrics."""
-        spike = self.rule["gradient_spike"]
-        ratio = self.rule["update_ratio"]
+        published = self._published()
         return {
             "steps_seen": self.steps_seen,
             "first_step": self.first_step,
@@ -163,10 +166,10 @@ class RunEvaluator:
             "last_lr": opt_float(self.last_lr),
             "max_lr": self.max_lr,
             "last_global_grad_norm": self.last_norm,
-            "global_grad_norm_p50": spike.quantile(0.5),
-            "global_grad_norm_p90": spike.p90(),
-            "nonfinite_steps": self.rule["non_finite"].s["bad_steps"],
-            "median_update_to_weight": ratio.last_median,
+            "global_grad_norm_p50": published["global_grad_norm_p50"],
+            "global_grad_norm_p90": published["global_grad_norm_p90"],
+            "nonfinite_steps": published["nonfinite_steps"],
+            "median_update_to_weight": published["median_update_to_weight"],
         }
 
     def state(self) -> dict[str, Any]:

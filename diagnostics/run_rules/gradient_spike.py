@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -10,7 +11,7 @@ import numpy as np
 from ..schema import Finding
 from .chunk import ChunkView
 from .common import RunContext, clip_remediation, fmt, lower_lr_remediation, span
-from .rolling import MAD_TO_SIGMA, Episodes, LogHistogram, dec_array, enc_array, rolling_median_mad
+from .rolling import MAD_TO_SIGMA, Episode, Episodes, LogHistogram, dec_array, enc_array, rolling_median_mad
 
 RULE_ID = "gradient_spike"
 
@@ -40,104 +41,136 @@ def top_contributors(grad: np.ndarray, share: float = 0.8, limit: int = 10) -> l
     return sorted(order[: min(k, limit)].tolist())
 
 
+@dataclass
+class SpikePeak:
+    """What a spike episode's worst step looked like."""
+
+    norm: float  # the global gradient norm at the peak
+    level: float  # its rolling median just before
+    z: float | None  # robust z of log(norm) against the window
+    layers: list[int]  # the layers that made up most of it
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON object."""
+        return {"norm": self.norm, "level": self.level, "z": self.z, "layers": self.layers}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> SpikePeak:
+        """Read what to_json() wrote."""
+        return cls(d["norm"], d["level"], d.get("z"), d.get("layers", []))
+
+
+@dataclass
+class GradientSpikeState:
+    """The last 51 log global norms, a histogram of all norms, the episodes and their peaks."""
+
+    hist: np.ndarray
+    quant: LogHistogram
+    episodes: Episodes
+    peaks: dict[str, SpikePeak]  # keyed by the episode's start step (a JSON key: a string)
+
+    @classmethod
+    def from_json(cls, st: dict[str, Any] | None) -> GradientSpikeState:
+        """Read what to_json() wrote (None: a fresh state)."""
+        st = st or {}
+        return cls(
+            hist=dec_array(st.get("hist", [])),
+            quant=LogHistogram(st.get("quant")),
+            episodes=Episodes(1, RELEASE, higher_is_worse=True, state=st.get("episodes")),
+            peaks={k: SpikePeak.from_json(v) for k, v in st.get("extra", {}).items()},
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON object (the keys of state version 1)."""
+        return {
+            "hist": enc_array(self.hist),
+            "quant": self.quant.state(),
+            "episodes": self.episodes.state(),
+            "extra": {k: v.to_json() for k, v in self.peaks.items()},
+        }
+
+
 class GradientSpikeRule:
     """Rolling median/MAD of log global norm; spikes above max(5x, 6 sigma) open an episode."""
 
     rule_id = RULE_ID
 
     def __init__(self, num_layers: int, state: dict[str, Any] | None = None) -> None:
-        st = state or {}
-        self.hist = dec_array(st.get("hist", []))
-        self.quant = LogHistogram(st.get("quant"))
-        self.episodes = Episodes(1, RELEASE, higher_is_worse=True, state=st.get("episodes"))
-        self.extra: dict[str, Any] = st.get("extra", {})  # per-episode details keyed by start step
+        self.st = GradientSpikeState.from_json(state)
 
     def update(self, v: ChunkView) -> None:
         """Vectorised rolling level per chunk, then an O(1) episode step per finite norm."""
+        st = self.st
         norms = v.global_norm
         ok = np.isfinite(norms) & (norms > 0)
-        self.quant.add(norms[ok])
+        st.quant.add(norms[ok])
         x = np.log(norms[ok])
         if not len(x):
             return
-        level, mad = rolling_median_mad(self.hist, x, WINDOW, include_current=False, min_count=MIN_HISTORY)
+        level, mad = rolling_median_mad(st.hist, x, WINDOW, include_current=False, min_count=MIN_HISTORY)
         rows = np.flatnonzero(ok)
-        steps = v.steps[rows]
         sigma = MAD_TO_SIGMA * mad
         excess = x - level
         spike = np.isfinite(level) & (excess > np.maximum(math.log(MIN_RATIO), MIN_Z * sigma))
+        episodes = st.episodes
         for i in range(len(x)):
-            if not spike[i] and self.episodes.open is None and self.episodes.s["run_n"] == 0:
+            if not spike[i] and episodes.idle:
                 continue  # nothing open and nothing to count: the common case costs nothing
+            step = int(v.steps[rows[i]])
             ratio = math.exp(min(float(excess[i]), 690.0)) if spike[i] else 0.0  # no OverflowError near 1e308
-            event = self.episodes.feed(int(steps[i]), bool(spike[i]), ratio)
-            if spike[i] and event in ("open", "on") and self.episodes.open["peak_step"] == int(steps[i]):
+            event = episodes.feed(step, bool(spike[i]), ratio)
+            if spike[i] and event in ("open", "on") and episodes.open is not None and episodes.open.peak_step == step:
                 z = float(excess[i] / sigma[i]) if sigma[i] > 0 else None
-                self.extra[str(self.episodes.open["start"])] = {
-                    "norm": float(norms[rows[i]]),
-                    "level": float(math.exp(level[i])),
-                    "z": z,
-                    "layers": top_contributors(v.grad[rows[i]]),
-                }
-        self.hist = np.concatenate([self.hist, x])[-WINDOW:]
-        self._trim_extra()
-
-    def _trim_extra(self) -> None:
-        keep = {str(ep["start"]) for ep in self.episodes.closed}
-        if self.episodes.open is not None:
-            keep.add(str(self.episodes.open["start"]))
-        self.extra = {k: val for k, val in self.extra.items() if k in keep}
-
-    def p90(self) -> float | None:
-        """The 90th percentile of the global norms seen so far."""
-        return self.quant.quantile(QUANTILE)
+                peak = SpikePeak(float(norms[rows[i]]), float(math.exp(level[i])), z, top_contributors(v.grad[rows[i]]))
+                st.peaks[str(episodes.open.start)] = peak
+        st.hist = np.concatenate([st.hist, x])[-WINDOW:]
+        keep = {str(ep.start) for ep in episodes.episodes()}
+        st.peaks = {k: val for k, val in st.peaks.items() if k in keep}
 
     def quantile(self, q: float) -> float | None:
         """Any quantile of the global norms seen so far."""
-        return self.quant.quantile(q)
+        return self.st.quant.quantile(q)
+
+    def summary(self) -> dict[str, float | int | None]:
+        """The run-level numbers this rule keeps: the median and 90th percentile of the global norms seen."""
+        return {"global_grad_norm_p50": self.quantile(0.5), "global_grad_norm_p90": self.quantile(QUANTILE)}
 
     def state(self) -> dict[str, Any]:
         """JSON state: the last 51 log-norms, the histogram and the episodes."""
-        return {
-            "hist": enc_array(self.hist),
-            "quant": self.quant.state(),
-            "episodes": self.episodes.state(),
-            "extra": self.extra,
-        }
+        return self.st.to_json()
 
     def findings(self, ctx: RunContext) -> list[Finding]:
         """One warning per spike episode (bursts merged), with clip_grad_norm_ at the p90 norm."""
-        eps = list(self.episodes.closed) + ([self.episodes.open] if self.episodes.open else [])
-        return [self._finding(ep, ctx) for ep in eps]
+        return [self._finding(ep, ctx) for ep in self.st.episodes.episodes()]
 
-    def _finding(self, ep: dict[str, Any], ctx: RunContext) -> Finding:
-        info = self.extra.get(str(ep["start"]), {})
-        ratio, norm, level = ep["peak"], info.get("norm"), info.get("level")
-        count = ep["n"]
-        where = f"step {ep['start']}" if ep["last"] == ep["start"] else f"steps {ep['start']}–{ep['last']}"
-        top = [ctx.layers[i] for i in info.get("layers", [])]
+    def _finding(self, ep: Episode, ctx: RunContext) -> Finding:
+        info = self.st.peaks.get(str(ep.start))
+        ratio, norm, level = ep.peak, info.norm if info else None, info.level if info else None
+        count = ep.n
+        where = f"step {ep.start}" if ep.last == ep.start else f"steps {ep.start}–{ep.last}"
+        top = [ctx.layers[i] for i in (info.layers if info else [])]
         message = (
-            f"The global gradient norm spiked to {fmt(norm)} at step {ep['peak_step']}, {fmt(ratio)}x its rolling median "
+            f"The global gradient norm spiked to {fmt(norm)} at step {ep.peak_step}, {fmt(ratio)}x its rolling median "
             f"{fmt(level)} over the previous {WINDOW} steps ({count} spiking step(s) at {where})."
         )
         if top:
             message += f" Largest contributions at the peak: {span(top)}."
-        if ep.get("merged"):
-            message += f" {ep['merged']} later episode(s) are merged into this one."
+        if ep.merged:
+            message += f" {ep.merged} later episode(s) are merged into this one."
         return Finding(
             rule=RULE_ID,
             severity="warning",
             title=f"Gradient-norm spike at {where}",
             message=message,
-            layers=[ctx.layers[i] for i in info.get("layers", [])],
-            step=ep["start"],
-            last_step=ep["last"],
+            layers=top,
+            step=ep.start,
+            last_step=ep.last,
             evidence={
-                "peak_step": ep["peak_step"],
+                "peak_step": ep.peak_step,
                 "peak_global_grad_norm": norm,
                 "rolling_median_global_grad_norm": level,
                 "ratio_to_rolling_median": ratio,
-                "robust_z": info.get("z"),
+                "robust_z": info.z if info else None,
                 "spiking_steps": count,
                 "global_grad_norm_p90": ctx.max_norm,
             },

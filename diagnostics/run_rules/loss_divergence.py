@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -41,202 +42,307 @@ RELEASE_FRAC = 0.5
 SUSTAIN_STEPS = 50
 
 
+@dataclass
+class LossPoint:
+    """One finite logged loss in the confirmation window (stored as [step, exceeds, layers, loss, lr])."""
+
+    step: int
+    exceeds: bool  # above the bar set by the best level
+    layers: list[int]  # the top gradient layers where its run of exceeding losses began ([] if it does not exceed)
+    loss: float
+    lr: float | None  # the lr of the update that produced it
+
+    def to_json(self) -> list[Any]:
+        """The positional list of state version 1."""
+        return [self.step, self.exceeds, self.layers, self.loss, self.lr]
+
+    @classmethod
+    def from_json(cls, e: list[Any]) -> LossPoint:
+        """Read what to_json() wrote."""
+        return cls(int(e[0]), bool(e[1]), list(e[2]), e[3], e[4])
+
+
+@dataclass
+class Divergence:
+    """A confirmed rise of the loss above its bar (or a non-finite loss)."""
+
+    start: int
+    last: int  # the last exceeding (or non-finite) step
+    peak: float | None
+    peak_step: int | None
+    layers: list[int]
+    nonfinite_step: int | None
+    best: float | None  # the best level and what it set, when the rise began
+    best_step: int | None
+    threshold: float | None
+    lr_at_best: float | None
+    lr_at_start: float | None
+    nonfinite: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON object."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Divergence:
+        """Read what to_json() wrote."""
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+
+@dataclass
+class LossDivergenceState:
+    """The best level so far, the confirmation window and the divergences."""
+
+    initial: float | None = None  # the first 9-point rolling median
+    best: float | None = None  # the lowest one
+    best_sigma: float = 0.0  # the minibatch noise there
+    best_step: int | None = None
+    lr_at_best: float | None = None
+    fifo: list[LossPoint] = field(default_factory=list)  # the last CONFIRM_N finite logged losses
+    run_start: int | None = None  # the first step of the current run of exceeding losses
+    run_layers: list[int] = field(default_factory=list)
+    open: Divergence | None = None
+    closed: list[Divergence] = field(default_factory=list)
+    lr: float | None = None  # the lr of the update that produced the last loss
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON object (the keys of state version 1)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["fifo"] = [e.to_json() for e in self.fifo]
+        out["open"] = self.open.to_json() if self.open is not None else None
+        out["closed"] = [ep.to_json() for ep in self.closed]
+        out["run_layers"] = list(self.run_layers)
+        return out
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any] | None) -> LossDivergenceState:
+        """Read what to_json() wrote (None: a fresh state)."""
+        if not d:
+            return cls()
+        st = cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+        st.fifo = [LossPoint.from_json(e) for e in d.get("fifo", [])]
+        st.open = Divergence.from_json(d["open"]) if d.get("open") is not None else None
+        st.closed = [Divergence.from_json(ep) for ep in d.get("closed", [])]
+        return st
+
+    def delta(self) -> float:
+        """How far above the best level a loss must be to exceed (see the constants)."""
+        best, initial = self.best, self.initial
+        assert best is not None and initial is not None
+        setback = min(REL_RISE * abs(best), LOST_PROGRESS * (initial - best))
+        return max(Z_NOISE * self.best_sigma, setback, FLOOR * max(abs(initial), abs(best)), 1e-12)
+
+
 class LossDivergenceRule:
     """A per-loss state machine: exceedances against the best rolling median, confirmed and sustained."""
 
     rule_id = RULE_ID
 
     def __init__(self, num_layers: int, state: dict[str, Any] | None = None) -> None:
-        self.s: dict[str, Any] = state or {
-            "initial": None,
-            "best": None,
-            "best_sigma": 0.0,
-            "best_step": None,
-            "lr_at_best": None,
-            # last 10 finite logged losses: [step, exceeds, top layers at its run's start, loss, lr]
-            "fifo": [],
-            "run_start": None,
-            "run_layers": [],
-            "open": None,
-            "closed": [],
-            "lr": None,
-        }
-
-    def _delta(self) -> float:
-        s = self.s
-        best, initial = s["best"], s["initial"]
-        setback = min(REL_RISE * abs(best), LOST_PROGRESS * (initial - best))
-        return max(Z_NOISE * s["best_sigma"], setback, FLOOR * max(abs(initial), abs(best)), 1e-12)
+        self.st = LossDivergenceState.from_json(state)
 
     def update(self, v: ChunkView) -> None:
         """Walk the logged losses in order (O(1) work each)."""
-        s = self.s
+        st = self.st
         fin_pos = {int(r): k for k, r in enumerate(v.fin_rows.tolist())}
         for r in np.flatnonzero(v.loss_logged).tolist():
             step, x = int(v.steps[r]), float(v.loss[r])
-            s["lr"] = opt_float(v.lr_prev[r])  # the lr of the update that produced this loss
+            st.lr = opt_float(v.lr_prev[r])  # the lr of the update that produced this loss
             if not math.isfinite(x):
-                ep = s["open"] or self._open(s["run_start"] if s["run_start"] is not None else step, s["run_layers"])
-                ep["nonfinite"] = True
-                ep["nonfinite_step"] = ep["nonfinite_step"] if ep["nonfinite_step"] is not None else step
-                ep["last"] = step
+                self._nonfinite(step)
                 continue
-            exceed = s["best"] is not None and x > s["best"] + self._delta()
-            if exceed and s["run_start"] is None:
-                s["run_start"], s["run_layers"] = step, top_contributors(v.grad[r], limit=5)
-            elif not exceed:
-                s["run_start"], s["run_layers"] = None, []
-            s["fifo"] = (s["fifo"] + [[step, bool(exceed), s["run_layers"] if exceed else [], x, s["lr"]]])[-CONFIRM_N:]
-            flags = [e[1] for e in s["fifo"]]
-            full, frac = len(flags) == CONFIRM_N, sum(flags) / CONFIRM_N
-            ep = s["open"]
-            if ep is None:
-                if full and flags[0] and frac >= CONFIRM_FRAC:
-                    ep = self._open(s["fifo"][0][0], s["fifo"][0][2])
-            elif full and frac < RELEASE_FRAC:
-                self._close()
-                ep = None
-            if ep is not None and exceed:
-                ep["last"] = step
-                if ep["peak"] is None or x > ep["peak"]:
-                    ep["peak"], ep["peak_step"] = x, step
+            exceed = self._push(step, x, v.grad[r])
+            self._confirm_or_release(step, x, exceed)
             k = fin_pos[r]
-            m, mad = float(v.loss_med[k]), float(v.loss_mad_long[k])
-            if math.isfinite(m):
-                if s["initial"] is None:
-                    s["initial"] = m
-                if s["open"] is None and (s["best"] is None or m < s["best"]):
-                    s["best"], s["best_sigma"], s["best_step"], s["lr_at_best"] = m, MAD_TO_SIGMA * mad, step, s["lr"]
+            self._track_best(step, float(v.loss_med[k]), float(v.loss_mad_long[k]))
 
-    def _open(self, start: int, layers: list[int]) -> dict[str, Any]:
-        s = self.s
-        lr = next((e[4] for e in s["fifo"] if e[0] == start), s["lr"])  # the lr of the first rising loss
-        threshold = s["best"] + self._delta() if s["best"] is not None else None
-        s["open"] = {
-            "start": int(start),
-            "last": int(start),
-            "peak": None,
-            "peak_step": None,
-            "layers": list(layers),
-            "nonfinite_step": None,
-            "best": s["best"],
-            "best_step": s["best_step"],
-            "threshold": threshold,
-            "lr_at_best": s["lr_at_best"],
-            "lr_at_start": lr,
-            "nonfinite": False,
-        }
-        for step, exceed, _, x, _ in s["fifo"]:  # the rise so far (the losses that confirmed it)
-            if exceed and step >= start and (s["open"]["peak"] is None or x > s["open"]["peak"]):
-                s["open"]["peak"], s["open"]["peak_step"], s["open"]["last"] = x, step, max(s["open"]["last"], step)
-        return s["open"]
+    def _nonfinite(self, step: int) -> None:
+        st = self.st
+        ep = st.open or self._open(st.run_start if st.run_start is not None else step, st.run_layers)
+        ep.nonfinite = True
+        ep.nonfinite_step = ep.nonfinite_step if ep.nonfinite_step is not None else step
+        ep.last = step
+
+    def _push(self, step: int, x: float, grad: np.ndarray) -> bool:
+        """Whether the loss exceeds the bar; into the confirmation window with it."""
+        st = self.st
+        exceed = st.best is not None and x > st.best + st.delta()
+        if exceed and st.run_start is None:
+            st.run_start, st.run_layers = step, top_contributors(grad, limit=5)
+        elif not exceed:
+            st.run_start, st.run_layers = None, []
+        point = LossPoint(step, bool(exceed), st.run_layers if exceed else [], x, st.lr)
+        st.fifo = (st.fifo + [point])[-CONFIRM_N:]
+        return exceed
+
+    def _confirm_or_release(self, step: int, x: float, exceed: bool) -> None:
+        st = self.st
+        flags = [e.exceeds for e in st.fifo]
+        full, frac = len(flags) == CONFIRM_N, sum(flags) / CONFIRM_N
+        ep = st.open
+        if ep is None:
+            if full and flags[0] and frac >= CONFIRM_FRAC:
+                ep = self._open(st.fifo[0].step, st.fifo[0].layers)
+        elif full and frac < RELEASE_FRAC:
+            self._close()
+            ep = None
+        if ep is not None and exceed:
+            ep.last = step
+            if ep.peak is None or x > ep.peak:
+                ep.peak, ep.peak_step = x, step
+
+    def _track_best(self, step: int, m: float, mad: float) -> None:
+        st = self.st
+        if not math.isfinite(m):
+            return
+        if st.initial is None:
+            st.initial = m
+        if st.open is None and (st.best is None or m < st.best):
+            st.best, st.best_sigma, st.best_step, st.lr_at_best = m, MAD_TO_SIGMA * mad, step, st.lr
+
+    def _open(self, start: int, layers: list[int]) -> Divergence:
+        st = self.st
+        lr = next((e.lr for e in st.fifo if e.step == start), st.lr)  # the lr of the first rising loss
+        threshold = st.best + st.delta() if st.best is not None else None
+        ep = Divergence(
+            start=int(start),
+            last=int(start),
+            peak=None,
+            peak_step=None,
+            layers=list(layers),
+            nonfinite_step=None,
+            best=st.best,
+            best_step=st.best_step,
+            threshold=threshold,
+            lr_at_best=st.lr_at_best,
+            lr_at_start=lr,
+        )
+        for e in st.fifo:  # the rise so far (the losses that confirmed it)
+            if e.exceeds and e.step >= start and (ep.peak is None or e.loss > ep.peak):
+                ep.peak, ep.peak_step, ep.last = e.loss, e.step, max(ep.last, e.step)
+        st.open = ep
+        return ep
 
     def _close(self) -> None:
-        s = self.s
-        ep, s["open"] = s["open"], None
-        if ep["last"] - ep["start"] >= SUSTAIN_STEPS and len(s["closed"]) < MAX_EPISODES:
-            s["closed"].append(ep)  # a real divergence that the run came back from: keep it
+        st = self.st
+        ep, st.open = st.open, None
+        assert ep is not None
+        if ep.last - ep.start >= SUSTAIN_STEPS and len(st.closed) < MAX_EPISODES:
+            st.closed.append(ep)  # a real divergence that the run came back from: keep it
         # a short excursion that came back (warm-up spike, catapult, one NaN batch: non_finite's) is forgotten
+
+    def summary(self) -> dict[str, float | int | None]:
+        """No run-level numbers of its own."""
+        return {}
 
     def state(self) -> dict[str, Any]:
         """JSON state."""
-        return self.s
+        return self.st.to_json()
 
     def findings(self, ctx: RunContext) -> list[Finding]:
         """Open and sustained (or non-finite): error; open but young: warning; recovered long rises: warning."""
-        out = [self._finding(ep, "warning", ctx, recovered=True) for ep in self.s["closed"]]
-        ep = self.s["open"]
+        out = [divergence_finding(ep, "warning", ctx, recovered=True) for ep in self.st.closed]
+        ep = self.st.open
         if ep is not None:
-            sustained = ep["nonfinite"] or ep["last"] - ep["start"] >= SUSTAIN_STEPS
-            out.append(self._finding(ep, "error" if sustained else "warning", ctx, recovered=False))
+            sustained = ep.nonfinite or ep.last - ep.start >= SUSTAIN_STEPS
+            out.append(divergence_finding(ep, "error" if sustained else "warning", ctx, recovered=False))
         return out
 
-    def _finding(self, ep: dict[str, Any], severity: str, ctx: RunContext, recovered: bool) -> Finding:
-        start, best, peak = ep["start"], ep["best"], ep["peak"]
-        lr0, lr1 = ep["lr_at_best"], ep["lr_at_start"]
-        lr_rose = lr0 is not None and lr1 is not None and lr1 > 1.5 * lr0
-        bar = f"the bar {fmt(ep['threshold'])} set by its best level {fmt(best)} (step {ep['best_step']})"
-        if ep["nonfinite"] and ep["nonfinite_step"] == start:
-            message = f"At step {start} the loss became non-finite" + (
-                f" (its best level was {fmt(best)} at step {ep['best_step']})." if best is not None else "."
-            )
-        elif ep["nonfinite"]:
-            message = (
-                f"From step {start} the loss rose above {bar}, and became non-finite at step {ep['nonfinite_step']}."
-            )
-        else:
-            message = f"From step {start} the loss rose above {bar}, up to {fmt(peak)} at step {ep['peak_step']}."
-        if ep["layers"]:
-            message += f" Largest gradients at the start: {span([ctx.layers[i] for i in ep['layers']])}."
-        if lr_rose:
-            message += f" The learning rate had gone from {fmt(lr0)} to {fmt(lr1)}."
-        if recovered:
-            message += f" It came back below the bar after step {ep['last']}."
-        elif severity == "warning":
-            message += f" Not yet sustained ({SUSTAIN_STEPS} steps): a warm-up spike that recovers is normal."
-        title = (
-            "Loss diverged"
-            if severity == "error"
-            else "Loss rising"
-            if not recovered
-            else "Loss diverged, then recovered"
+
+def _lr_rose(ep: Divergence) -> bool:
+    lr0, lr1 = ep.lr_at_best, ep.lr_at_start
+    return lr0 is not None and lr1 is not None and lr1 > 1.5 * lr0
+
+
+def _message(ep: Divergence, severity: str, ctx: RunContext, recovered: bool) -> str:
+    start, best = ep.start, ep.best
+    bar = f"the bar {fmt(ep.threshold)} set by its best level {fmt(best)} (step {ep.best_step})"
+    if ep.nonfinite and ep.nonfinite_step == start:
+        message = f"At step {start} the loss became non-finite" + (
+            f" (its best level was {fmt(best)} at step {ep.best_step})." if best is not None else "."
         )
-        title += f" from step {start}"
-        advice = [
-            Remediation(
-                action="restore_and_skip",
-                detail=f"Restore a checkpoint from before step {start} (the loss was at its best around step "
-                f"{ep['best_step']}), then resume with the changes below; if it recurs at the same data, skip those batches.",
-                references=[RUN_REFS["chowdhery2022"]],
-                params={"step": start, "best_step": ep["best_step"]},
-            ),
-            Remediation(
-                action="lower_lr",
-                detail=f"Go back to the learning rate the run was stable at (lr≈{fmt(lr0)}), or raise it more gradually.",
-                snippet=f"for group in optimizer.param_groups:\n    group['lr'] = {lr0}",
-                references=[REFS["cohen2021"]],
-                params={"lr": lr0},
-            )
-            if lr_rose
-            else lower_lr_remediation(
-                lr1, 3, "a diverging loss is the classic sign of a step too large for the curvature."
-            ),
-            clip_remediation(ctx),
-            Remediation(
-                action="add_warmup",
-                detail="Ramp the learning rate up over the first few hundred steps instead of starting at full size.",
-                snippet="sched = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.01, total_iters=500)",
-                references=[RUN_REFS["goyal2017"], REFS["xiong2020"]],
-                params={"warmup_steps": 500},
-            ),
-        ]
-        return Finding(
-            rule=RULE_ID,
-            severity=severity,  # type: ignore[arg-type]
-            title=title,
-            message=message,
-            layers=[ctx.layers[i] for i in ep["layers"]],
-            step=start,
-            last_step=ep["last"] if recovered else ctx.last_step,
-            evidence={
-                "best_loss": best,
-                "best_step": ep["best_step"],
-                "threshold": ep["threshold"],
-                "peak_loss": peak,
-                "peak_step": ep["peak_step"] if peak is not None else None,
-                "nonfinite_loss": ep["nonfinite"],
-                "lr_at_best": lr0,
-                "lr_at_start": lr1,
-                "last_exceeding_step": ep["last"],
-            },
-            thresholds={
-                "noise_sigmas": Z_NOISE,
-                "relative_rise": REL_RISE,
-                "lost_progress": LOST_PROGRESS,
-                "confirm_losses": CONFIRM_N,
-                "confirm_fraction": CONFIRM_FRAC,
-                "sustain_steps": SUSTAIN_STEPS,
-            },
-            remediation=advice,
-            confidence=0.9 if severity == "error" else 0.6,
+    elif ep.nonfinite:
+        message = f"From step {start} the loss rose above {bar}, and became non-finite at step {ep.nonfinite_step}."
+    else:
+        message = f"From step {start} the loss rose above {bar}, up to {fmt(ep.peak)} at step {ep.peak_step}."
+    if ep.layers:
+        message += f" Largest gradients at the start: {span([ctx.layers[i] for i in ep.layers])}."
+    if _lr_rose(ep):
+        message += f" The learning rate had gone from {fmt(ep.lr_at_best)} to {fmt(ep.lr_at_start)}."
+    if recovered:
+        message += f" It came back below the bar after step {ep.last}."
+    elif severity == "warning":
+        message += f" Not yet sustained ({SUSTAIN_STEPS} steps): a warm-up spike that recovers is normal."
+    return message
+
+
+def _advice(ep: Divergence, ctx: RunContext) -> list[Remediation]:
+    start, lr0 = ep.start, ep.lr_at_best
+    lower = (
+        Remediation(
+            action="lower_lr",
+            detail=f"Go back to the learning rate the run was stable at (lr≈{fmt(lr0)}), or raise it more gradually.",
+            snippet=f"for group in optimizer.param_groups:\n    group['lr'] = {lr0}",
+            references=[REFS["cohen2021"]],
+            params={"lr": lr0},
         )
+        if _lr_rose(ep)
+        else lower_lr_remediation(
+            ep.lr_at_start, 3, "a diverging loss is the classic sign of a step too large for the curvature."
+        )
+    )
+    return [
+        Remediation(
+            action="restore_and_skip",
+            detail=f"Restore a checkpoint from before step {start} (the loss was at its best around step "
+            f"{ep.best_step}), then resume with the changes below; if it recurs at the same data, skip those batches.",
+            references=[RUN_REFS["chowdhery2022"]],
+            params={"step": start, "best_step": ep.best_step},
+        ),
+        lower,
+        clip_remediation(ctx),
+        Remediation(
+            action="add_warmup",
+            detail="Ramp the learning rate up over the first few hundred steps instead of starting at full size.",
+            snippet="sched = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.01, total_iters=500)",
+            references=[RUN_REFS["goyal2017"], REFS["xiong2020"]],
+            params={"warmup_steps": 500},
+        ),
+    ]
+
+
+def divergence_finding(ep: Divergence, severity: str, ctx: RunContext, recovered: bool) -> Finding:
+    """The finding for one divergence at the given severity."""
+    title = (
+        "Loss diverged" if severity == "error" else "Loss rising" if not recovered else "Loss diverged, then recovered"
+    )
+    return Finding(
+        rule=RULE_ID,
+        severity=severity,  # type: ignore[arg-type]
+        title=f"{title} from step {ep.start}",
+        message=_message(ep, severity, ctx, recovered),
+        layers=[ctx.layers[i] for i in ep.layers],
+        step=ep.start,
+        last_step=ep.last if recovered else ctx.last_step,
+        evidence={
+            "best_loss": ep.best,
+            "best_step": ep.best_step,
+            "threshold": ep.threshold,
+            "peak_loss": ep.peak,
+            "peak_step": ep.peak_step if ep.peak is not None else None,
+            "nonfinite_loss": ep.nonfinite,
+            "lr_at_best": ep.lr_at_best,
+            "lr_at_start": ep.lr_at_start,
+            "last_exceeding_step": ep.last,
+        },
+        thresholds={
+            "noise_sigmas": Z_NOISE,
+            "relative_rise": REL_RISE,
+            "lost_progress": LOST_PROGRESS,
+            "confirm_losses": CONFIRM_N,
+            "confirm_fraction": CONFIRM_FRAC,
+            "sustain_steps": SUSTAIN_STEPS,
+        },
+        remediation=_advice(ep, ctx),
+        confidence=0.9 if severity == "error" else 0.6,
+    )

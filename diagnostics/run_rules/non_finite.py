@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,98 @@ MAX_LAYERS = 20
 EXPLODED = 100.0
 
 
+@dataclass
+class Incident:
+    """A stretch of non-finite steps, from its first bad step until a clean one."""
+
+    start: int
+    last: int  # the last bad step
+    bad_n: int  # bad steps in it
+    layers: list[int]  # hit layers, probable origin first (at most MAX_LAYERS)
+    layers_hit: int
+    all_layers: bool  # every layer at once (and more than one): no origin to point at
+    loss_at_start: float | str | None  # enc()-encoded
+    loss_bad: bool
+    weights_bad: bool
+    first_kinds: list[str]  # what was non-finite at the first step: gradients, weights, loss
+    prev_norm: float | str | None  # enc()-encoded global norm before it
+    recovered_at: int | None = None
+    episodes: int | None = None  # recovered gradient-only incidents merged into one (the transient one)
+    merged: int = 0  # later incidents folded into this one (MAX_EPISODES)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON object (the keys of state version 1; episodes/merged only when set)."""
+        out = {k: v for k, v in asdict(self).items() if k not in ("episodes", "merged")}
+        if self.episodes is not None:
+            out["episodes"] = self.episodes
+        if self.merged:
+            out["merged"] = self.merged
+        return out
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Incident:
+        """Read what to_json() wrote."""
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+    def previous_norm(self) -> float | None:
+        """The global gradient norm logged just before the incident."""
+        return dec(self.prev_norm) if self.prev_norm is not None else None
+
+
+@dataclass
+class NonFiniteState:
+    """The open incident, the recovered ones, and the counters between them."""
+
+    open: Incident | None = None
+    closed: list[Incident] = field(default_factory=list)  # recovered incidents with a bad loss or weights
+    transient: Incident | None = None  # recovered gradient-only incidents, merged
+    clean_n: int = 0  # clean steps since the last bad one
+    last_norm: float | None = None  # the last finite global norm
+    bad_steps: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON object."""
+        return {
+            "open": self.open.to_json() if self.open is not None else None,
+            "closed": [ep.to_json() for ep in self.closed],
+            "transient": self.transient.to_json() if self.transient is not None else None,
+            "clean_n": self.clean_n,
+            "last_norm": self.last_norm,
+            "bad_steps": self.bad_steps,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any] | None) -> NonFiniteState:
+        """Read what to_json() wrote (None: a fresh state)."""
+        if not d:
+            return cls()
+
+        def incident(x: dict[str, Any] | None) -> Incident | None:
+            return Incident.from_json(x) if x is not None else None
+
+        closed = [Incident.from_json(ep) for ep in d.get("closed", [])]
+        return cls(
+            incident(d.get("open")),
+            closed,
+            incident(d.get("transient")),
+            int(d.get("clean_n", 0)),
+            d.get("last_norm"),
+            int(d.get("bad_steps", 0)),
+        )
+
+
+def row_flags(v: ChunkView) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row: the loss is non-finite, anything is non-finite (bad), and clean (something finite, nothing bad)."""
+    loss_bad = v.loss_logged & ~np.isfinite(v.loss)
+    # cheap row flags first (global_norm is inf when any layer norm is inf or counts non-finite tensors)
+    row_bad = np.isinf(v.global_norm) | np.isinf(v.grad_max).any(axis=1) | loss_bad
+    sampled = np.zeros(v.n, dtype=bool)
+    sampled[v.upd_rows] = True
+    row_bad[sampled] |= (np.isinf(v.weight[sampled]) | np.isinf(v.update[sampled])).any(axis=1)
+    row_clean = ~row_bad & (np.isfinite(v.global_norm) | (v.loss_logged & np.isfinite(v.loss)))
+    return loss_bad, row_bad, row_clean
+
+
 class NonFiniteRule:
     """Track incidents of NaN/Inf: ongoing ones are critical, recovered gradient overflows a warning."""
 
@@ -30,54 +123,46 @@ class NonFiniteRule:
 
     def __init__(self, num_layers: int, state: dict[str, Any] | None = None) -> None:
         self.L = num_layers
-        self.s: dict[str, Any] = state or {
-            "open": None,
-            "closed": [],
-            "transient": None,
-            "clean_n": 0,
-            "last_norm": None,
-            "bad_steps": 0,
-        }
+        self.st = NonFiniteState.from_json(state)
 
     def update(self, v: ChunkView) -> None:
         """Scan the chunk's rows; only rows that are bad, or clean while an incident is open, cost Python work."""
-        loss_bad = v.loss_logged & ~np.isfinite(v.loss)
-        # cheap row flags first (global_norm is inf when any layer norm is inf or counts non-finite tensors)
-        row_bad = np.isinf(v.global_norm) | np.isinf(v.grad_max).any(axis=1) | loss_bad
-        sampled = np.zeros(v.n, dtype=bool)
-        sampled[v.upd_rows] = True
-        row_bad[sampled] |= (np.isinf(v.weight[sampled]) | np.isinf(v.update[sampled])).any(axis=1)
-        finite_norm = np.isfinite(v.global_norm)
-        row_clean = ~row_bad & (finite_norm | (v.loss_logged & np.isfinite(v.loss)))
-        s = self.s
-        last_finite = np.flatnonzero(finite_norm)
-        interesting = np.flatnonzero(row_bad | (row_clean & (s["open"] is not None or row_bad.any())))
+        loss_bad, row_bad, row_clean = row_flags(v)
+        st = self.st
+        last_finite = np.flatnonzero(np.isfinite(v.global_norm))
+        interesting = np.flatnonzero(row_bad | (row_clean & (st.open is not None or row_bad.any())))
         for i in interesting.tolist():
             step = int(v.steps[i])
             if row_bad[i]:
-                s["bad_steps"] += 1
-                s["clean_n"] = 0
-                grad_bad = (v.nonfinite[i] > 0) | np.isinf(v.grad[i]) | np.isinf(v.grad_max[i])
-                weight_bad = np.isinf(v.weight[i]) | np.isinf(v.update[i])
-                if s["open"] is None:
-                    before = last_finite[last_finite < i]
-                    prev_norm = float(v.global_norm[before[-1]]) if len(before) else s["last_norm"]
-                    s["open"] = self._incident(step, grad_bad, weight_bad, v.loss[i], bool(loss_bad[i]), prev_norm)
-                ep = s["open"]
-                ep["last"] = step
-                ep["bad_n"] += 1
-                ep["loss_bad"] = ep["loss_bad"] or bool(loss_bad[i])
-                ep["weights_bad"] = ep["weights_bad"] or bool(weight_bad.any())
-            elif s["open"] is not None:
-                s["clean_n"] += 1
-                if s["clean_n"] >= RECOVER_STEPS:
+                self._bad_row(v, i, bool(loss_bad[i]), last_finite)
+            elif st.open is not None:
+                st.clean_n += 1
+                if st.clean_n >= RECOVER_STEPS:
                     self._close(step)
         if len(last_finite):
-            s["last_norm"] = float(v.global_norm[last_finite[-1]])
+            st.last_norm = float(v.global_norm[last_finite[-1]])
+
+    def _bad_row(self, v: ChunkView, i: int, loss_bad: bool, last_finite: np.ndarray) -> None:
+        """Count a bad row: open an incident or extend the open one."""
+        st = self.st
+        step = int(v.steps[i])
+        st.bad_steps += 1
+        st.clean_n = 0
+        grad_bad = (v.nonfinite[i] > 0) | np.isinf(v.grad[i]) | np.isinf(v.grad_max[i])
+        weight_bad = np.isinf(v.weight[i]) | np.isinf(v.update[i])
+        if st.open is None:
+            before = last_finite[last_finite < i]
+            prev_norm = float(v.global_norm[before[-1]]) if len(before) else st.last_norm
+            st.open = self._incident(step, grad_bad, weight_bad, v.loss[i], loss_bad, prev_norm)
+        ep = st.open
+        ep.last = step
+        ep.bad_n += 1
+        ep.loss_bad = ep.loss_bad or loss_bad
+        ep.weights_bad = ep.weights_bad or bool(weight_bad.any())
 
     def _incident(
         self, step: int, grad_bad: np.ndarray, weight_bad: np.ndarray, loss: float, loss_bad: bool, prev: float | None
-    ) -> dict[str, Any]:
+    ) -> Incident:
         """Open an incident; layers are ordered probable origin first."""
         wl = np.flatnonzero(weight_bad).tolist()
         gl = np.flatnonzero(grad_bad).tolist()
@@ -90,195 +175,219 @@ class NonFiniteRule:
             order = [gl[-1]] + gl[:-1]
         else:
             order = []
-        return {
-            "start": step,
-            "last": step,
-            "bad_n": 0,
-            "layers": order[:MAX_LAYERS],
-            "layers_hit": len(hit),
-            "all_layers": len(hit) == self.L and self.L > 1,
-            "loss_at_start": enc(loss) if loss_bad or np.isfinite(loss) else None,
-            "loss_bad": loss_bad,
-            "weights_bad": bool(wl),
-            "first_kinds": [
-                k for k, bad in (("gradients", bool(gl)), ("weights", bool(wl)), ("loss", loss_bad)) if bad
-            ],
-            "prev_norm": enc(prev) if prev is not None else None,
-            "recovered_at": None,
-        }
+        kinds = (("gradients", bool(gl)), ("weights", bool(wl)), ("loss", loss_bad))
+        return Incident(
+            start=step,
+            last=step,
+            bad_n=0,
+            layers=order[:MAX_LAYERS],
+            layers_hit=len(hit),
+            all_layers=len(hit) == self.L and self.L > 1,
+            loss_at_start=enc(loss) if loss_bad or np.isfinite(loss) else None,
+            loss_bad=loss_bad,
+            weights_bad=bool(wl),
+            first_kinds=[k for k, bad in kinds if bad],
+            prev_norm=enc(prev) if prev is not None else None,
+        )
 
     def _close(self, step: int) -> None:
-        s = self.s
-        ep, s["open"], s["clean_n"] = s["open"], None, 0
-        ep["recovered_at"] = step
-        if not ep["loss_bad"] and not ep["weights_bad"]:
-            t = s["transient"]
+        st = self.st
+        ep, st.open, st.clean_n = st.open, None, 0
+        assert ep is not None
+        ep.recovered_at = step
+        if not ep.loss_bad and not ep.weights_bad:
+            t = st.transient
             if t is None:
-                s["transient"] = {**ep, "episodes": 1}
+                st.transient = replace(ep, episodes=1)
             else:
-                t["last"] = ep["last"]
-                t["bad_n"] += ep["bad_n"]
-                t["episodes"] += 1
+                t.last = ep.last
+                t.bad_n += ep.bad_n
+                t.episodes = (t.episodes or 1) + 1
             return
-        if len(s["closed"]) < MAX_EPISODES:
-            s["closed"].append(ep)
+        if len(st.closed) < MAX_EPISODES:
+            st.closed.append(ep)
         else:
-            last = s["closed"][-1]
-            last["last"], last["bad_n"] = ep["last"], last["bad_n"] + ep["bad_n"]
-            last["merged"] = last.get("merged", 0) + 1
+            last = st.closed[-1]
+            last.last, last.bad_n = ep.last, last.bad_n + ep.bad_n
+            last.merged += 1
+
+    def summary(self) -> dict[str, float | int | None]:
+        """The run-level number this rule keeps: how many steps had NaN/Inf."""
+        return {"nonfinite_steps": self.st.bad_steps}
 
     def state(self) -> dict[str, Any]:
         """JSON state."""
-        return self.s
+        return self.st.to_json()
 
     def findings(self, ctx: RunContext) -> list[Finding]:
         """Ongoing incident: critical; recovered with a non-finite loss/weights: error; recovered overflows: warning."""
-        s = self.s
-        out = [self._finding(ep, "error", ctx) for ep in s["closed"]]
-        if s["transient"] is not None:
-            out.append(self._finding(s["transient"], "warning", ctx))
-        if s["open"] is not None:
-            out.append(self._finding(s["open"], "critical", ctx))
+        st = self.st
+        out = [incident_finding(ep, "error", ctx) for ep in st.closed]
+        if st.transient is not None:
+            out.append(incident_finding(st.transient, "warning", ctx))
+        if st.open is not None:
+            out.append(incident_finding(st.open, "critical", ctx))
         return out
 
-    def _finding(self, ep: dict[str, Any], severity: str, ctx: RunContext) -> Finding:
-        layers = [ctx.layers[i] for i in ep["layers"]]
-        start, last = ep["start"], ep["last"]
-        kinds = {"gradients": ep["layers_hit"] > 0, "weights": ep["weights_bad"], "loss": ep["loss_bad"]}
-        first = ep["first_kinds"]
-        later = [k for k, bad in kinds.items() if bad and k not in first]
-        kind = " and ".join(first)
-        then = f", then the {' and '.join(later)} too" if later else ""
-        prev = dec(ep["prev_norm"]) if ep["prev_norm"] is not None else None
-        where = (
-            "every layer at once"
-            if ep["all_layers"]
-            else (f"{label(layers[0])} first" + (f", then {span(layers[1:])}" if len(layers) > 1 else ""))
-            if layers
-            else "no layer: the loss itself"
-        )
-        if severity == "critical":
-            title = f"NaN/Inf since step {start}"
-            message = (
-                f"At step {start} the {kind} became non-finite ({where}){then}; {ep['bad_n']} bad step(s) up to "
-                f"step {last} and no clean step since."
-            )
-        elif severity == "error":
-            title = f"NaN/Inf at step {start}" if last == start else f"NaN/Inf at steps {start}–{last}"
-            message = (
-                f"At step {start} the {kind} became non-finite ({where}){then}; the run was clean again at step "
-                f"{ep['recovered_at']}."
-            )
-        else:
-            title = "Isolated gradient overflows"
-            message = (
-                f"{ep['bad_n']} step(s) in {ep.get('episodes', 1)} episode(s) between steps {start} and {last} had NaN/Inf "
-                f"gradients ({where}) with a finite loss, and each time the next step was clean: "
-                "the optimizer step was most likely skipped (AMP GradScaler does this on overflow)."
-            )
-        if self._exploded(prev, ctx):
-            message += (
-                f" Just before, the global gradient norm had grown to {fmt(prev)} ({fmt(prev / ctx.max_norm)}x its 90th "
-                "percentile): the overflow ends a divergence rather than pointing at one op."
-            )
-        elif prev is not None:
-            message += f" The global gradient norm before it was {fmt(prev)}."
-        evidence: dict[str, Any] = {
-            "first_step": start,
-            "last_bad_step": last,
-            "bad_steps": ep["bad_n"],
-            "layers_hit": ep["layers_hit"],
-            "all_layers": ep["all_layers"],
-            "loss_nonfinite": ep["loss_bad"],
-            "weights_nonfinite": ep["weights_bad"],
-            "first_nonfinite": first,
-            "loss_at_first_step": ep["loss_at_start"],
-            "global_grad_norm_before": prev,
-        }
-        if "episodes" in ep:
-            evidence["episodes"] = ep["episodes"]
-        return Finding(
-            rule=RULE_ID,
-            severity=severity,  # type: ignore[arg-type]
-            title=title,
-            message=message,
-            layers=layers,
-            step=start,
-            last_step=ctx.last_step if severity == "critical" else last,
-            evidence=evidence,
-            thresholds={"nonfinite_elements": 0, "recover_clean_steps": RECOVER_STEPS},
-            remediation=self._advice(ep, severity, ctx),
-            confidence=0.95 if severity != "warning" else 0.7,
-        )
 
-    @staticmethod
-    def _exploded(prev: float | None, ctx: RunContext) -> bool:
-        return prev is not None and ctx.max_norm is not None and prev > EXPLODED * ctx.max_norm
+def exploded(prev: float | None, ctx: RunContext) -> bool:
+    """The global norm before the incident was far above its 90th percentile: the end of a divergence."""
+    return prev is not None and ctx.max_norm is not None and prev > EXPLODED * ctx.max_norm
 
-    def _advice(self, ep: dict[str, Any], severity: str, ctx: RunContext) -> list[Remediation]:
-        start = ep["start"]
-        prev = dec(ep["prev_norm"]) if ep["prev_norm"] is not None else None
-        lower = lower_lr_remediation(ctx.last_lr, 3, "a step that overflows often follows a too-large one.")
-        analyze = Remediation(
-            action="analyze_checkpoint",
-            detail=f"The stream shows where, not which op. Save the model and the batch of step {start} from a checkpoint "
-            f"just before it and run `gradhealth analyze` on them: the checkpoint analysis names the first op that "
-            "produces NaN/Inf (forward or backward).",
-            snippet=f"gradhealth.package(model, loss_fn, inputs, targets, 'step{start}.pt2')\n"
-            f"gradhealth.save_batch('step{start}.safetensors', inputs, targets)\n"
-            f"# then: gradhealth analyze --model step{start}.pt2 --batch step{start}.safetensors",
-            params={"step": start},
+
+def _where(ep: Incident, layers: list[str]) -> str:
+    if ep.all_layers:
+        return "every layer at once"
+    if layers:
+        return f"{label(layers[0])} first" + (f", then {span(layers[1:])}" if len(layers) > 1 else "")
+    return "no layer: the loss itself"
+
+
+def _title_message(ep: Incident, severity: str, layers: list[str]) -> tuple[str, str]:
+    start, last = ep.start, ep.last
+    kinds = {"gradients": ep.layers_hit > 0, "weights": ep.weights_bad, "loss": ep.loss_bad}
+    later = [k for k, bad in kinds.items() if bad and k not in ep.first_kinds]
+    kind = " and ".join(ep.first_kinds)
+    then = f", then the {' and '.join(later)} too" if later else ""
+    where = _where(ep, layers)
+    if severity == "critical":
+        return f"NaN/Inf since step {start}", (
+            f"At step {start} the {kind} became non-finite ({where}){then}; {ep.bad_n} bad step(s) up to "
+            f"step {last} and no clean step since."
         )
-        if severity == "warning":
-            return [
-                Remediation(
-                    action="check_loss_scaling",
-                    detail="With torch.amp GradScaler, occasional skipped steps are expected. If they are frequent, "
-                    "start from a lower scale or train in bf16; without a scaler, guard the step (skip it when "
-                    "the gradients are not finite) and find the op.",
-                    snippet="scaler = torch.amp.GradScaler('cuda', init_scale=2.0**12)",
-                    references=[REFS["micikevicius2018"]],
-                    params={"init_scale": 4096.0},
-                ),
-                analyze,
-            ]
-        exploded = self._exploded(prev, ctx)
-        advice = [lower, clip_remediation(ctx)] if exploded else []
-        if not exploded and (ep["all_layers"] or not ep["layers"]):
-            advice.append(analyze)
-            if "loss" in ep["first_kinds"]:
-                advice.append(
-                    Remediation(
-                        action="check_batch",
-                        detail=f"The loss itself was NaN/Inf at step {start} with finite weights before: look at that "
-                        "step's batch (NaN/Inf inputs, empty or out-of-range targets) and the loss function "
-                        "(log of 0, division by a zero count).",
-                        snippet="assert torch.isfinite(inputs).all() and torch.isfinite(targets).all(), step",
-                        params={"step": start},
-                    )
-                )
-        if ep["weights_bad"]:
-            advice.append(
-                Remediation(
-                    action="restore_checkpoint",
-                    detail=f"The weights themselves are NaN/Inf: training cannot recover. Restore the last checkpoint "
-                    f"before step {start} and lower the learning rate or clip gradients before resuming.",
-                    references=[REFS["pascanu2013"]],
-                    params={"step": start},
-                )
-            )
-        if exploded:
-            return advice
-        if not ep["all_layers"] and ep["layers"]:
-            layer = ctx.layers[ep["layers"][0]]
-            advice.append(
-                Remediation(
-                    action="guard_op",
-                    detail=f"The first NaN/Inf gradient is in {label(layer)}: look there for log/sqrt/div/pow of values "
-                    "at 0 or negative, and exp overflow; clamp the input or add an epsilon.",
-                    snippet="y = torch.log(x.clamp_min(1e-12))  # or torch.sqrt(x + 1e-12), x / (d + 1e-12)",
-                    params={"layer": layer},
-                )
-            )
-            advice.append(analyze)
-        return advice + [clip_remediation(ctx), lower]
+    if severity == "error":
+        title = f"NaN/Inf at step {start}" if last == start else f"NaN/Inf at steps {start}–{last}"
+        return title, (
+            f"At step {start} the {kind} became non-finite ({where}){then}; the run was clean again at step "
+            f"{ep.recovered_at}."
+        )
+    return "Isolated gradient overflows", (
+        f"{ep.bad_n} step(s) in {ep.episodes or 1} episode(s) between steps {start} and {last} had NaN/Inf "
+        f"gradients ({where}) with a finite loss, and each time the next step was clean: "
+        "the optimizer step was most likely skipped (AMP GradScaler does this on overflow)."
+    )
+
+
+def _norm_note(prev: float | None, ctx: RunContext) -> str:
+    if exploded(prev, ctx):
+        assert prev is not None and ctx.max_norm is not None
+        return (
+            f" Just before, the global gradient norm had grown to {fmt(prev)} ({fmt(prev / ctx.max_norm)}x its 90th "
+            "percentile): the overflow ends a divergence rather than pointing at one op."
+        )
+    return f" The global gradient norm before it was {fmt(prev)}." if prev is not None else ""
+
+
+def _evidence(ep: Incident, prev: float | None) -> dict[str, Any]:
+    evidence: dict[str, Any] = {
+        "first_step": ep.start,
+        "last_bad_step": ep.last,
+        "bad_steps": ep.bad_n,
+        "layers_hit": ep.layers_hit,
+        "all_layers": ep.all_layers,
+        "loss_nonfinite": ep.loss_bad,
+        "weights_nonfinite": ep.weights_bad,
+        "first_nonfinite": ep.first_kinds,
+        "loss_at_first_step": ep.loss_at_start,
+        "global_grad_norm_before": prev,
+    }
+    if ep.episodes is not None:
+        evidence["episodes"] = ep.episodes
+    return evidence
+
+
+def incident_finding(ep: Incident, severity: str, ctx: RunContext) -> Finding:
+    """The finding for one incident at the given severity."""
+    layers = [ctx.layers[i] for i in ep.layers]
+    prev = ep.previous_norm()
+    title, message = _title_message(ep, severity, layers)
+    return Finding(
+        rule=RULE_ID,
+        severity=severity,  # type: ignore[arg-type]
+        title=title,
+        message=message + _norm_note(prev, ctx),
+        layers=layers,
+        step=ep.start,
+        last_step=ctx.last_step if severity == "critical" else ep.last,
+        evidence=_evidence(ep, prev),
+        thresholds={"nonfinite_elements": 0, "recover_clean_steps": RECOVER_STEPS},
+        remediation=_advice(ep, severity, ctx),
+        confidence=0.95 if severity != "warning" else 0.7,
+    )
+
+
+def _analyze(start: int) -> Remediation:
+    return Remediation(
+        action="analyze_checkpoint",
+        detail=f"The stream shows where, not which op. Save the model and the batch of step {start} from a checkpoint "
+        f"just before it and run `gradhealth analyze` on them: the checkpoint analysis names the first op that "
+        "produces NaN/Inf (forward or backward).",
+        snippet=f"gradhealth.package(model, loss_fn, inputs, targets, 'step{start}.pt2')\n"
+        f"gradhealth.save_batch('step{start}.safetensors', inputs, targets)\n"
+        f"# then: gradhealth analyze --model step{start}.pt2 --batch step{start}.safetensors",
+        params={"step": start},
+    )
+
+
+def _loss_scaling() -> Remediation:
+    return Remediation(
+        action="check_loss_scaling",
+        detail="With torch.amp GradScaler, occasional skipped steps are expected. If they are frequent, "
+        "start from a lower scale or train in bf16; without a scaler, guard the step (skip it when "
+        "the gradients are not finite) and find the op.",
+        snippet="scaler = torch.amp.GradScaler('cuda', init_scale=2.0**12)",
+        references=[REFS["micikevicius2018"]],
+        params={"init_scale": 4096.0},
+    )
+
+
+def _check_batch(start: int) -> Remediation:
+    return Remediation(
+        action="check_batch",
+        detail=f"The loss itself was NaN/Inf at step {start} with finite weights before: look at that "
+        "step's batch (NaN/Inf inputs, empty or out-of-range targets) and the loss function "
+        "(log of 0, division by a zero count).",
+        snippet="assert torch.isfinite(inputs).all() and torch.isfinite(targets).all(), step",
+        params={"step": start},
+    )
+
+
+def _restore(start: int) -> Remediation:
+    return Remediation(
+        action="restore_checkpoint",
+        detail=f"The weights themselves are NaN/Inf: training cannot recover. Restore the last checkpoint "
+        f"before step {start} and lower the learning rate or clip gradients before resuming.",
+        references=[REFS["pascanu2013"]],
+        params={"step": start},
+    )
+
+
+def _guard_op(layer: str) -> Remediation:
+    return Remediation(
+        action="guard_op",
+        detail=f"The first NaN/Inf gradient is in {label(layer)}: look there for log/sqrt/div/pow of values "
+        "at 0 or negative, and exp overflow; clamp the input or add an epsilon.",
+        snippet="y = torch.log(x.clamp_min(1e-12))  # or torch.sqrt(x + 1e-12), x / (d + 1e-12)",
+        params={"layer": layer},
+    )
+
+
+def _advice(ep: Incident, severity: str, ctx: RunContext) -> list[Remediation]:
+    start = ep.start
+    lower = lower_lr_remediation(ctx.last_lr, 3, "a step that overflows often follows a too-large one.")
+    if severity == "warning":
+        return [_loss_scaling(), _analyze(start)]
+    blew_up = exploded(ep.previous_norm(), ctx)
+    advice = [lower, clip_remediation(ctx)] if blew_up else []
+    if not blew_up and (ep.all_layers or not ep.layers):
+        advice.append(_analyze(start))
+        if "loss" in ep.first_kinds:
+            advice.append(_check_batch(start))
+    if ep.weights_bad:
+        advice.append(_restore(start))
+    if blew_up:
+        return advice
+    if not ep.all_layers and ep.layers:
+        advice.append(_guard_op(ctx.layers[ep.layers[0]]))
+        advice.append(_analyze(start))
+    return advice + [clip_remediation(ctx), lower]

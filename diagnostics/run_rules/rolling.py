@@ -8,6 +8,7 @@ fed one point at a time. That is what lets a restored evaluator continue bit-for
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -142,6 +143,69 @@ class LogHistogram:
 MAX_EPISODES = 5  # findings per rule stay bounded: later episodes merge into the last one kept
 
 
+@dataclass
+class Episode:
+    """One episode of a condition: its first step, last true step, worst value and the step of it."""
+
+    start: int
+    last: int
+    peak: float
+    peak_step: int
+    n: int  # points with the condition true
+    merged: int = 0  # later episodes folded into this one (MAX_EPISODES)
+    layers: list[int] | None = None  # the layers a rule flags for it, where it does
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON object (the keys written since state version 1; merged/layers only when set)."""
+        out: dict[str, Any] = {
+            "start": self.start,
+            "last": self.last,
+            "peak": self.peak,
+            "peak_step": self.peak_step,
+            "n": self.n,
+        }
+        if self.merged:
+            out["merged"] = self.merged
+        if self.layers is not None:
+            out["layers"] = self.layers
+        return out
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Episode:
+        """Read what to_json() wrote."""
+        return cls(d["start"], d["last"], d["peak"], d["peak_step"], d["n"], d.get("merged", 0), d.get("layers"))
+
+
+@dataclass
+class EpisodesState:
+    """The current run of true points, the ongoing episode and the finished ones."""
+
+    run_n: int = 0  # consecutive points with the condition true
+    run_start: int | None = None  # where that run began
+    off_n: int = 0  # consecutive false points while an episode is open
+    open: Episode | None = None
+    closed: list[Episode] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON object."""
+        return {
+            "run_n": self.run_n,
+            "run_start": self.run_start,
+            "off_n": self.off_n,
+            "open": self.open.to_json() if self.open is not None else None,
+            "closed": [ep.to_json() for ep in self.closed],
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any] | None) -> EpisodesState:
+        """Read what to_json() wrote (None: a fresh state)."""
+        if not d:
+            return cls()
+        opened = Episode.from_json(d["open"]) if d.get("open") is not None else None
+        closed = [Episode.from_json(ep) for ep in d.get("closed", [])]
+        return cls(int(d.get("run_n", 0)), d.get("run_start"), int(d.get("off_n", 0)), opened, closed)
+
+
 class Episodes:
     """Open an episode when a condition holds for confirm_n points (and min_span steps); close it after release_n misses.
 
@@ -160,177 +224,74 @@ class Episodes:
         self.release_n = release_n
         self.min_span = min_span
         self.sign = 1.0 if higher_is_worse else -1.0
-        self.s: dict[str, Any] = state or {"run_n": 0, "run_start": None, "off_n": 0, "open": None, "closed": []}
+        self.s = EpisodesState.from_json(state)
 
     def feed(self, step: int, cond: bool, value: float, start: int | None = None) -> str | None:
         """Feed one point; returns 'open', 'on', 'close' or None. `start` overrides where a new run begins."""
-        s = self.s
         if cond:
-            if s["run_n"] == 0:
-                s["run_start"] = int(step if start is None else start)
-            s["run_n"] += 1
-            s["off_n"] = 0
-            ep = s["open"]
-            if ep is None:
-                if s["run_n"] >= self.confirm_n and step - s["run_start"] >= self.min_span:
-                    s["open"] = {"start": s["run_start"], "last": int(step), "peak": value, "peak_step": int(step)}
-                    s["open"]["n"] = s["run_n"]
-                    return "open"
-                return None
-            ep["last"] = int(step)
-            ep["n"] += 1
-            if self.sign * (value - ep["peak"]) > 0:
-                ep["peak"], ep["peak_step"] = value, int(step)
-            return "on"
-        s["run_n"] = 0
-        if s["open"] is not None:
-            s["off_n"] += 1
-            if s["off_n"] >= self.release_n:
+            return self._on(int(step), value, start)
+        s = self.s
+        s.run_n = 0
+        if s.open is not None:
+            s.off_n += 1
+            if s.off_n >= self.release_n:
                 self._close()
                 return "close"
         return None
 
+    def _on(self, step: int, value: float, start: int | None) -> str | None:
+        s = self.s
+        if s.run_n == 0:
+            s.run_start = int(step if start is None else start)
+        s.run_n += 1
+        s.off_n = 0
+        ep = s.open
+        if ep is None:
+            assert s.run_start is not None
+            if s.run_n >= self.confirm_n and step - s.run_start >= self.min_span:
+                s.open = Episode(s.run_start, step, value, step, s.run_n)
+                return "open"
+            return None
+        ep.last = step
+        ep.n += 1
+        if self.sign * (value - ep.peak) > 0:
+            ep.peak, ep.peak_step = value, step
+        return "on"
+
     def _close(self) -> None:
         s = self.s
-        ep, s["open"], s["off_n"] = s["open"], None, 0
-        closed = s["closed"]
+        ep, s.open, s.off_n = s.open, None, 0
+        assert ep is not None
+        closed = s.closed
         if len(closed) < MAX_EPISODES - 1:
             closed.append(ep)
             return
         last = closed[-1]  # keep the first few apart; merge the rest into the last one kept
-        last["last"] = ep["last"]
-        last["n"] += ep["n"]
-        last["merged"] = last.get("merged", 0) + 1
-        if self.sign * (ep["peak"] - last["peak"]) > 0:
-            last["peak"], last["peak_step"] = ep["peak"], ep["peak_step"]
+        last.last = ep.last
+        last.n += ep.n
+        last.merged += 1
+        if self.sign * (ep.peak - last.peak) > 0:
+            last.peak, last.peak_step = ep.peak, ep.peak_step
 
     @property
-    def open(self) -> dict[str, Any] | None:
+    def open(self) -> Episode | None:
         """The ongoing episode, if any."""
-        return self.s["open"]
+        return self.s.open
 
     @property
-    def closed(self) -> list[dict[str, Any]]:
+    def closed(self) -> list[Episode]:
         """Finished episodes, oldest first."""
-        return self.s["closed"]
+        return self.s.closed
+
+    @property
+    def idle(self) -> bool:
+        """No episode open and no run of true points under way: a false point changes nothing."""
+        return self.s.open is None and self.s.run_n == 0
+
+    def episodes(self) -> list[Episode]:
+        """Finished episodes, then the ongoing one."""
+        return self.s.closed + ([self.s.open] if self.s.open is not None else [])
 
     def state(self) -> dict[str, Any]:
         """JSON state (episode values must be finite floats)."""
-        return self.s
-
-
-# --- per-layer runs of a condition -------------------------------------------------------------
-
-
-class ColumnRuns:
-    """Per-layer runs of a condition (e.g. a zero gradient), confirmed once long enough.
-
-    A run starts at a layer's first measured point with the condition and ends at its next
-    measured point without it. A run counts only if the layer had at least `active_min`
-    measured points without the condition before it began (it had been learning).
-    """
-
-    def __init__(
-        self, num_layers: int, confirm_n: int, min_span: int, active_min: int, state: dict[str, Any] | None
-    ) -> None:
-        self.confirm_n, self.min_span, self.active_min = confirm_n, min_span, active_min
-        st = state or {}
-        L = num_layers
-        self.start = np.array(st.get("start", [-1] * L), dtype=np.int64)
-        self.last = np.array(st.get("last", [-1] * L), dtype=np.int64)
-        self.count = np.array(st.get("count", [0] * L), dtype=np.int64)
-        self.eligible = np.array(st.get("eligible", [False] * L), dtype=bool)
-        self.confirmed = np.array(st.get("confirmed", [False] * L), dtype=bool)
-        self.active = np.array(st.get("active", [0] * L), dtype=np.int64)
-        self._ended: list[tuple[int, int, int, int]] = []
-
-    def feed(
-        self, steps: np.ndarray, hit: np.ndarray, miss: np.ndarray
-    ) -> tuple[list[tuple[int, int]], list[tuple[int, int, int]]]:
-        """Feed (n, L) masks of measured points with (hit) and without (miss) the condition.
-
-        Returns the runs confirmed in this chunk as (layer, start) and the confirmed runs that ended as
-        (layer, start, last). Python work is per row only for layers with both hits and misses in the chunk.
-        """
-        cols = np.flatnonzero(hit.any(axis=0) | (self.start >= 0))
-        quiet = np.ones(hit.shape[1], dtype=bool)
-        quiet[cols] = False
-        misses = miss.sum(axis=0)
-        self.active[quiet] = np.minimum(self.active[quiet] + misses[quiet], self.active_min)
-        mixed = cols[misses[cols] > 0]
-        pure = cols[misses[cols] == 0]  # only hits (e.g. a layer frozen all chunk long): no per-row work
-        confirmed = self._feed_rows(steps, hit, miss, mixed) + self._feed_pure(steps, hit, pure)
-        confirmed.sort()  # (row, layer): the order the events happened in, however the stream is chunked
-        ended = sorted(self._ended)
-        self._ended = []
-        return [(c, st) for _, c, st in confirmed], [(c, st, la) for _, c, st, la in ended]
-
-    def _feed_rows(self, steps: np.ndarray, hit: np.ndarray, miss: np.ndarray, cols: np.ndarray) -> list:
-        """Row by row, for layers whose runs may end in this chunk."""
-        events: list[tuple[int, int, int]] = []
-        if not len(cols):
-            return events
-        hit, miss = hit[:, cols], miss[:, cols]
-        start, last, count = self.start[cols], self.last[cols], self.count[cols]
-        elig, conf, active = self.eligible[cols], self.confirmed[cols], self.active[cols]
-        for i in np.flatnonzero((hit | miss).any(axis=1)).tolist():
-            step = int(steps[i])
-            h, m = hit[i], miss[i]
-            stop = m & (start >= 0)
-            if stop.any():
-                for j in np.flatnonzero(stop & conf).tolist():
-                    self._ended.append((i, int(cols[j]), int(start[j]), int(last[j])))
-                start[stop], count[stop], conf[stop], elig[stop] = -1, 0, False, False
-            active[m] = np.minimum(active[m] + 1, self.active_min)
-            new = h & (start < 0)
-            if new.any():
-                start[new] = step
-                elig[new] = active[new] >= self.active_min
-            count[h] += 1
-            last[h] = step
-            ok = h & elig & ~conf & (count >= self.confirm_n) & (step - start >= self.min_span)
-            if ok.any():
-                conf[ok] = True
-                events.extend((i, int(cols[j]), int(start[j])) for j in np.flatnonzero(ok).tolist())
-        self.start[cols], self.last[cols], self.count[cols] = start, last, count
-        self.eligible[cols], self.confirmed[cols], self.active[cols] = elig, conf, active
-        return events
-
-    def _feed_pure(self, steps: np.ndarray, hit: np.ndarray, cols: np.ndarray) -> list:
-        """Vectorised, for layers with hits and no misses: runs only start or grow."""
-        events: list[tuple[int, int, int]] = []
-        hit = hit[:, cols]
-        has = hit.any(axis=0)
-        if not has.any():
-            return events
-        cols, hit = cols[has], hit[:, has]
-        first = hit.argmax(axis=0)
-        new = self.start[cols] < 0
-        self.start[cols[new]] = steps[first[new]]
-        self.eligible[cols[new]] = self.active[cols[new]] >= self.active_min
-        cum = self.count[cols] + np.cumsum(hit, axis=0)
-        ok = (
-            hit
-            & (self.eligible[cols] & ~self.confirmed[cols])[None, :]
-            & (cum >= self.confirm_n)
-            & ((steps[:, None] - self.start[cols][None, :]) >= self.min_span)
-        )
-        fired = ok.any(axis=0)
-        rows = ok.argmax(axis=0)
-        for j in np.flatnonzero(fired).tolist():
-            events.append((int(rows[j]), int(cols[j]), int(self.start[cols[j]])))
-        self.confirmed[cols[fired]] = True
-        self.count[cols] = cum[-1]
-        self.last[cols] = steps[len(hit) - 1 - hit[::-1].argmax(axis=0)]
-        return events
-
-    def state(self) -> dict[str, Any]:
-        """JSON state."""
-        return {
-            "start": self.start.tolist(),
-            "last": self.last.tolist(),
-            "count": self.count.tolist(),
-            "eligible": self.eligible.tolist(),
-            "confirmed": self.confirmed.tolist(),
-            "active": self.active.tolist(),
-        }
+        return self.s.to_json()

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ..schema import Finding, Remediation
 from .chunk import ChunkView
+from .column_runs import ColumnRuns
 from .common import RUN_REFS, RunContext, span
-from .rolling import MAX_EPISODES, ColumnRuns, dec_array, enc_array, last_positive
+from .rolling import MAX_EPISODES, dec_array, enc_array, last_positive
 
 RULE_ID = "stalled_layer"
 
@@ -27,25 +29,75 @@ MAX_GROUPS = MAX_EPISODES
 MAX_LAYERS = 50
 
 
+@dataclass
+class StallGroup:
+    """Layers whose stall of one kind began at the same step."""
+
+    kind: str  # "grad": no gradient; "update": a gradient but no weight change
+    start: int
+    layers: list[int] = field(default_factory=list)
+    ended: dict[str, int] = field(default_factory=dict)  # layer (a JSON key: a string) -> its last stalled step
+    before: dict[str, float | None] = field(default_factory=dict)  # layer -> its gradient norm before the stall
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON object."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> StallGroup:
+        """Read what to_json() wrote."""
+        return cls(
+            d["kind"], d["start"], list(d.get("layers", [])), dict(d.get("ended", {})), dict(d.get("before", {}))
+        )
+
+
+@dataclass
+class StalledLayerState:
+    """Per-layer run counters of both kinds, each layer's last gradient, and the (bounded) groups."""
+
+    grad_runs: ColumnRuns
+    update_runs: ColumnRuns
+    last_grad: np.ndarray  # the last non-zero gradient norm of each layer (NaN before any)
+    groups: list[StallGroup]
+    dropped: int = 0  # groups not kept (MAX_GROUPS)
+
+    @classmethod
+    def from_json(cls, st: dict[str, Any] | None, num_layers: int) -> StalledLayerState:
+        """Read what to_json() wrote (None: a fresh state)."""
+        st = st or {}
+        return cls(
+            grad_runs=ColumnRuns(num_layers, CONFIRM_N, MIN_SPAN, ACTIVE_MIN, st.get("grad_runs")),
+            update_runs=ColumnRuns(num_layers, CONFIRM_N, MIN_SPAN, ACTIVE_MIN, st.get("update_runs")),
+            last_grad=dec_array(st["last_grad"]) if "last_grad" in st else np.full(num_layers, np.nan),
+            groups=[StallGroup.from_json(g) for g in st.get("groups", [])],
+            dropped=int(st.get("dropped", 0)),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON object (the keys of state version 1)."""
+        return {
+            "grad_runs": self.grad_runs.state(),
+            "update_runs": self.update_runs.state(),
+            "last_grad": enc_array(self.last_grad),
+            "groups": [g.to_json() for g in self.groups],
+            "dropped": self.dropped,
+        }
+
+
 class StalledLayerRule:
     """Per-layer runs of zero gradient (every step) and of no update (sampled steps); grouped by start step."""
 
     rule_id = RULE_ID
 
     def __init__(self, num_layers: int, state: dict[str, Any] | None = None) -> None:
-        st = state or {}
         self.L = num_layers
-        self.grad_runs = ColumnRuns(num_layers, CONFIRM_N, MIN_SPAN, ACTIVE_MIN, st.get("grad_runs"))
-        self.update_runs = ColumnRuns(num_layers, CONFIRM_N, MIN_SPAN, ACTIVE_MIN, st.get("update_runs"))
-        # the last non-zero gradient norm of each layer, to quote what it had before the stall
-        self.last_grad = dec_array(st["last_grad"]) if "last_grad" in st else np.full(num_layers, np.nan)
-        self.groups: list[dict[str, Any]] = st.get("groups", [])  # {kind, start, layers, ended: {layer: last}}
-        self.dropped = int(st.get("dropped", 0))
+        self.st = StalledLayerState.from_json(state, num_layers)
 
     def update(self, v: ChunkView) -> None:
         """Two vectorised ColumnRuns feeds per chunk."""
+        st = self.st
         g = v.grad
-        confirmed, ended = self.grad_runs.feed(v.steps, g == 0, g > 0)  # NaN (not measured) is neither
+        confirmed, ended = st.grad_runs.feed(v.steps, g == 0, g > 0)  # NaN (not measured) is neither
         self._record("grad", confirmed, ended, v)
         rows, ratio = v.upd_rows, v.upd_ratio
         u = v.update[rows]
@@ -53,100 +105,105 @@ class StalledLayerRule:
         lr_zero = np.isfinite(v.lr_filled[rows]) & (v.lr_filled[rows] <= 0)
         live = (sampled & (u > 0)).any(axis=1) & ~lr_zero  # the rest of the model is moving
         counted = sampled & live[:, None] & (g[rows] > 0)  # zero-gradient layers are the grad runs' case
-        confirmed, ended = self.update_runs.feed(v.steps[rows], counted & (u == 0), counted & (u > 0))
+        confirmed, ended = st.update_runs.feed(v.steps[rows], counted & (u == 0), counted & (u > 0))
         self._record("update", confirmed, ended, v)
-        self.last_grad = last_positive(g, self.last_grad)
+        st.last_grad = last_positive(g, st.last_grad)
 
     def _before(self, layer: int, start: int, v: ChunkView) -> float | None:
         """The layer's last non-zero gradient norm before the stall began (same however the stream is chunked)."""
         col = v.grad[:, layer]
         rows = np.flatnonzero((v.steps < start) & np.isfinite(col) & (col > 0))
-        value = col[rows[-1]] if len(rows) else self.last_grad[layer]
+        value = col[rows[-1]] if len(rows) else self.st.last_grad[layer]
         return float(value) if np.isfinite(value) else None
 
     def _record(
         self, kind: str, confirmed: list[tuple[int, int]], ended: list[tuple[int, int, int]], v: ChunkView
     ) -> None:
+        st = self.st
         for layer, start in confirmed:
-            group = next((x for x in self.groups if x["kind"] == kind and x["start"] == start), None)
+            group = next((x for x in st.groups if x.kind == kind and x.start == start), None)
             if group is None:
-                if len(self.groups) >= MAX_GROUPS:
-                    self.dropped += 1
+                if len(st.groups) >= MAX_GROUPS:
+                    st.dropped += 1
                     continue
-                group = {"kind": kind, "start": start, "layers": [], "ended": {}, "before": {}}
-                self.groups.append(group)
-            if len(group["layers"]) < MAX_LAYERS:
-                group["layers"].append(layer)
-                group["before"][str(layer)] = self._before(layer, start, v)
+                group = StallGroup(kind, start)
+                st.groups.append(group)
+            if len(group.layers) < MAX_LAYERS:
+                group.layers.append(layer)
+                group.before[str(layer)] = self._before(layer, start, v)
         for layer, start, last in ended:
-            for group in self.groups:
-                if group["kind"] == kind and group["start"] == start and layer in group["layers"]:
-                    group["ended"][str(layer)] = last
+            for group in st.groups:
+                if group.kind == kind and group.start == start and layer in group.layers:
+                    group.ended[str(layer)] = last
+
+    def summary(self) -> dict[str, float | int | None]:
+        """No run-level numbers of its own."""
+        return {}
 
     def state(self) -> dict[str, Any]:
         """JSON state: O(L) run counters and the (bounded) groups."""
-        return {
-            "grad_runs": self.grad_runs.state(),
-            "update_runs": self.update_runs.state(),
-            "last_grad": enc_array(self.last_grad),
-            "groups": self.groups,
-            "dropped": self.dropped,
-        }
+        return self.st.to_json()
 
     def findings(self, ctx: RunContext) -> list[Finding]:
         """One finding per group of layers that stalled at the same step: warning while stalled, info once resumed."""
-        return [self._finding(group, ctx) for group in self.groups]
+        return [stall_finding(group, ctx, self.st.dropped) for group in self.st.groups]
 
-    def _finding(self, group: dict[str, Any], ctx: RunContext) -> Finding:
-        idx = sorted(group["layers"])
-        layers = [ctx.layers[i] for i in idx]
-        resumed = all(str(i) in group["ended"] for i in idx)
-        last = max(group["ended"].values()) if resumed else ctx.last_step
-        start = group["start"]
-        if group["kind"] == "grad":
-            what = "no gradient (grad_norm exactly 0)"
-        else:
-            what = "a gradient, but its weights no longer change (update_norm exactly 0)"
-        verb = "gets" if len(layers) == 1 else "get"
-        message = f"From step {start}, {span(layers)} {verb} {what}, after learning before."
-        message += f" Learning resumed after step {last}." if resumed else f" Still stalled at step {ctx.last_step}."
-        before = [b for b in group["before"].values() if b is not None]
-        return Finding(
-            rule=RULE_ID,
-            severity="info" if resumed else "warning",
-            title=f"{'Layer' if len(layers) == 1 else f'{len(layers)} layers'} stalled from step {start}",
-            message=message,
-            layers=layers,
-            step=start,
-            last_step=last,
-            evidence={
-                "kind": "zero_gradient" if group["kind"] == "grad" else "no_update",
-                "stalled_layers": len(layers),
-                "grad_norm_before": float(np.median(before)) if before else None,
-                "resumed": resumed,
-                "groups_not_shown": self.dropped,
-            },
-            thresholds={
-                "confirm_logged_steps": CONFIRM_N,
-                "min_span_steps": MIN_SPAN,
-                "active_steps_before": ACTIVE_MIN,
-            },
-            remediation=[
-                Remediation(
-                    action="check_freezing",
-                    detail="If the freeze is intentional (fine-tuning schedule), nothing to do. Otherwise look for code "
-                    f"that ran around step {start}: requires_grad_(False), a .detach() or torch.no_grad() on this "
-                    "branch, a parameter group whose lr went to 0, or the layer dropped from the optimizer.",
-                    snippet="print([(n, p.requires_grad) for n, p in model.named_parameters()])\n"
-                    "print([g['lr'] for g in optimizer.param_groups])",
-                    references=[RUN_REFS["torch_freeze"]],
-                    params={"step": start},
-                ),
-                Remediation(
-                    action="analyze_checkpoint",
-                    detail="If nothing froze it, run `gradhealth analyze` on a current checkpoint: a layer whose "
-                    "units are all dead (ReLU) or saturated also gets no gradient.",
-                ),
-            ],
-            confidence=0.9 if group["kind"] == "grad" else 0.7,
-        )
+
+def _advice(start: int) -> list[Remediation]:
+    return [
+        Remediation(
+            action="check_freezing",
+            detail="If the freeze is intentional (fine-tuning schedule), nothing to do. Otherwise look for code "
+            f"that ran around step {start}: requires_grad_(False), a .detach() or torch.no_grad() on this "
+            "branch, a parameter group whose lr went to 0, or the layer dropped from the optimizer.",
+            snippet="print([(n, p.requires_grad) for n, p in model.named_parameters()])\n"
+            "print([g['lr'] for g in optimizer.param_groups])",
+            references=[RUN_REFS["torch_freeze"]],
+            params={"step": start},
+        ),
+        Remediation(
+            action="analyze_checkpoint",
+            detail="If nothing froze it, run `gradhealth analyze` on a current checkpoint: a layer whose "
+            "units are all dead (ReLU) or saturated also gets no gradient.",
+        ),
+    ]
+
+
+def stall_finding(group: StallGroup, ctx: RunContext, dropped: int) -> Finding:
+    """The finding for one group of stalled layers."""
+    idx = sorted(group.layers)
+    layers = [ctx.layers[i] for i in idx]
+    resumed = all(str(i) in group.ended for i in idx)
+    last = max(group.ended.values()) if resumed else ctx.last_step
+    start = group.start
+    if group.kind == "grad":
+        what = "no gradient (grad_norm exactly 0)"
+    else:
+        what = "a gradient, but its weights no longer change (update_norm exactly 0)"
+    verb = "gets" if len(layers) == 1 else "get"
+    message = f"From step {start}, {span(layers)} {verb} {what}, after learning before."
+    message += f" Learning resumed after step {last}." if resumed else f" Still stalled at step {ctx.last_step}."
+    before = [b for b in group.before.values() if b is not None]
+    return Finding(
+        rule=RULE_ID,
+        severity="info" if resumed else "warning",
+        title=f"{'Layer' if len(layers) == 1 else f'{len(layers)} layers'} stalled from step {start}",
+        message=message,
+        layers=layers,
+        step=start,
+        last_step=last,
+        evidence={
+            "kind": "zero_gradient" if group.kind == "grad" else "no_update",
+            "stalled_layers": len(layers),
+            "grad_norm_before": float(np.median(before)) if before else None,
+            "resumed": resumed,
+            "groups_not_shown": dropped,
+        },
+        thresholds={
+            "confirm_logged_steps": CONFIRM_N,
+            "min_span_steps": MIN_SPAN,
+            "active_steps_before": ACTIVE_MIN,
+        },
+        remediation=_advice(start),
+        confidence=0.9 if group.kind == "grad" else 0.7,
+    )

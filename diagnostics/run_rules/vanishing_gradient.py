@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -11,7 +12,7 @@ from ..rules.vanishing_gradient import ERROR_RATIO, WARNING_RATIO
 from ..schema import Finding, Remediation
 from .chunk import ChunkView
 from .common import REFS, RunContext, fmt, label, span
-from .rolling import Episodes, dec_array, enc, enc_array, last_positive, rolling_median_mad
+from .rolling import Episode, Episodes, dec_array, enc, enc_array, last_positive, rolling_median_mad
 
 RULE_ID = "vanishing_gradient"
 
@@ -38,87 +39,39 @@ def pow10(decades: float) -> float:
     return 10.0 ** min(decades, 300.0)
 
 
-class VanishingTrendRule:
-    """Track the drop of log10(first/last gradient norm) against its start-of-run baseline."""
+@dataclass
+class VanishingState:
+    """The layer pair watched, the baseline of their log-ratio, its rolling window and the episodes."""
 
-    rule_id = RULE_ID
+    pair: list[int] | None  # [first, last] layer with a gradient when the run started
+    base_vals: list[float]  # the first BASELINE_N log-ratios (until the baseline is known)
+    baseline: float | None  # their median
+    hist: np.ndarray  # the last WINDOW log-ratios
+    base_sum: np.ndarray  # per layer: sum of log10 grad norms over the baseline steps
+    base_cnt: np.ndarray  # and how many there were
+    last_log: np.ndarray  # per layer: log10 of its last positive gradient norm
+    last_drop: float | None  # the last drop of the rolling ratio below the baseline (decades)
+    episodes: Episodes
 
-    def __init__(self, num_layers: int, state: dict[str, Any] | None = None) -> None:
-        st = state or {}
-        L = self.L = num_layers
-        self.pair: list[int] | None = st.get("pair")
-        self.base_vals: list[float] = st.get("base_vals", [])
-        self.baseline: float | None = st.get("baseline")
-        self.hist = dec_array(st.get("hist", []))
-        self.base_sum = dec_array(st["base_sum"]) if "base_sum" in st else np.zeros(L)
-        self.base_cnt = np.array(st.get("base_cnt", [0] * L), dtype=np.int64)
-        self.last_log = dec_array(st["last_log"]) if "last_log" in st else np.full(L, np.nan)
-        self.last_drop: float | None = st.get("last_drop")
-        self.episodes = Episodes(CONFIRM_N, RELEASE_N, MIN_SPAN, higher_is_worse=False, state=st.get("episodes"))
+    @classmethod
+    def from_json(cls, st: dict[str, Any] | None, num_layers: int) -> VanishingState:
+        """Read what to_json() wrote (None: a fresh state)."""
+        st = st or {}
+        L = num_layers
+        return cls(
+            pair=st.get("pair"),
+            base_vals=list(st.get("base_vals", [])),
+            baseline=st.get("baseline"),
+            hist=dec_array(st.get("hist", [])),
+            base_sum=dec_array(st["base_sum"]) if "base_sum" in st else np.zeros(L),
+            base_cnt=np.array(st.get("base_cnt", [0] * L), dtype=np.int64),
+            last_log=dec_array(st["last_log"]) if "last_log" in st else np.full(L, np.nan),
+            last_drop=st.get("last_drop"),
+            episodes=Episodes(CONFIRM_N, RELEASE_N, MIN_SPAN, higher_is_worse=False, state=st.get("episodes")),
+        )
 
-    def update(self, v: ChunkView) -> None:
-        """Per chunk: log-norms of two columns and rolling medians, then O(1) per step."""
-        g = v.grad
-        if self.pair is None:
-            rows = np.flatnonzero(((g > 0) & (g < np.inf)).sum(axis=1) >= 2)
-            if len(rows):
-                cols = np.flatnonzero((g[rows[0]] > 0) & (g[rows[0]] < np.inf))
-                self.pair = [int(cols[0]), int(cols[-1])]
-        if self.pair is not None:
-            self._track(v)
-        last = last_positive(g, np.full(self.L, np.nan))
-        seen = np.isfinite(last)
-        self.last_log[seen] = np.log10(last[seen])
-
-    def _track(self, v: ChunkView) -> None:
-        f, last = self.pair
-        gf, gl = v.grad[:, f], v.grad[:, last]
-        rows = np.flatnonzero((gf > 0) & (gf < np.inf) & (gl > 0) & (gl < np.inf))
-        if not len(rows):
-            return
-        rho = np.log10(gf[rows]) - np.log10(gl[rows])
-        for k, r in enumerate(rows.tolist()):  # at most 21 rows in a whole run
-            if self.baseline is not None:
-                break
-            self.base_vals.append(float(rho[k]))
-            pos = (v.grad[r] > 0) & (v.grad[r] < np.inf)
-            self.base_sum[pos] += np.log10(v.grad[r][pos])
-            self.base_cnt += pos
-            if len(self.base_vals) == BASELINE_N:
-                self.baseline = float(np.median(self.base_vals))
-        med, _ = rolling_median_mad(self.hist, rho, WINDOW, include_current=True, min_count=WINDOW)
-        self.hist = np.concatenate([self.hist, rho])[-WINDOW:]
-        if self.baseline is None:
-            return
-        drop = med - self.baseline
-        ok = np.isfinite(drop)
-        if ok.any():
-            self.last_drop = float(drop[ok][-1])
-        for k in np.flatnonzero(ok).tolist():
-            cond = bool(drop[k] <= -WARN_DECADES)
-            if not cond and self.episodes.open is None and self.episodes.s["run_n"] == 0:
-                continue
-            event = self.episodes.feed(int(v.steps[rows[k]]), cond, float(drop[k]))
-            if event == "close":
-                row = v.grad[rows[k]]
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    cur = np.where((row > 0) & (row < np.inf), np.log10(row), np.nan)
-                self.episodes.closed[-1]["layers"] = self._weak(cur)
-
-    def _base_layer(self) -> np.ndarray:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(self.base_cnt > 0, self.base_sum / np.maximum(self.base_cnt, 1), np.nan)
-
-    def _weak(self, cur: np.ndarray) -> list[int]:
-        """Layers whose own gradient fell 100x further behind (vs their baseline) than the last layer's."""
-        base = self._base_layer()
-        f, last = self.pair
-        rel = (cur - base) - (cur[last] - base[last])
-        weak = np.flatnonzero(np.isfinite(rel) & (rel <= -WARN_DECADES)).tolist()
-        return sorted(set(weak) | {f})[:MAX_LAYERS]
-
-    def state(self) -> dict[str, Any]:
-        """JSON state: O(L) per-layer baselines and last values, a 21-value window."""
+    def to_json(self) -> dict[str, Any]:
+        """JSON object (the keys of state version 1): O(L) per-layer baselines and last values, a 21-value window."""
         return {
             "pair": self.pair,
             "base_vals": self.base_vals if self.baseline is None else [],
@@ -131,49 +84,141 @@ class VanishingTrendRule:
             "episodes": self.episodes.state(),
         }
 
+
+def first_pair(g: np.ndarray) -> list[int] | None:
+    """The first and last layer with a gradient at the first row where at least two have one."""
+    rows = np.flatnonzero(((g > 0) & (g < np.inf)).sum(axis=1) >= 2)
+    if not len(rows):
+        return None
+    cols = np.flatnonzero((g[rows[0]] > 0) & (g[rows[0]] < np.inf))
+    return [int(cols[0]), int(cols[-1])]
+
+
+class VanishingTrendRule:
+    """Track the drop of log10(first/last gradient norm) against its start-of-run baseline."""
+
+    rule_id = RULE_ID
+
+    def __init__(self, num_layers: int, state: dict[str, Any] | None = None) -> None:
+        self.L = num_layers
+        self.st = VanishingState.from_json(state, num_layers)
+
+    def update(self, v: ChunkView) -> None:
+        """Per chunk: log-norms of two columns and rolling medians, then O(1) per step."""
+        st = self.st
+        g = v.grad
+        if st.pair is None:
+            st.pair = first_pair(g)
+        if st.pair is not None:
+            self._track(v, st.pair)
+        last = last_positive(g, np.full(self.L, np.nan))
+        seen = np.isfinite(last)
+        st.last_log[seen] = np.log10(last[seen])
+
+    def _track(self, v: ChunkView, pair: list[int]) -> None:
+        st = self.st
+        f, last = pair
+        gf, gl = v.grad[:, f], v.grad[:, last]
+        rows = np.flatnonzero((gf > 0) & (gf < np.inf) & (gl > 0) & (gl < np.inf))
+        if not len(rows):
+            return
+        rho = np.log10(gf[rows]) - np.log10(gl[rows])
+        self._baseline(v, rows, rho)
+        med, _ = rolling_median_mad(st.hist, rho, WINDOW, include_current=True, min_count=WINDOW)
+        st.hist = np.concatenate([st.hist, rho])[-WINDOW:]
+        if st.baseline is None:
+            return
+        drop = med - st.baseline
+        ok = np.isfinite(drop)
+        if ok.any():
+            st.last_drop = float(drop[ok][-1])
+        for k in np.flatnonzero(ok).tolist():
+            cond = bool(drop[k] <= -WARN_DECADES)
+            if not cond and st.episodes.idle:
+                continue
+            event = st.episodes.feed(int(v.steps[rows[k]]), cond, float(drop[k]))
+            if event == "close":
+                row = v.grad[rows[k]]
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    cur = np.where((row > 0) & (row < np.inf), np.log10(row), np.nan)
+                st.episodes.closed[-1].layers = self._weak(cur)
+
+    def _baseline(self, v: ChunkView, rows: np.ndarray, rho: np.ndarray) -> None:
+        """The first BASELINE_N log-ratios and per-layer log norms (at most 21 rows in a whole run)."""
+        st = self.st
+        for k, r in enumerate(rows.tolist()):
+            if st.baseline is not None:
+                break
+            st.base_vals.append(float(rho[k]))
+            pos = (v.grad[r] > 0) & (v.grad[r] < np.inf)
+            st.base_sum[pos] += np.log10(v.grad[r][pos])
+            st.base_cnt += pos
+            if len(st.base_vals) == BASELINE_N:
+                st.baseline = float(np.median(st.base_vals))
+
+    def _base_layer(self) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(self.st.base_cnt > 0, self.st.base_sum / np.maximum(self.st.base_cnt, 1), np.nan)
+
+    def _weak(self, cur: np.ndarray) -> list[int]:
+        """Layers whose own gradient fell 100x further behind (vs their baseline) than the last layer's."""
+        base = self._base_layer()
+        assert self.st.pair is not None
+        f, last = self.st.pair
+        rel = (cur - base) - (cur[last] - base[last])
+        weak = np.flatnonzero(np.isfinite(rel) & (rel <= -WARN_DECADES)).tolist()
+        return sorted(set(weak) | {f})[:MAX_LAYERS]
+
+    def summary(self) -> dict[str, float | int | None]:
+        """No run-level numbers of its own."""
+        return {}
+
+    def state(self) -> dict[str, Any]:
+        """JSON state: O(L) per-layer baselines and last values, a 21-value window."""
+        return self.st.to_json()
+
     def findings(self, ctx: RunContext) -> list[Finding]:
         """Ongoing: warning (100x) or error (1000x); recovered episodes: info."""
-        out = [self._finding(ep, "info", ctx, ep.get("layers", [])) for ep in self.episodes.closed]
-        ep = self.episodes.open
+        st = self.st
+        out = [self._finding(ep, "info", ctx, ep.layers or []) for ep in st.episodes.closed]
+        ep = st.episodes.open
         if ep is not None:
-            severity = "error" if ep["peak"] <= -ERROR_DECADES else "warning"
-            out.append(self._finding(ep, severity, ctx, self._weak(self.last_log)))
+            severity = "error" if ep.peak <= -ERROR_DECADES else "warning"
+            out.append(self._finding(ep, severity, ctx, self._weak(st.last_log)))
         return out
 
-    def _finding(self, ep: dict[str, Any], severity: str, ctx: RunContext, weak: list[int]) -> Finding:
-        f, last = self.pair
-        first_name, last_name = ctx.layers[f], ctx.layers[last]
-        first_label, last_label = label(first_name), label(last_name)
-        factor = pow10(-ep["peak"])
+    def _finding(self, ep: Episode, severity: str, ctx: RunContext, weak: list[int]) -> Finding:
+        st = self.st
+        assert st.pair is not None and st.baseline is not None
+        first_name, last_name = ctx.layers[st.pair[0]], ctx.layers[st.pair[1]]
+        factor = pow10(-ep.peak)
         ongoing = severity != "info"
         layers = [ctx.layers[i] for i in weak]
         message = (
-            f"From step {ep['start']} the gradient of {first_label} fell {fmt(factor)}x further behind that of "
-            f"{last_label} than at the start of the run (worst at step {ep['peak_step']}; start-of-run ratio "
-            f"{fmt(pow10(self.baseline))})"
+            f"From step {ep.start} the gradient of {label(first_name)} fell {fmt(factor)}x further behind that of "
+            f"{label(last_name)} than at the start of the run (worst at step {ep.peak_step}; start-of-run ratio "
+            f"{fmt(pow10(st.baseline))})"
         )
-        message += (
-            f"; still {fmt(pow10(-self.last_drop))}x at step {ctx.last_step}." if ongoing and self.last_drop else "."
-        )
+        message += f"; still {fmt(pow10(-st.last_drop))}x at step {ctx.last_step}." if ongoing and st.last_drop else "."
         if not ongoing:
-            message += f" It recovered after step {ep['last']}."
+            message += f" It recovered after step {ep.last}."
         if len(layers) > 1:
             message += f" Layers falling behind: {span(layers)}."
         return Finding(
             rule=RULE_ID,
             severity=severity,  # type: ignore[arg-type]
-            title=f"Gradient vanishing toward the input since step {ep['start']}",
+            title=f"Gradient vanishing toward the input since step {ep.start}",
             message=message,
             layers=layers,
-            step=ep["start"],
-            last_step=ctx.last_step if ongoing else ep["last"],
+            step=ep.start,
+            last_step=ctx.last_step if ongoing else ep.last,
             evidence={
                 "first_layer": first_name,
                 "last_layer": last_name,
-                "baseline_first_to_last_ratio": pow10(self.baseline),
+                "baseline_first_to_last_ratio": pow10(st.baseline),
                 "worst_drop_factor": factor,
-                "worst_step": ep["peak_step"],
-                "current_drop_factor": pow10(-self.last_drop) if self.last_drop is not None else None,
+                "worst_step": ep.peak_step,
+                "current_drop_factor": pow10(-st.last_drop) if st.last_drop is not None else None,
             },
             thresholds={
                 "warning_drop": 1 / WARNING_RATIO,
@@ -181,28 +226,32 @@ class VanishingTrendRule:
                 "sustain_logged_steps": CONFIRM_N,
                 "sustain_steps": MIN_SPAN,
             },
-            remediation=[
-                Remediation(
-                    action="check_weight_decay_and_saturation",
-                    detail="A ratio that collapses during training (not at init) means the layers in between have "
-                    "started to attenuate the signal: weights shrinking under weight decay, or tanh/sigmoid units "
-                    "saturating as weights grow. Lower the weight decay of those layers or the learning rate.",
-                    snippet="optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)",
-                    references=[REFS["glorot2010"]],
-                    params={"weight_decay": 0.01},
-                ),
-                Remediation(
-                    action="add_normalization_or_residuals",
-                    detail="Add BatchNorm/LayerNorm between layers, or residual connections, so the gradient has a "
-                    "short path to the first layers.",
-                    references=[REFS["ioffe2015"], REFS["ba2016"], REFS["he2016"]],
-                ),
-                Remediation(
-                    action="analyze_checkpoint",
-                    detail=f"Run `gradhealth analyze` on a checkpoint from after step {ep['start']}: it reports which "
-                    "activations are saturated or dead and the per-layer gradient profile.",
-                    params={"step": ep["start"]},
-                ),
-            ],
+            remediation=_advice(ep.start),
             confidence=0.75,
         )
+
+
+def _advice(start: int) -> list[Remediation]:
+    return [
+        Remediation(
+            action="check_weight_decay_and_saturation",
+            detail="A ratio that collapses during training (not at init) means the layers in between have "
+            "started to attenuate the signal: weights shrinking under weight decay, or tanh/sigmoid units "
+            "saturating as weights grow. Lower the weight decay of those layers or the learning rate.",
+            snippet="optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)",
+            references=[REFS["glorot2010"]],
+            params={"weight_decay": 0.01},
+        ),
+        Remediation(
+            action="add_normalization_or_residuals",
+            detail="Add BatchNorm/LayerNorm between layers, or residual connections, so the gradient has a "
+            "short path to the first layers.",
+            references=[REFS["ioffe2015"], REFS["ba2016"], REFS["he2016"]],
+        ),
+        Remediation(
+            action="analyze_checkpoint",
+            detail=f"Run `gradhealth analyze` on a checkpoint from after step {start}: it reports which "
+            "activations are saturated or dead and the per-layer gradient profile.",
+            params={"step": start},
+        ),
+    ]
