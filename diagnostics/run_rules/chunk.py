@@ -84,9 +84,8 @@ def new_rows(chunk: LogChunk, last_step: int | None, num_layers: int) -> dict[st
     n = len(steps)
     floor = np.iinfo(np.int64).min if last_step is None else last_step
     running = np.maximum.accumulate(np.concatenate([[floor], steps]))[:-1]
-    keep = steps > running  # strictly after everything before it
-    if keep.all():
-        keep = slice(None)  # no copies in the usual case
+    after = steps > running  # strictly after everything before it
+    keep: np.ndarray | slice = slice(None) if after.all() else after  # no copies in the usual case
     cols: dict[str, np.ndarray] = {"steps": steps[keep]}
     for name in ("loss", "lr"):
         arr = np.asarray(getattr(chunk, name), dtype=np.float64).reshape(-1)
@@ -98,12 +97,13 @@ def new_rows(chunk: LogChunk, last_step: int | None, num_layers: int) -> dict[st
         raise ValueError(f"loss_logged has {len(logged)} values for {n} steps")
     cols["loss_logged"] = logged[keep]
     for name in METRICS:
-        arr = chunk.metrics.get(name)
-        if arr is None:
+        given = chunk.metrics.get(name)
+        if given is None:
             cols[name] = np.full((len(cols["steps"]), num_layers), np.nan)
             continue
-        arr = np.asarray(arr, dtype=np.float64)
-        if arr.shape != (n, num_layers):
+        arr = np.asarray(given, dtype=np.float64)
+        shape: tuple[int, ...] = arr.shape
+        if shape != (n, num_layers):
             raise ValueError(f"metric {name} has shape {arr.shape}, expected ({n}, {num_layers})")
         cols[name] = np.ascontiguousarray(arr[keep])
     return cols
@@ -113,12 +113,14 @@ def forward_fill(values: np.ndarray, carry: float) -> np.ndarray:
     """Each row's last finite value at or before it, starting from `carry`."""
     seq = np.concatenate([[carry], values])
     idx = np.where(np.isfinite(seq), np.arange(len(seq)), 0)
-    return seq[np.maximum.accumulate(idx)][1:]
+    filled: np.ndarray = seq[np.maximum.accumulate(idx)][1:]
+    return filled
 
 
 def global_norm(grad: np.ndarray, nonfinite: np.ndarray) -> np.ndarray:
     """sqrt(sum over measured layers of grad_norm^2): NaN when no layer was measured, inf when any is non-finite."""
     missing = np.isnan(grad)
+    out: np.ndarray
     if missing.any():
         out = np.sqrt((np.where(missing, 0.0, grad) ** 2).sum(axis=1))
         out[missing.all(axis=1)] = np.nan
@@ -147,6 +149,6 @@ def row_median(values: np.ndarray) -> np.ndarray:
     idx = np.arange(len(values))
     lo = ordered[idx, np.maximum(k - 1, 0) // 2]
     hi = ordered[idx, np.minimum(k // 2, values.shape[1] - 1)]
-    out = (lo + hi) / 2  # the two middle values (the same one twice for an odd count), as np.median
+    out: np.ndarray = (lo + hi) / 2  # the two middle values (the same one twice for an odd count), as np.median
     out[k == 0] = np.nan
     return out

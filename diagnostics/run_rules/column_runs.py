@@ -50,7 +50,9 @@ class ColumnRuns:
         self._ended = []
         return [(c, st) for _, c, st in confirmed], [(c, st, la) for _, c, st, la in ended]
 
-    def _feed_rows(self, steps: np.ndarray, hit: np.ndarray, miss: np.ndarray, cols: np.ndarray) -> list:
+    def _feed_rows(
+        self, steps: np.ndarray, hit: np.ndarray, miss: np.ndarray, cols: np.ndarray
+    ) -> list[tuple[int, int, int]]:
         """Row by row, for layers whose runs may end in this chunk."""
         events: list[tuple[int, int, int]] = []
         if not len(cols):
@@ -81,7 +83,7 @@ class ColumnRuns:
         self.eligible[cols], self.confirmed[cols], self.active[cols] = elig, conf, active
         return events
 
-    def _feed_pure(self, steps: np.ndarray, hit: np.ndarray, cols: np.ndarray) -> list:
+    def _feed_pure(self, steps: np.ndarray, hit: np.ndarray, cols: np.ndarray) -> list[tuple[int, int, int]]:
         """Vectorised, for layers with hits and no misses: runs only start or grow."""
         events: list[tuple[int, int, int]] = []
         hit = hit[:, cols]

@@ -188,4 +188,5 @@ class RunEvaluator:
             "loss_hist": enc_array(self.loss_hist),
             "rules": {rule.rule_id: rule.state() for rule in self.rules},
         }
-        return json.loads(json.dumps(state, allow_nan=False))  # a detached copy, and proof that it serialises
+        detached: dict[str, Any] = json.loads(json.dumps(state, allow_nan=False))
+        return detached  # a detached copy, and proof that it serialises

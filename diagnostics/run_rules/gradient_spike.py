@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -93,7 +93,7 @@ class GradientSpikeState:
 class GradientSpikeRule:
     """Rolling median/MAD of log global norm; spikes above max(5x, 6 sigma) open an episode."""
 
-    rule_id = RULE_ID
+    rule_id: ClassVar[str] = RULE_ID
 
     def __init__(self, num_layers: int, state: dict[str, Any] | None = None) -> None:
         self.st = GradientSpikeState.from_json(state)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -136,7 +136,7 @@ class LossDivergenceState:
 class LossDivergenceRule:
     """A per-loss state machine: exceedances against the best rolling median, confirmed and sustained."""
 
-    rule_id = RULE_ID
+    rule_id: ClassVar[str] = RULE_ID
 
     def __init__(self, num_layers: int, state: dict[str, Any] | None = None) -> None:
         self.st = LossDivergenceState.from_json(state)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, ClassVar
 
 from ..schema import Finding, Remediation
 from .chunk import ChunkView
@@ -58,7 +58,7 @@ class LossPlateauState:
 class LossPlateauRule:
     """The step of the last meaningful improvement; a plateau is a long time since it."""
 
-    rule_id = RULE_ID
+    rule_id: ClassVar[str] = RULE_ID
 
     def __init__(self, num_layers: int, state: dict[str, Any] | None = None) -> None:
         self.st = LossPlateauState.from_json(state)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -119,7 +119,7 @@ def row_flags(v: ChunkView) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 class NonFiniteRule:
     """Track incidents of NaN/Inf: ongoing ones are critical, recovered gradient overflows a warning."""
 
-    rule_id = RULE_ID
+    rule_id: ClassVar[str] = RULE_ID
 
     def __init__(self, num_layers: int, state: dict[str, Any] | None = None) -> None:
         self.L = num_layers

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -109,7 +109,7 @@ def windows(x: np.ndarray, new: int) -> Windows:
 class OscillatingLossRule:
     """Rolling flip fraction and amplitude over the last 51 finite logged losses."""
 
-    rule_id = RULE_ID
+    rule_id: ClassVar[str] = RULE_ID
 
     def __init__(self, num_layers: int, state: dict[str, Any] | None = None) -> None:
         self.st = OscillatingLossState.from_json(state)

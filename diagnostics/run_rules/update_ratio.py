@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -94,7 +94,7 @@ class UpdateRatioState:
 class UpdateRatioRule:
     """Sustained median update/weight outside the band, in either direction; flags the layers out of band."""
 
-    rule_id = RULE_ID
+    rule_id: ClassVar[str] = RULE_ID
 
     def __init__(self, num_layers: int, state: dict[str, Any] | None = None) -> None:
         self.L = num_layers
@@ -159,10 +159,10 @@ class UpdateRatioRule:
         for name, d in self.st.directions():
             for ep in d.episodes.closed:
                 out.append(self._finding(name, ep, "info", ctx))
-            ep = d.episodes.open
-            if ep is not None:
-                bad = name == "fast" and ep.peak >= DIVERGING
-                out.append(self._finding(name, ep, "error" if bad else "warning", ctx))
+            current = d.episodes.open
+            if current is not None:
+                bad = name == "fast" and current.peak >= DIVERGING
+                out.append(self._finding(name, current, "error" if bad else "warning", ctx))
         return out
 
     def _finding(self, name: str, ep: Episode, severity: str, ctx: RunContext) -> Finding:

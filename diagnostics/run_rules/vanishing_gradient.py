@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -36,7 +36,7 @@ MAX_LAYERS = 20
 
 def pow10(decades: float) -> float:
     """10**x for reporting, capped below float overflow (norms span at most ~630 decades)."""
-    return 10.0 ** min(decades, 300.0)
+    return float(10.0 ** min(decades, 300.0))
 
 
 @dataclass
@@ -97,7 +97,7 @@ def first_pair(g: np.ndarray) -> list[int] | None:
 class VanishingTrendRule:
     """Track the drop of log10(first/last gradient norm) against its start-of-run baseline."""
 
-    rule_id = RULE_ID
+    rule_id: ClassVar[str] = RULE_ID
 
     def __init__(self, num_layers: int, state: dict[str, Any] | None = None) -> None:
         self.L = num_layers
