@@ -6,10 +6,7 @@ from collections import OrderedDict
 from threading import Lock
 from typing import Literal
 
-from gradhealth.diagnostics.schema import Report
-from gradhealth.sdk.render import to_markdown
-from gradhealth.sdk.render_html import to_html
-from gradhealth.sdk.render_junit import to_junit
+from gradhealth.report import Report, to_html, to_junit, to_markdown
 
 ReportFormat = Literal["json", "markdown", "html", "junit"]
 MEDIA_TYPES: dict[str, str] = {

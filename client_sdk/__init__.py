@@ -1,10 +1,9 @@
 """The gradhealth SDK: a client for the service, local packaging, and reports that render and compare."""
 
-from gradhealth.diagnostics.schema import Finding
+from gradhealth.report import Comparison, Finding, Tolerance
 
 from . import errors
 from .client import AsyncClient, Client
-from .compare import Comparison, Tolerance
 from .errors import (
     AnalysisFailedError,
     APIConnectionError,

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 
 import httpx
 from gradhealth.diagnostics.options import OptimizerSpec
+from gradhealth.report import Comparison
 
 from ._base import RequestOptions, parse_retry_after
 from ._constants import DEFAULT_WAIT_TIMEOUT, POLL_INITIAL_INTERVAL, POLL_MAX_INTERVAL, RETRY_STATUSES
-from .compare import Comparison
 from .errors import APIConnectionError, InternalServerError, RateLimitError, WaitTimeoutError
 from .pagination import AsyncPage, SyncPage
 from .report import Report

@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from gradhealth.report import Comparison
 from pydantic import ValidationError
 
 from .commands import add_analysis_arguments
-from .compare import Comparison
 from .report import Report
 
 if TYPE_CHECKING:

@@ -82,8 +82,7 @@ def _options(args: argparse.Namespace) -> AnalysisOptions:
 def run_analyze(args: argparse.Namespace) -> int:
     """Load, analyse, print; map every input problem to exit code 2 with a clear message."""
     from gradhealth.diagnostics import InputError, analyze_files
-
-    from .render import to_markdown
+    from gradhealth.report import to_markdown
 
     for label, path in (("--model", args.model), ("--batch", args.batch)):
         if not path.is_file():

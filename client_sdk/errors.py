@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 if TYPE_CHECKING:
-    from gradhealth.diagnostics.schema import Finding
+    from gradhealth.report import Finding
 
     from .types import Analysis
 

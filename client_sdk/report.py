@@ -7,11 +7,10 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from gradhealth.diagnostics.schema import SEVERITY_ORDER, Finding, severity_at_least
-from gradhealth.diagnostics.schema import Report as EngineReport
+from gradhealth.report import SEVERITY_ORDER, Comparison, Finding, Tolerance, compare_reports, severity_at_least
+from gradhealth.report import Report as EngineReport
 from pydantic import ConfigDict
 
-from .compare import Comparison, Tolerance, compare_reports
 from .errors import HealthError
 
 Level = Literal["info", "warning", "error", "critical"]
@@ -64,25 +63,25 @@ class Report(EngineReport):
 
     def to_markdown(self) -> str:
         """Markdown for terminals and CI summaries."""
-        from .render import to_markdown
+        from gradhealth.report import to_markdown
 
         return to_markdown(self)
 
     def to_html(self) -> str:
         """A self-contained HTML page with the gradient-flow and activation-health charts."""
-        from .render_html import to_html
+        from gradhealth.report import to_html
 
         return to_html(self)
 
     def _repr_html_(self) -> str:
         """Jupyter shows the report itself, with CSS scoped so the notebook's styles are untouched."""
-        from .render_html import to_html_fragment
+        from gradhealth.report import to_html_fragment
 
         return to_html_fragment(self)
 
     def to_junit(self, fail_on: Level = "warning", comparison: Comparison | None = None) -> str:
         """JUnit XML: one testcase per rule, failing at `fail_on` or worse (plus the baseline check)."""
-        from .render_junit import to_junit
+        from gradhealth.report import to_junit
 
         return to_junit(self, _level(fail_on), comparison)
 

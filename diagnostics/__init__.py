@@ -6,6 +6,7 @@ import os
 from collections.abc import Callable
 
 import torch
+from gradhealth.report import Finding, Report
 from torch import Tensor
 
 from .batch import read_batch, write_batch
@@ -14,7 +15,6 @@ from .errors import ExportUnsupportedError, InputError, UnsafeArchiveError
 from .export import PackageMetadata, as_input_tuple, export_per_sample_loss
 from .loading import LoadedModel, from_exported_program, load_package
 from .options import AnalysisOptions, OptimizerSpec
-from .schema import Finding, Report
 
 __all__ = [
     "AnalysisOptions",

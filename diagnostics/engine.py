@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
+from gradhealth.report import Report
 from torch import Tensor
 
 from . import report_builder
@@ -31,7 +32,6 @@ from .options import AnalysisOptions
 from .param_stats import layer_param_stats
 from .probes import InstrumentedGraph, instrument
 from .rules import evaluate_rules
-from .schema import Report
 
 ProgressFn = Callable[[str, float], None]
 

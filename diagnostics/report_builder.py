@@ -7,11 +7,11 @@ import platform
 from collections import Counter
 
 import torch
+from gradhealth.report import ActivationStats, Finding, LayerStats, Report, health_of
 from torch import Tensor
 
 from .curvature import stability_limit
 from .measurements import ActivationMeasure, LayerMeasure, Measurements
-from .schema import ActivationStats, Finding, LayerStats, Report, health_of
 
 
 def _finite(value: float | None) -> float | None:

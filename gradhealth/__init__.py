@@ -1,21 +1,13 @@
-"""gradhealth: whether gradients flow well through your PyTorch model, why not, and what to change."""
+"""gradhealth: whether gradients flow well through your PyTorch model, why not, and what to change.
 
-from gradhealth.sdk import (
-    AnalysisFailedError,
-    APIConnectionError,
-    APIError,
-    APIStatusError,
-    AsyncClient,
-    Client,
-    Comparison,
-    Finding,
-    GradhealthError,
-    HealthError,
-    Report,
-    package,
-    save_batch,
-    watch,
-)
+The SDK's names are imported on first use (PEP 562), so `import gradhealth.report` (the plain-data report
+toolkit the service also uses) does not pull in the client, torch or httpx.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
@@ -37,10 +29,42 @@ __all__ = [
     "save_batch",
     "watch",
 ]
+_SDK_NAMES = frozenset(__all__) - {"__version__", "analyze"}
+
+if TYPE_CHECKING:
+    from gradhealth.sdk import (
+        AnalysisFailedError,
+        APIConnectionError,
+        APIError,
+        APIStatusError,
+        AsyncClient,
+        Client,
+        Comparison,
+        Finding,
+        GradhealthError,
+        HealthError,
+        Report,
+        package,
+        save_batch,
+        watch,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SDK_NAMES:
+        value = getattr(importlib.import_module("gradhealth.sdk"), name)
+        globals()[name] = value  # later lookups skip this hook
+        return value
+    raise AttributeError(f"module 'gradhealth' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
 
 
 def analyze(model, loss, inputs, targets, **options) -> Report:  # type: ignore[no-untyped-def]
     """Analyse an in-memory model locally (no server): options as in AnalysisOptions."""
     from gradhealth.diagnostics import AnalysisOptions, analyze_module
+    from gradhealth.sdk import Report
 
     return Report.from_engine(analyze_module(model, loss, inputs, targets, AnalysisOptions(**options)))

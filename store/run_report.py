@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 from gradhealth.diagnostics.run_rules import RunEvaluator
-from gradhealth.diagnostics.schema import Finding, LayerStats, LayerTimeline, ModelInfo, Report, Timeline
+from gradhealth.report import Finding, LayerStats, LayerTimeline, ModelInfo, Report, Timeline
 from sqlalchemy.orm import Session
 
 from .models import TrainingRun

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 from gradhealth.diagnostics.run_rules import LogChunk, RunEvaluator
-from gradhealth.diagnostics.schema import Finding, health_of, severity_at_least
+from gradhealth.report import Finding, health_of, severity_at_least
 from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
-from gradhealth.diagnostics.schema import Report
+from gradhealth.report import Report
 
 import gradhealth
 

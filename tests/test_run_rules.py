@@ -9,7 +9,7 @@ from functools import cache
 import numpy as np
 import pytest
 from gradhealth.diagnostics.run_rules import RUN_RULE_IDS, LogChunk, RunEvaluator
-from gradhealth.diagnostics.schema import Finding, severity_at_least
+from gradhealth.report import Finding, severity_at_least
 from numpy.lib.stride_tricks import sliding_window_view
 
 from . import run_fixtures as fx

@@ -7,7 +7,7 @@ from functools import cache
 import pytest
 from gradhealth.diagnostics import AnalysisOptions, analyze_module
 from gradhealth.diagnostics.rules import RULE_IDS
-from gradhealth.diagnostics.schema import Report, severity_at_least
+from gradhealth.report import Report, severity_at_least
 
 from .zoo import HEALTHY, PATHOLOGICAL, ZooCase
 

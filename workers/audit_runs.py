@@ -5,9 +5,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from gradhealth.diagnostics.schema import SEVERITY_ORDER, Finding
-from gradhealth.diagnostics.schema import Report as EngineReport
-from gradhealth.sdk.compare import Comparison, compare_reports
+from gradhealth.report import SEVERITY_ORDER, Comparison, Finding, compare_reports
+from gradhealth.report import Report as EngineReport
 from gradhealth.store.db import session_scope
 from gradhealth.store.models import (
     FAILED,

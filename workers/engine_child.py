@@ -13,7 +13,7 @@ from .sandbox_errors import ChildFailure, ProgressFn
 
 if TYPE_CHECKING:  # the worker process itself never imports torch or the engine
     from gradhealth.diagnostics import Analyzer
-    from gradhealth.diagnostics.schema import Report
+    from gradhealth.report import Report
     from torch import Tensor
 
 MODEL_FILE = "model.pt2"  # torch.export.load wants a ".pt2" name; blobs are named by hash only

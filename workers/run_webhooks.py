@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from gradhealth.diagnostics.schema import Finding, severity_at_least
+from gradhealth.report import Finding, severity_at_least
 from gradhealth.store.models import RunWebhookDelivery, TrainingRun, WebhookDelivery
 from gradhealth.store.runs import NOTIFY_AT
 from gradhealth.store.settings import Settings

@@ -11,9 +11,8 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
-from gradhealth.diagnostics.schema import Finding
-from gradhealth.diagnostics.schema import Report as EngineReport
-from gradhealth.sdk.compare import Comparison
+from gradhealth.report import Comparison, Finding
+from gradhealth.report import Report as EngineReport
 from gradhealth.store import outbox
 from gradhealth.store import webhook_targets as targets
 from gradhealth.store.models import Audit, AuditRun, RunWebhookDelivery, StoredReport, WebhookDelivery, utcnow

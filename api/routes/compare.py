@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
-from gradhealth.diagnostics.schema import Report
-from gradhealth.sdk.compare import Comparison, compare_reports
+from gradhealth.report import Comparison, Report, compare_reports
 from gradhealth.store.db import session_factory
 from gradhealth.store.keys import Principal
 from gradhealth.store.models import Analysis, StoredReport

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from gradhealth.report import SEVERITY_ORDER, Finding
+
 from ..measurements import Measurements
-from ..schema import SEVERITY_ORDER, Finding
 from . import (
     dead_relu,
     exploding_gradient,

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from gradhealth.report import Finding, Remediation
+
 from ..measurements import ActivationMeasure, Measurements
-from ..schema import Finding, Remediation
 from .common import batch_confidence, fmt, span
 
 

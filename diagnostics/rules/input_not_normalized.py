@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from gradhealth.report import Finding, Remediation
+
 from ..measurements import Measurements
-from ..schema import Finding, Remediation
 from .common import REFS, fmt
 
 RULE_ID = "input_not_normalized"

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from gradhealth.report import Finding, Remediation
+
 from ..curvature import stability_limit
 from ..measurements import Measurements
-from ..schema import Finding, Remediation
 from .common import REFS, fmt
 
 RULE_ID = "lr_too_high"

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 
+from gradhealth.report import Finding, Remediation
+
 from ..measurements import Measurements
-from ..schema import Finding, Remediation
 from .common import REFS
 
 RULE_ID = "non_finite"

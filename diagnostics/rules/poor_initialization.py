@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 
+from gradhealth.report import Finding, Remediation
+
 from ..measurements import LayerMeasure, Measurements
-from ..schema import Finding, Remediation
 from .common import REFS, fmt, orders_of_magnitude, span
 
 RULE_ID = "poor_initialization"

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from gradhealth.report import Finding, Remediation
+
 from ..measurements import Measurements
-from ..schema import Finding, Remediation
 from .activation_rule import fraction_findings
 from .common import REFS
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import statistics
 
+from gradhealth.report import Finding, Remediation
+
 from ..measurements import Measurements
-from ..schema import Finding, Remediation
 from .common import REFS, fmt, span
 
 RULE_ID = "update_ratio"

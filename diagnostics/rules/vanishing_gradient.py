@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from gradhealth.report import Finding, Remediation
+
 from ..measurements import Measurements, RecurrentMeasure
-from ..schema import Finding, Remediation
 from .common import REFS, batch_confidence, fmt, orders_of_magnitude, span
 from .gradient_profile import Profile, backprop_profile, weight_profile
 

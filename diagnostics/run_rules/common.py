@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gradhealth.report import Remediation
+
 from ..rules.common import REFS, fmt
 from ..rules.common import span as _span
-from ..schema import Remediation
 
 __all__ = ["REFS", "RUN_REFS", "RunContext", "clip_remediation", "fmt", "label", "lower_lr_remediation", "span"]
 

@@ -8,8 +8,8 @@ import math
 from typing import Any
 
 import numpy as np
+from gradhealth.report import SEVERITY_ORDER, Finding
 
-from ..schema import SEVERITY_ORDER, Finding
 from .chunk import ChunkView, LogChunk, forward_fill, global_norm, new_rows, update_ratios
 from .common import RunContext
 from .gradient_spike import GradientSpikeRule

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
+from gradhealth.report import Finding
 
-from ..schema import Finding
 from .chunk import ChunkView
 from .common import RunContext, clip_remediation, fmt, lower_lr_remediation, span
 from .rolling import MAD_TO_SIGMA, Episode, Episodes, LogHistogram, dec_array, enc_array, rolling_median_mad

@@ -7,8 +7,8 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
 import numpy as np
+from gradhealth.report import Finding, Remediation
 
-from ..schema import Finding, Remediation
 from .chunk import ChunkView
 from .common import REFS, RUN_REFS, RunContext, clip_remediation, fmt, lower_lr_remediation, span
 from .gradient_spike import top_contributors

@@ -6,7 +6,8 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
-from ..schema import Finding, Remediation
+from gradhealth.report import Finding, Remediation
+
 from .chunk import ChunkView
 from .common import RUN_REFS, RunContext, fmt, lower_lr_remediation
 from .rolling import MAD_TO_SIGMA

@@ -6,8 +6,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, ClassVar
 
 import numpy as np
+from gradhealth.report import Finding, Remediation
 
-from ..schema import Finding, Remediation
 from .chunk import ChunkView
 from .common import REFS, RunContext, clip_remediation, fmt, label, lower_lr_remediation, span
 from .rolling import MAX_EPISODES, dec, enc

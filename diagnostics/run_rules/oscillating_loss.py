@@ -7,9 +7,9 @@ from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
 import numpy as np
+from gradhealth.report import Finding, Remediation
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ..schema import Finding, Remediation
 from .chunk import ChunkView
 from .common import REFS, RunContext, fmt, lower_lr_remediation
 from .rolling import Episode, Episodes, dec_array, enc_array

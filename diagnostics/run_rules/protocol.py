@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Protocol
 
-from ..schema import Finding
+from gradhealth.report import Finding
+
 from .chunk import ChunkView
 from .common import RunContext
 

@@ -6,8 +6,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
+from gradhealth.report import Finding, Remediation
 
-from ..schema import Finding, Remediation
 from .chunk import ChunkView
 from .column_runs import ColumnRuns
 from .common import RUN_REFS, RunContext, span

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
+from gradhealth.report import Finding, Remediation
 
 from ..rules.update_ratio import DIVERGING, TARGET, TOO_FAST, TOO_SLOW
-from ..schema import Finding, Remediation
 from .chunk import ChunkView, row_median
 from .common import REFS, RunContext, fmt, round2, span
 from .rolling import Episode, Episodes

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
+from gradhealth.report import Finding, Remediation
 
 from ..rules.vanishing_gradient import ERROR_RATIO, WARNING_RATIO
-from ..schema import Finding, Remediation
 from .chunk import ChunkView
 from .common import REFS, RunContext, fmt, label, span
 from .rolling import Episode, Episodes, dec_array, enc, enc_array, last_positive, rolling_median_mad

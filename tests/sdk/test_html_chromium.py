@@ -106,7 +106,7 @@ def saturated_report() -> gradhealth.Report:
 def test_html_report_renders_in_chromium(
     saturated_report: gradhealth.Report, artifacts_dir: Path, tmp_path: Path
 ) -> None:
-    from gradhealth.sdk import render_html
+    from gradhealth.report import html_parts
 
     case, report = "sigmoid_mlp_std1_saturated", saturated_report
     assert {f.rule for f in report.findings} >= {"saturated_activation", "poor_initialization"}
@@ -128,7 +128,7 @@ def test_html_report_renders_in_chromium(
     gradient = charts["gh-gradient-chart"]
     assert gradient is not None
     flagged = report.findings_for("poor_initialization")[0].layers
-    assert len(re.findall(f'fill="{render_html.FLAGGED_COLOR}"', gradient.group(1))) >= len(flagged)
+    assert len(re.findall(f'fill="{html_parts.FLAGGED_COLOR}"', gradient.group(1))) >= len(flagged)
     assert "saturated_activation" in dom.stdout and "Content-Security-Policy" in dom.stdout
 
     shot = artifacts_dir / f"report_{case}.png"
@@ -139,12 +139,12 @@ def test_html_report_renders_in_chromium(
     width, channels, rows = read_png(shot)
     assert width == 1200 and len(rows) == 2000
     # The bars were painted, not only put in the DOM: their colours cover real pixels on screen.
-    assert _count_color(rows, channels, render_html.FLAGGED_COLOR) > 200  # badly initialised layers
-    assert _count_color(rows, channels, render_html.SATURATED_COLOR) > 200  # the activation chart
+    assert _count_color(rows, channels, html_parts.FLAGGED_COLOR) > 200  # badly initialised layers
+    assert _count_color(rows, channels, html_parts.SATURATED_COLOR) > 200  # the activation chart
 
 
 def test_run_report_renders_in_chromium(artifacts_dir: Path, tmp_path: Path) -> None:
-    from gradhealth.sdk import render_html, render_run_html
+    from gradhealth.report import html_parts, render_run_html
 
     from .test_run_render import LAYER_SCALES, run_report
 
@@ -167,6 +167,6 @@ def test_run_report_renders_in_chromium(artifacts_dir: Path, tmp_path: Path) -> 
     width, channels, rows = read_png(shot)
     assert width == 1200 and len(rows) == 2000
     # Lines, markers and non-finite ticks were painted: their colours cover real pixels on screen.
-    assert _count_color(rows, channels, render_html.OK_COLOR) > 100  # the gradient-norm lines
+    assert _count_color(rows, channels, html_parts.OK_COLOR) > 100  # the gradient-norm lines
     assert _count_color(rows, channels, render_run_html.NONFINITE_COLOR) > 100  # ticks, fc's line, error markers
-    assert _count_color(rows, channels, render_html._COLORS["critical"]) > 20  # the critical finding's marker
+    assert _count_color(rows, channels, html_parts.COLORS["critical"]) > 20  # the critical finding's marker

@@ -6,7 +6,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from gradhealth.diagnostics.schema import Report as EngineReport
+from gradhealth.report import Report as EngineReport
 from gradhealth.sdk import Comparison, HealthError, Tolerance
 
 import gradhealth

@@ -10,9 +10,8 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from gradhealth.diagnostics.schema import Finding, LayerTimeline, ModelInfo, Timeline
-from gradhealth.sdk import render_html, render_run_html
-from gradhealth.sdk.render_run_html import (
+from gradhealth.report import Finding, LayerTimeline, ModelInfo, Timeline, html_parts, render_run_html
+from gradhealth.report.render_run_html import (
     LAYER_WIDTH,
     PLOT_BOTTOM,
     PLOT_LEFT,
@@ -243,7 +242,7 @@ def test_nonfinite_points_get_a_red_tick_and_break_the_line(page: str) -> None:
     assert all(float(t.get("y1", "nan")) < PLOT_TOP for t in ticks)  # on the top edge
     (path,) = fc.iter(f"{SVG}path")
     assert max(x for run in _points(path) for x, _ in run) < _x(NAN_STEP, LAYER_WIDTH)
-    assert path.get("stroke") == render_html.FLAGGED_COLOR  # a finding names fc
+    assert path.get("stroke") == html_parts.FLAGGED_COLOR  # a finding names fc
     (gnorm,) = _svgs(page, "gh-global-norm-chart")
     assert len([line for line in gnorm.iter(f"{SVG}line") if line.get("class") == "gh-nonfinite"]) == len(bad_steps)
     (loss,) = _svgs(page, "gh-loss-chart")

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from gradhealth.diagnostics.rules import RULE_IDS
-from gradhealth.diagnostics.schema import Report, severity_at_least
+from gradhealth.report import Report, severity_at_least
 from gradhealth.store.db import session_scope
 from gradhealth.store.models import Analysis, StoredReport
 from sqlalchemy import func, select

@@ -7,11 +7,20 @@ import math
 from dataclasses import dataclass
 from html import escape
 
-from gradhealth.diagnostics.schema import Finding, LayerTimeline, Report, Timeline, severity_at_least
-
+from .html_parts import (
+    COLORS,
+    CSS,
+    FLAGGED_COLOR,
+    OK_COLOR,
+    finding_html,
+    flagged_layers,
+    layer_label,
+    severity_chips,
+    svg_open,
+)
 from .render import finite, latest, nonfinite_points, run_facts, step_range
 from .render import format_number as _num
-from .render_html import _COLORS, _CSS, FLAGGED_COLOR, OK_COLOR, _chips, _finding_html, _flagged, _label, _svg_open
+from .schema import Finding, LayerTimeline, Report, Timeline, severity_at_least
 
 # Run reports: time series over training steps, one x scale (steps) shared by every mark of a chart.
 
@@ -193,7 +202,7 @@ def _marked(findings: list[Finding]) -> list[Finding]:
 def _marker(frame: Frame, f: Finding, label_row: int | None) -> list[str]:
     """A vertical line at the finding's first bad step (solid for error/critical, dashed and light for warnings)."""
     assert f.step is not None
-    color, x, strong = _COLORS.get(f.severity, "#57606a"), frame.x(f.step), severity_at_least(f.severity, "error")
+    color, x, strong = COLORS.get(f.severity, "#57606a"), frame.x(f.step), severity_at_least(f.severity, "error")
     style = 'stroke-width="1.5"' if strong else 'stroke-width="1" stroke-dasharray="4 3" stroke-opacity="0.7"'
     parts = []
     if f.last_step is not None and f.last_step > f.step:
@@ -236,7 +245,7 @@ def time_chart(steps: list[int], series: list[Series], findings: list[Finding], 
     low, high = spec.value_range or value_range(values, log)
     frame = Frame(spec.width, spec.height, steps[0], steps[-1], low, high, log)
     scale = "log scale" if log else "linear scale"
-    parts = [_svg_open(spec.width, spec.height, f"gh-time-chart {spec.css_class}", f"{spec.label} per step, {scale}")]
+    parts = [svg_open(spec.width, spec.height, f"gh-time-chart {spec.css_class}", f"{spec.label} per step, {scale}")]
     parts += _axes(frame)
     if not values:
         middle = (PLOT_TOP + frame.bottom) / 2
@@ -276,7 +285,7 @@ def _layer_series(name: str, layer: LayerTimeline, n: int, flagged: set[str]) ->
 
 def layer_charts(report: Report, timeline: Timeline) -> str:
     """Small multiples of each charted layer's gradient norm on one shared log scale, so layers compare at a glance."""
-    flagged, n = _flagged(report), len(timeline.steps)
+    flagged, n = flagged_layers(report), len(timeline.steps)
     layers = list(timeline.layers.items())[:MAX_RUN_LAYERS]
     series = {name: _layer_series(name, layer, n, flagged) for name, layer in layers}
     shared = value_range(_drawable(list(series.values())), log=True)
@@ -287,7 +296,7 @@ def layer_charts(report: Report, timeline: Timeline) -> str:
         )
         css = " class='flagged'" if name in flagged else ""
         figures.append(
-            f"<figure{css}><figcaption>{_label(name)}</figcaption>"
+            f"<figure{css}><figcaption>{layer_label(name)}</figcaption>"
             f"{time_chart(timeline.steps, [s], report.findings, spec)}</figure>"
         )
     return "<div class='gh-layers'>" + "".join(figures) + "</div>"
@@ -328,10 +337,10 @@ def _run_charts(report: Report) -> list[str]:
 
 def run_html_fragment(report: Report) -> str:
     """A training run as one <div class="gh-report">: loss, global and per-layer gradient norms over steps, findings."""
-    color = _COLORS.get(report.health, "#57606a")
-    chips, timeline = _chips(report), report.timeline
+    color = COLORS.get(report.health, "#57606a")
+    chips, timeline = severity_chips(report), report.timeline
     body = [
-        f"<div class='gh-report'><style>{_CSS}{_RUN_CSS}</style>",
+        f"<div class='gh-report'><style>{CSS}{_RUN_CSS}</style>",
         f"<h1>gradhealth run report <span class='badge' style='background:{color}'>{escape(report.health)}</span></h1>",
         f"<p>{escape(report.summary)}</p>",
         f"<p class='facts'>{escape(run_facts(report))} Report <code>{escape(report.id)}</code>, "
@@ -339,7 +348,7 @@ def run_html_fragment(report: Report) -> str:
         f"<p class='chips'>{chips}</p>" if chips else "",
         *_run_charts(report),
         "<h2>Findings</h2>" if report.findings else "<h2>No findings</h2>",
-        *_finding_html(report),
+        *finding_html(report),
         "<h2>Layers</h2>" if timeline is not None and timeline.layers else "",
         _run_layer_table(timeline) if timeline is not None and timeline.layers else "",
         "</div>",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from gradhealth.diagnostics.schema import Finding, Report, Timeline
+from .schema import Finding, Report, Timeline
 
 _ICON = {"healthy": "✅", "info": "ℹ️", "warning": "⚠️", "error": "❌", "critical": "🛑"}
 

@@ -5,11 +5,8 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from typing import TYPE_CHECKING
 
-from gradhealth.diagnostics.rules import RULE_IDS
-from gradhealth.diagnostics.run_rules import RUN_RULE_IDS
-from gradhealth.diagnostics.schema import Finding, Report, severity_at_least
-
 from .render import step_range
+from .schema import CHECKPOINT_RULE_IDS, RUN_RULE_IDS, Finding, Report, severity_at_least
 
 if TYPE_CHECKING:
     from .compare import Comparison
@@ -17,7 +14,7 @@ if TYPE_CHECKING:
 
 def _known_rules(report: Report) -> tuple[str, ...]:
     """A run is checked by the run rules, not the checkpoint ones."""
-    return RUN_RULE_IDS if report.kind == "run" else RULE_IDS
+    return RUN_RULE_IDS if report.kind == "run" else CHECKPOINT_RULE_IDS
 
 
 def _steps(f: Finding) -> str:

@@ -7,51 +7,25 @@ from __future__ import annotations
 import math
 from html import escape
 
-from gradhealth.diagnostics.schema import Finding, LayerStats, Report
-
-from .render import format_number as _num
-from .render import step_range
-
-_COLORS = {"healthy": "#1a7f37", "info": "#0969da", "warning": "#9a6700", "error": "#cf222e", "critical": "#8b0000"}
-DEAD_COLOR, SATURATED_COLOR, OK_COLOR, FLAGGED_COLOR, SIGNAL_COLOR = (
-    "#8250df",
-    "#bc4c00",
-    "#0969da",
-    "#cf222e",
-    "#1f2328",
+from .html_parts import (
+    COLORS,
+    CSS,
+    DEAD_COLOR,
+    FLAGGED_COLOR,
+    OK_COLOR,
+    SATURATED_COLOR,
+    SIGNAL_COLOR,
+    finding_html,
+    flagged_layers,
+    layer_label,
+    severity_chips,
+    svg_open,
 )
-_CSS = """
-.gh-report{font:14px/1.5 system-ui,-apple-system,"Segoe UI",sans-serif;color:#1f2328;max-width:1000px}
-.gh-report h1{font-size:1.6rem;margin:.2rem 0}.gh-report h2{font-size:1.2rem;margin:1.6rem 0 .4rem;
-border-bottom:1px solid #d0d7de}.gh-report h3{font-size:1rem;margin:.3rem 0}
-.gh-report .badge{color:#fff;border-radius:4px;padding:1px 8px;font-size:.85rem;font-weight:600}
-.gh-report .facts{color:#57606a}.gh-report .chips span{display:inline-block;margin-right:.6rem}
-.gh-report .finding{border-left:4px solid;padding:.3rem 1rem;margin:.8rem 0;background:#f6f8fa}
-.gh-report pre{background:#fff;border:1px solid #d0d7de;padding:.5rem;overflow:auto;font-size:12px}
-.gh-report table{border-collapse:collapse;width:100%;font-size:12px}
-.gh-report td,.gh-report th{border-bottom:1px solid #d0d7de;padding:2px 6px;text-align:left}
-.gh-report td.num{text-align:right;font-variant-numeric:tabular-nums}.gh-report tr.flagged td:first-child{
-border-left:3px solid #cf222e}.gh-report svg text{font-family:sans-serif;font-size:10px}
-.gh-report .legend span{display:inline-block;margin-right:1rem;font-size:12px}
-.gh-report .swatch{display:inline-block;width:10px;height:10px;margin-right:4px;vertical-align:middle}
-.gh-report small{color:#57606a}
-"""
+from .render import format_number as _num
+from .render_run_html import run_html_fragment
+from .schema import LayerStats, Report
+
 BAR_HEIGHT, LABEL_WIDTH, PLOT_WIDTH, MAX_CHART_LAYERS = 14, 260, 560, 200
-
-
-def _label(name: str) -> str:
-    return escape(name if len(name) <= 40 else "…" + name[-39:])
-
-
-def _flagged(report: Report) -> set[str]:
-    return {name for f in report.findings if f.severity != "info" for name in f.layers}
-
-
-def _svg_open(width: int, height: int, css_class: str, label: str) -> str:
-    return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" class="gh-chart {css_class}" width="{width}" '
-        f'height="{height}" viewBox="0 0 {width} {height}" role="img" aria-label="{escape(label)}">'
-    )
 
 
 def _chart_layers(report: Report) -> list[LayerStats]:
@@ -69,7 +43,7 @@ def _positive_logs(values: list[float | None]) -> list[float]:
 def gradient_chart(report: Report) -> str:
     """Log-scale bars of each layer's parameter-gradient RMS (red when a finding names the layer),
     with a dot for the gradient arriving at the layer's output (the back-propagated signal)."""
-    flagged = _flagged(report)
+    flagged = flagged_layers(report)
     rows = _chart_layers(report)
     logs = _positive_logs([la.grad_rms for la in rows] + [la.output_grad_rms for la in rows])
     if not logs:
@@ -81,14 +55,14 @@ def gradient_chart(report: Report) -> str:
     def x_of(value: float) -> float:
         return LABEL_WIDTH + PLOT_WIDTH * (math.log10(value) - low) / (high - low)
 
-    parts = [_svg_open(LABEL_WIDTH + PLOT_WIDTH + 20, height, "gh-gradient-chart", "gradient RMS per layer, log scale")]
+    parts = [svg_open(LABEL_WIDTH + PLOT_WIDTH + 20, height, "gh-gradient-chart", "gradient RMS per layer, log scale")]
     for decade in range(low, high + 1):
         x = LABEL_WIDTH + PLOT_WIDTH * (decade - low) / (high - low)
         parts.append(f'<line x1="{x:.1f}" y1="0" x2="{x:.1f}" y2="{height - 20}" stroke="#d0d7de"/>')
         parts.append(f'<text x="{x:.1f}" y="{height - 6}" text-anchor="middle">1e{decade}</text>')
     for i, layer in enumerate(rows):
         y, value, signal = i * BAR_HEIGHT, layer.grad_rms, layer.output_grad_rms
-        parts.append(f'<text x="{LABEL_WIDTH - 6}" y="{y + 10}" text-anchor="end">{_label(layer.name)}</text>')
+        parts.append(f'<text x="{LABEL_WIDTH - 6}" y="{y + 10}" text-anchor="end">{layer_label(layer.name)}</text>')
         if value is not None and value > 0 and math.isfinite(value):
             color = FLAGGED_COLOR if layer.name in flagged else OK_COLOR
             parts.append(
@@ -118,11 +92,11 @@ def activation_chart(report: Report) -> str:
     rows = _activation_rows(report)
     if not rows:
         return "<p>No activation ops were found in the graph.</p>"
-    flagged = _flagged(report)
+    flagged = flagged_layers(report)
     row_height = BAR_HEIGHT + 4
     height = row_height * len(rows) + 30
     parts = [
-        _svg_open(
+        svg_open(
             LABEL_WIDTH + PLOT_WIDTH + 20, height, "gh-activation-chart", "dead and saturated fraction per activation"
         )
     ]
@@ -137,7 +111,7 @@ def activation_chart(report: Report) -> str:
         mark = f' fill="{FLAGGED_COLOR}" font-weight="bold"' if layer.name in flagged else ""
         parts.append(
             f'<text x="{LABEL_WIDTH - 6}" y="{y + 12}" text-anchor="end"{mark}>'
-            f"{_label(layer.name)} ({escape(act.kind)})</text>"
+            f"{layer_label(layer.name)} ({escape(act.kind)})</text>"
         )
         bars = [
             (what, value, color)
@@ -164,53 +138,8 @@ def activation_chart(report: Report) -> str:
     return "".join(parts)
 
 
-def _evidence(f: Finding) -> str:
-    items = [(k, v) for k, v in f.evidence.items() if not isinstance(v, list)][:8]
-    if not items:
-        return ""
-    cells = "".join(
-        f"<tr><td>{escape(k)}</td><td class='num'>{escape(_num(v) if isinstance(v, float | int) and not isinstance(v, bool) else str(v))}</td></tr>"
-        for k, v in items
-    )
-    return f"<details><summary>Evidence</summary><table>{cells}</table></details>"
-
-
-def _reference(text: str) -> str:
-    if text.startswith(("https://", "http://")):
-        return f'<a href="{escape(text)}">{escape(text)}</a>'
-    return escape(text)
-
-
-def _finding_html(report: Report) -> list[str]:
-    out = []
-    order = {"critical": 0, "error": 1, "warning": 2, "info": 3}
-    for f in sorted(report.findings, key=lambda f: order.get(f.severity, 4)):
-        color = _COLORS.get(f.severity, "#57606a")
-        out.append(f'<div class="finding" style="border-color:{color}">')
-        out.append(
-            f"<h3><span class='badge' style='background:{color}'>{escape(f.severity)}</span> "
-            f"{escape(f.title)} <code>{escape(f.rule)}</code></h3>"
-        )
-        out.append(f"<p>{escape(f.message)}</p>")
-        steps = step_range(f)
-        if steps:
-            out.append(f"<p class='steps'>{escape(steps[0].upper() + steps[1:])}</p>")
-        if f.layers:
-            more = f" and {len(f.layers) - 12} more" if len(f.layers) > 12 else ""
-            out.append("<p>Layers: " + ", ".join(f"<code>{escape(n)}</code>" for n in f.layers[:12]) + more + "</p>")
-        for fix in f.remediation:
-            out.append(f"<p><b>{escape(fix.action)}</b>: {escape(fix.detail)}</p>")
-            if fix.snippet:
-                out.append(f"<pre>{escape(fix.snippet)}</pre>")
-            if fix.references:
-                out.append("<p><small>" + "; ".join(_reference(r) for r in fix.references) + "</small></p>")
-        out.append(_evidence(f))
-        out.append("</div>")
-    return out
-
-
 def _layer_table(report: Report) -> str:
-    flagged = _flagged(report)
+    flagged = flagged_layers(report)
     head = (
         "<table><tr><th>layer</th><th>type</th><th>grad RMS</th><th>grad/weight</th><th>output grad RMS</th>"
         "<th>activation</th><th>dead</th><th>saturated</th><th>non-finite</th></tr>"
@@ -240,28 +169,16 @@ def _legend(*items: tuple[str, str]) -> str:
     )
 
 
-def _chips(report: Report) -> str:
-    counts = {s: sum(f.severity == s for f in report.findings) for s in ("critical", "error", "warning", "info")}
-    plural = {"error": "errors", "warning": "warnings"}
-    return "".join(
-        f"<span style='color:{_COLORS[s]}'>{n} {plural.get(s, s) if n > 1 else s}</span>"
-        for s, n in counts.items()
-        if n
-    )
-
-
 def to_html_fragment(report: Report) -> str:
     """The report as one <div class="gh-report"> with its own scoped <style>: for notebooks and pages."""
     if report.kind == "run":
-        from .render_run_html import run_html_fragment  # the run renderer builds on this module's pieces
-
         return run_html_fragment(report)
-    color = _COLORS.get(report.health, "#57606a")
+    color = COLORS.get(report.health, "#57606a")
     m = report.model
-    chips = _chips(report)
+    chips = severity_chips(report)
     loss, gnorm = report.metrics.get("loss"), report.metrics.get("global_grad_norm")
     body = [
-        f"<div class='gh-report'><style>{_CSS}</style>",
+        f"<div class='gh-report'><style>{CSS}</style>",
         f"<h1>gradhealth report <span class='badge' style='background:{color}'>{escape(report.health)}</span></h1>",
         f"<p>{escape(report.summary)}</p>",
         f"<p class='facts'>Model: {escape(m.format)}, {m.num_parameters:,} parameters in {m.num_layers} layers, "
@@ -286,7 +203,7 @@ def to_html_fragment(report: Report) -> str:
         _legend((DEAD_COLOR, "dead"), (SATURATED_COLOR, "saturated")),
         activation_chart(report),
         "<h2>Findings</h2>" if report.findings else "<h2>No findings</h2>",
-        *_finding_html(report),
+        *finding_html(report),
         "<h2>Layers</h2>",
         _layer_table(report),
         "</div>",

@@ -1,4 +1,4 @@
-"""The versioned JSON report schema shared by the engine, the service and the SDK."""
+"""The versioned JSON report schema shared by the engine, the service and the SDK (plain pydantic: no torch)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,34 @@ Severity = Literal["info", "warning", "error", "critical"]
 Health = Literal["healthy", "warning", "error", "critical"]
 
 SEVERITY_ORDER: dict[str, int] = {"info": 0, "warning": 1, "error": 2, "critical": 3}
+# A report's health is its worst finding's severity, where info findings leave it healthy: one ranking, two names.
+HEALTH_ORDER: dict[str, int] = {("healthy" if s == "info" else s): rank for s, rank in SEVERITY_ORDER.items()}
+
+# The stable rule-id vocabulary (DESIGN §2): an id never changes meaning. The engine's registries
+# (gradhealth.diagnostics.rules.RULE_IDS, gradhealth.diagnostics.run_rules.RUN_RULE_IDS) are tested to match.
+CHECKPOINT_RULE_IDS: tuple[str, ...] = (
+    "non_finite",
+    "vanishing_gradient",
+    "exploding_gradient",
+    "dead_relu",
+    "saturated_activation",
+    "unused_parameters",
+    "input_not_normalized",
+    "lr_too_high",
+    "update_ratio",
+    "fp16_underflow",
+    "poor_initialization",
+)
+RUN_RULE_IDS: tuple[str, ...] = (
+    "non_finite",
+    "gradient_spike",
+    "loss_divergence",
+    "vanishing_gradient",
+    "stalled_layer",
+    "update_ratio",
+    "loss_plateau",
+    "oscillating_loss",
+)
 
 
 def severity_at_least(severity: str, floor: str) -> bool:
@@ -133,4 +161,4 @@ class Report(BaseModel):
 def health_of(findings: list[Finding]) -> Health:
     """The report's health is its worst finding; info findings leave it healthy."""
     worst = max((SEVERITY_ORDER[f.severity] for f in findings), default=0)
-    return ("healthy", "warning", "error", "critical")[worst]  # type: ignore[return-value]
+    return next(h for h, rank in HEALTH_ORDER.items() if rank == worst)  # type: ignore[return-value]

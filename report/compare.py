@@ -14,11 +14,9 @@ import math
 import statistics
 from collections.abc import Callable
 
-from gradhealth.diagnostics.schema import SEVERITY_ORDER, Finding, LayerStats
-from gradhealth.diagnostics.schema import Report as EngineReport
 from pydantic import BaseModel, Field
 
-HEALTH_ORDER = {"healthy": 0, "warning": 1, "error": 2, "critical": 3}
+from .schema import HEALTH_ORDER, SEVERITY_ORDER, Finding, LayerStats, Report
 
 
 class Tolerance(BaseModel):
@@ -204,7 +202,7 @@ def _fraction(layer: LayerStats, metric: str) -> float | None:
     return getattr(layer.activation, metric, None) if layer.activation else None
 
 
-def _layer_changes(before: EngineReport, after: EngineReport, tol: Tolerance) -> list[MetricChange]:
+def _layer_changes(before: Report, after: Report, tol: Tolerance) -> list[MetricChange]:
     medians = {m: (_log_median(before.layers, m), _log_median(after.layers, m)) for m in tol.ratio}
     old = {layer.name: layer for layer in before.layers}
     out: list[MetricChange] = []
@@ -255,7 +253,7 @@ def _layer_reasons(worse: list[MetricChange]) -> list[str]:
     return lines
 
 
-def compare_reports(after: EngineReport, before: EngineReport, tolerance: Tolerance | None = None) -> Comparison:
+def compare_reports(after: Report, before: Report, tolerance: Tolerance | None = None) -> Comparison:
     """What changed from `before` (the baseline) to `after`."""
     tol = tolerance or Tolerance()
     new, resolved, changed = _match_findings(before.findings, after.findings, tol)
