@@ -128,6 +128,9 @@ def serve(settings: Any, host: str, port: int) -> int:
         print(f"gradhealth: API key for project '{LOCAL_PROJECT}' is in {where}", file=sys.stderr)
     print(f"gradhealth: serving on http://{host}:{port} (docs at /docs); data in {settings.data_dir}", file=sys.stderr)
     env = {**os.environ, "GRADHEALTH_DATA_DIR": str(settings.data_dir), PARENT_ENV: str(os.getpid())}
+    if not settings.public_url:  # webhook links point at this server unless told otherwise
+        shown = socket.getfqdn() if host in ("0.0.0.0", "::", "") else host
+        env["GRADHEALTH_PUBLIC_URL"] = f"http://{shown}:{port}"
     supervisor = WorkerSupervisor(env)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     supervisor.start()

@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     webhook_timeout_seconds: float = Field(default=10.0, gt=0)
     # Webhooks: hosts or CIDRs that may receive despite being internal; how long a claimed delivery is held.
     webhook_allow_hosts: str = ""
+    public_url: str = ""  # how clients reach the API (https://gradhealth.example.com): webhook links are absolute
     webhook_lease_seconds: float = Field(default=60.0, gt=0)
 
     @field_validator("database_url", "broker_url", mode="before")
@@ -66,6 +67,10 @@ class Settings(BaseSettings):
             if url.startswith(plain):
                 return "postgresql+psycopg://" + url[len(plain) :]
         return url
+
+    def public_link(self, path: str) -> str:
+        """An absolute URL for an API path when the public URL is known, else the path itself."""
+        return f"{self.public_url.rstrip('/')}{path}" if self.public_url else path
 
     @property
     def resolved_blob_dir(self) -> Path:

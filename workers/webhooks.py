@@ -8,6 +8,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import httpx
@@ -32,7 +33,7 @@ def sign(secret: str, timestamp: int, body: bytes) -> str:
     return f"t={timestamp},v1={mac}"
 
 
-def payload(audit: Audit, run: AuditRun, report: EngineReport | None) -> dict[str, Any]:
+def payload(audit: Audit, run: AuditRun, report: EngineReport | None, settings: Settings) -> dict[str, Any]:
     """What the receiver needs: verdict, the layers that got worse, the new findings and what to do."""
     comparison = Comparison.model_validate_json(run.comparison) if run.comparison else None
     findings = worse_findings(report, comparison) if report is not None else []
@@ -46,7 +47,7 @@ def payload(audit: Audit, run: AuditRun, report: EngineReport | None) -> dict[st
         "audit": {"id": audit.id, "name": audit.name, "model": audit.model_ref},
         "run": {"id": run.id, "slot": run.slot.isoformat() + "Z", "trigger": run.trigger, "model_id": run.model_id},
         "analysis_id": run.analysis_id,
-        "report_url": f"/v1/analyses/{run.analysis_id}/report",
+        "report_url": settings.public_link(f"/v1/analyses/{run.analysis_id}/report"),
         "health": run.health,
         "health_before": comparison.health_before if comparison else None,
         "previous_run_id": run.previous_run_id,
@@ -71,7 +72,9 @@ def finding_payload(f: Finding) -> dict[str, Any]:
     }
 
 
-def _audit_body(session: Session, row: WebhookDelivery | RunWebhookDelivery) -> tuple[bytes, str] | None:
+def _audit_body(
+    settings: Settings, session: Session, row: WebhookDelivery | RunWebhookDelivery
+) -> tuple[bytes, str] | None:
     """The audit run's notification and the audit's secret; None when the audit has no webhook any more."""
     run = session.get(AuditRun, row.run_id)
     audit = session.get(Audit, run.audit_id) if run else None
@@ -79,7 +82,7 @@ def _audit_body(session: Session, row: WebhookDelivery | RunWebhookDelivery) -> 
         return None
     stored = session.get(StoredReport, run.analysis_id) if run.analysis_id else None
     report = EngineReport.model_validate_json(stored.body) if stored else None
-    return json.dumps(payload(audit, run, report), separators=(",", ":")).encode(), audit.webhook_secret
+    return json.dumps(payload(audit, run, report, settings), separators=(",", ":")).encode(), audit.webhook_secret
 
 
 def post_signed(
@@ -132,7 +135,7 @@ def attempt(settings: Settings, table: outbox.Table, delivery_id: str, build: ou
 
 def deliver(settings: Settings, delivery_id: str) -> str:
     """One attempt at an audit run's notification (a row of webhook_deliveries)."""
-    return attempt(settings, WebhookDelivery, delivery_id, _audit_body)
+    return attempt(settings, WebhookDelivery, delivery_id, partial(_audit_body, settings))
 
 
 OUTBOXES: tuple[tuple[outbox.Table, str], ...] = (

@@ -149,6 +149,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pg_url: str, redis_prefix: s
         GRADHEALTH_DATABASE_URL=pg_url,
         GRADHEALTH_BROKER_URL=REDIS_URL,
         GRADHEALTH_BROKER_KEY_PREFIX=redis_prefix,
+        GRADHEALTH_PUBLIC_URL=f"http://127.0.0.1:{port}",
     )
     created = admin(env, "create-project", "ci")
     assert created.returncode == 0, created.stderr

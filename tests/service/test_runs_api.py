@@ -213,11 +213,12 @@ def test_webhook_called_once_when_the_run_goes_bad(http: httpx.Client) -> None:
         assert payload["event"] == "run.unhealthy" and payload["run"]["id"] == run["id"]
         non_finite = [f for f in payload["findings"] if f["rule"] == "non_finite"]
         assert non_finite and non_finite[0]["step"] == 45 and "net.1" in non_finite[0]["layers"]
+        assert payload["report_url"] == f"{http.base_url}/v1/runs/{run['id']}/report"  # absolute: a link to click
+        assert http.get(payload["report_url"]).status_code == 200
+        # Exactly one notification: its delivery row commits with the event (outbox), and the later
+        # batch created none, so no second POST can ever be sent.
         deliveries = http.get(f"/v1/runs/{run['id']}/deliveries").json()
         assert deliveries["count"] == 1 and deliveries["data"][0]["ok"] is True
-        import time
-
-        time.sleep(2)
-        assert len(receiver.requests) == 1
+        assert not deliveries["data"][0]["pending"] and len(receiver.requests) == 1
     finally:
         receiver.close()
