@@ -12,16 +12,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gradhealth.report import Comparison
-from pydantic import ValidationError
-
 from .commands import add_analysis_arguments
-from .report import Report
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # loaded when a check runs, not when `gradhealth --version` builds the parser
     from gradhealth.diagnostics import AnalysisOptions
+    from gradhealth.report import Comparison
 
     from .client import Client
+    from .report import Report
 
 EXIT_PASSED, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
 LEVELS = ("info", "warning", "error", "critical")
@@ -66,6 +64,8 @@ def add_check_parser(subparsers: argparse._SubParsersAction) -> None:  # type: i
 
 
 def _options(args: argparse.Namespace) -> AnalysisOptions:
+    from pydantic import ValidationError
+
     from .commands import _options as analysis_options
 
     for label, path in (("--model", args.model), ("--batch", args.batch)):
@@ -100,7 +100,10 @@ def _api_failure(exc: Exception, server: str) -> CheckError:
 
 
 def _load_baseline(args: argparse.Namespace) -> Report | None:
+    from pydantic import ValidationError
+
     from .errors import APIError, ConflictError
+    from .report import Report
 
     if not args.baseline:
         return None
@@ -123,6 +126,8 @@ def _load_baseline(args: argparse.Namespace) -> Report | None:
 
 
 def _analyze(args: argparse.Namespace) -> Report:
+    from .report import Report
+
     options = _options(args)
     if not args.server:
         from gradhealth.diagnostics import InputError, analyze_files

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -80,13 +81,44 @@ def _sqlite_lock(url: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+_REVISION = re.compile(r'^(down_revision|revision) = "?([\w]+|None)"?', re.MULTILINE)
+
+
+@lru_cache(maxsize=1)
+def head_revision() -> str:
+    """The newest revision, read from the migration files' text (no Alembic import)."""
+    revisions, parents = set(), set()
+    for path in (MIGRATIONS_DIR / "versions").glob("*.py"):
+        fields = dict(_REVISION.findall(path.read_text()))
+        if "revision" not in fields:
+            continue  # __init__.py
+        revisions.add(fields["revision"])
+        parents.add(fields.get("down_revision", "None"))
+    heads = revisions - parents
+    if len(heads) != 1:
+        raise RuntimeError(f"the migrations must have one head, found {sorted(heads)}")
+    return heads.pop()
+
+
+def _at_head(engine: Engine) -> bool:
+    """True when the database is already at the newest revision (commands then skip Alembic)."""
+    try:
+        with engine.connect() as connection:
+            current = connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    except Exception:  # no table yet, or no database: let Alembic create it
+        return False
+    return current == [head_revision()]
+
+
 def migrate(settings: Settings) -> None:
     """Bring the schema to the newest Alembic revision; safe when several processes start at once."""
+    url = settings.resolved_database_url
+    engine = get_engine(url)
+    if _at_head(engine):
+        return
     from alembic import command
     from alembic.config import Config
 
-    url = settings.resolved_database_url
-    engine = get_engine(url)
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     if url.startswith("sqlite"):
