@@ -77,6 +77,13 @@ class RunPublic(BaseModel):
     updated_at: UtcDatetime
 
 
+class RunsPublic(BaseModel):
+    """One page of runs, like every list endpoint: the items and the total."""
+
+    data: list[RunPublic]
+    count: int
+
+
 class RunCreated(RunPublic):
     """The new run, with its webhook signing secret: shown only this once."""
 

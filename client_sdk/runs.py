@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from ._base import RequestOptions
+from .pagination import AsyncPage, SyncPage
 from .report import Report
 from .types import Run
 
@@ -31,6 +32,10 @@ def _append_options(run_id: str, body: bytes, content_type: str, content_encodin
     if content_encoding:
         headers["Content-Encoding"] = content_encoding
     return RequestOptions("POST", f"/v1/runs/{run_id}/logs", content=body, headers=headers)
+
+
+def _list_options(limit: int, offset: int) -> RequestOptions:
+    return RequestOptions("GET", "/v1/runs", params={"limit": limit, "offset": offset})
 
 
 def _history_options(run_id: str, layer: str, metric: str) -> RequestOptions:
@@ -59,6 +64,17 @@ class Runs:
     def retrieve(self, run_id: str) -> Run:
         """The run's counters and current health."""
         return self._client._get(f"/v1/runs/{run_id}", Run)
+
+    def list(self, *, limit: int = 50) -> SyncPage[Run]:
+        """This project's runs, most recently updated first; iterating the page walks every later page too."""
+
+        def fetch(offset: int) -> SyncPage[Run]:
+            body = self._client.request(_list_options(limit, offset)).json()
+            return SyncPage(
+                [Run.model_validate(item) for item in body["data"]], int(body["count"]), offset, limit, fetch
+            )
+
+        return fetch(0)
 
     def append(
         self, run_id: str, body: bytes, *, content_type: str = MSGPACK, content_encoding: str | None = None
@@ -96,6 +112,16 @@ class AsyncRuns:
     async def retrieve(self, run_id: str) -> Run:
         """The run's counters and current health."""
         return await self._client._get(f"/v1/runs/{run_id}", Run)
+
+    async def list(self, *, limit: int = 50) -> AsyncPage[Run]:
+        """This project's runs, most recently updated first; `async for` walks every later page too."""
+
+        async def fetch(offset: int) -> AsyncPage[Run]:
+            body = (await self._client.request(_list_options(limit, offset))).json()
+            data = [Run.model_validate(item) for item in body["data"]]
+            return AsyncPage(data, int(body["count"]), offset, limit, fetch)
+
+        return await fetch(0)
 
     async def append(
         self, run_id: str, body: bytes, *, content_type: str = MSGPACK, content_encoding: str | None = None

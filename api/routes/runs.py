@@ -29,7 +29,7 @@ from ..paging import Offset
 from ..reports import MEDIA_TYPES, ReportFormat, render
 from ..resources import get_owned
 from ..run_codec import parse_body, to_log_batch
-from ..run_schemas import LayerHistory, LogAck, RunCreate, RunCreated, RunPublic
+from ..run_schemas import LayerHistory, LogAck, RunCreate, RunCreated, RunPublic, RunsPublic
 from ..webhook_urls import checked_webhook_url
 
 router = APIRouter(prefix="/runs", tags=["runs"])
@@ -105,22 +105,20 @@ def create_run(
     return RunCreated(**to_public(existing).model_dump(), webhook_secret=existing.webhook_secret)
 
 
-@router.get("", response_model=list[RunPublic])
+@router.get("", response_model=RunsPublic)
 def list_runs(
     principal: ReadAccess,
     session: SessionDep,
     limit: int = Query(default=50, ge=1, le=500),
     offset: Offset = 0,
-) -> list[RunPublic]:
-    """This project's runs, most recently updated first."""
+) -> RunsPublic:
+    """This project's runs, most recently updated first, as {data, count} like every list."""
+    owned = TrainingRun.project_id == principal.project_id
+    count = session.scalar(select(func.count()).select_from(TrainingRun).where(owned)) or 0
     rows = session.scalars(
-        select(TrainingRun)
-        .where(TrainingRun.project_id == principal.project_id)
-        .order_by(TrainingRun.updated_at.desc())
-        .limit(limit)
-        .offset(offset)
+        select(TrainingRun).where(owned).order_by(TrainingRun.updated_at.desc()).limit(limit).offset(offset)
     ).all()
-    return [to_public(row) for row in rows]
+    return RunsPublic(data=[to_public(row) for row in rows], count=count)
 
 
 @router.get("/{run_id}", response_model=RunPublic)

@@ -42,6 +42,22 @@ def test_analyze_a_module_in_one_call(served: Served) -> None:
         assert client.analyses.report(analysis.id, format="markdown").startswith("# gradhealth report")
 
 
+def test_runs_list_pages_through_every_run(served: Served) -> None:
+    layers = [{"name": "fc", "type": "Linear", "num_parameters": 10}]
+    with _client(served) as client:
+        created = {client.runs.create(f"paged-{i}", layers).id for i in range(3)}
+        first = client.runs.list(limit=2)
+        listed = [run.id for run in first]  # iterating walks the later pages too
+        assert first.count >= 3 and len(first.data) == 2 and created <= set(listed)
+        assert len(listed) == len(set(listed)) == first.count
+
+    async def scenario() -> list[str]:
+        async with gradhealth.AsyncClient(base_url=served.base_url, api_key=served.key) as client:
+            return [run.id async for run in await client.runs.list(limit=2)]
+
+    assert created <= set(asyncio.run(scenario()))
+
+
 def test_async_client_and_handle(served: Served, zoo_files: ZooFiles) -> None:
     async def scenario() -> tuple[str, gradhealth.Report]:
         async with gradhealth.AsyncClient(base_url=served.base_url, api_key=served.key) as client:

@@ -125,7 +125,8 @@ def test_run_timestamps_are_utc_date_times(http: httpx.Client) -> None:
     run = new_run(http)
     listed = http.get("/v1/runs").json()
     report = http.get(f"/v1/runs/{run['id']}/report").json()
-    for value in (run["created_at"], run["updated_at"], listed[0]["created_at"], report["created_at"]):
+    assert listed["count"] >= 1 and len(listed["data"]) >= 1
+    for value in (run["created_at"], run["updated_at"], listed["data"][0]["created_at"], report["created_at"]):
         parsed = datetime.fromisoformat(value)
         assert parsed.utcoffset() is not None and parsed.utcoffset().total_seconds() == 0, value
 
