@@ -48,6 +48,7 @@ class Shipper:
         self.run_id: str | None = None
         self.delivered = 0
         self.last_error: str | None = None
+        self.failed_attempts = 0  # delivery attempts that failed (service down, 5xx, timeout)
         self.client = client
         self._create_run = create_run
         self._num_layers = num_layers
@@ -70,11 +71,16 @@ class Shipper:
             return len(self.buffer) + (self._inflight[2] if self._inflight else 0)
 
     def flush(self, timeout: float) -> bool:
-        """Send now; wait until everything buffered is acknowledged (True) or `timeout` passes (False)."""
+        """Send now; wait until everything buffered is acknowledged (True), or `timeout` passes or an
+        attempt made for this flush fails (False): a service that is down answers at once, not in `timeout`."""
         with self.buffer.cond:
             self._flush = True
+            failed_before = self.failed_attempts
             self._kick()
-            self.buffer.cond.wait_for(lambda: self._delivered_all() or not self._thread.is_alive(), timeout)
+            self.buffer.cond.wait_for(
+                lambda: self._delivered_all() or self.failed_attempts > failed_before or not self._thread.is_alive(),
+                timeout,
+            )
             return self._delivered_all()
 
     def close(self, timeout: float) -> bool:
@@ -127,7 +133,10 @@ class Shipper:
                 return
             except Exception as exc:  # connection errors, 5xx, timeouts: try again later
                 failures += 1
-                self.last_error = f"{type(exc).__name__}: {exc}"
+                with self.buffer.cond:
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    self.failed_attempts += 1
+                    self.buffer.cond.notify_all()
                 delay = min(MAX_BACKOFF, INITIAL_BACKOFF * 2 ** (failures - 1)) * (1 - 0.25 * random.random())
                 with self.buffer.cond:  # a flush() or close() cuts the wait short
                     self.buffer.cond.wait_for(lambda kicks=kicks: self._abandoned or self._kicks != kicks, delay)

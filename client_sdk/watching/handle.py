@@ -208,7 +208,7 @@ class Watch:
                 self._warn("delivery", f"gradhealth.watch: {left} recorded steps were not delivered ({reason})")
 
     def report(self, timeout: float = 30.0) -> Report:
-        """The service's diagnosis of this run so far (flushes first)."""
+        """The service's diagnosis of this run so far (flushes first; a service that is down fails it at once)."""
         if not self.active:
             raise RuntimeError(f"watch() records on rank 0 only; this is rank {self.rank}")
         self.flush(timeout)

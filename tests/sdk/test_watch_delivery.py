@@ -66,6 +66,26 @@ def test_a_down_service_never_blocks_training_and_memory_stays_bounded(service: 
     assert len(messages) == 1 and "dropping the oldest" in messages[0], messages
 
 
+@pytest.mark.timeout(300)  # a hang detector, not a speed limit: report() must not wait out its hour
+def test_report_on_a_down_service_answers_once_an_attempt_fails() -> None:
+    client = gradhealth.Client(base_url=f"http://127.0.0.1:{free_port()}", api_key="k", max_retries=0)
+    model = Net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", WatchWarning)
+        handle = watch(model, opt, run="down-report", client=client)
+        for x, y in batches(3):
+            F.mse_loss(model(x), y).backward()
+            opt.step()
+            opt.zero_grad()
+        failed = handle._shipper.failed_attempts
+        assert handle.flush(timeout=3600) is False  # returns after the attempt it caused fails
+        assert handle._shipper.failed_attempts > failed
+        with pytest.raises(RuntimeError, match="not on the service yet: APIConnectionError"):
+            handle.report(timeout=3600)
+        handle.close(timeout=0.1)
+
+
 def test_close_says_once_what_it_could_not_deliver() -> None:
     client = gradhealth.Client(base_url=f"http://127.0.0.1:{free_port()}", api_key="k", max_retries=0)
     model = Net()
@@ -77,9 +97,17 @@ def test_close_says_once_what_it_could_not_deliver() -> None:
             F.mse_loss(model(x), y).backward()
             opt.step()
             opt.zero_grad()
-        start = time.perf_counter()
+        joins: list[float | None] = []
+        thread = handle._shipper._thread
+        join = thread.join
+
+        def recorded_join(timeout: float | None = None) -> None:
+            joins.append(timeout)
+            join(timeout)
+
+        thread.join = recorded_join  # type: ignore[method-assign]
         handle.close(timeout=0.3)
-        assert time.perf_counter() - start < 0.8
+        assert joins == [0.3]  # close's only wait is on the shipper, for at most the timeout given
     messages = [str(w.message) for w in caught if w.category is WatchWarning]
     assert len(messages) == 1 and "5 recorded steps were not delivered (APIConnectionError" in messages[0], messages
     assert handle.dropped == 5 and handle.run_id is None
