@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -37,9 +38,14 @@ def get_blob_store(settings: SettingsDep) -> BlobStore:
 SessionDep = Annotated[Session, Depends(get_session)]
 StoreDep = Annotated[BlobStore, Depends(get_blob_store)]
 
-_key_cache: dict[str, tuple[float, Principal]] = {}
-_inflight: dict[str, asyncio.Future[Principal | None]] = {}
-_KEY_CACHE_MAX = 10_000
+
+@dataclass
+class KeyCache:
+    """Resolved keys (digest -> expiry, principal) and the lookups in flight: one per app, not per process."""
+
+    entries: dict[str, tuple[float, Principal]] = field(default_factory=dict)
+    inflight: dict[str, asyncio.Future[Principal | None]] = field(default_factory=dict)
+    max_entries: int = 10_000
 
 
 def _presented_key(request: Request) -> str:
@@ -64,13 +70,13 @@ def _lookup(settings: Settings, key: str) -> Principal | None:
         return authenticate(session, key)
 
 
-async def _lookup_once(settings: Settings, key: str, digest: str) -> Principal | None:
+async def _lookup_once(cache: KeyCache, settings: Settings, key: str, digest: str) -> Principal | None:
     """One database lookup per key at a time: concurrent requests share it (no stampede)."""
-    pending = _inflight.get(digest)
+    pending = cache.inflight.get(digest)
     if pending is None:
         pending = asyncio.ensure_future(run_in_threadpool(_lookup, settings, key))
-        _inflight[digest] = pending
-        pending.add_done_callback(lambda _: _inflight.pop(digest, None))
+        cache.inflight[digest] = pending
+        pending.add_done_callback(lambda _: cache.inflight.pop(digest, None))
     return await asyncio.shield(pending)
 
 
@@ -79,16 +85,17 @@ async def current_principal(request: Request, settings: SettingsDep) -> Principa
     key = _presented_key(request)
     digest = hash_key(key)
     now = time.monotonic()
-    cached = _key_cache.get(digest)
+    cache: KeyCache = request.app.state.key_cache
+    cached = cache.entries.get(digest)
     if cached is not None and cached[0] > now:
         return cached[1]
-    principal = await _lookup_once(settings, key, digest)
+    principal = await _lookup_once(cache, settings, key, digest)
     if principal is None:
         raise ApiError(401, "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
     if settings.key_cache_seconds > 0:
-        if len(_key_cache) >= _KEY_CACHE_MAX:
-            _key_cache.clear()
-        _key_cache[digest] = (now + settings.key_cache_seconds, principal)
+        if len(cache.entries) >= cache.max_entries:
+            cache.entries.clear()
+        cache.entries[digest] = (now + settings.key_cache_seconds, principal)
     return principal
 
 

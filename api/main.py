@@ -15,11 +15,13 @@ from gradhealth.store.settings import Settings, get_settings
 from gradhealth import __version__
 
 from .body_limit import BodyLimitMiddleware
+from .deps import KeyCache
 from .docs_pages import install_docs_pages
 from .errors import install_error_handlers
 from .log_batch_doc import LogBatchBody
 from .metrics import MetricsMiddleware
 from .openapi import document_errors
+from .reports import RenderedCache
 from .routes import analyses, audits, batches, compare, health, models, runs
 
 API_PREFIX = "/v1"
@@ -58,6 +60,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return settings
 
     app.dependency_overrides[get_settings] = app_settings
+    app.state.key_cache = KeyCache()  # per app, so a test's app starts empty and can be inspected
+    app.state.rendered = RenderedCache()
     install_error_handlers(app)
     app.add_middleware(MetricsMiddleware, prefix=API_PREFIX)
     app.add_middleware(BodyLimitMiddleware, settings=settings)  # outermost: refuse before anything reads

@@ -59,6 +59,3 @@ class RenderedCache:
             while self._size > self.max_bytes:
                 _, (_, evicted) = self._items.popitem(last=False)
                 self._size -= len(evicted)
-
-
-rendered = RenderedCache()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Literal
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from gradhealth.store.analyses import RUN_ANALYSIS
 from gradhealth.store.celery_app import enqueue
@@ -21,7 +21,7 @@ from ..deps import ReadAccess, SessionDep, SettingsDep, WriteAccess
 from ..errors import ApiError
 from ..openapi import error_responses
 from ..paging import Offset
-from ..reports import MEDIA_TYPES, ReportFormat, render, rendered
+from ..reports import MEDIA_TYPES, RenderedCache, ReportFormat, render
 from ..resources import get_owned, resolve_model
 from ..schemas import AnalysesPublic, AnalysisCreate, AnalysisError, AnalysisPublic, Progress
 
@@ -163,9 +163,10 @@ def _load_report(settings: Settings, analysis_id: str, principal: Principal) -> 
     responses={200: {"content": {t: {} for t in MEDIA_TYPES.values()}}, **error_responses(409)},
 )
 async def read_report(
-    analysis_id: str, principal: ReadAccess, settings: SettingsDep, format: ReportFormat = "json"
+    request: Request, analysis_id: str, principal: ReadAccess, settings: SettingsDep, format: ReportFormat = "json"
 ) -> Response:
     """The report as JSON (the schema), Markdown, self-contained HTML or JUnit XML."""
+    rendered: RenderedCache = request.app.state.rendered
     cached = rendered.get(analysis_id, format)
     if cached is None or cached[0] != principal.project_id:
         body = await run_in_threadpool(_load_report, settings, analysis_id, principal)
