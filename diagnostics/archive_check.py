@@ -143,7 +143,7 @@ def check_pt2_archive(path: str | os.PathLike[str], *, max_uncompressed_bytes: i
         if rel not in names:
             raise _unreadable(path, f"missing entry {rel}")
         try:
-            data = reader.get_record(rel)  # miniz inflates into a buffer of the declared size
+            data: bytes = reader.get_record(rel)  # miniz inflates into a buffer of the declared size
         except RuntimeError as e:
             raise _unreadable(path, f"entry {rel} is truncated or corrupt ({str(e)[:120]})") from None
         if len(data) != sizes[rel]:
@@ -250,8 +250,9 @@ def _check_payload_config(doc: Any, entry: str, kind: str, names: set[str], limi
         if f"data/{kind}/{path_name}" not in names:
             raise _refuse(entry, f"{fqn!r} points at missing entry {path_name}")
         sizes = (meta.get("tensor_meta") or {}).get("sizes")
-        dims = [s.get("as_int") if isinstance(s, dict) else None for s in sizes or []]
-        if not isinstance(sizes, list) or not all(type(d) is int and d >= 0 for d in dims):
+        entries = [s.get("as_int") if isinstance(s, dict) else None for s in sizes or []]
+        dims = [d for d in entries if type(d) is int and d >= 0]
+        if not isinstance(sizes, list) or len(dims) != len(entries):
             raise _refuse(entry, f"{fqn!r} has an invalid tensor size {sizes!r}")
         if math.prod(dims) > limit:  # an empty record becomes torch.zeros(sizes)
             raise _refuse(entry, f"{fqn!r} has an absurd tensor size {dims}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -9,7 +10,7 @@ from torch import Tensor
 
 
 def _dot(a: list[Tensor], b: list[Tensor]) -> Tensor:
-    return sum((x * y).sum() for x, y in zip(a, b, strict=True))  # type: ignore[return-value]
+    return functools.reduce(torch.add, [(x * y).sum() for x, y in zip(a, b, strict=True)])
 
 
 def top_hessian_eigenvalue(

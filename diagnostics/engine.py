@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
 import torch
@@ -142,7 +142,7 @@ class Analyzer:
                 raise InputError(f"the loss must be a vector [{batch_size}], got {tuple(loss_vec.shape)}")
             loss = loss_vec.float().mean()
             if loss.requires_grad:
-                loss.backward()
+                loss.backward()  # type: ignore[no-untyped-call]  # torch: Tensor.backward is unannotated
         notify("statistics", 0.6)
         with timer.phase("statistics"):
             measurements = self._measure(params, inputs, targets, loss, batch_size, options)
@@ -167,7 +167,7 @@ class Analyzer:
 
     def _measure(
         self,
-        params: dict[str, Tensor],
+        params: Mapping[str, Tensor],
         inputs: tuple[Tensor, ...],
         targets: Tensor,
         loss: Tensor,
@@ -204,7 +204,7 @@ class Analyzer:
                 nonzero_grads=s.nonzero_grads,
                 missing_grads=s.missing_grads,
             )
-            if weight is not None:
+            if weight_name is not None and weight is not None:
                 measure.weight_std = param_stats.param_std[weight_name]
                 measure.fan_in = weight[0].numel()
                 measure.fan_out = weight.shape[0] * (weight[0][0].numel() if weight.dim() > 2 else 1)
@@ -233,7 +233,7 @@ class Analyzer:
         return measurements
 
     @staticmethod
-    def _main_weight(params: dict[str, Tensor], names: list[str]) -> str | None:
+    def _main_weight(params: Mapping[str, Tensor], names: list[str]) -> str | None:
         """The layer's weight matrix or kernel (2+ dims), the tensor init schemes talk about."""
         for name in names:
             if name.rsplit(".", 1)[-1].startswith("weight") and params[name].dim() >= 2:
@@ -295,7 +295,7 @@ class Analyzer:
             layer.next_activation = following[0] if following else None
 
     def _nonfinite_origin(
-        self, m: Measurements, params: dict[str, Tensor], inputs: tuple[Tensor, ...], targets: Tensor
+        self, m: Measurements, params: Mapping[str, Tensor], inputs: tuple[Tensor, ...], targets: Tensor
     ) -> NonFiniteOrigin | None:
         """Name the first place a NaN/Inf appears: inputs, weights, an op, or the backward."""
         for i, t in enumerate(inputs):
@@ -339,7 +339,7 @@ class Analyzer:
         return None
 
     def _curvature(
-        self, params: dict[str, Tensor], inputs: tuple[Tensor, ...], targets: Tensor, options: AnalysisOptions
+        self, params: Mapping[str, Tensor], inputs: tuple[Tensor, ...], targets: Tensor, options: AnalysisOptions
     ) -> float | None:
         trainable = [p for p in params.values() if p.requires_grad]
         if self.graph is not None:

@@ -113,6 +113,7 @@ def _scope_output(gm: fx.GraphModule, path: str) -> fx.Node | None:
     """The first float tensor a module's ops hand to the rest of the graph: its output."""
     if not path:
         return None
+    node: fx.Node  # Graph.nodes iterates untyped
     for node in gm.graph.nodes:
         if node.op != "call_function" or not _in_scope(node, path):
             continue

@@ -34,7 +34,8 @@ class LoadedModel:
     def per_sample_loss(self, inputs: tuple[Tensor, ...], targets: Tensor) -> Tensor:
         """Run forward and return the loss vector [B]."""
         if self.returns_loss:
-            return self.module(*inputs, targets=targets)
+            loss_vec: Tensor = self.module(*inputs, targets=targets)  # Module.__call__ returns Any
+            return loss_vec
         assert self.loss_fn is not None
         return per_sample(self.loss_fn(self.module(*inputs), targets))
 

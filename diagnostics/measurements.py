@@ -42,7 +42,7 @@ class LayerMeasure:
     @property
     def weight_rms(self) -> float:
         """Root-mean-square of the parameters."""
-        return self.weight_norm / max(self.numel, 1) ** 0.5
+        return float(self.weight_norm / max(self.numel, 1) ** 0.5)  # int ** float is Any in typeshed
 
     @property
     def grad_to_weight(self) -> float | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -114,7 +115,7 @@ class ParamStats:
 
 @torch.no_grad()
 def layer_param_stats(
-    params: dict[str, Tensor], groups: dict[str, list[str]], optimizer: OptimizerSpec | None
+    params: Mapping[str, Tensor], groups: dict[str, list[str]], optimizer: OptimizerSpec | None
 ) -> ParamStats:
     """Reduce parameters to per-layer sums with fused per-list ops and one host read."""
     names = [n for members in groups.values() for n in members if n in params]
@@ -127,8 +128,9 @@ def layer_param_stats(
     numels = torch.tensor([float(w.numel()) for w in weights], device=weight_norms.device)
     weight_std = (weight_norms.square() / numels - sample_means.square()).clamp_min(0).sqrt()
     moments = torch.stack([weight_norms, weight_std], dim=1)
-    with_grad = [i for i, n in enumerate(names) if params[n].grad is not None]
-    grads = [params[names[i]].grad.detach() for i in with_grad]  # type: ignore[union-attr]
+    grads_or_none = [params[n].grad for n in names]
+    with_grad = [i for i, g in enumerate(grads_or_none) if g is not None]
+    grads = [g.detach() for g in grads_or_none if g is not None]
     grad_norms = torch.stack(torch._foreach_norm(grads)).float() if grads else moments.new_zeros(0)
     fp16 = _fp16_counts(grads) if grads else moments.new_zeros(0, 5)
     updates = moments.new_zeros(len(grads))
@@ -165,7 +167,7 @@ def _count_nonfinite(grad: Tensor | None) -> int:
 
 def _layer_sums(
     members: list[str],
-    params: dict[str, Tensor],
+    params: Mapping[str, Tensor],
     norm_std: dict[str, tuple[float, float]],
     grad_norm: dict[str, float],
     fp16_rows: dict[str, list[float]],

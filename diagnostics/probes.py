@@ -8,6 +8,7 @@ host sync; the engine reads all of them once, after the backward pass.
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -115,12 +116,12 @@ class ProbeRecorder(torch.nn.Module):
             elif spec.kind == "layer_output":
                 self.results.forward[probe_id] = _tensor_norms(value)
             elif spec.kind == "recurrent_gates":
-                self.results.forward[probe_id] = recurrent_gate_stats(spec, value, *context)
+                self.results.forward[probe_id] = recurrent_gate_stats(spec, value, *_gate_inputs(context))
                 return
         if value.requires_grad:
-            value.register_hook(self._grad_hook(probe_id, spec))
+            value.register_hook(self._grad_hook(probe_id, spec))  # type: ignore[no-untyped-call]  # torch: Tensor.register_hook is unannotated
 
-    def _grad_hook(self, probe_id: int, spec: ProbeSpec):  # noqa: ANN202 - closure
+    def _grad_hook(self, probe_id: int, spec: ProbeSpec) -> Callable[[Tensor], None]:
         def hook(grad: Tensor) -> None:
             with torch.no_grad():
                 stats = _tensor_norms(grad)
@@ -147,7 +148,7 @@ def instrument(gm: fx.GraphModule, layers: list[LayerInfo]) -> InstrumentedGraph
     """Insert probe calls after activations, layer outputs and recurrent inputs."""
     specs: list[ProbeSpec] = []
     targets: list[tuple[fx.Node, int]] = []
-    context: list[tuple[fx.Node, int, tuple[object, ...]]] = []
+    context: list[tuple[fx.Node, int, tuple[fx.node.Argument, ...]]] = []
     layer_probe: dict[str, int] = {}
     for layer in layers:
         if layer.output_node is not None:
@@ -198,7 +199,7 @@ def instrument(gm: fx.GraphModule, layers: list[LayerInfo]) -> InstrumentedGraph
 
 def _gate_probe(
     node: fx.Node, path: str, type_name: str, batch_first: bool
-) -> tuple[fx.Node, tuple[object, ...]] | None:
+) -> tuple[fx.Node, tuple[fx.node.Argument, ...]] | None:
     """For single-layer, one-direction tanh RNNs and LSTMs: (output-sequence node, op inputs)."""
     if node.target not in (torch.ops.aten.lstm.input, torch.ops.aten.rnn_tanh.input) or len(node.args) < 9:
         return None
@@ -211,9 +212,19 @@ def _gate_probe(
     return outputs[0], (node.args[0], hx, params)
 
 
+def _gate_inputs(context: tuple[object, ...]) -> tuple[Tensor, Tensor | Sequence[Tensor], Sequence[Tensor]]:
+    """The recurrent op's input, hx (a tensor for rnn_tanh, [h0, c0] for lstm) and weights, as wired by `instrument`."""
+    x, hx, params = context
+    if not isinstance(x, Tensor) or not isinstance(hx, Tensor | list | tuple) or not isinstance(params, list | tuple):
+        raise TypeError(f"recurrent gate probe expects (tensor, tensors, tensors), got {[type(c) for c in context]}")
+    return x, hx, params
+
+
 # Saturation inside a recurrent op: the input gate, cell candidate and output gate of an LSTM
 # (a forget gate near 1 is the LSTM working as designed), or the hidden state of a tanh RNN.
-def recurrent_gate_stats(spec: ProbeSpec, output: Tensor, x: Tensor, hx: object, params: object) -> dict[str, Tensor]:
+def recurrent_gate_stats(
+    spec: ProbeSpec, output: Tensor, x: Tensor, hx: Tensor | Sequence[Tensor], params: Sequence[Tensor]
+) -> dict[str, Tensor]:
     """Recompute the gates from the op's inputs and output sequence; one matmul per weight."""
     seq = output.detach().float()
     if spec.time_dim == 0:
@@ -222,8 +233,8 @@ def recurrent_gate_stats(spec: ProbeSpec, output: Tensor, x: Tensor, hx: object,
         flat = seq.reshape(seq.shape[0], -1)
         stats = _activation_stats("tanh", flat)
         return {k: v for k, v in stats.items() if k in ("saturated", "mean", "std", "nonfinite")}
-    w_ih, w_hh, b_ih, b_hh = (t.detach().float() for t in params)  # type: ignore[union-attr]
-    h0 = hx[0].detach().float()[0]  # type: ignore[index]
+    w_ih, w_hh, b_ih, b_hh = (t.detach().float() for t in params)
+    h0 = hx[0].detach().float()[0]
     previous = torch.cat([h0.unsqueeze(1), seq[:, :-1]], dim=1)
     gates = x.detach().float() @ w_ih.T + b_ih + previous @ w_hh.T + b_hh
     i, _, g, o = gates.chunk(4, dim=-1)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 import platform
 from collections import Counter
+from collections.abc import Mapping
 
 import torch
-from gradhealth.report import ActivationStats, Finding, LayerStats, Report, health_of
+from gradhealth.report import ActivationStats, Finding, LayerStats, ModelInfo, Report, health_of
 from torch import Tensor
 
 from .curvature import stability_limit
@@ -109,7 +110,7 @@ def build(
     measurements: Measurements,
     findings: list[Finding],
     model_format: str,
-    params: dict[str, Tensor],
+    params: Mapping[str, Tensor],
     device: torch.device,
     timings: dict[str, float],
 ) -> Report:
@@ -121,13 +122,13 @@ def build(
         kind="checkpoint",
         health=health_of(findings),
         summary=summary(findings, len(measurements.layers)),
-        model={
-            "format": model_format,
-            "num_parameters": sum(p.numel() for p in params.values()),
-            "num_layers": len(measurements.layers),
-            "dtype": str(first.dtype).replace("torch.", "") if first is not None else "n/a",
-            "device": str(device),
-        },
+        model=ModelInfo(
+            format=model_format,
+            num_parameters=sum(p.numel() for p in params.values()),
+            num_layers=len(measurements.layers),
+            dtype=str(first.dtype).replace("torch.", "") if first is not None else "n/a",
+            device=str(device),
+        ),
         findings=findings,
         layers=rows,
         metrics=metrics(measurements),

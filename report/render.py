@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import TypeGuard
 
 from .schema import Finding, Report, Timeline
 
@@ -30,9 +31,14 @@ def step_range(finding: Finding) -> str | None:
     return f"steps {finding.step}–{finding.last_step}"
 
 
-def finite(value: float | None) -> bool:
+def finite(value: float | None) -> TypeGuard[float]:
     """A plottable number: logged (not None) and neither inf nor NaN."""
     return value is not None and math.isfinite(value)
+
+
+def _scalar(value: object) -> float | int | None:
+    """A metric as a number, or None where the report holds none (or a list)."""
+    return value if isinstance(value, float | int) else None
 
 
 def latest(values: list[float | None]) -> float | None:
@@ -85,7 +91,8 @@ def to_markdown(report: Report, max_layers: int = 60) -> str:
         "",
         f"Model: {report.model.format}, {report.model.num_parameters:,} parameters in "
         f"{report.model.num_layers} layers, {report.model.dtype} on {report.model.device}. "
-        f"Loss {_num(report.metrics.get('loss'))}, global gradient norm {_num(report.metrics.get('global_grad_norm'))}.",  # type: ignore[arg-type]
+        f"Loss {_num(_scalar(report.metrics.get('loss')))}, "
+        f"global gradient norm {_num(_scalar(report.metrics.get('global_grad_norm')))}.",
         "",
         *_findings(report),
         "## Layers",
@@ -108,9 +115,9 @@ def to_markdown(report: Report, max_layers: int = 60) -> str:
 def run_facts(report: Report) -> str:
     """One sentence on what ran and where it stands now, shared by the Markdown and HTML run reports."""
     m, timeline = report.model, report.timeline or Timeline()
-    loss, gnorm = latest(timeline.loss), latest(timeline.global_grad_norm)
-    loss = report.metrics.get("loss") if loss is None else loss
-    gnorm = report.metrics.get("global_grad_norm") if gnorm is None else gnorm
+    latest_loss, latest_gnorm = latest(timeline.loss), latest(timeline.global_grad_norm)
+    loss = report.metrics.get("loss") if latest_loss is None else latest_loss
+    gnorm = report.metrics.get("global_grad_norm") if latest_gnorm is None else latest_gnorm
     steps = (
         f"Steps {timeline.steps[0]}–{timeline.steps[-1]} ({len(timeline.steps)} points)"
         if timeline.steps
@@ -118,8 +125,7 @@ def run_facts(report: Report) -> str:
     )
     return (
         f"Run of a {m.format} model, {m.num_parameters:,} parameters in {m.num_layers} layers, {m.dtype} on {m.device}. "
-        f"{steps}. Latest loss {_num(loss if isinstance(loss, float | int) else None)}, "
-        f"global gradient norm {_num(gnorm if isinstance(gnorm, float | int) else None)}."
+        f"{steps}. Latest loss {_num(_scalar(loss))}, global gradient norm {_num(_scalar(gnorm))}."
     )
 
 
@@ -127,7 +133,7 @@ def _run_layer_rows(timeline: Timeline) -> list[str]:
     rows = []
     for name, layer in timeline.layers.items():
         values = [v for v in layer.grad_norm if finite(v)]
-        low, high = (min(values), max(values)) if values else (None, None)  # type: ignore[type-var]
+        low, high = (min(values), max(values)) if values else (None, None)
         rows.append(
             f"| `{name}` | {_num(latest(layer.grad_norm))} | {_num(low)} | {_num(high)} | "
             f"{nonfinite_points(layer.grad_norm, layer.nonfinite) or ''} |"

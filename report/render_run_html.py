@@ -99,8 +99,8 @@ def value_range(values: list[float], log: bool) -> tuple[float, float]:
         logs = [math.log10(v) for v in values if v > 0]
         if not logs:
             return -1.0, 0.0
-        low, high = math.floor(min(logs)), math.ceil(max(logs))
-        return float(low), float(max(high, low + 1))
+        first, last = math.floor(min(logs)), math.ceil(max(logs))
+        return float(first), float(max(last, first + 1))
     if not values:
         return 0.0, 1.0
     low, high = min(values), max(values)
@@ -119,7 +119,8 @@ def wants_log(values: list[float]) -> bool:
 def _nice_step(raw: float) -> float:
     exponent = math.floor(math.log10(raw))
     mantissa = raw / 10**exponent
-    return next(m for m in (1, 2, 2.5, 5, 10) if m >= mantissa - 1e-9) * 10**exponent
+    step: float = next(m for m in (1, 2, 2.5, 5, 10) if m >= mantissa - 1e-9) * 10**exponent  # int ** int is Any
+    return step
 
 
 def _y_ticks(frame: Frame) -> list[tuple[float, str]]:

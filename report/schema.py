@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION: Final = "1"
 
 Severity = Literal["info", "warning", "error", "critical"]
 Health = Literal["healthy", "warning", "error", "critical"]
@@ -160,5 +160,5 @@ class Report(BaseModel):
 
 def health_of(findings: list[Finding]) -> Health:
     """The report's health is its worst finding; info findings leave it healthy."""
-    worst = max((SEVERITY_ORDER[f.severity] for f in findings), default=0)
-    return next(h for h, rank in HEALTH_ORDER.items() if rank == worst)  # type: ignore[return-value]
+    worst: Severity = max((f.severity for f in findings), key=SEVERITY_ORDER.__getitem__, default="info")
+    return "healthy" if worst == "info" else worst

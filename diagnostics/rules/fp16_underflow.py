@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gradhealth.report import Finding, Remediation
+from gradhealth.report import Finding, Remediation, Severity
 
 from ..measurements import Measurements
 from .common import REFS, fmt, span
@@ -27,7 +27,7 @@ def evaluate(m: Measurements) -> list[Finding]:
     if flushed < WARNING_FRACTION:
         return []
     fp16 = m.options.precision == "fp16"
-    severity = "info"
+    severity: Severity = "info"
     if fp16:
         severity = "error" if flushed_scaled >= SCALED_ERROR_FRACTION else "warning"
     worst = [

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
 import numpy as np
-from gradhealth.report import Finding, Remediation
+from gradhealth.report import Finding, Remediation, Severity
 
 from .chunk import ChunkView
 from .common import REFS, RUN_REFS, RunContext, clip_remediation, fmt, lower_lr_remediation, span
@@ -254,7 +254,7 @@ def _lr_rose(ep: Divergence) -> bool:
     return lr0 is not None and lr1 is not None and lr1 > 1.5 * lr0
 
 
-def _message(ep: Divergence, severity: str, ctx: RunContext, recovered: bool) -> str:
+def _message(ep: Divergence, severity: Severity, ctx: RunContext, recovered: bool) -> str:
     start, best = ep.start, ep.best
     bar = f"the bar {fmt(ep.threshold)} set by its best level {fmt(best)} (step {ep.best_step})"
     if ep.nonfinite and ep.nonfinite_step == start:
@@ -311,14 +311,14 @@ def _advice(ep: Divergence, ctx: RunContext) -> list[Remediation]:
     ]
 
 
-def divergence_finding(ep: Divergence, severity: str, ctx: RunContext, recovered: bool) -> Finding:
+def divergence_finding(ep: Divergence, severity: Severity, ctx: RunContext, recovered: bool) -> Finding:
     """The finding for one divergence at the given severity."""
     title = (
         "Loss diverged" if severity == "error" else "Loss rising" if not recovered else "Loss diverged, then recovered"
     )
     return Finding(
         rule=RULE_ID,
-        severity=severity,  # type: ignore[arg-type]
+        severity=severity,
         title=f"{title} from step {ep.start}",
         message=_message(ep, severity, ctx, recovered),
         layers=[ctx.layers[i] for i in ep.layers],

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, ClassVar
 
 import numpy as np
-from gradhealth.report import Finding, Remediation
+from gradhealth.report import Finding, Remediation, Severity
 
 from .chunk import ChunkView
 from .common import REFS, RunContext, clip_remediation, fmt, label, lower_lr_remediation, span
@@ -243,7 +243,7 @@ def _where(ep: Incident, layers: list[str]) -> str:
     return "no layer: the loss itself"
 
 
-def _title_message(ep: Incident, severity: str, layers: list[str]) -> tuple[str, str]:
+def _title_message(ep: Incident, severity: Severity, layers: list[str]) -> tuple[str, str]:
     start, last = ep.start, ep.last
     kinds = {"gradients": ep.layers_hit > 0, "weights": ep.weights_bad, "loss": ep.loss_bad}
     later = [k for k, bad in kinds.items() if bad and k not in ep.first_kinds]
@@ -296,14 +296,14 @@ def _evidence(ep: Incident, prev: float | None) -> dict[str, Any]:
     return evidence
 
 
-def incident_finding(ep: Incident, severity: str, ctx: RunContext) -> Finding:
+def incident_finding(ep: Incident, severity: Severity, ctx: RunContext) -> Finding:
     """The finding for one incident at the given severity."""
     layers = [ctx.layers[i] for i in ep.layers]
     prev = ep.previous_norm()
     title, message = _title_message(ep, severity, layers)
     return Finding(
         rule=RULE_ID,
-        severity=severity,  # type: ignore[arg-type]
+        severity=severity,
         title=title,
         message=message + _norm_note(prev, ctx),
         layers=layers,
@@ -372,7 +372,7 @@ def _guard_op(layer: str) -> Remediation:
     )
 
 
-def _advice(ep: Incident, severity: str, ctx: RunContext) -> list[Remediation]:
+def _advice(ep: Incident, severity: Severity, ctx: RunContext) -> list[Remediation]:
     start = ep.start
     lower = lower_lr_remediation(ctx.last_lr, 3, "a step that overflows often follows a too-large one.")
     if severity == "warning":

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
 import numpy as np
-from gradhealth.report import Finding, Remediation
+from gradhealth.report import Finding, Remediation, Severity
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .chunk import ChunkView
@@ -159,7 +159,7 @@ class OscillatingLossRule:
             out.append(self._finding(episodes.open, "warning", ctx))
         return out
 
-    def _finding(self, ep: Episode, severity: str, ctx: RunContext) -> Finding:
+    def _finding(self, ep: Episode, severity: Severity, ctx: RunContext) -> Finding:
         info = self.st.peaks.get(str(ep.start))
         ongoing = severity == "warning"
         amp, level, lr = (info.amplitude, info.level, info.lr) if info else (None, None, None)
@@ -173,7 +173,7 @@ class OscillatingLossRule:
             message += f" It settled after step {ep.last}."
         return Finding(
             rule=RULE_ID,
-            severity=severity,  # type: ignore[arg-type]
+            severity=severity,
             title=f"Loss oscillating since step {ep.start}",
             message=message,
             layers=[],

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
-from gradhealth.report import Finding, Remediation
+from gradhealth.report import Finding, Remediation, Severity
 
 from ..rules.update_ratio import DIVERGING, TARGET, TOO_FAST, TOO_SLOW
 from .chunk import ChunkView, row_median
@@ -165,7 +165,7 @@ class UpdateRatioRule:
                 out.append(self._finding(name, current, "error" if bad else "warning", ctx))
         return out
 
-    def _finding(self, name: str, ep: Episode, severity: str, ctx: RunContext) -> Finding:
+    def _finding(self, name: str, ep: Episode, severity: Severity, ctx: RunContext) -> Finding:
         fast = name == "fast"
         lr = self.st.lr_at.get(f"{name}:{ep.start}")
         layers = [ctx.layers[i] for i in ep.layers or []]
@@ -180,7 +180,7 @@ class UpdateRatioRule:
             message += f" Back in the band after step {ep.last}."
         return Finding(
             rule=RULE_ID,
-            severity=severity,  # type: ignore[arg-type]
+            severity=severity,
             title=f"Updates {'too large' if fast else 'too small'} relative to the weights since step {ep.start}",
             message=message,
             layers=layers,

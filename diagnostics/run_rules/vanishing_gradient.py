@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
-from gradhealth.report import Finding, Remediation
+from gradhealth.report import Finding, Remediation, Severity
 
 from ..rules.vanishing_gradient import ERROR_RATIO, WARNING_RATIO
 from .chunk import ChunkView
@@ -183,11 +183,11 @@ class VanishingTrendRule:
         out = [self._finding(ep, "info", ctx, ep.layers or []) for ep in st.episodes.closed]
         ep = st.episodes.open
         if ep is not None:
-            severity = "error" if ep.peak <= -ERROR_DECADES else "warning"
+            severity: Severity = "error" if ep.peak <= -ERROR_DECADES else "warning"
             out.append(self._finding(ep, severity, ctx, self._weak(st.last_log)))
         return out
 
-    def _finding(self, ep: Episode, severity: str, ctx: RunContext, weak: list[int]) -> Finding:
+    def _finding(self, ep: Episode, severity: Severity, ctx: RunContext, weak: list[int]) -> Finding:
         st = self.st
         assert st.pair is not None and st.baseline is not None
         first_name, last_name = ctx.layers[st.pair[0]], ctx.layers[st.pair[1]]
@@ -206,7 +206,7 @@ class VanishingTrendRule:
             message += f" Layers falling behind: {span(layers)}."
         return Finding(
             rule=RULE_ID,
-            severity=severity,  # type: ignore[arg-type]
+            severity=severity,
             title=f"Gradient vanishing toward the input since step {ep.start}",
             message=message,
             layers=layers,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 from gradhealth.sdk import errors
@@ -27,11 +26,10 @@ def test_429_with_retry_after_is_waited_out_over_the_wire() -> None:
         return Answer(202, analysis_body())
 
     with FaultServer(handler) as stub, _client(stub.url) as client:
-        started = time.monotonic()
         analysis = client.analyses.create(model_id="m1", batch_id="b1")
         assert analysis.id == "a1"
-    first, second = stub.seen
-    assert second.at - first.at >= 0.95 and time.monotonic() - started < 5
+    first, second = stub.seen  # one retry, then done
+    assert second.at - first.at >= 0.95  # Retry-After honoured (a lower bound: load only makes it longer)
     assert first.headers["idempotency-key"] == second.headers["idempotency-key"]
     assert first.headers["authorization"] == "Bearer ghk_test" and second.headers["x-retry-count"] == "1"
 
