@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
+from gradhealth.store import analyses
 from gradhealth.store.blobs import BlobStore
 from gradhealth.store.keys import Principal
-from gradhealth.store.models import Base, ModelPackage
+from gradhealth.store.models import Analysis, Base, ModelPackage
 from gradhealth.store.registry import UnknownModel, resolve
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -25,6 +26,23 @@ def get_owned(session: Session, table: type[Row], object_id: str, principal: Pri
     if row is None or getattr(row, "project_id", None) != principal.project_id:
         raise ApiError(404, f"no {what} with id {object_id!r} in this project")
     return row
+
+
+def finished_report_json(session: Session, analysis_id: str, principal: Principal) -> str:
+    """The report of a succeeded analysis of this project: 404 if not ours, 409 (saying why) otherwise."""
+    row = get_owned(session, Analysis, analysis_id, principal, "analysis")
+    if row.status == "failed":
+        raise ApiError(409, f"the analysis failed, so there is no report: {row.error_message}", code="analysis_failed")
+    body = analyses.report_json(session, analysis_id) if row.status == "succeeded" else None
+    if body is None:
+        raise ApiError(
+            409,
+            f"the analysis is {row.status} ({row.phase}, {row.fraction:.0%}); "
+            "poll GET /v1/analyses/{id} until status is succeeded",
+            code="not_ready",
+            headers={"Retry-After": "1"},
+        )
+    return body
 
 
 def resolve_model(session: Session, principal: Principal, ref: str) -> ModelPackage:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
+from gradhealth.report import Report
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -216,3 +217,15 @@ def sweep(settings: Settings, enqueue: Callable[[str, str], object]) -> SweepRes
             enqueue(RUN_ANALYSIS, analysis_id)
             result.requeued_lost.append(analysis_id)
     return result
+
+
+def report_json(session: Session, analysis_id: str | None) -> str | None:
+    """The stored report of an analysis, as written once by complete(); None when there is none."""
+    stored = session.get(StoredReport, analysis_id) if analysis_id else None
+    return stored.body if stored is not None else None
+
+
+def load_report(session: Session, analysis_id: str | None) -> Report | None:
+    """The stored report parsed into the report schema; None when there is none."""
+    body = report_json(session, analysis_id)
+    return Report.model_validate_json(body) if body is not None else None

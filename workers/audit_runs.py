@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from gradhealth.report import SEVERITY_ORDER, Comparison, Finding, compare_reports
 from gradhealth.report import Report as EngineReport
+from gradhealth.store import analyses
 from gradhealth.store.db import session_scope
 from gradhealth.store.models import (
     FAILED,
@@ -16,7 +17,6 @@ from gradhealth.store.models import (
     Analysis,
     Audit,
     AuditRun,
-    StoredReport,
     WebhookDelivery,
     new_id,
     utcnow,
@@ -55,10 +55,10 @@ def _previous_report(session: Session, run: AuditRun) -> tuple[str, EngineReport
         .order_by(AuditRun.created_at.desc())
         .limit(1)
     ).first()
-    stored = session.get(StoredReport, previous.analysis_id) if previous and previous.analysis_id else None
-    if previous is None or stored is None:
+    report = analyses.load_report(session, previous.analysis_id) if previous else None
+    if previous is None or report is None:
         return None
-    return previous.id, EngineReport.model_validate_json(stored.body)
+    return previous.id, report
 
 
 def finalize(settings: Settings, run_id: str, send: Callable[[str, str], object]) -> bool:
@@ -70,11 +70,10 @@ def finalize(settings: Settings, run_id: str, send: Callable[[str, str], object]
             return False
         audit = session.get(Audit, run.audit_id)
         values: dict[str, object] = {"finished_at": utcnow(), "health": analysis.health}
-        stored = session.get(StoredReport, analysis.id)
-        if analysis.status != SUCCEEDED or stored is None or audit is None:
+        report = analyses.load_report(session, analysis.id)
+        if analysis.status != SUCCEEDED or report is None or audit is None:
             values |= {"status": FAILED, "error_message": analysis.error_message or "the analysis failed"}
         else:
-            report = EngineReport.model_validate_json(stored.body)
             previous = _previous_report(session, run)
             comparison = compare_reports(report, previous[1]) if previous else None
             values |= {

@@ -14,9 +14,9 @@ from typing import Any
 import httpx
 from gradhealth.report import Comparison, Finding
 from gradhealth.report import Report as EngineReport
-from gradhealth.store import outbox
+from gradhealth.store import analyses, outbox
 from gradhealth.store import webhook_targets as targets
-from gradhealth.store.models import Audit, AuditRun, RunWebhookDelivery, StoredReport, WebhookDelivery, utcnow
+from gradhealth.store.models import Audit, AuditRun, RunWebhookDelivery, WebhookDelivery, utcnow
 from gradhealth.store.runs import DELIVER_RUN_WEBHOOK
 from gradhealth.store.settings import Settings
 from sqlalchemy.orm import Session
@@ -80,8 +80,7 @@ def _audit_body(
     audit = session.get(Audit, run.audit_id) if run else None
     if run is None or audit is None or not audit.webhook_url:
         return None
-    stored = session.get(StoredReport, run.analysis_id) if run.analysis_id else None
-    report = EngineReport.model_validate_json(stored.body) if stored else None
+    report = analyses.load_report(session, run.analysis_id)
     return json.dumps(payload(audit, run, report, settings), separators=(",", ":")).encode(), audit.webhook_secret
 
 

@@ -11,7 +11,7 @@ from gradhealth.store.analyses import RUN_ANALYSIS
 from gradhealth.store.celery_app import enqueue
 from gradhealth.store.db import session_factory
 from gradhealth.store.keys import Principal
-from gradhealth.store.models import Analysis, Batch, StoredReport
+from gradhealth.store.models import Analysis, Batch
 from gradhealth.store.settings import Settings
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -22,7 +22,7 @@ from ..errors import ApiError
 from ..openapi import error_responses
 from ..paging import Offset
 from ..reports import MEDIA_TYPES, RenderedCache, ReportFormat, render
-from ..resources import get_owned, resolve_model
+from ..resources import finished_report_json, get_owned, resolve_model
 from ..schemas import AnalysesPublic, AnalysisCreate, AnalysisError, AnalysisPublic, Progress
 
 router = APIRouter(prefix="/analyses", tags=["analyses"])
@@ -141,21 +141,7 @@ def read_analysis(analysis_id: str, principal: ReadAccess, session: SessionDep) 
 
 def _load_report(settings: Settings, analysis_id: str, principal: Principal) -> str:
     with session_factory(settings)() as session:
-        row = get_owned(session, Analysis, analysis_id, principal, "analysis")
-        if row.status == "failed":
-            raise ApiError(
-                409, f"the analysis failed, so there is no report: {row.error_message}", code="analysis_failed"
-            )
-        stored = session.get(StoredReport, analysis_id) if row.status == "succeeded" else None
-        if stored is None:
-            raise ApiError(
-                409,
-                f"the analysis is {row.status} ({row.phase}, {row.fraction:.0%}); "
-                "poll GET /v1/analyses/{id} until status is succeeded",
-                code="not_ready",
-                headers={"Retry-After": "1"},
-            )
-        return stored.body
+        return finished_report_json(session, analysis_id, principal)
 
 
 @router.get(

@@ -7,13 +7,11 @@ from fastapi.concurrency import run_in_threadpool
 from gradhealth.report import Comparison, Report, compare_reports
 from gradhealth.store.db import session_factory
 from gradhealth.store.keys import Principal
-from gradhealth.store.models import Analysis, StoredReport
 from gradhealth.store.settings import Settings
 
 from ..deps import ReadAccess, SettingsDep
-from ..errors import ApiError
 from ..openapi import error_responses
-from ..resources import get_owned
+from ..resources import finished_report_json
 
 router = APIRouter(prefix="/reports", tags=["reports"])
 
@@ -21,17 +19,7 @@ router = APIRouter(prefix="/reports", tags=["reports"])
 def finished_report(settings: Settings, analysis_id: str, principal: Principal) -> Report:
     """The report of a succeeded analysis of this project; 404 if not ours, 409 if not finished."""
     with session_factory(settings)() as session:
-        row = get_owned(session, Analysis, analysis_id, principal, "analysis")
-        stored = session.get(StoredReport, analysis_id) if row.status == "succeeded" else None
-        if stored is None:
-            state = f"failed ({row.error_message})" if row.status == "failed" else row.status
-            raise ApiError(
-                409,
-                f"analysis {analysis_id} is {state}, so it has no report to compare; "
-                "compare two analyses whose status is succeeded",
-                code="not_ready",
-            )
-        return Report.model_validate_json(stored.body)
+        return Report.model_validate_json(finished_report_json(session, analysis_id, principal))
 
 
 @router.get("/{baseline_id}/compare/{analysis_id}", response_model=Comparison, responses=error_responses(409))
