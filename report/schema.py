@@ -72,6 +72,14 @@ class Finding(BaseModel):
     thresholds: dict[str, float | int | str] = Field(default_factory=dict)
     remediation: list[Remediation] = Field(default_factory=list)
     confidence: float = Field(ge=0.0, le=1.0)
+    caused_by: list[str] = Field(default_factory=list)  # rule ids of root-cause findings in the same report
+
+
+class SkippedCheck(BaseModel):
+    """A requested check that could not run, and why: a report never drops one silently."""
+
+    check: str
+    reason: str
 
 
 class ActivationStats(BaseModel):
@@ -152,6 +160,7 @@ class Report(BaseModel):
     timings: dict[str, float] = Field(default_factory=dict)
     environment: dict[str, str] = Field(default_factory=dict)
     timeline: Timeline | None = None  # run reports only
+    skipped: list[SkippedCheck] = Field(default_factory=list)
 
     def findings_for(self, rule: str) -> list[Finding]:
         """Return the findings of one rule id."""
