@@ -37,3 +37,17 @@ def test_admin_on_a_current_database_skips_torch_and_alembic(tmp_path: Path) -> 
     assert first["code"] == 0 and "torch" not in first["heavy"]
     again = _probe("admin", "--data-dir", str(tmp_path), "create-key", "team")  # at head: no Alembic
     assert again == {"code": 0, "heavy": []}
+
+
+def test_installed_version_is_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
+    """pyproject reads __version__ (dynamic): the distribution, the package and --version agree."""
+    import importlib.metadata
+
+    import gradhealth
+    from gradhealth.cli import main
+
+    assert importlib.metadata.version("gradhealth") == gradhealth.__version__
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.strip() == f"gradhealth {gradhealth.__version__}"
