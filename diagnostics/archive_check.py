@@ -4,7 +4,8 @@ torch.export.load trusts its input: it unpickles some entries (weights_only=Fals
 (evals) shape expressions, exec()s guard code, pastes names into generated Python source and
 resolves node targets to any torch/operator/math callable. check_pt2_archive() inspects the zip
 without loading anything and refuses every entry or string that could reach one of those paths;
-check_graph_targets() re-checks the loaded graph before anything runs it.
+check_graph_targets() re-checks the loaded graph before anything runs it. The strings inside the
+models' JSON (expressions, guards, names, node targets) are checked by archive_grammar.
 
 Every read is bounded before it happens: each entry's declared size is checked against a per-entry
 cap (and the whole archive against a total cap) in the zip directory, both zip parsers must declare
@@ -18,26 +19,16 @@ from __future__ import annotations
 import io
 import json
 import math
-import operator
 import os
 import re
-import tokenize
 import zipfile
 from typing import Any
 
 import torch
 
+from .archive_grammar import DENIED_OPS, FQN, REDO, SAFE_FUNCS, check_str, refuse, walk
 from .errors import InputError, UnsafeArchiveError
 
-_REDO = "Re-create the package with gradhealth.package() from a trusted environment"
-_WORD = re.compile(r"\w*\Z", re.ASCII)  # any other string: it may become a name in generated code
-_FQN = re.compile(r"(\w+(\.\w+)*)?\Z", re.ASCII)
-_IDENT = re.compile(r"[A-Za-z_]\w*\Z", re.ASCII)
-_VERSION = re.compile(r"[\w.+-]*\Z", re.ASCII)
-_SYMBOL = re.compile(r"[a-z]{1,4}[0-9]+\Z")  # shape symbols: s24, u0, zf1
-_NUMERAL = re.compile(r"-?[0-9]+(\.[0-9]*)?(e[+-]?[0-9]+)?\Z")
-_OPAQUE_FN = re.compile(r"(OpaqueUnaryFn|BitwiseFn)_\w+\Z", re.ASCII)
-_OP_TARGET = re.compile(r"torch\.ops\.(aten|prims)\.(_?[A-Za-z]\w*)\.([A-Za-z]\w*)\Z", re.ASCII)
 _ENTRY = re.compile(
     r"(archive_format|archive_version|byteorder|\.data/version|\.data/serialization_id"
     r"|models/\w+\.json|data/sample_inputs/\w+\.pt|extra/[\w.-]+"
@@ -65,56 +56,8 @@ _ENTRY_PROBLEMS = (  # the first matching pattern explains why an entry outside 
     ("data/constants/(custom|opaque)_obj_", "pickled custom/opaque objects: unpickling runs code"),
     ("", "unknown entry: only the entries torch.export.save writes are accepted"),
 )
-# ATen ops that touch files, print or change process-wide state: never needed for gradients.
-_DENIED_OPS = frozenset(
-    "save from_file _print warn manual_seed seed set_ record_stream set_grad_enabled"
-    " _cufft_set_plan_cache_max_size _cufft_clear_plan_cache".split()
-)
-_SAFE_FUNCS: dict[str, Any] = {  # shape arithmetic torch.export emits as node targets
-    f"{prefix}.{name}": getattr(module, name)
-    for prefix, module, names in (
-        ("_operator", operator, "add sub mul truediv floordiv mod pow neg pos abs eq ne lt le gt"),
-        ("_operator", operator, "ge and_ or_ xor lshift rshift getitem"),
-        ("math", math, "trunc floor ceil"),
-        ("torch", torch, "sym_int sym_float sym_not sym_ite sym_max sym_min sym_sum _sym_sqrt"),
-    )
-    for name in names.split()
-}
-_GRAD_MODE_HOP = "torch.ops.higher_order.wrap_with_set_grad_enabled"  # `with torch.no_grad():`
 _DEFLATED = zipfile.ZIP_DEFLATED
-_SAFE_CALLABLES = (*_SAFE_FUNCS.values(), torch.ops.higher_order.wrap_with_set_grad_enabled)
-_EXPR = (  # names and operators of the sympy srepr() strings export writes as expr_str
-    frozenset(
-        "Symbol Integer Float Rational Add Mul Pow Mod Min Max Abs Eq Ne Lt Le Gt Ge Equality"
-        " Unequality StrictLessThan LessThan StrictGreaterThan GreaterThan And Or Not Piecewise"
-        " ExprCondPair floor ceiling sqrt true false oo int_oo nan zoo True False positive"
-        " negative nonnegative nonpositive integer real finite precision FloorDiv"
-        " ModularIndexing Where PythonMod CleanDiv CeilToInt FloorToInt CeilDiv LShift RShift"
-        " PowByNatural FloatPow FloatTrueDiv IntTrueDiv IsNonOverlappingAndDenseIndicator"
-        " TruncToFloat TruncToInt RoundToInt RoundDecimal ToFloat Identity".split()
-    ),
-    frozenset("( ) , = + - * / // % < > <= >= == != & | ~ ^".split()),
-)
-_GUARD = (  # names and operators of guards such as L['x'].size()[0] <= 1024
-    frozenset(
-        "L and or not if else True False None math torch min max abs float int inf nan"
-        " IsNonOverlappingAndDenseIndicator cast_symbool_to_symint_guardless".split()
-    ),
-    frozenset("( ) [ ] , . + - * / // % ** < > <= >= == != & | ~ ^".split()),
-)
-_ATTRIBUTES = frozenset(
-    "size stride storage_offset floor ceil trunc sqrt isnan isinf inf"
-    " sym_int sym_float sym_not sym_ite sym_max sym_min sym_sqrt _sym_sqrt".split()
-)
-_LITERAL_STARTS = tuple("'\"0123456789")  # a "(" after a literal would call it
-_TREESPEC_TYPES = frozenset({None, "builtins.tuple", "builtins.list", "builtins.dict", "collections.OrderedDict"})
-_FQN_KEYS = frozenset({"parameter_name", "buffer_name", "tensor_constant_name", "custom_obj_name", "fqn", "class_fqn"})
-_FREE_TEXT_KEYS = frozenset({"as_string", "as_strings", "stack_trace"})  # repr()'d, never code
-
-
-def _refuse(entry: str, problem: str) -> UnsafeArchiveError:
-    """Build the one refusal message format users see."""
-    return UnsafeArchiveError(f"refused {entry}: {problem}; the archive was not loaded. {_REDO}.")
+_SAFE_CALLABLES = (*SAFE_FUNCS.values(), torch.ops.higher_order.wrap_with_set_grad_enabled)
 
 
 def _unreadable(path: Any, problem: str) -> InputError:
@@ -156,14 +99,14 @@ def check_pt2_archive(path: str | os.PathLike[str], *, max_uncompressed_bytes: i
     if not models:
         raise _unreadable(path, "it holds no models/<name>.json")
     if len(models) > MAX_MODELS:
-        raise _refuse("the zip", f"it holds {len(models)} models; torch.export.save writes one")
+        raise refuse("the zip", f"it holds {len(models)} models; torch.export.save writes one")
     for model in models:
         for kind in ("weights", "constants"):
             entry = f"data/{kind}/{model}_{kind}_config.json"
             config = _json(read(entry), entry, path)
             _check_payload_config(config, entry, kind, names, limit)
         entry = f"models/{model}.json"
-        _walk(_json(read(entry), entry, path), "", entry)
+        walk(_json(read(entry), entry, path), "", entry)
         _check_sample_inputs(read(f"data/sample_inputs/{model}.pt"), model)
 
 
@@ -179,12 +122,12 @@ def _check_layout(zf: zipfile.ZipFile, limit: int) -> tuple[str, dict[str, int]]
     if not infos:
         raise _unreadable(zf.filename, "the zip is empty")
     if len(set(names)) != len(names):
-        raise _refuse("the zip", "an entry name appears twice (zip readers may disagree)")
+        raise refuse("the zip", "an entry name appears twice (zip readers may disagree)")
     for info in infos:
         name = info.filename
         parts = set(name.split("/"))
         if not (name.isascii() and name.isprintable()) or "\\" in name or parts & {"", ".", ".."}:
-            raise _refuse(repr(name), "path traversal or unusual entry name")
+            raise refuse(repr(name), "path traversal or unusual entry name")
         if info.flag_bits & 1 or info.compress_type not in (zipfile.ZIP_STORED, _DEFLATED):
             raise _unreadable(zf.filename, f"{name} is encrypted or uses an unknown compression")
     roots = {n.split("/")[0] for n in names}
@@ -192,19 +135,19 @@ def _check_layout(zf: zipfile.ZipFile, limit: int) -> tuple[str, dict[str, int]]
         problem = "entries outside the single archive root folder"
         if "version" in names:
             problem = "legacy pre-2.8 export format; its pickles load with weights_only=False"
-        raise _refuse("the zip layout", problem)
+        raise refuse("the zip layout", problem)
     root = roots.pop()
     sizes = {i.filename[len(root) + 1 :]: i.file_size for i in infos}
     if "archive_format" not in sizes:
         raise _unreadable(zf.filename, "it has no archive_format entry")
     for rel in sorted(sizes):
         if not _ENTRY.fullmatch(rel):
-            raise _refuse(rel, next(why for pat, why in _ENTRY_PROBLEMS if re.match(pat, rel)))
+            raise refuse(rel, next(why for pat, why in _ENTRY_PROBLEMS if re.match(pat, rel)))
         cap = entry_cap(rel)
         if cap is not None and sizes[rel] > cap:
-            raise _refuse(rel, f"it declares {sizes[rel]} uncompressed bytes, over the {cap} allowed (zip bomb)")
+            raise refuse(rel, f"it declares {sizes[rel]} uncompressed bytes, over the {cap} allowed (zip bomb)")
     if sum(i.file_size for i in infos) > limit:
-        raise _refuse("the zip", f"it declares over {limit} uncompressed bytes (zip bomb)")
+        raise refuse("the zip", f"it declares over {limit} uncompressed bytes (zip bomb)")
     return root, sizes
 
 
@@ -215,10 +158,10 @@ def _torch_reader(path: Any, sizes: dict[str, int]) -> Any:
     except RuntimeError as e:
         raise _unreadable(path, f"torch cannot read the zip ({str(e)[:120]})") from None
     if set(reader.get_all_records()) != set(sizes):
-        raise _refuse("the zip", "torch's zip reader sees different entries than Python's")
+        raise refuse("the zip", "torch's zip reader sees different entries than Python's")
     for rel, size in sizes.items():  # torch allocates what it reads: the checked caps must bind it too
         if reader.get_record_size(rel) != size:
-            raise _refuse(rel, "torch's zip reader sees a different size than Python's")
+            raise refuse(rel, "torch's zip reader sees a different size than Python's")
     return reader
 
 
@@ -226,7 +169,7 @@ def _json(data: bytes, entry: str, path: Any) -> Any:
     """Parse an entry exactly like torch does (UTF-8, then json), if it holds few enough items."""
     items = data.count(b",") + data.count(b"[") + data.count(b"{")  # an upper bound on values + containers
     if items > MAX_JSON_ITEMS:
-        raise _refuse(entry, f"it holds about {items} JSON items, over the {MAX_JSON_ITEMS} allowed")
+        raise refuse(entry, f"it holds about {items} JSON items, over the {MAX_JSON_ITEMS} allowed")
     try:
         return json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
@@ -237,25 +180,25 @@ def _check_payload_config(doc: Any, entry: str, kind: str, names: set[str], limi
     """Allow only raw tensors: use_pickle payloads and custom/opaque objects get unpickled."""
     config = doc.get("config") if isinstance(doc, dict) else None
     if not isinstance(config, dict):
-        raise _refuse(entry, "it is not a payload config")
+        raise refuse(entry, "it is not a payload config")
     prefix = "weight_" if kind == "weights" else "tensor_"
     for fqn, meta in config.items():
-        _check_str(fqn, _FQN, entry, "name")
+        check_str(fqn, FQN, entry, "name")
         meta = meta if isinstance(meta, dict) else {}
         if meta.get("use_pickle") is not False:
-            raise _refuse(entry, f"{fqn!r} is pickled (use_pickle); unpickling it runs code")
+            raise refuse(entry, f"{fqn!r} is pickled (use_pickle); unpickling it runs code")
         path_name = meta.get("path_name")
         if not re.fullmatch(prefix + "[0-9]+", str(path_name)):
-            raise _refuse(entry, f"{fqn!r} is stored as {path_name!r}, not as a raw tensor")
+            raise refuse(entry, f"{fqn!r} is stored as {path_name!r}, not as a raw tensor")
         if f"data/{kind}/{path_name}" not in names:
-            raise _refuse(entry, f"{fqn!r} points at missing entry {path_name}")
+            raise refuse(entry, f"{fqn!r} points at missing entry {path_name}")
         sizes = (meta.get("tensor_meta") or {}).get("sizes")
         entries = [s.get("as_int") if isinstance(s, dict) else None for s in sizes or []]
         dims = [d for d in entries if type(d) is int and d >= 0]
         if not isinstance(sizes, list) or len(dims) != len(entries):
-            raise _refuse(entry, f"{fqn!r} has an invalid tensor size {sizes!r}")
+            raise refuse(entry, f"{fqn!r} has an invalid tensor size {sizes!r}")
         if math.prod(dims) > limit:  # an empty record becomes torch.zeros(sizes)
-            raise _refuse(entry, f"{fqn!r} has an absurd tensor size {dims}")
+            raise refuse(entry, f"{fqn!r} has an absurd tensor size {dims}")
 
 
 def _check_sample_inputs(data: bytes, model: str) -> None:
@@ -267,13 +210,13 @@ def _check_sample_inputs(data: bytes, model: str) -> None:
     try:
         value = torch.load(io.BytesIO(data), weights_only=True)
     except Exception as e:  # any failure makes torch retry with weights_only=False
-        raise _refuse(
+        raise refuse(
             entry,
             f"it is not a plain tensor file ({type(e).__name__}); torch would retry with "
             "weights_only=False, which runs the pickle's code",
         ) from None
     if not isinstance(value, (tuple, dict)) or not _plain(value):
-        raise _refuse(entry, "it holds objects other than tensors, containers and numbers")
+        raise refuse(entry, "it holds objects other than tensors, containers and numbers")
 
 
 def _check_nested_zip(data: bytes, entry: str) -> None:
@@ -282,9 +225,9 @@ def _check_nested_zip(data: bytes, entry: str) -> None:
         with zipfile.ZipFile(io.BytesIO(data)) as nested:
             infos = nested.infolist()
     except (OSError, EOFError, ValueError, zipfile.BadZipFile):
-        raise _refuse(entry, "it is not a torch.save zip file") from None
+        raise refuse(entry, "it is not a torch.save zip file") from None
     if any(i.compress_type != zipfile.ZIP_STORED for i in infos) or sum(i.file_size for i in infos) > len(data):
-        raise _refuse(entry, "its entries are compressed or declare more bytes than the file holds (zip bomb)")
+        raise refuse(entry, "its entries are compressed or declare more bytes than the file holds (zip bomb)")
 
 
 def _plain(value: Any) -> bool:
@@ -297,122 +240,6 @@ def _plain(value: Any) -> bool:
     return is_dict and all(type(k) in (str, int) and _plain(v) for k, v in value.items())
 
 
-def _walk(value: Any, key: str, entry: str) -> None:
-    """Check every string the deserializer turns into code, a name or an attribute path."""
-    if key == "metadata":
-        _check_metadata(value, entry)
-    elif key in ("target", "as_operator"):
-        _check_target(value, entry)
-    elif key in ("expr_str", "guards_code"):
-        for text in value if isinstance(value, list) else [value]:
-            _check_code(text, _EXPR if key == "expr_str" else _GUARD, entry)
-    elif key in ("in_spec", "out_spec"):
-        _check_treespec(value, entry)
-    elif isinstance(value, dict) and key not in _FREE_TEXT_KEYS:
-        if "nodes" in value and isinstance(value.get("inputs"), list):
-            for graph_input in value["inputs"]:  # string inputs are pasted into guard code
-                if isinstance(graph_input, dict):
-                    _check_str(graph_input.get("as_string"), _WORD, entry, "graph input")
-        for k, v in value.items():
-            if key == "range_constraints":
-                _check_code(k, _EXPR, entry)
-            else:
-                _check_str(k, _WORD, entry, "key")
-            _walk(v, k, entry)
-    elif isinstance(value, list) and key not in _FREE_TEXT_KEYS:
-        for v in value:
-            _walk(v, key, entry)
-    elif isinstance(value, str) and key not in _FREE_TEXT_KEYS:
-        rule = _FQN if key in _FQN_KEYS else _VERSION if key == "torch_version" else _WORD
-        _check_str(value, rule, entry, key)
-
-
-def _check_str(value: Any, rule: re.Pattern[str], entry: str, what: str) -> None:
-    """Refuse names that would inject code or reach dunder attributes in generated Python."""
-    if isinstance(value, str) and (not rule.fullmatch(value) or re.search(r"(^|\.)__", value)):
-        raise _refuse(entry, f"{what} {value[:80]!r} is not a plain name (names are pasted into Python code)")
-
-
-def _check_metadata(meta: Any, entry: str) -> None:
-    """Node metadata is free text, except source_fn_stack targets, which are resolved by getattr."""
-    if not isinstance(meta, dict):
-        raise _refuse(entry, "node metadata is not a mapping")
-    for item in str(meta.get("source_fn_stack") or "").split(";"):
-        target = item.rpartition(",")[2]
-        if item and (not _FQN.fullmatch(target) or re.search(r"(^|\.)__", target)):
-            raise _refuse(entry, f"source_fn_stack target {target[:80]!r} is not a dotted name")
-
-
-def _check_target(target: Any, entry: str) -> None:
-    """Allow only ATen/prims ops and shape arithmetic as node targets."""
-    match = _OP_TARGET.fullmatch(target) if isinstance(target, str) else None
-    if target in _SAFE_FUNCS or target == _GRAD_MODE_HOP or (match and match[2] not in _DENIED_OPS):
-        return
-    raise _refuse(
-        entry,
-        f"the graph calls {str(target)[:120]!r}, which is not an ATen/prims tensor op or shape "
-        "arithmetic; it would run when the model runs",
-    )
-
-
-def _check_code(text: Any, grammar: tuple[frozenset[str], frozenset[str]], entry: str) -> None:
-    """Allow only arithmetic over known names, so sympify()/exec() cannot reach Python."""
-    names, ops = grammar
-    tokens: list[tokenize.TokenInfo] = []
-    if isinstance(text, str) and len(text) <= 4096 and "__" not in text:
-        if text.isascii() and text.isprintable():  # no newline or \r could end the exec()'d line
-            try:
-                tokens = list(tokenize.generate_tokens(io.StringIO(text).readline))
-            except (tokenize.TokenError, SyntaxError):
-                pass
-    prev = ""
-    for tok in tokens or [tokenize.TokenInfo(tokenize.ERRORTOKEN, str(text), (0, 0), (0, 0), "")]:
-        if not _token_ok(tok, prev, names, ops):
-            raise _refuse(
-                entry,
-                f"expression {str(text)[:80]!r} has the disallowed token {tok.string[:40]!r} "
-                "(shape expressions and guards are eval'd/exec'd on load)",
-            )
-        prev = tok.string
-
-
-def _token_ok(tok: tokenize.TokenInfo, prev: str, names: frozenset[str], ops: frozenset[str]) -> bool:
-    """Tell whether a token is a number, an allowed operator/name/attribute or a plain literal."""
-    kind, s = tok.type, tok.string
-    if s == "(" and (prev in (")", "]") or prev[:1] in _LITERAL_STARTS or _SYMBOL.fullmatch(prev)):
-        return False  # calling a result or a symbol: sympy turns Symbol('exit')() into exit()
-    if kind == tokenize.NAME and prev == ".":
-        return s in _ATTRIBUTES
-    if kind == tokenize.NAME:
-        return s in names or bool(_SYMBOL.fullmatch(s) or names is _EXPR[0] and _OPAQUE_FN.match(s))
-    if kind == tokenize.STRING:  # no prefix (f-strings run code); only a name or numeral inside
-        inner = s[1:-1]
-        return s[0] == s[-1] in "'\"" and bool(_IDENT.fullmatch(inner) or _NUMERAL.fullmatch(inner))
-    if kind in (tokenize.NEWLINE, tokenize.ENDMARKER):
-        return not s
-    return (kind == tokenize.OP and s in ops) or (kind == tokenize.NUMBER and len(s) <= 32)
-
-
-def _check_treespec(spec: Any, entry: str) -> None:
-    """Allow plain containers with name keys: ep.module() pastes the keys into its code."""
-    try:
-        stack = [json.loads(spec)[1]]
-    except (TypeError, ValueError, IndexError, KeyError):
-        raise _refuse(entry, "an input/output spec is not valid JSON") from None
-    while stack:
-        node = stack.pop()
-        if not isinstance(node, dict) or node.get("type") not in _TREESPEC_TYPES:
-            raise _refuse(entry, f"input/output container {str(node)[:80]} is not plain")
-        try:
-            context = json.loads(node["context"]) if isinstance(node.get("context"), str) else None
-        except ValueError:
-            raise _refuse(entry, "an input/output spec context is not valid JSON") from None
-        for key in context if isinstance(context, list) else [] if context is None else [context]:
-            if type(key) is not int:
-                _check_str(key if isinstance(key, str) else repr(key), _IDENT, entry, "input key")
-        stack.extend(node.get("children_spec") or [])
-
-
 def _allowed_callable(target: Any) -> bool:
     """Tell whether a loaded node target is an ATen/prims op or shape arithmetic."""
     if any(target is f for f in _SAFE_CALLABLES):
@@ -423,7 +250,7 @@ def _allowed_callable(target: Any) -> bool:
         namespace, _, name = target._qualified_op_name.partition("::")
     else:
         return False
-    return namespace in ("aten", "prims") and name not in _DENIED_OPS
+    return namespace in ("aten", "prims") and name not in DENIED_OPS
 
 
 def check_graph_targets(ep: torch.export.ExportedProgram) -> None:
@@ -437,5 +264,5 @@ def check_graph_targets(ep: torch.export.ExportedProgram) -> None:
             ):
                 raise UnsafeArchiveError(
                     f"refused the loaded graph: node {node.name!r} calls {node.target!r}, which "
-                    f"is not an ATen/prims tensor op or shape arithmetic. {_REDO}."
+                    f"is not an ATen/prims tensor op or shape arithmetic. {REDO}."
                 )
