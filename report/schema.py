@@ -40,6 +40,7 @@ RUN_RULE_IDS: tuple[str, ...] = (
     "update_ratio",
     "loss_plateau",
     "oscillating_loss",
+    "loss_spike",
 )
 
 

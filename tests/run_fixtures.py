@@ -444,3 +444,42 @@ PATHOLOGICAL = {
         bad_batch,
     )
 }
+
+
+# --- synthesised early-training trajectories (a falling trend, minibatch noise, an optional spike) ----
+
+SPIKE_AT, SPIKE_LAYERS = 45, ("2", "3")
+SPIKE_LOSS = (25.0, 8.0, 3.0, 1.6, 1.2)  # the loss over the spike's steps, as multiples of its trend
+SPIKE_GRAD = (16.0, 5.0, 2.0, 1.2)  # the spiking layers' gradient norms, as multiples of theirs
+
+
+def falling_run(seed: int, noise: float, spike: bool = False, n: int = 300, L: int = 4) -> Stream:
+    """Loss and gradient norms falling ~10x over the first ~100 steps with heavy-tailed log-noise `noise`.
+
+    With `spike`, a warm-up spike at SPIKE_AT: the loss ~25x its trend and layers SPIKE_LAYERS' gradients ~16x
+    (the global norm ~12x), back to the trend within 5 steps.
+    """
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    trend = np.exp(-t / 40.0)
+    loss = (0.05 + 2.0 * trend) * np.exp(noise * rng.standard_t(8, n))
+    grad = (0.3 + 3.0 * trend)[:, None] * np.exp(0.5 * noise * rng.standard_t(8, (n, L)))
+    if spike:
+        loss[SPIKE_AT : SPIKE_AT + len(SPIKE_LOSS)] = (
+            0.05 + 2.0 * trend[SPIKE_AT : SPIKE_AT + len(SPIKE_LOSS)]
+        ) * np.array(SPIKE_LOSS)
+        cols = [int(c) for c in SPIKE_LAYERS]
+        grad[SPIKE_AT : SPIKE_AT + len(SPIKE_GRAD), cols] *= np.array(SPIKE_GRAD)[:, None]
+        grad[SPIKE_AT, [c for c in range(L) if c not in cols]] *= 1.5
+    metrics = {"grad_norm": grad, "grad_max_abs": grad / 5, "nonfinite": np.zeros((n, L))}
+    return Stream(
+        [str(i) for i in range(L)], t.astype(np.int64), loss, np.ones(n, dtype=bool), np.full(n, 0.1), metrics
+    )
+
+
+def transient_spike() -> Stream:
+    """A warm-up spike on a falling early-training trend that recovers within a few steps."""
+    return falling_run(seed=0, noise=0.15, spike=True)
+
+
+PATHOLOGICAL[transient_spike.__name__] = transient_spike

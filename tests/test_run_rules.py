@@ -133,7 +133,41 @@ def test_warmup_spike_that_recovers_is_never_an_error() -> None:
     assert s.loss[102:104].max() > 50 * s.loss[90:100].mean()  # it really spiked
     (spike,) = [f for f in ev.findings() if f.rule == "gradient_spike"]
     assert spike.severity == "warning" and 100 <= spike.step <= 103
-    assert {f.rule for f in ev.findings()} == {"gradient_spike"}
+    (transient,) = [f for f in ev.findings() if f.rule == "loss_spike"]
+    assert transient.severity == "warning" and 100 <= transient.step <= 103
+    assert {f.rule for f in ev.findings()} == {"gradient_spike", "loss_spike"}
+
+
+def test_transient_spike_on_a_falling_trend_is_a_recovered_warning() -> None:
+    (spike,) = findings("transient_spike")  # gradient_spike alone misses it: the fall inflates its noise window
+    assert spike.rule == "loss_spike" and spike.severity == "warning"
+    assert spike.step == fx.SPIKE_AT and fx.SPIKE_AT <= spike.last_step < fx.SPIKE_AT + len(fx.SPIKE_LOSS)
+    assert spike.layers == list(fx.SPIKE_LAYERS)
+    s = stream("transient_spike")
+    peak = spike.evidence["peak_step"]
+    level = np.median(s.loss[fx.SPIKE_AT - 9 : fx.SPIKE_AT])  # independent: the 9 losses before the spike
+    assert spike.evidence["loss_level_before"] == pytest.approx(level, rel=1e-9)
+    assert spike.evidence["peak_ratio"] == pytest.approx(s.loss[peak] / level, rel=1e-9)
+    assert spike.evidence["peak_ratio"] > 15
+    recovered = spike.evidence["recovered_step"]
+    assert spike.last_step < recovered and spike.evidence["steps_to_recover"] == recovered - spike.step
+    assert (s.loss[recovered : recovered + 3] < 2 * level).all() and s.loss[recovered - 1] >= 2 * level
+    G = global_norm(s)
+    assert spike.evidence["grad_norm_peak_ratio"] == pytest.approx(
+        G[fx.SPIKE_AT] / np.median(G[fx.SPIKE_AT - 9 : fx.SPIKE_AT]), rel=1e-9
+    )
+
+
+@pytest.mark.parametrize("noise", [0.05, 0.15, 0.3])
+@pytest.mark.parametrize("seed", range(4))
+def test_spikes_on_falling_trends(seed: int, noise: float) -> None:
+    """Healthy falling runs stay quiet at every noise level; the same runs with a warm-up spike are caught."""
+    healthy = evaluate(fx.falling_run(seed, noise), 37).findings()
+    assert not [f for f in healthy if f.rule in ("gradient_spike", "loss_spike")], describe(healthy)
+    spiked = evaluate(fx.falling_run(seed, noise, spike=True), 37).findings()
+    transient = [f for f in spiked if f.rule == "loss_spike"]
+    assert [f.step for f in transient] == [fx.SPIKE_AT], describe(spiked)
+    assert not [f for f in spiked if severity_at_least(f.severity, "error")], describe(spiked)
 
 
 def test_gradient_spike_numbers_match_an_independent_computation() -> None:

@@ -15,6 +15,7 @@ from .common import RunContext
 from .gradient_spike import GradientSpikeRule
 from .loss_divergence import LossDivergenceRule
 from .loss_plateau import LossPlateauRule
+from .loss_spike import LossSpikeRule
 from .non_finite import NonFiniteRule
 from .oscillating_loss import OscillatingLossRule
 from .protocol import RuleSummary, RunRule
@@ -37,6 +38,7 @@ RULES: tuple[type[RunRule], ...] = (
     UpdateRatioRule,
     LossPlateauRule,
     OscillatingLossRule,
+    LossSpikeRule,
 )
 RUN_RULE_IDS: tuple[str, ...] = tuple(rule.rule_id for rule in RULES)
 

@@ -99,6 +99,26 @@ def rolling_median_mad(
     return med, mad
 
 
+def rolling_diff_sigma(prev: np.ndarray, new: np.ndarray, window: int, min_count: int) -> np.ndarray:
+    """Robust noise before each new value, blind to trends: 1.4826 MAD of the last `window` first differences / sqrt 2.
+
+    A window's own spread counts a trend (the early-training fall of the loss or the gradient norm) as
+    noise; differences of neighbours cancel a trend that is smooth over the window (a constant slope is
+    the differences' median, which the MAD subtracts). `prev` holds the values before `new`.
+    """
+    seq = np.concatenate([prev[-(window + 1) :], new])
+    diffs = np.diff(seq)
+    start = len(seq) - len(new)  # new[i] is seq[start + i]; its difference with the one before is diffs[start + i - 1]
+    before = max(start - 1, 0)  # the differences that end before new[0]
+    _, mad = rolling_median_mad(
+        diffs[:before], diffs[before : before + len(new)], window, include_current=False, min_count=min_count
+    )
+    if start == 0 and len(new):  # the very first value has no difference of its own: it has no noise estimate yet
+        mad = np.concatenate([[np.nan], mad])
+    sigma: np.ndarray = MAD_TO_SIGMA * mad / math.sqrt(2.0)
+    return sigma
+
+
 class LogHistogram:
     """Quantiles of a positive quantity in O(1) state: fixed log-spaced bins, ~6% resolution."""
 
