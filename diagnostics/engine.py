@@ -17,7 +17,16 @@ from .batch import float_inputs
 from .curvature import top_hessian_eigenvalue
 from .errors import InputError, ModelOutOfMemory, is_out_of_memory
 from .export import check_batch_shapes
-from .graph_map import parameter_layers
+from .graph_map import LayerInfo, parameter_layers
+from .layer_measures import (
+    activation_feeders,
+    activation_measures,
+    attach_next_activation,
+    describe_structure,
+    describe_weight,
+    fallback_groups,
+    main_weight,
+)
 from .loading import LoadedModel
 from .measurements import (
     ActivationMeasure,
@@ -65,21 +74,19 @@ class Analyzer:
     def __init__(self, loaded: LoadedModel) -> None:
         self.loaded = loaded
         self.graph: InstrumentedGraph | None = None
-        self.layer_infos = []
+        self.layer_infos: list[LayerInfo] = []
         if loaded.graph_module is not None:
             self.layer_infos = parameter_layers(loaded.graph_module)
             self.graph = instrument(loaded.graph_module, self.layer_infos)
         self._params = dict(loaded.module.named_parameters())
+        self._feeders = activation_feeders(self.graph, self.layer_infos) if self.graph is not None else {}
 
     def _layer_groups(self) -> list[tuple[str, str, list[str]]]:
-        """(path, type, parameter names) per layer, in depth order."""
+        """(path, type, parameter names) per layer, in data-flow order; tied parameters once."""
         if self.layer_infos:
             return [(info.path, info.type, info.params) for info in self.layer_infos]
-        groups: dict[str, list[str]] = {}
-        for name in self._params:
-            groups.setdefault(name.rsplit(".", 1)[0] if "." in name else "", []).append(name)
         types = {path: getattr(m, "original_name", type(m).__name__) for path, m in self.loaded.module.named_modules()}
-        return [(path, types.get(path, "Module"), names) for path, names in groups.items()]
+        return fallback_groups(self._params, types)
 
     def run(
         self,
@@ -185,9 +192,10 @@ class Analyzer:
             bwd = self.graph.recorder.results.backward
             bwd_scalars = _scalars_to_host(bwd)
         layers: list[LayerMeasure] = []
+        infos = {info.path: info for info in self.layer_infos}
         for depth, (path, type_name, names) in enumerate(groups):
             s = stats[path]
-            weight_name = self._main_weight(params, names)
+            weight_name = self._main_weight(params, names, infos.get(path))
             weight = params[weight_name] if weight_name else None
             measure = LayerMeasure(
                 name=self.loaded.display_name(path),
@@ -206,8 +214,8 @@ class Analyzer:
             )
             if weight_name is not None and weight is not None:
                 measure.weight_std = param_stats.param_std[weight_name]
-                measure.fan_in = weight[0].numel()
-                measure.fan_out = weight.shape[0] * (weight[0][0].numel() if weight.dim() > 2 else 1)
+                describe_weight(measure, weight, infos.get(path))
+            describe_structure(measure, infos.get(path), self.loaded.display_name)
             if self.graph is not None and path in self.graph.layer_probe:
                 probe = self.graph.layer_probe[path]
                 measure.output_rms = fwd.get(probe, {}).get("rms")
@@ -233,66 +241,24 @@ class Analyzer:
         return measurements
 
     @staticmethod
-    def _main_weight(params: Mapping[str, Tensor], names: list[str]) -> str | None:
+    def _main_weight(params: Mapping[str, Tensor], names: list[str], info: LayerInfo | None = None) -> str | None:
         """The layer's weight matrix or kernel (2+ dims), the tensor init schemes talk about."""
-        for name in names:
-            if name.rsplit(".", 1)[-1].startswith("weight") and params[name].dim() >= 2:
-                return name
-        return None
+        if info is not None and info.weight is not None and info.weight in params:
+            return info.weight
+        return main_weight(params, names)
 
     def _activation_measures(
         self, fwd: dict[int, dict[str, float]], bwd: dict[int, dict[str, Tensor]]
     ) -> tuple[list[ActivationMeasure], list[RecurrentMeasure]]:
-        activations: list[ActivationMeasure] = []
-        recurrent: list[RecurrentMeasure] = []
+        """Activation ops (composites as one, with their feeding layer) and recurrent inputs."""
         if self.graph is None:
-            return activations, recurrent
-        seen: dict[str, int] = {}
-        for probe_id, spec in enumerate(self.graph.specs):
-            name = self.loaded.display_name(spec.path) or "(model)"
-            if spec.kind in ("activation", "recurrent_gates") and probe_id in fwd:
-                stats = fwd[probe_id]
-                seen[name] = seen.get(name, 0) + 1
-                label = name if seen[name] == 1 else f"{name}#{seen[name]}"
-                kind = spec.op if spec.kind == "activation" else ("lstm_gates" if "lstm" in spec.op else "tanh")
-                activations.append(
-                    ActivationMeasure(
-                        name=label,
-                        kind=kind,
-                        order=probe_id,
-                        mean=stats["mean"],
-                        std=stats["std"],
-                        dead=stats.get("dead"),
-                        saturated=stats.get("saturated"),
-                        nonfinite=int(stats["nonfinite"]),
-                    )
-                )
-            elif spec.kind == "recurrent_input" and probe_id in bwd and "per_step_norm" in bwd[probe_id]:
-                recurrent.append(
-                    RecurrentMeasure(name=name, op=spec.op, per_step_norm=bwd[probe_id]["per_step_norm"].cpu().tolist())
-                )
-        return activations, recurrent
+            return [], []
+        return activation_measures(self.graph, self.loaded.display_name, fwd, bwd, self._feeders)
 
     def _attach_next_activation(self, layers: list[LayerMeasure], activations: list[ActivationMeasure]) -> None:
         """Record which activation follows each layer: init schemes depend on it."""
-        if self.graph is None or not self.layer_infos:
-            return
-        order = {node: i for i, node in enumerate(self.graph.module.graph.nodes)}
-        act_positions = []
-        for node in self.graph.module.graph.nodes:
-            if node.op == "call_module" and node.args and isinstance(node.args[0], int):
-                spec = self.graph.specs[node.args[0]]
-                if spec.kind == "activation":
-                    act_positions.append((order[node], spec.op))
-        starts = [order[info.output_node] if info.output_node is not None else None for info in self.layer_infos]
-        for index, layer in enumerate(layers):
-            start = starts[index]
-            if start is None:
-                continue
-            later = [s for s in starts[index + 1 :] if s is not None and s > start]
-            end = min(later) if later else 10**9
-            following = [kind for pos, kind in act_positions if start < pos < end]
-            layer.next_activation = following[0] if following else None
+        if self.graph is not None:
+            attach_next_activation(self.graph, self.layer_infos, layers)
 
     def _nonfinite_origin(
         self, m: Measurements, params: Mapping[str, Tensor], inputs: tuple[Tensor, ...], targets: Tensor

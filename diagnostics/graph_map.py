@@ -7,6 +7,17 @@ from dataclasses import dataclass, field
 import torch
 from torch import fx
 
+from .dataflow import (
+    LINEAR_OPS,
+    consuming_ops,
+    input_dependent,
+    matmul_fans,
+    nearest_owner,
+    node_args,
+    op_kind,
+    walk_back,
+)
+
 aten = torch.ops.aten
 
 # Activation ops found in the graph, functional calls included; value = reported kind.
@@ -70,38 +81,115 @@ def is_float_tensor_node(node: fx.Node) -> bool:
 
 @dataclass
 class LayerInfo:
-    """A module that owns parameters, in forward (depth) order."""
+    """A module that owns parameters, in forward (data-flow) order."""
 
     path: str
     type: str
     params: list[str] = field(default_factory=list)
     first_use: int = 10**9
     output_node: fx.Node | None = None
+    kind: str = "other"  # linear | conv | embedding | norm | other, from the ops that consume the weight
+    weight: str | None = None
+    fan_in: int | None = None
+    fan_out: int | None = None
+    tied_with: list[str] = field(default_factory=list)  # other modules that share these parameters
+    consumers: list[fx.Node] = field(default_factory=list)
+    serial_inputs: list[str] = field(default_factory=list)  # linear/conv layers whose output it transforms
+
+
+def parameter_aliases(gm: fx.GraphModule) -> dict[str, list[str]]:
+    """Each parameter's canonical name (its first owner) -> every name it goes by, the canonical first."""
+    names: dict[int, list[str]] = {}
+    for name, param in gm.named_parameters(remove_duplicate=False):
+        names.setdefault(id(param), []).append(name)
+    return {group[0]: group for group in names.values()}
+
+
+def _owner(name: str) -> str:
+    return name.rsplit(".", 1)[0] if "." in name else ""
 
 
 def parameter_layers(gm: fx.GraphModule) -> list[LayerInfo]:
-    """Group parameters by owning module and order the groups by first use in the forward."""
+    """Group parameters by owning module (tied ones once) and order the groups by data flow."""
     order = {node: i for i, node in enumerate(gm.graph.nodes)}
+    dependent = input_dependent(gm.graph)
+    getattrs = {n.target: n for n in gm.graph.nodes if n.op == "get_attr" and isinstance(n.target, str)}
     layers: dict[str, LayerInfo] = {}
-    for name, _ in gm.named_parameters():
-        owner = name.rsplit(".", 1)[0] if "." in name else ""
-        layers.setdefault(owner, LayerInfo(path=owner, type="")).params.append(name)
-    for node in gm.graph.nodes:
-        if node.op != "get_attr" or not isinstance(node.target, str):
-            continue
-        owner = node.target.rsplit(".", 1)[0] if "." in node.target else ""
-        layer = layers.get(owner)
-        if layer is None or node.target not in layer.params:
-            continue
-        for user in node.users:
-            if order[user] < layer.first_use:
-                layer.first_use = order[user]
-                path, type_name = module_scope(user)
-                if path == owner or not layer.type:
-                    layer.type = type_name or "Module"
+    for canonical, names in parameter_aliases(gm).items():
+        layer = layers.setdefault(_owner(canonical), LayerInfo(path=_owner(canonical), type=""))
+        layer.params.append(canonical)
+        layer.tied_with += [o for o in dict.fromkeys(map(_owner, names[1:])) if o not in layer.tied_with]
+        closure: set[fx.Node] = set()
+        for name in names:
+            if name in getattrs:
+                found, reach = consuming_ops(getattrs[name], dependent)
+                layer.consumers += [n for n in found if n not in layer.consumers]
+                closure |= reach
+        _note_weight(layer, gm.get_parameter(canonical), canonical, closure)
     for layer in layers.values():
-        layer.output_node = _scope_output(gm, layer.path)
-    return sorted(layers.values(), key=lambda item: (item.first_use, item.path))
+        layer.consumers.sort(key=order.__getitem__)
+        _classify(layer, order)
+        layer.output_node = _scope_output(gm, layer)
+    ordered = sorted(layers.values(), key=lambda item: (item.first_use, item.path))
+    _link_serial(ordered, dependent)
+    return ordered
+
+
+def _note_weight(layer: LayerInfo, param: torch.Tensor, name: str, closure: set[fx.Node]) -> None:
+    """Remember the layer's main weight (2+ dims) and its fans from the matrix products that use it."""
+    if layer.weight is not None or param.dim() < 2:
+        return
+    layer.weight = name
+    shape = tuple(param.shape)
+    layer.fan_in, layer.fan_out = param[0].numel(), shape[0] * (param[0][0].numel() if param.dim() > 2 else 1)
+    for op in consuming_ops_of(closure):
+        if op.target in LINEAR_OPS:
+            fans = matmul_fans(op, closure, shape)
+            if fans is not None:
+                layer.fan_in, layer.fan_out = fans
+                return
+
+
+def consuming_ops_of(closure: set[fx.Node]) -> list[fx.Node]:
+    """Users of a parameter's closure that are not in it: the ops that apply the parameter."""
+    return [user for node in closure for user in node.users if user not in closure]
+
+
+def _classify(layer: LayerInfo, order: dict[fx.Node, int]) -> None:
+    """Position, type name and kind from the first op that applies the layer's parameters to data."""
+    if not layer.consumers:
+        return
+    first = layer.consumers[0]
+    layer.first_use = order[first]
+    _, type_name = module_scope(first)
+    layer.type = type_name or "Module"
+    kinds = [op_kind(op.target) for op in layer.consumers]
+    known = [k for k in kinds if k != "other"]
+    layer.kind = known[0] if known else ("norm" if "Norm" in layer.type else "other")
+
+
+def _link_serial(layers: list[LayerInfo], dependent: set[fx.Node]) -> None:
+    """For each linear/conv layer, the linear/conv layers whose outputs reach its input serially.
+
+    The walk back stops at any layer's op, at normalisation and softmax (they reset the scale) and at
+    residual adds (a branch added to the stream does not compound its scale like a serial stack).
+    """
+    owners = {op: layer for layer in layers for op in layer.consumers}
+    for layer in layers:
+        if layer.kind not in ("linear", "conv"):
+            continue
+        data = [a for op in layer.consumers for a in node_args(op) if a in dependent]
+        for op in walk_back(data, set(owners), dependent):
+            source = owners[op]
+            if source is not layer and source.kind in ("linear", "conv") and source.path not in layer.serial_inputs:
+                layer.serial_inputs.append(source.path)
+
+
+def feeding_layer(node: fx.Node, layers: list[LayerInfo], dependent: set[fx.Node]) -> str | None:
+    """The parameterised layer nearest upstream of a node: where a fix to its input scale applies."""
+    owners = {op: layer.path for layer in layers for op in layer.consumers}
+    owners.update({layer.output_node: layer.path for layer in layers if layer.output_node is not None})
+    return nearest_owner(node, owners, dependent)
 
 
 def _in_scope(node: fx.Node, path: str) -> bool:
@@ -109,16 +197,39 @@ def _in_scope(node: fx.Node, path: str) -> bool:
     return scope == path or (bool(path) and scope.startswith(path + "."))
 
 
-def _scope_output(gm: fx.GraphModule, path: str) -> fx.Node | None:
-    """The first float tensor a module's ops hand to the rest of the graph: its output."""
-    if not path:
+def _scope_output(gm: fx.GraphModule, layer: LayerInfo) -> fx.Node | None:
+    """The tensor a module hands to the rest of the graph after applying its parameters.
+
+    Among the module's float outputs (nodes with a user outside it), the first that depends on
+    the layer's parameters: for an RMSNorm that is the weight multiply, not the input cast
+    that the residual stream also reads.
+    """
+    if not layer.path:
         return None
+    candidates: list[fx.Node] = []
     node: fx.Node  # Graph.nodes iterates untyped
     for node in gm.graph.nodes:
-        if node.op != "call_function" or not _in_scope(node, path):
+        if node.op != "call_function" or not _in_scope(node, layer.path) or not is_float_tensor_node(node):
             continue
-        if not is_float_tensor_node(node):
-            continue
-        if any(not _in_scope(user, path) for user in node.users):
+        if any(not _in_scope(user, layer.path) for user in node.users):
+            candidates.append(node)
+    applied = set(layer.consumers)
+    for node in candidates:
+        if node in applied or _depends_on(node, applied):
             return node
-    return None
+    return candidates[0] if candidates else None
+
+
+def _depends_on(node: fx.Node, sources: set[fx.Node]) -> bool:
+    """Whether any of sources is an ancestor of node (searched within the graph)."""
+    seen: set[fx.Node] = set()
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if current in sources:
+            return True
+        if current in seen:
+            continue
+        seen.add(current)
+        stack.extend(node_args(current))
+    return False

@@ -46,6 +46,42 @@ class LoadedModel:
         return "(model)" if path + "." == self.param_prefix else path
 
 
+def _alias_key(param: Tensor) -> tuple[object, ...]:
+    """Parameters with one key view the same memory the same way: they are one parameter."""
+    return (
+        param.device,
+        param.dtype,
+        param.untyped_storage().data_ptr(),
+        param.storage_offset(),
+        tuple(param.shape),
+        param.stride(),
+    )
+
+
+def tie_aliased_parameters(module: torch.nn.Module) -> dict[str, list[str]]:
+    """Re-tie weights that export saved as separate parameters over one storage (GPT-2's wte/lm_head).
+
+    Eager PyTorch trains a tied weight as one tensor that gathers both uses' gradients; after
+    save/load the graph may read only one alias, so the other would look unused. Every alias is
+    pointed back at the first owner's parameter. Returns first name -> the other names.
+    """
+    first: dict[tuple[object, ...], tuple[str, torch.nn.Parameter]] = {}
+    tied: dict[str, list[str]] = {}
+    for name, param in list(module.named_parameters(remove_duplicate=False)):
+        if param.numel() == 0:
+            continue
+        key = _alias_key(param)
+        if key not in first:
+            first[key] = (name, param)
+            continue
+        owner_name, owner = first[key]
+        if owner is not param:
+            path, _, leaf = name.rpartition(".")
+            setattr(module.get_submodule(path), leaf, owner)
+        tied.setdefault(owner_name, []).append(name)
+    return tied
+
+
 def _bind_loss(returns_loss: bool, loss: str | LossFn | None) -> LossFn | None:
     """Plain models need a named loss; packages built with gradhealth.package carry their own."""
     if returns_loss:
@@ -71,6 +107,7 @@ def from_exported_program(
     gm = ep.module()
     if not isinstance(gm, fx.GraphModule):
         raise InputError("the exported program did not unflatten to a graph module")
+    tie_aliased_parameters(gm)
     return LoadedModel(
         module=gm,
         format="torch.export",

@@ -33,6 +33,9 @@ class LayerMeasure:
     output_grad_rms: float | None = None
     output_nonfinite: int = 0
     output_grad_nonfinite: int = 0
+    kind: str | None = None  # linear | conv | embedding | norm | other, from the graph's ops
+    tied_with: list[str] = field(default_factory=list)  # modules sharing this layer's parameters
+    serial_inputs: list[str] | None = None  # linear/conv layers feeding it serially; None: no graph
 
     @property
     def grad_rms(self) -> float | None:
@@ -71,6 +74,8 @@ class ActivationMeasure:
     dead: float | None
     saturated: float | None
     nonfinite: int
+    feeding_layer: str | None = None  # the parameterised layer computing its input
+    input_std: float | None = None  # spread of its input (pre-activation), when judged on it
 
 
 @dataclass

@@ -14,17 +14,16 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, fx
 
+from .activations import DERIVATIVES, FLAT_DERIVATIVE_FRACTION, find_activations, flat_mask
 from .graph_map import (
-    ACTIVATION_OPS,
     RECURRENT_OPS,
     LayerInfo,
-    is_float_tensor_node,
     module_scope,
 )
 
-# Derivative below 1% of its maximum counts as saturated: the unit passes <1% of the signal.
-SIGMOID_FLAT_DERIVATIVE = 0.01 * 0.25  # sigma' = s(1-s) <= 0.25
-TANH_FLAT_DERIVATIVE = 0.01  # tanh' = 1 - y^2 <= 1
+# Derivative below FLAT_DERIVATIVE_FRACTION of its maximum counts as saturated (activations.py).
+SIGMOID_FLAT_DERIVATIVE = FLAT_DERIVATIVE_FRACTION * 0.25  # sigma' = s(1-s) <= 0.25
+TANH_FLAT_DERIVATIVE = FLAT_DERIVATIVE_FRACTION  # tanh' = 1 - y^2 <= 1
 PROBE_MODULE = "_gradhealth_probe"
 
 
@@ -34,10 +33,11 @@ class ProbeSpec:
 
     kind: str  # "activation" | "layer_output" | "recurrent_input"
     path: str
-    op: str
+    op: str  # for activations: the derivative key (activations.DERIVATIVES) or an output-judged kind
     module_type: str = ""
     time_dim: int = 1
     output_rank: int = 0
+    source: fx.Node | None = None  # an activation's input (pre-activation) in the graph
 
 
 @dataclass
@@ -65,12 +65,27 @@ def _mean_std(data: Tensor) -> tuple[Tensor, Tensor]:
     return mean, (mean_sq - mean.square()).clamp_min(0).sqrt()
 
 
-def _activation_stats(kind: str, value: Tensor) -> dict[str, Tensor]:
-    """Dead-unit and saturation statistics of one activation output, in as few passes as possible."""
+def _rows(value: Tensor) -> Tensor:
+    """[batch, units] view of a tensor (units: every element of one sample)."""
     data = value.detach()
-    flat = data.reshape(data.shape[0], -1) if data.dim() > 1 else data.reshape(-1, 1)
+    return data.reshape(data.shape[0], -1) if data.dim() > 1 else data.reshape(-1, 1)
+
+
+def _activation_stats(kind: str, value: Tensor, source: Tensor | None = None) -> dict[str, Tensor]:
+    """Dead-unit and saturation statistics of one activation output, in as few passes as possible.
+
+    Functions in activations.DERIVATIVES are judged on their input (source) by their derivative;
+    the others (ReLU, sigmoid, tanh, hard variants) on their output, which determines it.
+    """
+    flat = _rows(value)
     mean, std = _mean_std(flat)
     stats = {"mean": mean, "std": std, "nonfinite": (~torch.isfinite(mean + std)).float()}
+    if kind in DERIVATIVES:
+        if isinstance(source, Tensor) and source.shape == value.shape:
+            pre = _rows(source)
+            stats["saturated"] = _fraction(flat_mask(kind, pre))
+            stats["input_std"] = _mean_std(pre)[1]
+        return stats
     if kind in ("relu", "relu6"):
         # A unit is dead when it is inactive for every sample of the batch.
         stats["dead"] = 1.0 - _fraction(flat.amax(dim=0) > 0)
@@ -112,7 +127,8 @@ class ProbeRecorder(torch.nn.Module):
         spec = self.specs[probe_id]
         with torch.no_grad():
             if spec.kind == "activation":
-                self.results.forward[probe_id] = _activation_stats(spec.op, value)
+                source = context[0] if context and isinstance(context[0], Tensor) else None
+                self.results.forward[probe_id] = _activation_stats(spec.op, value, source)
             elif spec.kind == "layer_output":
                 self.results.forward[probe_id] = _tensor_norms(value)
             elif spec.kind == "recurrent_gates":
@@ -159,15 +175,19 @@ def instrument(gm: fx.GraphModule, layers: list[LayerInfo]) -> InstrumentedGraph
                 ProbeSpec("layer_output", layer.path, str(layer.output_node.target), layer.type, output_rank=rank)
             )
             targets.append((layer.output_node, layer_probe[layer.path]))
+    for site in find_activations(gm.graph):
+        path, type_name = module_scope(site.output)
+        if site.key in DERIVATIVES and site.input is not None:
+            context.append((site.output, len(specs), (site.input,)))
+        else:
+            targets.append((site.output, len(specs)))
+        specs.append(ProbeSpec("activation", path, site.key, type_name, source=site.input))
     has_recurrent = False
     for node in list(gm.graph.nodes):
         if node.op != "call_function":
             continue
         path, type_name = module_scope(node)
-        if node.target in ACTIVATION_OPS and is_float_tensor_node(node):
-            targets.append((node, len(specs)))
-            specs.append(ProbeSpec("activation", path, ACTIVATION_OPS[node.target], type_name))
-        elif node.target in RECURRENT_OPS:
+        if node.target in RECURRENT_OPS:
             batch_first = node.args[RECURRENT_OPS[node.target]] if len(node.args) > 8 else False
             source = node.args[0]
             if isinstance(source, fx.Node):
