@@ -13,7 +13,7 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -189,7 +189,8 @@ class SyncAPIClient(BaseClient):
         super().__init__(**config)
         self._owns_http = http_client is None
         self._http = http_client or httpx.Client(timeout=self.timeout, follow_redirects=True)
-        self._sleep = time.sleep
+        self.sleep: Callable[[float], None] = time.sleep
+        """How the client waits between retries and polls (its resources and handles too): replaceable."""
 
     def request(self, options: RequestOptions) -> httpx.Response:
         """Send with retries; return a 2xx response or raise the typed error."""
@@ -203,14 +204,14 @@ class SyncAPIClient(BaseClient):
                     response = self._http.send(request)
                 except httpx.TransportError as exc:
                     if self._retryable(exc) and retries_done < options.max_retries:
-                        self._sleep(retry_delay(retries_done, None))
+                        self.sleep(retry_delay(retries_done, None))
                         retries_done += 1
                         continue
                     raise self._connection_error(exc, request) from exc
             if response.is_success:
                 return response
             if response.status_code in options.retry_statuses and retries_done < options.max_retries:
-                self._sleep(retry_delay(retries_done, response.headers))
+                self.sleep(retry_delay(retries_done, response.headers))
                 retries_done += 1
                 continue
             raise make_status_error(response)
@@ -237,7 +238,8 @@ class AsyncAPIClient(BaseClient):
         super().__init__(**config)
         self._owns_http = http_client is None
         self._http = http_client or httpx.AsyncClient(timeout=self.timeout, follow_redirects=True)
-        self._sleep = asyncio.sleep
+        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+        """How the client waits between retries and polls (its resources and handles too): replaceable."""
 
     async def request(self, options: RequestOptions) -> httpx.Response:
         """Send with retries; return a 2xx response or raise the typed error."""
@@ -251,14 +253,14 @@ class AsyncAPIClient(BaseClient):
                     response = await self._http.send(request)
                 except httpx.TransportError as exc:
                     if self._retryable(exc) and retries_done < options.max_retries:
-                        await self._sleep(retry_delay(retries_done, None))
+                        await self.sleep(retry_delay(retries_done, None))
                         retries_done += 1
                         continue
                     raise self._connection_error(exc, request) from exc
             if response.is_success:
                 return response
             if response.status_code in options.retry_statuses and retries_done < options.max_retries:
-                await self._sleep(retry_delay(retries_done, response.headers))
+                await self.sleep(retry_delay(retries_done, response.headers))
                 retries_done += 1
                 continue
             raise make_status_error(response)

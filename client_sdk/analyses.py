@@ -151,7 +151,7 @@ class Analyses:
                     raise
             if poll.expired() and last is not None:
                 raise WaitTimeoutError(last, timeout)
-            self._client._sleep(poll.next_delay(hint))
+            self._client.sleep(poll.next_delay(hint))
 
     @overload
     def report(self, analysis_id: str, *, format: Literal["json"] = "json") -> Report: ...
@@ -231,7 +231,7 @@ class AsyncAnalyses:
                     raise
             if poll.expired() and last is not None:
                 raise WaitTimeoutError(last, timeout)
-            await self._client._sleep(poll.next_delay(hint))
+            await self._client.sleep(poll.next_delay(hint))
 
     @overload
     async def report(self, analysis_id: str, *, format: Literal["json"] = "json") -> Report: ...

@@ -17,7 +17,7 @@ from ._progress import ProgressBar
 from .analyses import Analyses, AsyncAnalyses
 from .audits import AsyncAudits, Audits
 from .errors import NotFoundError
-from .handles import AnalysisHandle, AsyncAnalysisHandle
+from .handles import AnalysisHandle, AsyncAnalysisHandle, follow, follow_async
 from .report import Report
 from .runs import AsyncRuns, Runs
 from .types import Analysis
@@ -163,7 +163,7 @@ class Client(SyncAPIClient):
             handle = AnalysisHandle(self, analysis)
             if not wait:
                 return handle
-            return handle._wait(timeout, bar)
+            return follow(handle, timeout, bar)
 
 
 class AsyncClient(AsyncAPIClient):
@@ -196,6 +196,42 @@ class AsyncClient(AsyncAPIClient):
     async def __aenter__(self) -> AsyncClient:
         return self
 
+    @overload
+    async def analyze(
+        self,
+        model: ModelArg,
+        data: DataArg,
+        *,
+        loss: LossArg = None,
+        optimizer: OptimizerArg = None,
+        lr: float | None = None,
+        momentum: float | None = None,
+        weight_decay: float | None = None,
+        betas: tuple[float, float] | None = None,
+        precision: str = "fp32",
+        checks: Sequence[str] = ("standard",),
+        wait: Literal[True] = True,
+        progress: bool = True,
+        timeout: float = DEFAULT_WAIT_TIMEOUT,
+    ) -> Report: ...
+    @overload
+    async def analyze(
+        self,
+        model: ModelArg,
+        data: DataArg,
+        *,
+        loss: LossArg = None,
+        optimizer: OptimizerArg = None,
+        lr: float | None = None,
+        momentum: float | None = None,
+        weight_decay: float | None = None,
+        betas: tuple[float, float] | None = None,
+        precision: str = "fp32",
+        checks: Sequence[str] = ("standard",),
+        wait: Literal[False],
+        progress: bool = True,
+        timeout: float = DEFAULT_WAIT_TIMEOUT,
+    ) -> AsyncAnalysisHandle: ...
     async def analyze(
         self,
         model: ModelArg,
@@ -243,4 +279,4 @@ class AsyncClient(AsyncAPIClient):
             handle = AsyncAnalysisHandle(self, analysis)
             if not wait:
                 return handle
-            return await handle._wait(timeout, bar)
+            return await follow_async(handle, timeout, bar)

@@ -46,22 +46,7 @@ class AnalysisHandle:
     def wait(self, *, timeout: float = DEFAULT_WAIT_TIMEOUT, progress: bool = True) -> Report:
         """Wait for the report; AnalysisFailedError if it failed, WaitTimeoutError after timeout seconds."""
         with ProgressBar(progress, f"analysis {self.id[:8]}") as bar:
-            return self._wait(timeout, bar)
-
-    def _wait(self, timeout: float, bar: ProgressBar) -> Report:
-        deadline = time.monotonic() + timeout
-        self.analysis = self._client.analyses.wait(self.id, timeout=timeout, on_progress=bar.update)
-        if self.analysis.status == "failed":
-            raise AnalysisFailedError(self.analysis)
-        while True:  # succeeded: the report is written before the status flips, but tolerate a lagging replica
-            try:
-                return self._client.analyses.report(self.id)
-            except ConflictError as exc:
-                if _failed(exc):
-                    raise AnalysisFailedError(self.status()) from exc
-                if time.monotonic() >= deadline:
-                    raise
-                self._client._sleep(parse_retry_after(exc.response.headers) or NOT_READY_RETRY)
+            return follow(self, timeout, bar)
 
     @overload
     def report(self, format: Literal["json"] = "json") -> Report: ...
@@ -101,22 +86,7 @@ class AsyncAnalysisHandle:
     async def wait(self, *, timeout: float = DEFAULT_WAIT_TIMEOUT, progress: bool = True) -> Report:
         """Wait for the report; AnalysisFailedError if it failed, WaitTimeoutError after timeout seconds."""
         with ProgressBar(progress, f"analysis {self.id[:8]}") as bar:
-            return await self._wait(timeout, bar)
-
-    async def _wait(self, timeout: float, bar: ProgressBar) -> Report:
-        deadline = time.monotonic() + timeout
-        self.analysis = await self._client.analyses.wait(self.id, timeout=timeout, on_progress=bar.update)
-        if self.analysis.status == "failed":
-            raise AnalysisFailedError(self.analysis)
-        while True:
-            try:
-                return await self._client.analyses.report(self.id)
-            except ConflictError as exc:
-                if _failed(exc):
-                    raise AnalysisFailedError(await self.status()) from exc
-                if time.monotonic() >= deadline:
-                    raise
-                await self._client._sleep(parse_retry_after(exc.response.headers) or NOT_READY_RETRY)
+            return await follow_async(self, timeout, bar)
 
     async def report(self, format: ReportFormat = "json") -> Report | str:
         """The finished report (ConflictError while it runs, AnalysisFailedError if it failed)."""
@@ -126,3 +96,39 @@ class AsyncAnalysisHandle:
             if _failed(exc):
                 raise AnalysisFailedError(await self.status()) from exc
             raise
+
+
+def follow(handle: AnalysisHandle, timeout: float, bar: ProgressBar) -> Report:
+    """handle.wait() on a bar already shown (Client.analyze's, past packaging and uploading)."""
+    deadline = time.monotonic() + timeout
+    client = handle._client
+    handle.analysis = client.analyses.wait(handle.id, timeout=timeout, on_progress=bar.update)
+    if handle.analysis.status == "failed":
+        raise AnalysisFailedError(handle.analysis)
+    while True:  # succeeded: the report is written before the status flips, but tolerate a lagging replica
+        try:
+            return client.analyses.report(handle.id)
+        except ConflictError as exc:
+            if _failed(exc):
+                raise AnalysisFailedError(handle.status()) from exc
+            if time.monotonic() >= deadline:
+                raise
+            client.sleep(parse_retry_after(exc.response.headers) or NOT_READY_RETRY)
+
+
+async def follow_async(handle: AsyncAnalysisHandle, timeout: float, bar: ProgressBar) -> Report:
+    """follow() for AsyncClient: AsyncAnalysisHandle.wait() on a bar already shown."""
+    deadline = time.monotonic() + timeout
+    client = handle._client
+    handle.analysis = await client.analyses.wait(handle.id, timeout=timeout, on_progress=bar.update)
+    if handle.analysis.status == "failed":
+        raise AnalysisFailedError(handle.analysis)
+    while True:
+        try:
+            return await client.analyses.report(handle.id)
+        except ConflictError as exc:
+            if _failed(exc):
+                raise AnalysisFailedError(await handle.status()) from exc
+            if time.monotonic() >= deadline:
+                raise
+            await client.sleep(parse_retry_after(exc.response.headers) or NOT_READY_RETRY)

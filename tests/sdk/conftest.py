@@ -122,7 +122,7 @@ def make_client(recorder: Recorder, **kwargs: object) -> gradhealth.Client:
         **kwargs,  # type: ignore[arg-type]
     )
     client.slept = []  # type: ignore[attr-defined]
-    client._sleep = client.slept.append  # type: ignore[attr-defined,method-assign]
+    client.sleep = client.slept.append  # type: ignore[attr-defined]
     return client
 
 
@@ -140,7 +140,7 @@ def make_async_client(recorder: Recorder, **kwargs: object) -> gradhealth.AsyncC
         slept.append(seconds)
 
     client.slept = slept  # type: ignore[attr-defined]
-    client._sleep = record  # type: ignore[method-assign]
+    client.sleep = record
     return client
 
 
