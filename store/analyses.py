@@ -26,8 +26,7 @@ from .models import (
     utcnow,
 )
 from .settings import Settings
-
-RUN_ANALYSIS = "gradhealth.run_analysis"
+from .task_names import RUN_ANALYSIS
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,12 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from .settings import Settings, get_settings
+from .task_names import RUN_ANALYSIS
 
 log = logging.getLogger(__name__)
 
 GPU_QUEUE, CPU_QUEUE = "gpu", "cpu"
-TASK_QUEUES = {"gradhealth.run_analysis": GPU_QUEUE}  # everything else is light work on "cpu"
+TASK_QUEUES = {RUN_ANALYSIS: GPU_QUEUE}  # everything else is light work on "cpu"
 _apps: dict[tuple[str, str], Celery] = {}
 
 

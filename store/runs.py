@@ -27,7 +27,6 @@ from .run_segments import LogBatch, segment_rows
 INT64_MAX = 2**63 - 1
 
 NOTIFY_AT = "error"
-DELIVER_RUN_WEBHOOK = "gradhealth.deliver_run_webhook"
 _LOCKS = [threading.Lock() for _ in range(64)]
 
 

@@ -23,11 +23,11 @@ from gradhealth.store.models import (
 )
 from gradhealth.store.outbox import first_due, hand_over
 from gradhealth.store.settings import Settings
+from gradhealth.store.task_names import DELIVER_WEBHOOK
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 log = logging.getLogger(__name__)
-DELIVER_WEBHOOK = "gradhealth.deliver_webhook"
 
 
 def worse_findings(report: EngineReport, comparison: Comparison | None) -> list[Finding]:

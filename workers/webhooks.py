@@ -17,11 +17,11 @@ from gradhealth.report import Report as EngineReport
 from gradhealth.store import analyses, outbox
 from gradhealth.store import webhook_targets as targets
 from gradhealth.store.models import Audit, AuditRun, RunWebhookDelivery, WebhookDelivery, utcnow
-from gradhealth.store.runs import DELIVER_RUN_WEBHOOK
 from gradhealth.store.settings import Settings
+from gradhealth.store.task_names import DELIVER_RUN_WEBHOOK, DELIVER_WEBHOOK
 from sqlalchemy.orm import Session
 
-from .audit_runs import DELIVER_WEBHOOK, worse_findings
+from .audit_runs import worse_findings
 
 log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "X-Gradhealth-Signature"

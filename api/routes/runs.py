@@ -17,8 +17,9 @@ from gradhealth.store.keys import Principal
 from gradhealth.store.models import RunWebhookDelivery, TrainingRun
 from gradhealth.store.run_report import build_report
 from gradhealth.store.run_segments import read_layer
-from gradhealth.store.runs import DELIVER_RUN_WEBHOOK, ingest, layer_names
+from gradhealth.store.runs import ingest, layer_names
 from gradhealth.store.settings import Settings
+from gradhealth.store.task_names import DELIVER_RUN_WEBHOOK
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 

@@ -7,13 +7,14 @@ import secrets
 import pytest
 from gradhealth.store.celery_app import CPU_QUEUE, GPU_QUEUE, make_celery
 from gradhealth.store.settings import Settings
+from gradhealth.store.task_names import RUN_ANALYSIS, SWEEP
 
 from .conftest import REDIS_URL
 
 redis = pytest.importorskip("redis")
 
 
-@pytest.mark.parametrize(("task", "queue"), [("gradhealth.run_analysis", GPU_QUEUE), ("gradhealth.sweep", CPU_QUEUE)])
+@pytest.mark.parametrize(("task", "queue"), [(RUN_ANALYSIS, GPU_QUEUE), (SWEEP, CPU_QUEUE)])
 def test_each_task_lands_in_its_queue_once(task: str, queue: str) -> None:
     prefix = f"gradhealth_test_{secrets.token_hex(6)}:"
     app = make_celery(Settings(broker_url=REDIS_URL, broker_key_prefix=prefix))
