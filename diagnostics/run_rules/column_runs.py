@@ -12,13 +12,21 @@ class ColumnRuns:
 
     A run starts at a layer's first measured point with the condition and ends at its next
     measured point without it. A run counts only if the layer had at least `active_min`
-    measured points without the condition before it began (it had been learning).
+    measured points without the condition before it began (it had been learning), unless
+    `need_active` is False (a condition that is a fault from the first point on).
     """
 
     def __init__(
-        self, num_layers: int, confirm_n: int, min_span: int, active_min: int, state: dict[str, Any] | None
+        self,
+        num_layers: int,
+        confirm_n: int,
+        min_span: int,
+        active_min: int,
+        state: dict[str, Any] | None,
+        need_active: bool = True,
     ) -> None:
         self.confirm_n, self.min_span, self.active_min = confirm_n, min_span, active_min
+        self.need_active = need_active
         st = state or {}
         L = num_layers
         self.start = np.array(st.get("start", [-1] * L), dtype=np.int64)
@@ -72,7 +80,7 @@ class ColumnRuns:
             new = h & (start < 0)
             if new.any():
                 start[new] = step
-                elig[new] = active[new] >= self.active_min
+                elig[new] = (active[new] >= self.active_min) | (not self.need_active)
             count[h] += 1
             last[h] = step
             ok = h & elig & ~conf & (count >= self.confirm_n) & (step - start >= self.min_span)
@@ -94,7 +102,7 @@ class ColumnRuns:
         first = hit.argmax(axis=0)
         new = self.start[cols] < 0
         self.start[cols[new]] = steps[first[new]]
-        self.eligible[cols[new]] = self.active[cols[new]] >= self.active_min
+        self.eligible[cols[new]] = (self.active[cols[new]] >= self.active_min) | (not self.need_active)
         cum = self.count[cols] + np.cumsum(hit, axis=0)
         ok = (
             hit

@@ -24,7 +24,10 @@ ACTIVE_MIN = 3
 # Or the layer gets a gradient but its weights do not change at all (update_norm exactly 0) while
 # other layers move: the optimizer skips it (not in a param group, lr 0 for its group) or every
 # change rounds away. A merely small update is vanishing_gradient's or update_ratio's business.
-# Updates are sampled every ~10th step, so the same five samples span ~50 steps.
+# Updates are sampled every ~10th step, so the same five samples span ~50 steps. The SDK samples a
+# small model one layer per row, so "other layers move" is read from each other layer's latest
+# sample, not from the same row. This is a fault from the start too (an optimizer built without the
+# layer's parameters), so it needs no learning before it.
 MAX_GROUPS = MAX_EPISODES
 MAX_LAYERS = 50
 
@@ -58,6 +61,9 @@ class StalledLayerState:
     grad_runs: ColumnRuns
     update_runs: ColumnRuns
     last_grad: np.ndarray  # the last non-zero gradient norm of each layer (NaN before any)
+    # per layer, whether its latest sampled update moved its weights (1), did not (0), or none yet (NaN);
+    # absent from states written before it: those start with none yet
+    last_moved: np.ndarray
     groups: list[StallGroup]
     dropped: int = 0  # groups not kept (MAX_GROUPS)
 
@@ -67,10 +73,13 @@ class StalledLayerState:
         st = st or {}
         return cls(
             grad_runs=ColumnRuns(num_layers, CONFIRM_N, MIN_SPAN, ACTIVE_MIN, st.get("grad_runs")),
-            update_runs=ColumnRuns(num_layers, CONFIRM_N, MIN_SPAN, ACTIVE_MIN, st.get("update_runs")),
+            update_runs=ColumnRuns(
+                num_layers, CONFIRM_N, MIN_SPAN, ACTIVE_MIN, st.get("update_runs"), need_active=False
+            ),
             last_grad=dec_array(st["last_grad"]) if "last_grad" in st else np.full(num_layers, np.nan),
             groups=[StallGroup.from_json(g) for g in st.get("groups", [])],
             dropped=int(st.get("dropped", 0)),
+            last_moved=dec_array(st["last_moved"]) if "last_moved" in st else np.full(num_layers, np.nan),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -81,6 +90,7 @@ class StalledLayerState:
             "last_grad": enc_array(self.last_grad),
             "groups": [g.to_json() for g in self.groups],
             "dropped": self.dropped,
+            "last_moved": enc_array(self.last_moved),
         }
 
 
@@ -102,12 +112,21 @@ class StalledLayerRule:
         rows, ratio = v.upd_rows, v.upd_ratio
         u = v.update[rows]
         sampled = ~np.isnan(ratio)
-        lr_zero = np.isfinite(v.lr_filled[rows]) & (v.lr_filled[rows] <= 0)
-        live = (sampled & (u > 0)).any(axis=1) & ~lr_zero  # the rest of the model is moving
-        counted = sampled & live[:, None] & (g[rows] > 0)  # zero-gradient layers are the grad runs' case
+        counted = sampled & self._others_moving(sampled, u) & (g[rows] > 0)  # zero gradients: the grad runs' case
         confirmed, ended = st.update_runs.feed(v.steps[rows], counted & (u == 0), counted & (u > 0))
         self._record("update", confirmed, ended, v)
         st.last_grad = last_positive(g, st.last_grad)
+
+    def _others_moving(self, sampled: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """(m, L): whether, at each sampled row, another layer's latest sampled update (this row or earlier) moved it."""
+        st = self.st
+        latest = np.vstack([st.last_moved[None, :], np.where(sampled, (u > 0).astype(np.float64), np.nan)])
+        idx = np.where(~np.isnan(latest), np.arange(len(latest))[:, None], 0)
+        latest = np.take_along_axis(latest, np.maximum.accumulate(idx, axis=0), axis=0)
+        st.last_moved = latest[-1].copy()
+        moved = latest[1:] == 1.0
+        others: np.ndarray = (moved.sum(axis=1, keepdims=True) - moved) > 0
+        return others
 
     def _before(self, layer: int, start: int, v: ChunkView) -> float | None:
         """The layer's last non-zero gradient norm before the stall began (same however the stream is chunked)."""
@@ -176,12 +195,12 @@ def stall_finding(group: StallGroup, ctx: RunContext, dropped: int) -> Finding:
     resumed = all(str(i) in group.ended for i in idx)
     last = max(group.ended.values()) if resumed else ctx.last_step
     start = group.start
-    if group.kind == "grad":
-        what = "no gradient (grad_norm exactly 0)"
-    else:
-        what = "a gradient, but its weights no longer change (update_norm exactly 0)"
     verb = "gets" if len(layers) == 1 else "get"
-    message = f"From step {start}, {span(layers)} {verb} {what}, after learning before."
+    if group.kind == "grad":
+        what = "no gradient (grad_norm exactly 0), after learning before"
+    else:
+        what = "a gradient, but its weights do not change (update_norm exactly 0) while other layers' do"
+    message = f"From step {start}, {span(layers)} {verb} {what}."
     message += f" Learning resumed after step {last}." if resumed else f" Still stalled at step {ctx.last_step}."
     before = [b for b in group.before.values() if b is not None]
     return Finding(
