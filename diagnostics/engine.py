@@ -14,7 +14,7 @@ from torch import Tensor
 
 from . import report_builder
 from .batch import float_inputs
-from .curvature import top_hessian_eigenvalue
+from .curvature_pass import CurvatureOutcome, measure_curvature
 from .errors import InputError, ModelOutOfMemory, is_out_of_memory
 from .export import check_batch_shapes
 from .graph_map import LayerInfo, parameter_layers
@@ -156,7 +156,10 @@ class Analyzer:
         if "curvature" in options.checks:
             notify("curvature", 0.7)
             with timer.phase("curvature"):
-                measurements.hessian_max_eigenvalue = self._curvature(params, inputs, targets, options)
+                curvature = self._curvature(inputs, targets, options)
+                measurements.hessian_max_eigenvalue = curvature.sharpness
+                measurements.preconditioned_sharpness = curvature.preconditioned_sharpness
+                measurements.skipped.extend(curvature.skipped)
         notify("rules", 0.95)
         with timer.phase("rules"):
             findings = evaluate_rules(measurements)
@@ -304,20 +307,12 @@ class Analyzer:
                 )
         return None
 
-    def _curvature(
-        self, params: Mapping[str, Tensor], inputs: tuple[Tensor, ...], targets: Tensor, options: AnalysisOptions
-    ) -> float | None:
-        trainable = [p for p in params.values() if p.requires_grad]
+    def _curvature(self, inputs: tuple[Tensor, ...], targets: Tensor, options: AnalysisOptions) -> CurvatureOutcome:
+        """Sharpness (and Adam's preconditioned sharpness) with the probes off; failures come back as skipped."""
         if self.graph is not None:
             self.graph.recorder.enabled = False
         try:
-            return top_hessian_eigenvalue(
-                lambda: self.loaded.per_sample_loss(inputs, targets).float().mean(),
-                trainable,
-                iterations=options.curvature_iterations,
-            )
-        except RuntimeError:
-            return None
+            return measure_curvature(self.loaded, inputs, targets, options)
         finally:
             if self.graph is not None:
                 self.graph.recorder.enabled = True

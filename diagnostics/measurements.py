@@ -123,6 +123,8 @@ class Measurements:
     inputs: list[InputMeasure] = field(default_factory=list)
     nonfinite_origin: NonFiniteOrigin | None = None
     hessian_max_eigenvalue: float | None = None
+    preconditioned_sharpness: float | None = None  # top eigenvalue of P^-1 H under Adam/AdamW
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (check, reason) for requested checks not run
     graph_available: bool = True
 
     @property

@@ -8,10 +8,10 @@ from collections import Counter
 from collections.abc import Mapping
 
 import torch
-from gradhealth.report import ActivationStats, Finding, LayerStats, ModelInfo, Report, health_of
+from gradhealth.report import ActivationStats, Finding, LayerStats, ModelInfo, Report, SkippedCheck, health_of
 from torch import Tensor
 
-from .curvature import stability_limit
+from .curvature import adam_stability_limit, stability_limit
 from .measurements import ActivationMeasure, LayerMeasure, Measurements
 
 
@@ -87,6 +87,20 @@ def summary(findings: list[Finding], num_layers: int) -> str:
     return f"{parts}: {rules}."
 
 
+def curvature_metrics(m: Measurements) -> dict[str, float | None]:
+    """Sharpness, Adam's preconditioned sharpness, and the stability limit the optimizer sets for it."""
+    result: dict[str, float | None] = {}
+    opt = m.options.optimizer
+    if m.hessian_max_eigenvalue is not None:
+        result["hessian_max_eigenvalue"] = _finite(m.hessian_max_eigenvalue)
+        if opt is not None and opt.name == "sgd":
+            result["stability_limit"] = stability_limit(opt.lr, opt.momentum)
+    if m.preconditioned_sharpness is not None and opt is not None:
+        result["preconditioned_sharpness"] = _finite(m.preconditioned_sharpness)
+        result["stability_limit"] = adam_stability_limit(opt.lr, opt.betas[0])
+    return result
+
+
 def metrics(m: Measurements) -> dict[str, float | int | None | list[float] | dict[str, float]]:
     """Whole-model numbers: loss, global norm, curvature, input scale."""
     result: dict[str, float | int | None | list[float] | dict[str, float]] = {
@@ -94,11 +108,7 @@ def metrics(m: Measurements) -> dict[str, float | int | None | list[float] | dic
         "global_grad_norm": _finite(m.global_grad_norm),
         "batch_size": m.batch_size,
     }
-    if m.hessian_max_eigenvalue is not None:
-        result["hessian_max_eigenvalue"] = _finite(m.hessian_max_eigenvalue)
-        opt = m.options.optimizer
-        if opt is not None and opt.name == "sgd":
-            result["stability_limit"] = stability_limit(opt.lr, opt.momentum)
+    result.update(curvature_metrics(m))
     for x in m.inputs:
         result[f"input_{x.index}"] = {"mean": x.mean, "std": x.std, "min": x.min, "max": x.max}
     return result
@@ -133,6 +143,7 @@ def build(
         layers=rows,
         metrics=metrics(measurements),
         timings={k: round(v, 6) for k, v in timings.items()},
+        skipped=[SkippedCheck(check=check, reason=reason) for check, reason in measurements.skipped],
         environment={
             "torch": torch.__version__,
             "python": platform.python_version(),

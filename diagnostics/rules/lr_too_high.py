@@ -2,58 +2,108 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from gradhealth.report import Finding, Remediation
 
-from ..curvature import stability_limit
+from ..curvature import adam_stability_limit, stability_limit
 from ..measurements import Measurements
+from ..options import OptimizerSpec
 from .common import REFS, fmt
 
 RULE_ID = "lr_too_high"
+COHEN2022 = "Cohen et al. 2022, Adaptive Gradient Methods at the Edge of Stability"
 
 # Gradient descent with momentum beta is stable on a quadratic only while lambda_max * lr <
 # 2(1 + beta) (Cohen et al. 2021). Just above it training "catapults" (loss spikes, then sharpness
 # drops) and can recover; beyond about twice the limit it diverges (Lewkowycz et al. 2020).
+# Adam's step is lr * m / P, so the same argument applies to the top eigenvalue of P^-1 H with the
+# EMA momentum's limit (2 + 2 beta1) / (1 - beta1) (Cohen et al. 2022).
 ERROR_FACTOR = 2.0
 # Suggest half the limit: a margin for the sharpening that follows (Cohen et al. 2021).
 SAFETY = 0.5
 
 
+@dataclass(frozen=True)
+class _Regime:
+    """The sharpness an optimizer is sensitive to, and its stable bound on lr * sharpness."""
+
+    sharpness: float
+    bound: float  # lr * sharpness must stay below this
+    label: str  # how the message names the sharpness
+    bound_text: str  # how the message names the bound
+    references: list[str]
+
+
+def _regime(m: Measurements, opt: OptimizerSpec) -> _Regime | None:
+    """SGD reads the Hessian; Adam/AdamW read the preconditioned Hessian P^-1 H."""
+    if opt.name == "sgd" and m.hessian_max_eigenvalue is not None:
+        return _Regime(
+            m.hessian_max_eigenvalue,
+            stability_limit(1.0, opt.momentum),
+            "Top Hessian eigenvalue",
+            "2(1+β)",
+            [REFS["cohen2021"], REFS["lewkowycz2020"]],
+        )
+    if opt.name in ("adam", "adamw") and m.preconditioned_sharpness is not None:
+        return _Regime(
+            m.preconditioned_sharpness,
+            adam_stability_limit(1.0, opt.betas[0]),
+            "Top eigenvalue of Adam's preconditioned Hessian P⁻¹H",
+            "(2+2β₁)/(1−β₁)",
+            [COHEN2022, REFS["cohen2021"]],
+        )
+    return None
+
+
+def _snippet(opt: OptimizerSpec, lr: float) -> str:
+    """The optimizer line with the suggested lr."""
+    if opt.name == "sgd":
+        return f"optimizer = torch.optim.SGD(model.parameters(), lr={lr}, momentum={opt.momentum})"
+    name = "Adam" if opt.name == "adam" else "AdamW"
+    return f"optimizer = torch.optim.{name}(model.parameters(), lr={lr}, betas={tuple(opt.betas)})"
+
+
 def evaluate(m: Measurements) -> list[Finding]:
-    """Fire when lambda_max * lr exceeds 2(1+beta) for SGD; Adam needs the preconditioned Hessian."""
+    """Fire when lr * sharpness exceeds the optimizer's stability bound."""
     opt = m.options.optimizer
-    sharpness = m.hessian_max_eigenvalue
-    if opt is None or sharpness is None or opt.name != "sgd" or sharpness <= 0:
+    regime = None if opt is None else _regime(m, opt)
+    if opt is None or regime is None or regime.sharpness <= 0:
         return []
-    limit = stability_limit(opt.lr, opt.momentum)  # the largest stable sharpness
-    if sharpness <= limit:
+    product = regime.sharpness * opt.lr
+    if product <= regime.bound:
         return []
-    product = sharpness * opt.lr
-    suggested = float(f"{SAFETY * 2 * (1 + opt.momentum) / sharpness:.2g}")
+    suggested = float(f"{SAFETY * regime.bound / regime.sharpness:.2g}")
+    evidence: dict[str, float | int | str | bool | None | list[float] | list[str]] = {
+        "lr": opt.lr,
+        "lr_times_sharpness": product,
+    }
+    if opt.name == "sgd":
+        evidence.update(hessian_max_eigenvalue=regime.sharpness, momentum=opt.momentum)
+    else:
+        evidence.update(preconditioned_sharpness=regime.sharpness, beta1=opt.betas[0])
+        if m.hessian_max_eigenvalue is not None:
+            evidence["hessian_max_eigenvalue"] = m.hessian_max_eigenvalue
     return [
         Finding(
             rule=RULE_ID,
-            severity="error" if sharpness > ERROR_FACTOR * limit else "warning",
+            severity="error" if product > ERROR_FACTOR * regime.bound else "warning",
             title="Learning rate above the curvature's stability limit",
-            message=f"Top Hessian eigenvalue {fmt(sharpness)} × lr {fmt(opt.lr)} = {fmt(product)} exceeds "
-            f"2(1+β) = {fmt(2 * (1 + opt.momentum))}: gradient descent diverges along the sharpest direction. "
+            message=f"{regime.label} {fmt(regime.sharpness)} × lr {fmt(opt.lr)} = {fmt(product)} exceeds "
+            f"{regime.bound_text} = {fmt(regime.bound)}: the optimizer diverges along the sharpest direction. "
             f"Use lr ≤ {fmt(suggested)}.",
             layers=[],
-            evidence={
-                "hessian_max_eigenvalue": sharpness,
-                "lr": opt.lr,
-                "momentum": opt.momentum,
-                "lr_times_sharpness": product,
-            },
-            thresholds={"stability_limit": 2 * (1 + opt.momentum), "error_factor": ERROR_FACTOR},
+            evidence=evidence,
+            thresholds={"stability_limit": regime.bound, "error_factor": ERROR_FACTOR},
             remediation=[
                 Remediation(
                     action="lower_lr",
-                    detail=f"Set lr to about {fmt(suggested)} (half of 2(1+β)/λmax), or warm up from it.",
-                    snippet=f"optimizer = torch.optim.SGD(model.parameters(), lr={suggested}, momentum={opt.momentum})",
-                    references=[REFS["cohen2021"], REFS["lewkowycz2020"]],
+                    detail=f"Set lr to about {fmt(suggested)} (half of {regime.bound_text}/sharpness), or warm up from it.",
+                    snippet=_snippet(opt, suggested),
+                    references=regime.references,
                     params={"lr": suggested},
                 )
             ],
-            confidence=0.85,
+            confidence=0.85 if opt.name == "sgd" else 0.7,
         )
     ]

@@ -1,0 +1,111 @@
+"""The curvature check of one analysis: sharpness, Adam's preconditioned sharpness, or why not.
+
+Sharpness is the top algebraic Hessian eigenvalue. Under Adam/AdamW the step is P^-1 m with
+P = diag(sqrt(v_hat) + eps), so stability is set by the top eigenvalue of P^-1 H (Cohen et al. 2022,
+"Adaptive gradient methods at the edge of stability"), computed on the symmetric P^-1/2 H P^-1/2.
+Packages carry no optimizer state, so v_hat is Adam's own first-step estimate: the batch gradient
+squared. Weight decay is left out of both operators.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from .attention import math_attention, unfused_copy
+from .curvature import lanczos_top_eigenvalue
+from .errors import is_out_of_memory
+from .hvp import hessian_operator
+from .loading import LoadedModel
+from .options import AnalysisOptions
+
+CHECK = "curvature"
+PRECONDITIONED_CHECK = "curvature.preconditioned"
+
+
+@dataclass
+class CurvatureOutcome:
+    """What the curvature pass found, and the checks it could not run with the reason."""
+
+    sharpness: float | None = None
+    preconditioned_sharpness: float | None = None
+    steps: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _twice_differentiable(loaded: LoadedModel) -> LoadedModel:
+    """The same model, with fused attention nodes rewritten when the graph names them."""
+    if loaded.graph_module is None:
+        return loaded
+    copy = unfused_copy(loaded.graph_module)
+    return loaded if copy is None else dataclasses.replace(loaded, module=copy, graph_module=copy)
+
+
+def explain_failure(exc: BaseException) -> str:
+    """A reason a user can act on, from the error double backward raised."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, FloatingPointError):
+        return "the Hessian-vector products are NaN/Inf (the loss overflows near these weights): fix non_finite first"
+    if is_out_of_memory(exc):
+        return (
+            "out of memory in the Hessian-vector products (they keep the backward graph for a second "
+            "backward, about 2-3x a training step's memory): analyse a smaller batch or use a larger device"
+        )
+    if "derivative for" in text and "not implemented" in text:
+        op = text.split("derivative for", 1)[1].split("is not implemented", 1)[0].strip()
+        return (
+            f"the model uses {op}, which PyTorch {torch.__version__} cannot differentiate twice, and "
+            "Hessian-vector products need a second derivative: replace it with differentiable ops "
+            "(e.g. a custom kernel or autograd.Function by its reference implementation) or drop 'curvature'"
+        )
+    return f"Hessian-vector products failed: {type(exc).__name__}: {text[:300]}"
+
+
+def adam_scale(gradient: Tensor, eps: float) -> Tensor:
+    """P^-1/2 = (|g| + eps)^-1/2: Adam's first-step v_hat is g^2, so P = |g| + eps."""
+    return (gradient.abs() + eps).rsqrt()
+
+
+def _sharpness(
+    loaded: LoadedModel, inputs: tuple[Tensor, ...], targets: Tensor, options: AnalysisOptions
+) -> CurvatureOutcome:
+    """Both eigenvalues on one retained graph; raises what autograd raises."""
+    outcome = CurvatureOutcome()
+    loss = loaded.per_sample_loss(inputs, targets).float().mean()
+    if not bool(torch.isfinite(loss)):
+        outcome.skipped.append(
+            (CHECK, "the loss is NaN/Inf on this batch, so it has no curvature: fix non_finite first")
+        )
+        return outcome
+    op = hessian_operator(loss, list(loaded.module.parameters()))
+    if op is None:
+        outcome.skipped.append((CHECK, "no trainable parameter reaches the loss, so there is no Hessian to measure"))
+        return outcome
+    steps = options.curvature_iterations
+    top = lanczos_top_eigenvalue(op, op.dim, op.gradient, max_steps=steps)
+    outcome.sharpness, outcome.steps = top.eigenvalue, top.steps
+    opt = options.optimizer
+    if opt is not None and opt.name in ("adam", "adamw"):
+        scale = adam_scale(op.gradient, opt.eps)
+        pre = lanczos_top_eigenvalue(lambda v: scale * op(scale * v), op.dim, op.gradient, max_steps=steps)
+        outcome.preconditioned_sharpness = pre.eigenvalue
+        outcome.steps += pre.steps
+    return outcome
+
+
+def measure_curvature(
+    loaded: LoadedModel, inputs: tuple[Tensor, ...], targets: Tensor, options: AnalysisOptions
+) -> CurvatureOutcome:
+    """Run the curvature check; a failure becomes a skipped entry, never a silent gap."""
+    try:
+        with math_attention():
+            outcome = _sharpness(_twice_differentiable(loaded), inputs, targets, options)
+    except (RuntimeError, FloatingPointError, NotImplementedError, MemoryError) as exc:
+        return CurvatureOutcome(skipped=[(CHECK, explain_failure(exc))])
+    if any(v is not None and not math.isfinite(v) for v in (outcome.sharpness, outcome.preconditioned_sharpness)):
+        return CurvatureOutcome(skipped=[(CHECK, explain_failure(FloatingPointError()))])
+    return outcome
