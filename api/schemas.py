@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from gradhealth.diagnostics.losses import NAMED_LOSSES
-from gradhealth.diagnostics.options import AnalysisOptions, OptimizerSpec, Precision
+from gradhealth.diagnostics.options import AnalysisOptions, Check, OptimizerSpec, Precision
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 
@@ -88,7 +88,7 @@ class AnalysisSetup(BaseModel):
     loss: str | None = Field(default=None, description="for plain models: " + ", ".join(NAMED_LOSSES))
     optimizer: OptimizerSpec | None = None
     precision: Precision = "fp32"
-    checks: tuple[Literal["standard", "curvature"], ...] = ("standard",)
+    checks: tuple[Check, ...] = ("standard",)
 
     @field_validator("loss")
     @classmethod

@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from ._constants import TERMINAL_STATES
+
 AnalysisStatus = Literal["queued", "running", "succeeded", "failed"]
 ReportFormat = Literal["json", "markdown", "html", "junit"]
 
@@ -91,7 +93,7 @@ class Analysis(_Result):
     @property
     def done(self) -> bool:
         """True once the analysis succeeded or failed."""
-        return self.status in ("succeeded", "failed")
+        return self.status in TERMINAL_STATES
 
 
 class Audit(_Result):

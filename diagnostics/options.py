@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 Precision = Literal["fp32", "fp16", "bf16"]
-KNOWN_CHECKS = ("standard", "curvature")
+Check = Literal["standard", "curvature"]  # what AnalysisOptions.checks may name
 
 
 class OptimizerSpec(BaseModel):
@@ -31,6 +31,6 @@ class AnalysisOptions(BaseModel):
     loss: str | None = None
     optimizer: OptimizerSpec | None = None
     precision: Precision = "fp32"
-    checks: tuple[Literal["standard", "curvature"], ...] = ("standard",)
+    checks: tuple[Check, ...] = ("standard",)
     device: str | None = None
     curvature_iterations: int = Field(default=30, ge=2, le=500)
