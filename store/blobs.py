@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-CHUNK = 1 << 20
 LOCK_NAME = ".owner.lock"
 STAGING_GRACE_SECONDS = 3600.0  # leftovers whose owner cannot be told (no lock, old layout) go after this
 log = logging.getLogger(__name__)
