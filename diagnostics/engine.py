@@ -94,11 +94,10 @@ class Analyzer:
         targets: Tensor,
         options: AnalysisOptions,
         progress: ProgressFn | None = None,
-        model_format: str | None = None,
     ) -> Report:
         """Measure, diagnose and report; an allocation failure in any phase is a ModelOutOfMemory."""
         try:
-            return self._run(inputs, targets, options, progress, model_format)
+            return self._run(inputs, targets, options, progress)
         except Exception as exc:
             if is_out_of_memory(exc) and not isinstance(exc, ModelOutOfMemory):
                 raise ModelOutOfMemory(f"{type(exc).__name__}: {str(exc)[:300]}") from exc
@@ -110,7 +109,6 @@ class Analyzer:
         targets: Tensor,
         options: AnalysisOptions,
         progress: ProgressFn | None,
-        model_format: str | None,
     ) -> Report:
         """One instrumented forward+backward, the optional checks, the rules, the report."""
         notify = progress or (lambda phase, fraction: None)
@@ -169,7 +167,7 @@ class Analyzer:
             report_id=str(uuid.uuid4()),
             measurements=measurements,
             findings=findings,
-            model_format=model_format or self.loaded.format,
+            model_format=self.loaded.format,
             params=params,
             device=device,
             timings=timer.timings,
