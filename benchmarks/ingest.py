@@ -29,11 +29,11 @@ from pathlib import Path
 import httpx
 import msgpack
 import numpy as np
+from gradhealth.diagnostics.run_rules.metrics import METRICS
 
 sys.path.insert(0, str(Path(__file__).parent))
 from service import distributed, embedded  # noqa: E402
 
-METRICS = ["grad_norm", "grad_max_abs", "nonfinite", "weight_norm", "update_norm"]
 BUDGET = 1e6
 
 
