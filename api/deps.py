@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from gradhealth.store.blobs import BlobStore, blob_store
+from gradhealth.store.celery_app import Send
 from gradhealth.store.db import session_factory
 from gradhealth.store.keys import Principal, authenticate, hash_key
 from gradhealth.store.settings import Settings, get_settings
@@ -35,8 +36,15 @@ def get_blob_store(settings: SettingsDep) -> BlobStore:
     return blob_store(settings)
 
 
+async def get_send(request: Request) -> Send:
+    """How this app hands tasks on: Celery by name by default, an in-process runner in the fast test tier."""
+    send: Send = request.app.state.send
+    return send
+
+
 SessionDep = Annotated[Session, Depends(get_session)]
 StoreDep = Annotated[BlobStore, Depends(get_blob_store)]
+SendDep = Annotated[Send, Depends(get_send)]
 
 
 @dataclass

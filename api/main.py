@@ -9,6 +9,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi.routing import APIRoute
 from gradhealth.store.blobs import sweep_partial_uploads
+from gradhealth.store.celery_app import Send, sender
 from gradhealth.store.db import migrate
 from gradhealth.store.settings import Settings, get_settings
 
@@ -35,8 +36,11 @@ def _operation_id(route: APIRoute) -> str:
     return f"{route.tags[0]}-{route.name}" if route.tags else route.name
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """The app for these settings (default: from the environment); migrates the database on start."""
+def create_app(settings: Settings | None = None, send: Send | None = None) -> FastAPI:
+    """The app for these settings (default: from the environment); migrates the database on start.
+
+    `send(task, id)` hands tasks on (default: Celery via enqueue()); tests pass an in-process runner.
+    """
     settings = settings or get_settings()
 
     @asynccontextmanager
@@ -62,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.dependency_overrides[get_settings] = app_settings
     app.state.key_cache = KeyCache()  # per app, so a test's app starts empty and can be inspected
     app.state.rendered = RenderedCache()
+    app.state.send = send or sender(settings)
     install_error_handlers(app)
     app.add_middleware(MetricsMiddleware, prefix=API_PREFIX)
     app.add_middleware(BodyLimitMiddleware, settings=settings)  # outermost: refuse before anything reads

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
-from gradhealth.store import analyses
+from gradhealth.store import analyses, rows
 from gradhealth.store.blobs import BlobStore
 from gradhealth.store.keys import Principal
 from gradhealth.store.models import Analysis, Base, ModelPackage
 from gradhealth.store.registry import UnknownModel, resolve
-from sqlalchemy import select
+from gradhealth.store.rows import Upload as UploadRow
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -22,8 +22,8 @@ Row = TypeVar("Row", bound=Base)
 
 def get_owned(session: Session, table: type[Row], object_id: str, principal: Principal, what: str) -> Row:
     """The row if it exists in the caller's project; otherwise 404, never 403 (ids don't leak)."""
-    row = session.get(table, object_id)
-    if row is None or getattr(row, "project_id", None) != principal.project_id:
+    row = rows.owned(session, table, object_id, principal.project_id)
+    if row is None:
         raise ApiError(404, f"no {what} with id {object_id!r} in this project")
     return row
 
@@ -58,9 +58,9 @@ def accept_upload(
     store: BlobStore,
     principal: Principal,
     upload: Upload,
-    table: type[Row],
-    make_row: Callable[[], Row],
-) -> tuple[Row, bool]:
+    table: type[UploadRow],
+    make_row: Callable[[], UploadRow],
+) -> tuple[UploadRow, bool]:
     """Deduplicate by sha256 within the project, else validate (make_row), commit blob and row.
 
     Returns (row, created). make_row raises InputError for a bad file; the staged bytes are then
@@ -68,8 +68,7 @@ def accept_upload(
     """
     sha = upload.staged.sha256
     upload.staged.close()
-    query = select(table).where(table.project_id == principal.project_id, table.sha256 == sha)  # type: ignore[attr-defined]
-    existing = session.scalar(query)
+    existing = rows.by_sha256(session, table, principal.project_id, sha)
     if existing is not None:
         store.discard(upload.staged)
         return existing, False
@@ -79,12 +78,11 @@ def accept_upload(
         store.discard(upload.staged)
         raise
     store.commit(upload.staged)
-    session.add(row)
     try:
-        session.commit()
+        rows.save(session, row)
     except IntegrityError:  # a concurrent identical upload won the race
         session.rollback()
-        existing = session.scalar(query)
+        existing = rows.by_sha256(session, table, principal.project_id, sha)
         if existing is None:
             raise
         return existing, False

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from gradhealth.report import Report
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -25,6 +25,7 @@ from .models import (
     StoredReport,
     utcnow,
 )
+from .rows import Page, page
 from .settings import Settings
 from .task_names import RUN_ANALYSIS
 
@@ -228,3 +229,14 @@ def load_report(session: Session, analysis_id: str | None) -> Report | None:
     """The stored report parsed into the report schema; None when there is none."""
     body = report_json(session, analysis_id)
     return Report.model_validate_json(body) if body is not None else None
+
+
+def count_by_status(session: Session) -> dict[str, int]:
+    """How many analyses are in each state, across projects: the /metrics gauges."""
+    return dict(session.execute(select(Analysis.status, func.count()).group_by(Analysis.status)).tuples().all())
+
+
+def list_page(session: Session, project_id: str, status: str | None, limit: int, offset: int) -> Page[Analysis]:
+    """This project's analyses, newest first, optionally only those in one state."""
+    where = [Analysis.project_id == project_id] + ([Analysis.status == status] if status else [])
+    return page(session, Analysis, where, [Analysis.created_at.desc()], limit, offset)

@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from croniter import croniter
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from .analyses import RUN_ANALYSIS
+from .celery_app import Send
 from .db import session_factory
-from .models import ACTIVE, FAILED, RUNNING, Analysis, Audit, AuditRun, utcnow
+from .models import ACTIVE, FAILED, RUNNING, Analysis, Audit, AuditRun, WebhookDelivery, utcnow
+from .outbox import new_secret
 from .registry import UnknownModel, resolve
+from .rows import Page, page, save
 from .settings import Settings
 
 log = logging.getLogger(__name__)
-Send = Callable[[str, str], object]
 SCHEDULED, MANUAL = "schedule", "manual"
 
 
@@ -100,3 +102,61 @@ def tick(
             log.info("audit %s: started run %s for slot %s", audit.id, run_id, slot.isoformat())
             started.append(run_id)
     return started
+
+
+def create_audit(
+    session: Session,
+    project_id: str,
+    *,
+    name: str,
+    schedule: str,
+    model_ref: str,
+    batch_id: str,
+    options: str,
+    webhook_url: str | None,
+    notify_on: str,
+) -> Audit:
+    """A new active audit with its own webhook signing secret, committed."""
+    audit = Audit(
+        project_id=project_id,
+        name=name,
+        schedule=schedule,
+        model_ref=model_ref,
+        batch_id=batch_id,
+        options=options,
+        webhook_url=webhook_url,
+        webhook_secret=new_secret(),
+        notify_on=notify_on,
+        status=ACTIVE,
+    )
+    return save(session, audit)
+
+
+def set_status(session: Session, audit: Audit, status: str, now: datetime) -> Audit:
+    """Pause or resume; resuming skips the slots missed while paused, so the next run is the next slot."""
+    if status == ACTIVE and audit.status != ACTIVE:
+        audit.last_slot = max(audit.last_slot or audit.created_at, latest_slot(audit.schedule, now))
+    audit.status = status
+    session.commit()
+    return audit
+
+
+def get_run(session: Session, run_id: str) -> AuditRun | None:
+    """One audit run by id (the caller has checked that its audit is the caller's)."""
+    return session.get(AuditRun, run_id)
+
+
+def list_page(session: Session, project_id: str, limit: int, offset: int) -> Page[Audit]:
+    """This project's audits, newest first."""
+    return page(session, Audit, [Audit.project_id == project_id], [Audit.created_at.desc()], limit, offset)
+
+
+def history_page(session: Session, audit_id: str, limit: int, offset: int) -> Page[AuditRun]:
+    """One audit's runs, newest first."""
+    return page(session, AuditRun, [AuditRun.audit_id == audit_id], [AuditRun.created_at.desc()], limit, offset)
+
+
+def deliveries_page(session: Session, audit_id: str, limit: int, offset: int) -> Page[WebhookDelivery]:
+    """One audit's webhook delivery attempts, newest first (a retry before the attempt it retries)."""
+    order = [WebhookDelivery.created_at.desc(), WebhookDelivery.attempt.desc()]
+    return page(session, WebhookDelivery, [WebhookDelivery.audit_id == audit_id], order, limit, offset)

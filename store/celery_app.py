@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from celery import Celery
@@ -16,6 +18,7 @@ log = logging.getLogger(__name__)
 GPU_QUEUE, CPU_QUEUE = "gpu", "cpu"
 TASK_QUEUES = {RUN_ANALYSIS: GPU_QUEUE}  # everything else is light work on "cpu"
 _apps: dict[tuple[str, str], Celery] = {}
+Send = Callable[[str, str], object]  # (task name, object id) -> False when it could not be sent
 
 
 def queue_for(task_name: str) -> str:
@@ -106,6 +109,11 @@ def enqueue(task_name: str, object_id: str, settings: Settings | None = None) ->
         log.warning("could not enqueue %s(%s): %s: %s", task_name, object_id, type(exc).__name__, exc)
         return False
     return True
+
+
+def sender(settings: Settings) -> Send:
+    """enqueue() bound to these settings: the default way API and workers hand a task on."""
+    return partial(enqueue, settings=settings)
 
 
 def ping_broker(settings: Settings | None = None, timeout: float = 2.0) -> None:

@@ -10,6 +10,7 @@ for the same row is a no-op and a worker that died mid-send is replaced once the
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -36,6 +37,11 @@ class Claimed:
     claimed_at: datetime
     body: bytes
     secret: str
+
+
+def new_secret() -> str:
+    """A webhook signing secret: shown to the user once, kept in clear because signing needs it."""
+    return "whsec_" + secrets.token_hex(24)
 
 
 def lease(settings: Settings) -> timedelta:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from .models import ModelPackage
+from .rows import Page, by_sha256, page
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
+VERSION_RACE_RETRIES = 5
 
 
 class UnknownModel(LookupError):
@@ -48,3 +52,49 @@ def resolve(session: Session, project_id: str, ref: str) -> ModelPackage:
         what = f"no model named {name!r}" if tag == "latest" else f"no version {tag} of model {name!r}"
         raise UnknownModel(f"{what} in this project; upload one with POST /v1/models?name={name}")
     return row
+
+
+def name_existing(session: Session, row: ModelPackage, name: str, tags: str | None) -> ModelPackage | None:
+    """Make an unnamed upload the next version of `name`; None when racing uploads kept taking the number."""
+    for _ in range(VERSION_RACE_RETRIES):
+        row.name, row.version, row.tags = name, next_version(session, row.project_id, name), tags
+        try:
+            session.commit()
+            return row
+        except IntegrityError:
+            session.rollback()
+            session.refresh(row)
+            if row.name is not None:  # a concurrent upload of the same bytes named it
+                return row
+    return None
+
+
+def insert_next_version(session: Session, make_row: Callable[[], ModelPackage]) -> tuple[ModelPackage, bool] | None:
+    """(row, created) after losing a race for a version number: retried, or the twin that stored these bytes."""
+    for _ in range(VERSION_RACE_RETRIES):
+        row = make_row()
+        session.add(row)
+        try:
+            session.commit()
+            return row, True
+        except IntegrityError:
+            session.rollback()
+            twin = by_sha256(session, ModelPackage, row.project_id, row.sha256)
+            if twin is not None:
+                return twin, False
+    return None
+
+
+def list_page(session: Session, project_id: str, name: str | None, limit: int, offset: int) -> Page[ModelPackage]:
+    """This project's models newest first, or the versions of one name, newest version first."""
+    if name is None:
+        return page(
+            session,
+            ModelPackage,
+            [ModelPackage.project_id == project_id],
+            [ModelPackage.created_at.desc()],
+            limit,
+            offset,
+        )
+    where = [ModelPackage.project_id == project_id, ModelPackage.name == name]
+    return page(session, ModelPackage, where, [ModelPackage.version.desc()], limit, offset)

@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from .models import RunBatch, RunSegment, RunWebhookDelivery, TrainingRun, new_id, utcnow
+from .rows import Page, page
 from .run_segments import LogBatch, segment_rows
 
 INT64_MAX = 2**63 - 1
@@ -147,3 +148,20 @@ def ingest(
             return duplicate
         delivery_id = delivery.id if delivery else None
         return IngestResult(True, batch.seq, batch.num_steps, run.num_steps, run.health, notify, delivery_id)
+
+
+def get_run(session: Session, run_id: str) -> TrainingRun | None:
+    """One training run by id, whichever project (workers act for every project)."""
+    return session.get(TrainingRun, run_id)
+
+
+def list_page(session: Session, project_id: str, limit: int, offset: int) -> Page[TrainingRun]:
+    """This project's runs, most recently updated first."""
+    newest = [TrainingRun.updated_at.desc()]
+    return page(session, TrainingRun, [TrainingRun.project_id == project_id], newest, limit, offset)
+
+
+def deliveries_page(session: Session, run_id: str, limit: int, offset: int) -> Page[RunWebhookDelivery]:
+    """One run's webhook delivery attempts, newest first (a retry before the attempt it retries)."""
+    order = [RunWebhookDelivery.created_at.desc(), RunWebhookDelivery.attempt.desc()]
+    return page(session, RunWebhookDelivery, [RunWebhookDelivery.run_id == run_id], order, limit, offset)

@@ -7,6 +7,7 @@ from functools import partial
 from typing import Any
 
 from gradhealth.report import Finding, severity_at_least
+from gradhealth.store import runs
 from gradhealth.store.models import RunWebhookDelivery, TrainingRun, WebhookDelivery
 from gradhealth.store.runs import NOTIFY_AT
 from gradhealth.store.settings import Settings
@@ -32,7 +33,7 @@ def _run_body(
     settings: Settings, session: Session, row: WebhookDelivery | RunWebhookDelivery
 ) -> tuple[bytes, str] | None:
     """The run's notification and its secret; None when the run has no webhook any more."""
-    run = session.get(TrainingRun, row.run_id)
+    run = runs.get_run(session, row.run_id)
     if run is None or not run.webhook_url:
         return None
     return json.dumps(payload(run, settings), separators=(",", ":")).encode(), run.webhook_secret

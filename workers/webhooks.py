@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 from gradhealth.report import Comparison, Finding
 from gradhealth.report import Report as EngineReport
-from gradhealth.store import analyses, outbox
+from gradhealth.store import analyses, audit_runs, outbox
 from gradhealth.store import webhook_targets as targets
 from gradhealth.store.models import Audit, AuditRun, RunWebhookDelivery, WebhookDelivery, utcnow
 from gradhealth.store.settings import Settings
@@ -76,10 +76,10 @@ def _audit_body(
     settings: Settings, session: Session, row: WebhookDelivery | RunWebhookDelivery
 ) -> tuple[bytes, str] | None:
     """The audit run's notification and the audit's secret; None when the audit has no webhook any more."""
-    run = session.get(AuditRun, row.run_id)
-    audit = session.get(Audit, run.audit_id) if run else None
-    if run is None or audit is None or not audit.webhook_url:
+    found = audit_runs.run_and_audit(session, row.run_id)
+    if found is None or not found[1].webhook_url:
         return None
+    run, audit = found
     report = analyses.load_report(session, run.analysis_id)
     return json.dumps(payload(audit, run, report, settings), separators=(",", ":")).encode(), audit.webhook_secret
 

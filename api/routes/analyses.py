@@ -5,26 +5,25 @@ from __future__ import annotations
 import json
 from typing import Literal
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from gradhealth.store import analyses
 from gradhealth.store.analyses import RUN_ANALYSIS
-from gradhealth.store.celery_app import enqueue
 from gradhealth.store.db import session_factory
 from gradhealth.store.keys import Principal
 from gradhealth.store.models import Analysis, Batch
 from gradhealth.store.settings import Settings
-from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
-from ..deps import ReadAccess, SessionDep, SettingsDep, WriteAccess
+from ..deps import ReadAccess, SendDep, SessionDep, SettingsDep, WriteAccess
 from ..errors import ApiError
+from ..idempotency import IdempotencyKey, create_idempotent
 from ..openapi import error_responses
-from ..paging import Offset
+from ..paging import Paging
 from ..reports import MEDIA_TYPES, RenderedCache, ReportFormat, render
 from ..resources import finished_report_json, get_owned, resolve_model
 from ..schemas import AnalysesPublic, AnalysisCreate, AnalysisError, AnalysisPublic, Progress
 
+PATH = "/v1/analyses"
 router = APIRouter(prefix="/analyses", tags=["analyses"])
 
 
@@ -50,34 +49,18 @@ def to_public(row: Analysis) -> AnalysisPublic:
     )
 
 
-def _replay(
-    session: Session, principal: Principal, key: str, body: AnalysisCreate, model_id: str, options: str
-) -> Analysis | None:
-    """The analysis an earlier POST with this Idempotency-Key created, if the request is the same."""
-    row = session.scalars(
-        select(Analysis).where(Analysis.project_id == principal.project_id, Analysis.idempotency_key == key)
-    ).first()
-    if row is not None and (row.model_id, row.batch_id, row.options) != (model_id, body.batch_id, options):
-        raise ApiError(
-            422,
-            "this Idempotency-Key was already used for a different analysis request; use a new key per request",
-            code="idempotency_key_reused",
-        )
-    return row
-
-
 @router.post("", status_code=202, response_model=AnalysisPublic, responses=error_responses(404))
 def create_analysis(
     body: AnalysisCreate,
     response: Response,
     principal: WriteAccess,
     session: SessionDep,
-    settings: SettingsDep,
-    idempotency_key: str | None = Header(default=None, max_length=128),
+    send: SendDep,
+    idempotency_key: IdempotencyKey = None,
 ) -> AnalysisPublic:
     """Queue an analysis of an uploaded model on an uploaded batch; poll GET /v1/analyses/{id}.
 
-    With an Idempotency-Key header, repeating the same request returns the first analysis.
+    Honours Idempotency-Key (see the header): a retry returns the first analysis, queued once.
     """
     model = resolve_model(session, principal, body.model_id)
     get_owned(session, Batch, body.batch_id, principal, "batch")
@@ -88,29 +71,14 @@ def create_analysis(
             "or build the package with gradhealth.package(model, loss, ...)",
             code="loss_required",
         )
-    options = json.dumps(body.options().model_dump(mode="json", exclude_none=True))
-    existing = _replay(session, principal, idempotency_key, body, model.id, options) if idempotency_key else None
-    if existing is not None:
-        response.headers["Location"] = f"/v1/analyses/{existing.id}"
-        return to_public(existing)
-    row = Analysis(
-        project_id=principal.project_id,
-        model_id=model.id,
-        batch_id=body.batch_id,
-        options=options,
-        idempotency_key=idempotency_key,
-    )
-    session.add(row)
-    try:
-        session.commit()  # commit first: the worker must find the row the message names
-    except IntegrityError:  # a concurrent retry with the same key won the race
-        session.rollback()
-        winner = _replay(session, principal, idempotency_key or "", body, model.id, options)
-        if winner is None:
-            raise
-        return to_public(winner)
-    enqueue(RUN_ANALYSIS, row.id, settings)
-    response.headers["Location"] = f"/v1/analyses/{row.id}"
+    request = {
+        "model_id": model.id,
+        "batch_id": body.batch_id,
+        "options": json.dumps(body.options().model_dump(mode="json", exclude_none=True)),
+    }
+    row, created = create_idempotent(session, principal, response, idempotency_key, Analysis, PATH, request)
+    if created:  # committed first: the worker must find the row the message names
+        send(RUN_ANALYSIS, row.id)
     return to_public(row)
 
 
@@ -118,19 +86,12 @@ def create_analysis(
 def list_analyses(
     principal: ReadAccess,
     session: SessionDep,
+    page: Paging,
     status: Literal["queued", "running", "succeeded", "failed"] | None = None,
-    limit: int = Query(default=50, ge=1, le=500),
-    offset: Offset = 0,
 ) -> AnalysesPublic:
     """This project's analyses, newest first."""
-    where = [Analysis.project_id == principal.project_id]
-    if status:
-        where.append(Analysis.status == status)
-    count = session.scalar(select(func.count()).select_from(Analysis).where(*where)) or 0
-    rows = session.scalars(
-        select(Analysis).where(*where).order_by(Analysis.created_at.desc()).limit(limit).offset(offset)
-    ).all()
-    return AnalysesPublic(data=[to_public(r) for r in rows], count=count)
+    found = analyses.list_page(session, principal.project_id, status, page.limit, page.offset)
+    return AnalysesPublic(data=[to_public(r) for r in found.rows], count=found.count)
 
 
 @router.get("/{analysis_id}", response_model=AnalysisPublic)

@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import json
-import secrets
 from datetime import UTC, datetime
-from functools import partial
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Response
 from fastapi.concurrency import run_in_threadpool
 from gradhealth.store import audits
-from gradhealth.store.celery_app import enqueue
-from gradhealth.store.keys import Principal
-from gradhealth.store.models import ACTIVE, Audit, AuditRun, Batch, WebhookDelivery, utcnow
-from gradhealth.store.settings import Settings
-from sqlalchemy import func, select
+from gradhealth.store.models import ACTIVE, Audit, Batch, utcnow
 
 from ..audit_schemas import (
     AuditCreate,
@@ -28,10 +22,10 @@ from ..audit_schemas import (
     DeliveryPublic,
     TickRequest,
 )
-from ..deps import AdminAccess, ReadAccess, SessionDep, SettingsDep, WriteAccess
+from ..deps import AdminAccess, ReadAccess, SendDep, SessionDep, SettingsDep, WriteAccess
 from ..errors import ApiError
 from ..openapi import error_responses
-from ..paging import Offset
+from ..paging import LogPaging, Paging
 from ..resources import get_owned, resolve_model
 from ..webhook_urls import checked_webhook_url
 
@@ -71,36 +65,26 @@ def create_audit(
             'this model returns outputs, not a loss: name it in options (e.g. "options": {"loss": "cross_entropy"})',
             code="loss_required",
         )
-    row = Audit(
-        project_id=principal.project_id,
+    row = audits.create_audit(
+        session,
+        principal.project_id,
         name=body.name,
         schedule=body.schedule,
         model_ref=body.model,
         batch_id=body.batch_id,
         options=json.dumps(body.options.options().model_dump(mode="json", exclude_none=True)),
         webhook_url=webhook_url,
-        webhook_secret="whsec_" + secrets.token_hex(24),
         notify_on=body.notify_on,
-        status=ACTIVE,
     )
-    session.add(row)
-    session.commit()
     response.headers["Location"] = f"/v1/audits/{row.id}"
     return AuditCreated(**to_public(row).model_dump(), webhook_secret=row.webhook_secret)
 
 
 @router.get("", response_model=AuditsPublic)
-def list_audits(
-    principal: ReadAccess,
-    session: SessionDep,
-    limit: int = Query(default=50, ge=1, le=500),
-    offset: Offset = 0,
-) -> AuditsPublic:
+def list_audits(principal: ReadAccess, session: SessionDep, page: Paging) -> AuditsPublic:
     """This project's audits, newest first."""
-    where = Audit.project_id == principal.project_id
-    count = session.scalar(select(func.count()).select_from(Audit).where(where)) or 0
-    rows = session.scalars(select(Audit).where(where).order_by(Audit.created_at.desc()).limit(limit).offset(offset))
-    return AuditsPublic(data=[to_public(r) for r in rows], count=count)
+    found = audits.list_page(session, principal.project_id, page.limit, page.offset)
+    return AuditsPublic(data=[to_public(r) for r in found.rows], count=found.count)
 
 
 @router.get("/{audit_id}", response_model=AuditPublic)
@@ -113,70 +97,40 @@ def read_audit(audit_id: str, principal: ReadAccess, session: SessionDep) -> Aud
 def update_audit(audit_id: str, body: AuditUpdate, principal: WriteAccess, session: SessionDep) -> AuditPublic:
     """Pause or resume; resuming skips the slots missed while paused (the next run is the next slot)."""
     row = get_owned(session, Audit, audit_id, principal, "audit")
-    if body.status == ACTIVE and row.status != ACTIVE:
-        row.last_slot = max(row.last_slot or row.created_at, audits.latest_slot(row.schedule, utcnow()))
-    row.status = body.status
-    session.commit()
-    return to_public(row)
+    return to_public(audits.set_status(session, row, body.status, utcnow()))
 
 
 @router.post("/{audit_id}/run", status_code=202, response_model=AuditRunPublic, responses=error_responses(409))
-def run_audit(audit_id: str, principal: WriteAccess, session: SessionDep, settings: SettingsDep) -> AuditRunPublic:
+def run_audit(
+    audit_id: str, principal: WriteAccess, session: SessionDep, settings: SettingsDep, send: SendDep
+) -> AuditRunPublic:
     """Run the audit now, outside its schedule (works while paused too)."""
     row = get_owned(session, Audit, audit_id, principal, "audit")
-    run_id = audits.start_run(settings, row.id, utcnow(), audits.MANUAL, partial(enqueue, settings=settings))
+    run_id = audits.start_run(settings, row.id, utcnow(), audits.MANUAL, send)
     if run_id is None:
         raise ApiError(409, "a run of this audit started at the same instant; retry")
-    return AuditRunPublic.model_validate(session.get(AuditRun, run_id))
+    return AuditRunPublic.model_validate(audits.get_run(session, run_id))
 
 
 @router.get("/{audit_id}/history", response_model=AuditRunsPublic)
-def audit_history(
-    audit_id: str,
-    principal: ReadAccess,
-    session: SessionDep,
-    limit: int = Query(default=50, ge=1, le=500),
-    offset: Offset = 0,
-) -> AuditRunsPublic:
+def audit_history(audit_id: str, principal: ReadAccess, session: SessionDep, page: Paging) -> AuditRunsPublic:
     """The audit's runs, newest first: analysis, health, and the comparison with the run before."""
     get_owned(session, Audit, audit_id, principal, "audit")
-    where = AuditRun.audit_id == audit_id
-    count = session.scalar(select(func.count()).select_from(AuditRun).where(where)) or 0
-    rows = session.scalars(
-        select(AuditRun).where(where).order_by(AuditRun.created_at.desc()).limit(limit).offset(offset)
-    )
-    return AuditRunsPublic(data=[AuditRunPublic.model_validate(r) for r in rows], count=count)
+    found = audits.history_page(session, audit_id, page.limit, page.offset)
+    return AuditRunsPublic(data=[AuditRunPublic.model_validate(r) for r in found.rows], count=found.count)
 
 
 @router.get("/{audit_id}/deliveries", response_model=DeliveriesPublic)
-def audit_deliveries(
-    audit_id: str,
-    principal: ReadAccess,
-    session: SessionDep,
-    limit: int = Query(default=100, ge=1, le=1000),
-    offset: Offset = 0,
-) -> DeliveriesPublic:
+def audit_deliveries(audit_id: str, principal: ReadAccess, session: SessionDep, page: LogPaging) -> DeliveriesPublic:
     """Every webhook delivery attempt of this audit, newest first."""
     get_owned(session, Audit, audit_id, principal, "audit")
-    where = WebhookDelivery.audit_id == audit_id
-    count = session.scalar(select(func.count()).select_from(WebhookDelivery).where(where)) or 0
-    rows = session.scalars(
-        select(WebhookDelivery)
-        .where(where)
-        .order_by(WebhookDelivery.created_at.desc(), WebhookDelivery.attempt.desc())
-        .limit(limit)
-        .offset(offset)
-    )
-    return DeliveriesPublic(data=[DeliveryPublic.model_validate(r) for r in rows], count=count)
-
-
-def _tick(settings: Settings, principal: Principal, now: datetime, audit_id: str | None) -> list[str]:
-    send = partial(enqueue, settings=settings)
-    return audits.tick(settings, now, send, project_id=principal.project_id, audit_id=audit_id)
+    found = audits.deliveries_page(session, audit_id, page.limit, page.offset)
+    return DeliveriesPublic(data=[DeliveryPublic.model_validate(r) for r in found.rows], count=found.count)
 
 
 @router.post("/tick", response_model=list[str])
-async def tick(body: TickRequest, principal: AdminAccess, settings: SettingsDep) -> list[str]:
+async def tick(body: TickRequest, principal: AdminAccess, settings: SettingsDep, send: SendDep) -> list[str]:
     """Admin: run this project's scheduler once as of `now` (default: the present); returns started run ids."""
     now = (body.now or datetime.now(UTC)).astimezone(UTC).replace(tzinfo=None)
-    return await run_in_threadpool(_tick, settings, principal, now, body.audit_id)
+    scope = {"project_id": principal.project_id, "audit_id": body.audit_id}
+    return await run_in_threadpool(audits.tick, settings, now, send, **scope)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 from fastapi.concurrency import run_in_threadpool
+from gradhealth.store import analyses
 from gradhealth.store.celery_app import ping_broker
 from gradhealth.store.db import ping, session_factory
-from gradhealth.store.models import Analysis
 from gradhealth.store.settings import Settings
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import func, select
 
 from ..deps import SettingsDep
 from ..errors import ApiError
@@ -48,7 +47,7 @@ async def readyz(settings: SettingsDep) -> dict[str, object]:
 
 def _count_analyses(settings: Settings) -> None:
     with session_factory(settings)() as session:
-        counts = dict(session.execute(select(Analysis.status, func.count()).group_by(Analysis.status)).all())
+        counts = analyses.count_by_status(session)
     for status in ("queued", "running", "succeeded", "failed"):
         ANALYSES.labels(status).set(counts.get(status, 0))
 

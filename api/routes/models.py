@@ -3,30 +3,25 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from gradhealth.store.db import session_factory
-from gradhealth.store.keys import Principal
 from gradhealth.store.models import ModelPackage
-from gradhealth.store.registry import next_version, valid_name
-from sqlalchemy import func, select
+from gradhealth.store.registry import insert_next_version, list_page, name_existing, next_version, valid_name
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from ..deps import ReadAccess, SessionDep, SettingsDep, StoreDep, WriteAccess
 from ..errors import ApiError
 from ..metrics import UPLOADED_BYTES
 from ..openapi import error_responses
-from ..paging import Offset
+from ..paging import Paging
 from ..resources import accept_upload, get_owned, resolve_model
 from ..schemas import ModelPublic, ModelsPublic
 from ..uploads import UPLOAD_OPENAPI, Upload, receive_upload
 from ..validation import inspect_model
 
 router = APIRouter(prefix="/models", tags=["models"])
-VERSION_RACE_RETRIES = 5
 
 
 def _registry_fields(upload: Upload, name: str | None, tags: str | None) -> tuple[str | None, str | None]:
@@ -43,39 +38,8 @@ def _registry_fields(upload: Upload, name: str | None, tags: str | None) -> tupl
     return name, json.dumps(tag_list) if tag_list else None
 
 
-def _name_existing(session: Session, row: ModelPackage, name: str, tags: str | None) -> ModelPackage:
-    """Same bytes uploaded unnamed before: the first named upload makes that row the next version."""
-    for _ in range(VERSION_RACE_RETRIES):
-        row.name, row.version, row.tags = name, next_version(session, row.project_id, name), tags
-        try:
-            session.commit()
-            return row
-        except IntegrityError:
-            session.rollback()
-            session.refresh(row)
-            if row.name is not None:
-                return row
-    raise ApiError(409, f"too many concurrent uploads under the name {name!r}; retry")
-
-
-def _insert_next_version(
-    session: Session, make_row: Callable[[], ModelPackage], name: str | None
-) -> tuple[ModelPackage, bool]:
-    """Retry the insert with a fresh version number after losing a race for one."""
-    for _ in range(VERSION_RACE_RETRIES):
-        row = make_row()
-        session.add(row)
-        try:
-            session.commit()
-            return row, True
-        except IntegrityError:
-            session.rollback()
-            twin = session.scalar(
-                select(ModelPackage).where(ModelPackage.project_id == row.project_id, ModelPackage.sha256 == row.sha256)
-            )
-            if twin is not None:
-                return twin, False
-    raise ApiError(409, f"too many concurrent uploads under the name {name!r}; retry")
+def _too_many(name: str | None) -> ApiError:
+    return ApiError(409, f"too many concurrent uploads under the name {name!r}; retry")
 
 
 @router.post(
@@ -134,9 +98,15 @@ async def upload_model(
                 row, created = accept_upload(session, store, principal, upload, ModelPackage, make_row)
             except IntegrityError:  # the blob is stored; another upload took this version number
                 session.rollback()
-                return _insert_next_version(session, make_row, model_name)
+                inserted = insert_next_version(session, make_row)
+                if inserted is None:
+                    raise _too_many(model_name) from None
+                return inserted
             if not created and model_name and row.name is None:
-                row = _name_existing(session, row, model_name, tag_json)
+                named = name_existing(session, row, model_name, tag_json)
+                if named is None:
+                    raise _too_many(model_name)
+                row = named
             elif not created and model_name and row.name != model_name:
                 raise ApiError(
                     409,
@@ -153,27 +123,16 @@ async def upload_model(
     return ModelPublic.model_validate(row)
 
 
-def _owned(principal: Principal) -> list[object]:
-    return [ModelPackage.project_id == principal.project_id]
-
-
 @router.get("", response_model=ModelsPublic)
 def list_models(
     principal: ReadAccess,
     session: SessionDep,
+    page: Paging,
     name: str | None = Query(default=None, description="only the versions of this name, newest first"),
-    limit: int = Query(default=50, ge=1, le=500),
-    offset: Offset = 0,
 ) -> ModelsPublic:
     """This project's models (newest first), or the version history of one name."""
-    where = _owned(principal)
-    order = [ModelPackage.created_at.desc()]
-    if name is not None:
-        where.append(ModelPackage.name == name)
-        order = [ModelPackage.version.desc()]
-    count = session.scalar(select(func.count()).select_from(ModelPackage).where(*where)) or 0  # type: ignore[arg-type]
-    rows = session.scalars(select(ModelPackage).where(*where).order_by(*order).limit(limit).offset(offset)).all()  # type: ignore[arg-type]
-    return ModelsPublic(data=[ModelPublic.model_validate(r) for r in rows], count=count)
+    found = list_page(session, principal.project_id, name, page.limit, page.offset)
+    return ModelsPublic(data=[ModelPublic.model_validate(r) for r in found.rows], count=found.count)
 
 
 @router.get("/{model_id}", response_model=ModelPublic)

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import secrets
-from functools import partial
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Header, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from gradhealth.diagnostics.run_rules.metrics import GradientMetric
-from gradhealth.store import outbox
-from gradhealth.store.celery_app import enqueue
+from gradhealth.store import outbox, runs
+from gradhealth.store.celery_app import Send
 from gradhealth.store.db import session_factory
 from gradhealth.store.keys import Principal
 from gradhealth.store.models import RunWebhookDelivery, TrainingRun
@@ -20,19 +18,19 @@ from gradhealth.store.run_segments import read_layer
 from gradhealth.store.runs import ingest, layer_names
 from gradhealth.store.settings import Settings
 from gradhealth.store.task_names import DELIVER_RUN_WEBHOOK
-from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
 
 from ..audit_schemas import DeliveriesPublic, DeliveryPublic
-from ..deps import ReadAccess, SessionDep, SettingsDep, WriteAccess
+from ..deps import ReadAccess, SendDep, SessionDep, SettingsDep, WriteAccess
 from ..errors import ApiError
-from ..paging import Offset
+from ..idempotency import IdempotencyKey, create_idempotent
+from ..paging import LogPaging, Paging
 from ..reports import MEDIA_TYPES, ReportFormat, render
 from ..resources import get_owned
 from ..run_codec import parse_body, to_log_batch
 from ..run_schemas import LayerHistory, LogAck, RunCreate, RunCreated, RunPublic, RunsPublic
 from ..webhook_urls import checked_webhook_url
 
+PATH = "/v1/runs"
 router = APIRouter(prefix="/runs", tags=["runs"])
 
 
@@ -55,20 +53,6 @@ def to_public(row: TrainingRun) -> RunPublic:
     )
 
 
-def _replay(session: SessionDep, principal: Principal, key: str, request: dict[str, str | None]) -> TrainingRun | None:
-    """The run an earlier POST with this Idempotency-Key created; 422 when that request was a different one."""
-    row = session.scalars(
-        select(TrainingRun).where(TrainingRun.project_id == principal.project_id, TrainingRun.idempotency_key == key)
-    ).one_or_none()
-    if row is not None and any(getattr(row, field) != value for field, value in request.items()):
-        raise ApiError(
-            422,
-            "this Idempotency-Key was already used for a different run; use a new key per run",
-            code="idempotency_key_reused",
-        )
-    return row
-
-
 @router.post("", status_code=201, response_model=RunCreated)
 def create_run(
     body: RunCreate,
@@ -76,9 +60,9 @@ def create_run(
     principal: WriteAccess,
     session: SessionDep,
     settings: SettingsDep,
-    idempotency_key: str | None = Header(default=None, max_length=128),
+    idempotency_key: IdempotencyKey = None,
 ) -> RunCreated:
-    """Start a run; a repeated POST with the same Idempotency-Key returns the same run."""
+    """Start a run; honours Idempotency-Key (see the header): a retry returns the same run."""
     request = {
         "name": body.name,
         "layers": json.dumps([layer.model_dump() for layer in body.layers]),
@@ -86,40 +70,16 @@ def create_run(
         "config": json.dumps(body.config, default=str),
         "webhook_url": checked_webhook_url(settings, body.webhook_url),
     }
-    existing = _replay(session, principal, idempotency_key, request) if idempotency_key else None
-    if existing is None:
-        existing = TrainingRun(
-            project_id=principal.project_id,
-            idempotency_key=idempotency_key,
-            webhook_secret="whsec_" + secrets.token_hex(24),
-            **request,
-        )
-        session.add(existing)
-        try:
-            session.commit()
-        except IntegrityError:  # a concurrent retry with the same key won
-            session.rollback()
-            existing = _replay(session, principal, idempotency_key or "", request)
-            if existing is None:
-                raise
-    response.headers["Location"] = f"/v1/runs/{existing.id}"
-    return RunCreated(**to_public(existing).model_dump(), webhook_secret=existing.webhook_secret)
+    extra = {"webhook_secret": outbox.new_secret()}
+    row, _ = create_idempotent(session, principal, response, idempotency_key, TrainingRun, PATH, request, extra)
+    return RunCreated(**to_public(row).model_dump(), webhook_secret=row.webhook_secret)
 
 
 @router.get("", response_model=RunsPublic)
-def list_runs(
-    principal: ReadAccess,
-    session: SessionDep,
-    limit: int = Query(default=50, ge=1, le=500),
-    offset: Offset = 0,
-) -> RunsPublic:
+def list_runs(principal: ReadAccess, session: SessionDep, page: Paging) -> RunsPublic:
     """This project's runs, most recently updated first, as {data, count} like every list."""
-    owned = TrainingRun.project_id == principal.project_id
-    count = session.scalar(select(func.count()).select_from(TrainingRun).where(owned)) or 0
-    rows = session.scalars(
-        select(TrainingRun).where(owned).order_by(TrainingRun.updated_at.desc()).limit(limit).offset(offset)
-    ).all()
-    return RunsPublic(data=[to_public(row) for row in rows], count=count)
+    found = runs.list_page(session, principal.project_id, page.limit, page.offset)
+    return RunsPublic(data=[to_public(row) for row in found.rows], count=found.count)
 
 
 @router.get("/{run_id}", response_model=RunPublic)
@@ -147,7 +107,13 @@ async def _read_capped(request: Request, limit: int) -> bytes:
 
 
 def _append(
-    settings: Settings, principal: Principal, run_id: str, raw: bytes, ctype: str | None, cenc: str | None
+    settings: Settings,
+    send: Send,
+    principal: Principal,
+    run_id: str,
+    raw: bytes,
+    ctype: str | None,
+    cenc: str | None,
 ) -> LogAck:
     """Decode, validate against the run, store and evaluate; then call the webhook if the run just went bad."""
     body = parse_body(raw, ctype, cenc, settings.max_log_batch_bytes)  # gzip inflates to the batch limit, no more
@@ -159,9 +125,7 @@ def _append(
     if result is None:
         raise ApiError(404, f"no run with id {run_id!r} in this project")
     if result.delivery_id:  # the row is committed: a lost message only delays it until the ticker's next look
-        outbox.hand_over(
-            settings, RunWebhookDelivery, DELIVER_RUN_WEBHOOK, result.delivery_id, partial(enqueue, settings=settings)
-        )
+        outbox.hand_over(settings, RunWebhookDelivery, DELIVER_RUN_WEBHOOK, result.delivery_id, send)
     return LogAck(
         stored=result.stored, seq=result.seq, steps=result.steps, run_steps=result.run_steps, health=result.health
     )
@@ -186,12 +150,13 @@ async def append_logs(
     request: Request,
     principal: WriteAccess,
     settings: SettingsDep,
+    send: SendDep,
     content_type: str | None = Header(default=None),
     content_encoding: str | None = Header(default=None),
 ) -> LogAck:
     """Append one batch; a batch whose (run, seq) is stored already is acknowledged with stored=false."""
     raw = await _read_capped(request, settings.max_log_batch_bytes)
-    return await run_in_threadpool(_append, settings, principal, run_id, raw, content_type, content_encoding)
+    return await run_in_threadpool(_append, settings, send, principal, run_id, raw, content_type, content_encoding)
 
 
 def _report(settings: Settings, principal: Principal, run_id: str, fmt: ReportFormat) -> bytes:
@@ -238,16 +203,10 @@ def layer_history(
 
 
 @router.get("/{run_id}/deliveries", response_model=DeliveriesPublic)
-def run_deliveries(
-    run_id: str, principal: ReadAccess, session: SessionDep, limit: int = Query(default=100, ge=1, le=1000)
-) -> DeliveriesPublic:
+def run_deliveries(run_id: str, principal: ReadAccess, session: SessionDep, page: LogPaging) -> DeliveriesPublic:
     """The run's webhook delivery attempts, newest first."""
     get_owned(session, TrainingRun, run_id, principal, "run")
-    where = RunWebhookDelivery.run_id == run_id
-    count = session.scalar(select(func.count()).select_from(RunWebhookDelivery).where(where)) or 0
-    rows = session.scalars(
-        select(RunWebhookDelivery).where(where).order_by(RunWebhookDelivery.created_at.desc()).limit(limit)
-    )
+    found = runs.deliveries_page(session, run_id, page.limit, page.offset)
     return DeliveriesPublic(
-        data=[DeliveryPublic.model_validate(row, from_attributes=True) for row in rows], count=count
+        data=[DeliveryPublic.model_validate(row, from_attributes=True) for row in found.rows], count=found.count
     )
