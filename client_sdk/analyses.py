@@ -13,7 +13,7 @@ from gradhealth.report import Comparison
 from ._base import RequestOptions, parse_retry_after
 from ._constants import DEFAULT_WAIT_TIMEOUT, POLL_INITIAL_INTERVAL, POLL_MAX_INTERVAL, RETRY_STATUSES
 from .errors import APIConnectionError, InternalServerError, RateLimitError, WaitTimeoutError
-from .pagination import AsyncPage, SyncPage
+from .pagination import AsyncPage, SyncPage, async_pages, sync_pages
 from .report import Report
 from .types import Analysis, AnalysisStatus, ReportFormat
 
@@ -115,16 +115,8 @@ class Analyses:
 
     def list(self, *, status: AnalysisStatus | None = None, limit: int = 50) -> SyncPage[Analysis]:
         """This project's analyses, newest first; iterating the page walks every later page too."""
-
-        def fetch(offset: int) -> SyncPage[Analysis]:
-            params: dict[str, Any] = {"limit": limit, "offset": offset}
-            if status:
-                params["status"] = status
-            body = self._client.request(RequestOptions("GET", "/v1/analyses", params=params)).json()
-            data = [Analysis.model_validate(item) for item in body["data"]]
-            return SyncPage(data, int(body["count"]), offset, limit, fetch)
-
-        return fetch(0)
+        filters = {"status": status} if status else None
+        return sync_pages(self._client, "/v1/analyses", Analysis.model_validate, limit, filters)
 
     def wait(
         self,
@@ -195,16 +187,8 @@ class AsyncAnalyses:
 
     async def list(self, *, status: AnalysisStatus | None = None, limit: int = 50) -> AsyncPage[Analysis]:
         """This project's analyses, newest first; `async for` walks every later page too."""
-
-        async def fetch(offset: int) -> AsyncPage[Analysis]:
-            params: dict[str, Any] = {"limit": limit, "offset": offset}
-            if status:
-                params["status"] = status
-            body = (await self._client.request(RequestOptions("GET", "/v1/analyses", params=params))).json()
-            data = [Analysis.model_validate(item) for item in body["data"]]
-            return AsyncPage(data, int(body["count"]), offset, limit, fetch)
-
-        return await fetch(0)
+        filters = {"status": status} if status else None
+        return await async_pages(self._client, "/v1/analyses", Analysis.model_validate, limit, filters)
 
     async def wait(
         self,

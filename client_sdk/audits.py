@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from ._base import RequestOptions
 from ._constants import RETRY_STATUSES
 from .analyses import OptimizerArg, create_body
+from .pagination import AsyncPage, SyncPage, async_pages, sync_pages
 from .types import Audit, AuditRun, WebhookDelivery
 
 if TYPE_CHECKING:
@@ -49,10 +50,6 @@ def _run_options(audit_id: str) -> RequestOptions:
 
 def _status_options(audit_id: str, status: str) -> RequestOptions:
     return RequestOptions("PATCH", f"/v1/audits/{audit_id}", json={"status": status})
-
-
-def _list_options(audit_id: str, what: str, limit: int) -> RequestOptions:
-    return RequestOptions("GET", f"/v1/audits/{audit_id}/{what}", params={"limit": limit})
 
 
 class Audits:
@@ -97,15 +94,17 @@ class Audits:
         """Schedule again from the next slot (slots missed while paused are skipped)."""
         return Audit.model_validate(self._client.request(_status_options(audit_id, "active")).json())
 
-    def history(self, audit_id: str, *, limit: int = 50) -> list[AuditRun]:
-        """The newest runs, each with its analysis, health and comparison with the run before."""
-        body = self._client.request(_list_options(audit_id, "history", limit)).json()
-        return [AuditRun.model_validate(item) for item in body["data"]]
+    def list(self, *, limit: int = 50) -> SyncPage[Audit]:
+        """This project's audits, newest first; iterating the page walks every later page too."""
+        return sync_pages(self._client, "/v1/audits", Audit.model_validate, limit)
 
-    def deliveries(self, audit_id: str, *, limit: int = 100) -> list[WebhookDelivery]:
-        """The newest webhook delivery attempts."""
-        body = self._client.request(_list_options(audit_id, "deliveries", limit)).json()
-        return [WebhookDelivery.model_validate(item) for item in body["data"]]
+    def history(self, audit_id: str, *, limit: int = 50) -> SyncPage[AuditRun]:
+        """The runs, newest first, each with its analysis, health and comparison with the run before."""
+        return sync_pages(self._client, f"/v1/audits/{audit_id}/history", AuditRun.model_validate, limit)
+
+    def deliveries(self, audit_id: str, *, limit: int = 100) -> SyncPage[WebhookDelivery]:
+        """The webhook delivery attempts, newest first."""
+        return sync_pages(self._client, f"/v1/audits/{audit_id}/deliveries", WebhookDelivery.model_validate, limit)
 
 
 class AsyncAudits:
@@ -150,12 +149,15 @@ class AsyncAudits:
         """Schedule again from the next slot (slots missed while paused are skipped)."""
         return Audit.model_validate((await self._client.request(_status_options(audit_id, "active"))).json())
 
-    async def history(self, audit_id: str, *, limit: int = 50) -> list[AuditRun]:
-        """The newest runs, each with its analysis, health and comparison with the run before."""
-        body = (await self._client.request(_list_options(audit_id, "history", limit))).json()
-        return [AuditRun.model_validate(item) for item in body["data"]]
+    async def list(self, *, limit: int = 50) -> AsyncPage[Audit]:
+        """This project's audits, newest first; `async for` walks every later page too."""
+        return await async_pages(self._client, "/v1/audits", Audit.model_validate, limit)
 
-    async def deliveries(self, audit_id: str, *, limit: int = 100) -> list[WebhookDelivery]:
-        """The newest webhook delivery attempts."""
-        body = (await self._client.request(_list_options(audit_id, "deliveries", limit))).json()
-        return [WebhookDelivery.model_validate(item) for item in body["data"]]
+    async def history(self, audit_id: str, *, limit: int = 50) -> AsyncPage[AuditRun]:
+        """The runs, newest first, each with its analysis, health and comparison with the run before."""
+        return await async_pages(self._client, f"/v1/audits/{audit_id}/history", AuditRun.model_validate, limit)
+
+    async def deliveries(self, audit_id: str, *, limit: int = 100) -> AsyncPage[WebhookDelivery]:
+        """The webhook delivery attempts, newest first."""
+        path = f"/v1/audits/{audit_id}/deliveries"
+        return await async_pages(self._client, path, WebhookDelivery.model_validate, limit)

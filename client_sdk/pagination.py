@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Generic, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from ._base import RequestOptions
+
+if TYPE_CHECKING:
+    from ._base import AsyncAPIClient, SyncAPIClient
 
 T = TypeVar("T")
 
@@ -88,3 +93,31 @@ class AsyncPage(_Page[T]):
         async for page in self.iter_pages():
             for item in page.data:
                 yield item
+
+
+def _list_options(path: str, params: Mapping[str, Any] | None, limit: int, offset: int) -> RequestOptions:
+    return RequestOptions("GET", path, params={**(params or {}), "limit": limit, "offset": offset})
+
+
+def sync_pages(
+    client: SyncAPIClient, path: str, parse: Callable[[Any], T], limit: int, params: Mapping[str, Any] | None = None
+) -> SyncPage[T]:
+    """The first page of a {data, count} list endpoint; later pages are read on demand. Every list uses it."""
+
+    def fetch(offset: int) -> SyncPage[T]:
+        body = client.request(_list_options(path, params, limit, offset)).json()
+        return SyncPage([parse(item) for item in body["data"]], int(body["count"]), offset, limit, fetch)
+
+    return fetch(0)
+
+
+async def async_pages(
+    client: AsyncAPIClient, path: str, parse: Callable[[Any], T], limit: int, params: Mapping[str, Any] | None = None
+) -> AsyncPage[T]:
+    """sync_pages for AsyncClient: `async for item in await ...list()` walks every page."""
+
+    async def fetch(offset: int) -> AsyncPage[T]:
+        body = (await client.request(_list_options(path, params, limit, offset))).json()
+        return AsyncPage([parse(item) for item in body["data"]], int(body["count"]), offset, limit, fetch)
+
+    return await fetch(0)

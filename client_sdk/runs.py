@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from ._base import RequestOptions
-from .pagination import AsyncPage, SyncPage
+from .pagination import AsyncPage, SyncPage, async_pages, sync_pages
 from .report import Report
 from .types import Run
 
@@ -32,10 +32,6 @@ def _append_options(run_id: str, body: bytes, content_type: str, content_encodin
     if content_encoding:
         headers["Content-Encoding"] = content_encoding
     return RequestOptions("POST", f"/v1/runs/{run_id}/logs", content=body, headers=headers)
-
-
-def _list_options(limit: int, offset: int) -> RequestOptions:
-    return RequestOptions("GET", "/v1/runs", params={"limit": limit, "offset": offset})
 
 
 def _history_options(run_id: str, layer: str, metric: str) -> RequestOptions:
@@ -67,14 +63,7 @@ class Runs:
 
     def list(self, *, limit: int = 50) -> SyncPage[Run]:
         """This project's runs, most recently updated first; iterating the page walks every later page too."""
-
-        def fetch(offset: int) -> SyncPage[Run]:
-            body = self._client.request(_list_options(limit, offset)).json()
-            return SyncPage(
-                [Run.model_validate(item) for item in body["data"]], int(body["count"]), offset, limit, fetch
-            )
-
-        return fetch(0)
+        return sync_pages(self._client, "/v1/runs", Run.model_validate, limit)
 
     def append(
         self, run_id: str, body: bytes, *, content_type: str = MSGPACK, content_encoding: str | None = None
@@ -115,13 +104,7 @@ class AsyncRuns:
 
     async def list(self, *, limit: int = 50) -> AsyncPage[Run]:
         """This project's runs, most recently updated first; `async for` walks every later page too."""
-
-        async def fetch(offset: int) -> AsyncPage[Run]:
-            body = (await self._client.request(_list_options(limit, offset))).json()
-            data = [Run.model_validate(item) for item in body["data"]]
-            return AsyncPage(data, int(body["count"]), offset, limit, fetch)
-
-        return await fetch(0)
+        return await async_pages(self._client, "/v1/runs", Run.model_validate, limit)
 
     async def append(
         self, run_id: str, body: bytes, *, content_type: str = MSGPACK, content_encoding: str | None = None

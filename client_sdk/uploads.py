@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 from ._base import RequestOptions
 from ._constants import RETRY_STATUSES
 from .errors import APIError
+from .pagination import AsyncPage, SyncPage, async_pages, sync_pages
 from .types import Batch, ModelPackage
 
 if TYPE_CHECKING:
@@ -111,6 +112,10 @@ def _named_upload(path: Path, filename: str | None, name: str, tags: Sequence[st
     )
 
 
+def _name_filter(name: str | None) -> dict[str, str] | None:
+    return {"name": name} if name is not None else None
+
+
 class Models(_SyncUploads[ModelPackage]):
     """`client.models`: model packages (.pt2 from gradhealth.package)."""
 
@@ -130,6 +135,10 @@ class Models(_SyncUploads[ModelPackage]):
         path = _existing_file(file)
         response = self._client.request(_named_upload(path, filename, name, tags))
         return _checked(ModelPackage.model_validate(response.json()), sha256_file(path), path)
+
+    def list(self, *, name: str | None = None, limit: int = 50) -> SyncPage[ModelPackage]:
+        """This project's models newest first, or every version of `name`, newest version first."""
+        return sync_pages(self._client, "/v1/models", ModelPackage.model_validate, limit, _name_filter(name))
 
 
 class Batches(_SyncUploads[Batch]):
@@ -157,6 +166,10 @@ class AsyncModels(_AsyncUploads[ModelPackage]):
         path = _existing_file(file)
         response = await self._client.request(_named_upload(path, filename, name, tags))
         return _checked(ModelPackage.model_validate(response.json()), sha256_file(path), path)
+
+    async def list(self, *, name: str | None = None, limit: int = 50) -> AsyncPage[ModelPackage]:
+        """This project's models newest first, or every version of `name`, newest version first."""
+        return await async_pages(self._client, "/v1/models", ModelPackage.model_validate, limit, _name_filter(name))
 
 
 class AsyncBatches(_AsyncUploads[Batch]):

@@ -143,7 +143,7 @@ def test_failing_receiver_gets_retries_and_every_attempt_is_logged(
         received = receiver.wait_for(3)
         assert all(verify(audit.webhook_secret, r.headers["x-gradhealth-signature"], r.body) for r in received)
         deadline = time.monotonic() + 30
-        while not (log := client.audits.deliveries(audit.id))[0].ok:
+        while not (log := client.audits.deliveries(audit.id).data)[0].ok:
             assert time.monotonic() < deadline, log
             time.sleep(0.1)
         assert sorted((d.attempt, d.ok, d.status_code) for d in log) == [
