@@ -35,6 +35,17 @@ def fmt(value: float | None) -> str:
     return f"{value:.2e}"
 
 
+def layer_label(name: str, type_name: str | None = None) -> str:
+    """A layer as messages name it, net.20 (Linear); a bare index reads as a number, so quote it: layer '20'."""
+    if not name:
+        shown = "(model)"
+    elif name.replace(".", "").isdigit():
+        shown = f"layer '{name}'"
+    else:
+        shown = name
+    return f"{shown} ({type_name})" if type_name else shown
+
+
 def span(names: list[str]) -> str:
     """Name a run of layers compactly: 'a', 'a and b', or 'a … z (n layers)'."""
     if not names:

@@ -8,7 +8,7 @@ from gradhealth.report import Finding, Remediation
 
 from ..measurements import Measurements, RecurrentMeasure
 from .common import REFS, batch_confidence, fmt, orders_of_magnitude, span
-from .gradient_profile import backprop_profile, weight_profile
+from .gradient_profile import Profile, depth_profiles
 
 RULE_ID = "exploding_gradient"
 
@@ -67,59 +67,94 @@ def _time_finding(m: Measurements, rnn: RecurrentMeasure) -> Finding | None:
     )
 
 
-def evaluate(m: Measurements) -> list[Finding]:
-    """Fire when the first layer's (or first time step's) gradient is 100x the last one's."""
-    findings = [f for f in (_time_finding(m, rnn) for rnn in m.recurrent) if f is not None]
-    profile = backprop_profile(m) or weight_profile(m)
-    if profile is None or profile.ratio <= WARNING_RATIO:
-        return findings
+def _where(profile: Profile) -> tuple[str, list[str], dict[str, float | str | list[str]]]:
+    """Sentence, flagged names and evidence locating the growth: the breaking block in a trunk."""
+    last = profile.values[-1]
+    strong = [profile.label(i) for i, value in enumerate(profile.values) if value > last * WARNING_RATIO]
+    if profile.trunk is None:
+        return "", strong, {}
+    k = profile.break_at(growing=True)
+    if k is None:
+        return profile.spread_sentence(), strong, {"trunk": profile.trunk, "blocks": list(profile.names)}
+    gain = profile.gains()[k - 1]
+    sentence = (
+        f" The profile breaks at {profile.describe(k)}: it multiplies the gradient 10^{orders_of_magnitude(gain):.1f} "
+        f"on its way back ({fmt(profile.values[k])} at its output, {fmt(profile.values[k - 1])} at its input), so the "
+        f"blocks after it get that much less gradient than the blocks before it."
+    )
+    evidence: dict[str, float | str | list[str]] = {
+        "trunk": profile.trunk,
+        "block": profile.label(k),
+        "block_gain": gain,
+        "blocks": list(profile.names),
+    }
+    return sentence, [profile.label(k)] + [name for name in strong if name != profile.label(k)], evidence
+
+
+def _depth_finding(m: Measurements, profile: Profile) -> Finding | None:
+    """One finding per profile whose first value is 100x its last."""
+    if profile.ratio <= WARNING_RATIO:
+        return None
     ratio = profile.ratio
     last = profile.values[-1]
-    strong = [
-        layer.name for layer, value in zip(profile.layers, profile.values, strict=True) if value > last * WARNING_RATIO
-    ]
+    where, flagged, located = _where(profile)
+    scope = f"Across the {len(profile.values)} blocks of {profile.trunk}, the" if profile.trunk else "The"
     max_norm = suggested_max_norm(m)
     global_norm = m.global_grad_norm
-    return findings + [
-        Finding(
-            rule=RULE_ID,
-            severity="error" if ratio > ERROR_RATIO else "warning",
-            title="Exploding gradient across depth",
-            message=f"The back-propagated gradient grows 10^{orders_of_magnitude(ratio):.1f} from "
-            f"{profile.layers[-1].name} to {profile.layers[0].name} ({profile.source} {fmt(last)} -> "
-            f"{fmt(profile.values[0])}); global gradient norm {fmt(global_norm)}.",
-            layers=strong,
-            evidence={
-                "first_to_last_ratio": ratio,
-                "global_grad_norm": global_norm,
-                "measure": profile.source,
-                "profile": [float(v) for v in profile.values],
-            },
-            thresholds={"warning_ratio": WARNING_RATIO, "error_ratio": ERROR_RATIO},
-            remediation=[
-                Remediation(
-                    action="fix_initialization",
-                    detail=f"Layers {span(strong)} amplify the gradient: re-initialise with Kaiming/LeCun "
-                    "scaling so each layer preserves variance.",
-                    snippet="nn.init.kaiming_normal_(layer.weight, nonlinearity='relu')",
-                    references=[REFS["he2015"], REFS["lecun1998"]],
-                    params={"init": "kaiming_normal"},
-                ),
-                Remediation(
-                    action="clip_gradients",
-                    detail=f"Clip the global gradient norm; max_norm≈{fmt(max_norm)} is the norm this model "
-                    "would have if every layer had its median layer's gradient.",
-                    snippet=f"torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm={max_norm})",
-                    references=[REFS["pascanu2013"]],
-                    params={"max_norm": max_norm},
-                ),
-                Remediation(
-                    action="add_normalization",
-                    detail="Add normalisation (BatchNorm/LayerNorm, Pre-LN in transformers) or scale residual "
-                    "branches down (Fixup).",
-                    references=[REFS["ioffe2015"], REFS["xiong2020"], REFS["zhang2019"]],
-                ),
-            ],
-            confidence=batch_confidence(m.batch_size),
-        )
+    return Finding(
+        rule=RULE_ID,
+        severity="error" if ratio > ERROR_RATIO else "warning",
+        title="Exploding gradient across depth",
+        message=f"{scope} back-propagated gradient grows 10^{orders_of_magnitude(ratio):.1f} from "
+        f"{profile.describe(-1)} to {profile.describe(0)} ({profile.source} {fmt(last)} -> "
+        f"{fmt(profile.values[0])}); global gradient norm {fmt(global_norm)}.{where}",
+        layers=flagged,
+        evidence={
+            "first_to_last_ratio": ratio,
+            "global_grad_norm": global_norm,
+            "measure": profile.source,
+            "profile": [float(v) for v in profile.values],
+            **located,
+        },
+        thresholds={"warning_ratio": WARNING_RATIO, "error_ratio": ERROR_RATIO},
+        remediation=_remediation(f"{'Blocks' if profile.trunk else 'Layers'} {span(flagged)}", max_norm),
+        confidence=batch_confidence(m.batch_size),
+    )
+
+
+def _remediation(where: str, max_norm: float | None) -> list[Remediation]:
+    """Re-initialise what amplifies, clip, normalise."""
+    return [
+        Remediation(
+            action="fix_initialization",
+            detail=f"{where} amplify the gradient: re-initialise with Kaiming/LeCun "
+            "scaling so each layer preserves variance.",
+            snippet="nn.init.kaiming_normal_(layer.weight, nonlinearity='relu')",
+            references=[REFS["he2015"], REFS["lecun1998"]],
+            params={"init": "kaiming_normal"},
+        ),
+        Remediation(
+            action="clip_gradients",
+            detail=f"Clip the global gradient norm; max_norm≈{fmt(max_norm)} is the norm this model "
+            "would have if every layer had its median layer's gradient.",
+            snippet=f"torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm={max_norm})",
+            references=[REFS["pascanu2013"]],
+            params={"max_norm": max_norm},
+        ),
+        Remediation(
+            action="add_normalization",
+            detail="Add normalisation (BatchNorm/LayerNorm, Pre-LN in transformers) or scale residual "
+            "branches down (Fixup).",
+            references=[REFS["ioffe2015"], REFS["xiong2020"], REFS["zhang2019"]],
+        ),
     ]
+
+
+def evaluate(m: Measurements) -> list[Finding]:
+    """Fire when the first layer's (first block's, first time step's) gradient is 100x the last one's."""
+    findings = [f for f in (_time_finding(m, rnn) for rnn in m.recurrent) if f is not None]
+    for views in depth_profiles(m):
+        found = _depth_finding(m, views[0])
+        if found is not None:
+            findings.append(found)
+    return findings

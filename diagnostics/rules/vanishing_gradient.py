@@ -6,7 +6,7 @@ from gradhealth.report import Finding, Remediation
 
 from ..measurements import Measurements, RecurrentMeasure
 from .common import REFS, batch_confidence, fmt, orders_of_magnitude, span
-from .gradient_profile import Profile, backprop_profile, weight_profile
+from .gradient_profile import Profile, depth_profiles
 
 RULE_ID = "vanishing_gradient"
 
@@ -17,6 +17,26 @@ WARNING_RATIO = 1e-2
 ERROR_RATIO = 1e-3
 
 _SATURATING = {"sigmoid", "tanh", "hardsigmoid", "hardtanh"}
+
+
+def _where(profile: Profile) -> tuple[str, dict[str, float | str | list[str]]]:
+    """In a trunk, the block where the profile breaks: the one that passes back the least gradient."""
+    if profile.trunk is None:
+        return "", {}
+    k = profile.break_at(growing=False)
+    if k is None:
+        return profile.spread_sentence(), {"trunk": profile.trunk, "blocks": list(profile.names)}
+    gain = profile.gains()[k - 1]
+    sentence = (
+        f" The profile breaks at {profile.describe(k)}: it passes back only 10^-{orders_of_magnitude(gain):.1f} "
+        f"of the gradient ({fmt(profile.values[k])} at its output, {fmt(profile.values[k - 1])} at its input)."
+    )
+    return sentence, {
+        "trunk": profile.trunk,
+        "block": profile.label(k),
+        "block_gain": gain,
+        "blocks": list(profile.names),
+    }
 
 
 def _depth_finding(m: Measurements, profiles: list[Profile]) -> Finding | None:
@@ -32,9 +52,8 @@ def _depth_finding(m: Measurements, profiles: list[Profile]) -> Finding | None:
         return None
     profile = profiles[0]
     last = profile.values[-1]
-    weak = [
-        layer.name for layer, value in zip(profile.layers, profile.values, strict=True) if value < last * WARNING_RATIO
-    ]
+    weak = [profile.label(i) for i, value in enumerate(profile.values) if value < last * WARNING_RATIO]
+    where, located = _where(profile)
     kinds = {layer.next_activation for layer in profile.layers if layer.next_activation}
     remediation = [
         Remediation(
@@ -63,14 +82,15 @@ def _depth_finding(m: Measurements, profiles: list[Profile]) -> Finding | None:
                 params={"init": "xavier_normal"},
             ),
         )
+    scope = f"Across the {len(profile.values)} blocks of {profile.trunk}, the" if profile.trunk else "The"
     return Finding(
         rule=RULE_ID,
         severity="error" if ratio < ERROR_RATIO else "warning",
         title="Vanishing gradient across depth",
-        message=f"The back-propagated gradient falls 10^{orders_of_magnitude(ratio):.1f} from "
-        f"{profile.layers[-1].name} to {profile.layers[0].name} ({profile.source} {fmt(last)} -> "
-        f"{fmt(profile.values[0])}); layers {span(weak)} barely learn.",
-        layers=weak,
+        message=f"{scope} back-propagated gradient falls 10^{orders_of_magnitude(ratio):.1f} from "
+        f"{profile.describe(-1)} to {profile.describe(0)} ({profile.source} {fmt(last)} -> "
+        f"{fmt(profile.values[0])}); {'blocks' if profile.trunk else 'layers'} {span(weak)} barely learn.{where}",
+        layers=([str(located["block"])] if "block" in located else []) + [n for n in weak if n != located.get("block")],
         evidence={
             "first_to_last_ratio": ratio,
             **{f"{p.source}_ratio": p.ratio for p in profiles},
@@ -78,6 +98,7 @@ def _depth_finding(m: Measurements, profiles: list[Profile]) -> Finding | None:
             "last_layer_value": last,
             "measure": profile.source,
             "profile": [float(v) for v in profile.values],
+            **located,
         },
         thresholds={"warning_ratio": WARNING_RATIO, "error_ratio": ERROR_RATIO},
         remediation=remediation,
@@ -128,12 +149,8 @@ def _time_finding(m: Measurements, rnn: RecurrentMeasure) -> Finding | None:
 
 
 def evaluate(m: Measurements) -> list[Finding]:
-    """Fire when the gradient at the first layer (or first time step) is 100x below the last."""
-    findings = []
-    profiles = [p for p in (backprop_profile(m), weight_profile(m)) if p is not None]
-    found = _depth_finding(m, profiles)
-    if found:
-        findings.append(found)
+    """Fire when the gradient at the first layer, block or time step is 100x below the last."""
+    findings = [f for f in (_depth_finding(m, views) for views in depth_profiles(m)) if f is not None]
     for rnn in m.recurrent:
         found = _time_finding(m, rnn)
         if found:
