@@ -80,6 +80,13 @@ def _findings(report: Report) -> list[str]:
     return lines
 
 
+def skipped_lines(report: Report) -> list[str]:
+    """Requested checks that did not run, each with its reason: a gap is never silent."""
+    if not report.skipped:
+        return []
+    return ["## Checks not run", "", *(f"- `{s.check}`: {s.reason}" for s in report.skipped), ""]
+
+
 def to_markdown(report: Report, max_layers: int = 60) -> str:
     """A Markdown summary: verdict, findings with advice, and the per-layer gradient table."""
     if report.kind == "run":
@@ -95,6 +102,7 @@ def to_markdown(report: Report, max_layers: int = 60) -> str:
         f"global gradient norm {_num(_scalar(report.metrics.get('global_grad_norm')))}.",
         "",
         *_findings(report),
+        *skipped_lines(report),
         "## Layers",
         "",
         "| layer | type | grad norm | grad/weight | output grad RMS | activation | dead | saturated |",

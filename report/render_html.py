@@ -169,6 +169,14 @@ def _legend(*items: tuple[str, str]) -> str:
     )
 
 
+def _skipped_html(report: Report) -> str:
+    """Requested checks that did not run, with the reason: a missing number is explained, not dropped."""
+    if not report.skipped:
+        return ""
+    items = "".join(f"<li><code>{escape(s.check)}</code>: {escape(s.reason)}</li>" for s in report.skipped)
+    return f"<h2>Checks not run</h2><ul class='skipped'>{items}</ul>"
+
+
 def to_html_fragment(report: Report) -> str:
     """The report as one <div class="gh-report"> with its own scoped <style>: for notebooks and pages."""
     if report.kind == "run":
@@ -204,6 +212,7 @@ def to_html_fragment(report: Report) -> str:
         activation_chart(report),
         "<h2>Findings</h2>" if report.findings else "<h2>No findings</h2>",
         *finding_html(report),
+        _skipped_html(report),
         "<h2>Layers</h2>",
         _layer_table(report),
         "</div>",

@@ -53,7 +53,11 @@ def to_junit(report: Report, fail_on: str = "warning", comparison: Comparison | 
             failure.text = _finding_text(bad)
         elif findings:
             ET.SubElement(case, "system-out").text = _finding_text(findings)
-    tests = len(rules)
+    for skipped in report.skipped:
+        case = ET.SubElement(suite, "testcase", classname=classname, name=f"check:{skipped.check}")
+        case.set("time", "0")
+        ET.SubElement(case, "skipped", message=skipped.reason)
+    tests = len(rules) + len(report.skipped)
     if comparison is not None:
         tests += 1
         case = ET.SubElement(suite, "testcase", classname=classname, name="baseline_regression")
@@ -69,7 +73,7 @@ def to_junit(report: Report, fail_on: str = "warning", comparison: Comparison | 
     suite.set("tests", str(tests))
     suite.set("failures", str(failures))
     suite.set("errors", "0")
-    suite.set("skipped", "0")
+    suite.set("skipped", str(len(report.skipped)))
     seconds = sum(report.timings.values()) if report.timings else 0.0
     suite.set("time", f"{seconds:.3f}")
     root = ET.Element("testsuites", name=f"gradhealth report {report.id}")

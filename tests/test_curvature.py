@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from xml.etree import ElementTree
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from gradhealth.diagnostics.attention import math_attention, unfused_copy
 from gradhealth.diagnostics.curvature import lanczos_top_eigenvalue
 from gradhealth.diagnostics.export import PackageMetadata, export_per_sample_loss
 from gradhealth.diagnostics.hvp import hessian_operator
+from gradhealth.report import to_html, to_junit, to_markdown
 from torch import Tensor, nn
 from torch.func import functional_call
 from torch.fx.experimental.proxy_tensor import make_fx
@@ -196,7 +198,15 @@ def test_failure_is_a_skipped_check_with_the_op_named() -> None:
     report = analyze_module(Distances(), "cross_entropy", x, y, CURVATURE)
     assert "hessian_max_eigenvalue" not in report.metrics
     assert [s.check for s in report.skipped] == ["curvature"]
-    assert "_cdist_backward" in report.skipped[0].reason and "second derivative" in report.skipped[0].reason
+    reason = report.skipped[0].reason
+    assert "_cdist_backward" in reason and "second derivative" in reason
+    assert "## Checks not run" in to_markdown(report) and reason in to_markdown(report)
+    assert "Checks not run" in to_html(report) and "_cdist_backward" in to_html(report)
+    junit = ElementTree.fromstring(to_junit(report))
+    suite = junit.find("testsuite")
+    assert suite is not None and suite.get("skipped") == "1"
+    skipped = suite.find("testcase[@name='check:curvature']/skipped")
+    assert skipped is not None and skipped.get("message") == reason
 
 
 def test_nan_loss_is_a_skipped_check() -> None:
