@@ -18,5 +18,5 @@ PYTHON="${PYTHON:-python3}"
 "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
 "$VENV/bin/python" -m pip install --quiet "torch==2.13.0"
-"$VENV/bin/python" -m pip install --quiet -e ".[dev]"
+"$VENV/bin/python" -m pip install --quiet -e ".[dev,hf]"  # hf: transformers for tests/test_hf_zoo.py
 echo "ready: $VENV/bin/gradhealth --help"
