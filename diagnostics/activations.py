@@ -127,7 +127,7 @@ def find_activations(graph: fx.Graph) -> list[ActivationSite]:
 def _composite(node: fx.Node) -> ActivationSite | None:
     """Match the composite whose characteristic op (tanh, erf, sigmoid) is node."""
     if node.target is aten.tanh.default:
-        return _tanh_gelu(node) or _mish(node)
+        return _tanh_gelu(node) or _mish_composite(node)
     if node.target is aten.erf.default:
         return _erf_gelu(node)
     if node.target is aten.sigmoid.default:
@@ -172,7 +172,7 @@ def _erf_gelu(erf: fx.Node) -> ActivationSite | None:
     return None if x is None else _close(erf, x, "gelu", {erf, erf.args[0]})  # type: ignore[arg-type]
 
 
-def _mish(tanh: fx.Node) -> ActivationSite | None:
+def _mish_composite(tanh: fx.Node) -> ActivationSite | None:
     """tanh(softplus(x)) inside x*tanh(softplus(x))."""
     source = tanh.args[0]
     if not isinstance(source, fx.Node) or source.target is not aten.softplus.default:
@@ -207,5 +207,6 @@ def _close(core: fx.Node, x: fx.Node, key: str, inner: set[fx.Node]) -> Activati
     half = next(iter(product.users), None) if len(product.users) == 1 else None
     if x in product.args and key != "mish" and _scalar_other(half, _MUL, 0.5) is product:
         result = half  # type: ignore[assignment]  # x*(1+t)*0.5
-    nodes = inner | {plus_one, product, result} | (set(product.args) & halves - {x})
+    nodes = inner | {plus_one, product, result} | {a for a in product.args if isinstance(a, fx.Node) and a in halves}
+    nodes.discard(x)
     return ActivationSite(key, result, x, frozenset(nodes))

@@ -27,14 +27,19 @@ NORM_OPS |= {aten._native_batch_norm_legit_functional.default, aten.rms_norm.def
 # Ops that rescale their input to a fixed scale: a variance chain cannot run through them.
 RESCALING_OPS = NORM_OPS | {aten.softmax.int, aten._softmax.default, aten.log_softmax.int, aten._log_softmax.default}
 # Attention's output scale follows the values only: the query/key path goes through a softmax.
-ATTENTION_VALUE_ARG = {aten.scaled_dot_product_attention.default: 2}
+ATTENTION_VALUE_ARG: dict[object, int] = {aten.scaled_dot_product_attention.default: 2}
 RESIDUAL_OPS = {aten.add.Tensor, aten.add_.Tensor, aten.sub.Tensor}
 
 
 def node_args(node: fx.Node) -> list[fx.Node]:
     """The graph nodes a node reads, positional and keyword, flattened."""
     found: list[fx.Node] = []
-    fx.node.map_arg((node.args, node.kwargs), lambda n: found.append(n) or n)
+
+    def note(arg: fx.Node) -> fx.Node:
+        found.append(arg)
+        return arg
+
+    fx.node.map_arg((node.args, node.kwargs), note)
     return found
 
 

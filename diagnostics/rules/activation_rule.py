@@ -29,17 +29,34 @@ def fraction_findings(
         return []
     worst = max(v for _, v in flagged if v is not None)
     names = [a.name for a, _ in flagged]
-    details = ", ".join(f"{a.name} ({a.kind}) {fmt(100 * v)}%" for a, v in flagged[:8] if v is not None)
+    feeders = [a.feeding_layer for a, _ in flagged if a.feeding_layer]
+    details = ", ".join(f"{_label(a)} {fmt(100 * v)}%" for a, v in flagged[:8] if v is not None)
+    first = flagged[0][0]
     return [
         Finding(
             rule=rule,
             severity="error" if worst >= error else "warning",
             title=title,
             message=f"{describe} in {span(names)}: {details}.",
-            layers=names,
-            evidence={"worst_fraction": worst, **{f"fraction:{a.name}": v for a, v in flagged[:20]}},
+            layers=list(dict.fromkeys(names + feeders)),
+            evidence={
+                "worst_fraction": worst,
+                "activation": first.name,
+                "activation_kind": first.kind,
+                "feeding_layer": first.feeding_layer,
+                "activations": names,
+                "feeding_layers": feeders,
+                **{f"fraction:{a.name}": v for a, v in flagged[:20]},
+            },
             thresholds={"warning_fraction": warning, "error_fraction": error},
             remediation=remediation,
             confidence=batch_confidence(m.batch_size, full_at=16),
         )
     ]
+
+
+def _label(a: ActivationMeasure) -> str:
+    """'act (gelu, fed by fc1)': the op and the layer whose weights and bias set its input."""
+    fed = f", fed by {a.feeding_layer}" if a.feeding_layer else ""
+    spread = f", input std {fmt(a.input_std)}" if a.input_std is not None else ""
+    return f"{a.name} ({a.kind}{fed}{spread})"

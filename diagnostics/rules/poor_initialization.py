@@ -1,4 +1,4 @@
-"""poor_initialization: weight scales that make the forward signal grow or shrink with depth."""
+"""poor_initialization: weight scales that make the forward signal grow or shrink along a serial chain of layers."""
 
 from __future__ import annotations
 
@@ -44,7 +44,50 @@ def recommended_std(layer: LayerMeasure) -> float | None:
     return GAINS.get(layer.next_activation or "", 1.0) / math.sqrt(layer.fan_in)
 
 
+def _initialisable(layer: LayerMeasure) -> bool:
+    """Linear- and conv-like layers, told by the ops they run (a transformers Conv1D is linear)."""
+    return layer.kind in ("linear", "conv") if layer.kind is not None else layer.type in _INIT_LAYERS
+
+
+def _scale_error(layer: LayerMeasure) -> tuple[int, float] | None:
+    """(direction, std / recommended std); direction 0 when within MISMATCH, None when not judged."""
+    target = recommended_std(layer)
+    if not _initialisable(layer) or target is None or not layer.weight_std:
+        return None
+    ratio = layer.weight_std / target
+    return (1 if ratio > MISMATCH else (-1 if ratio < 1 / MISMATCH else 0)), ratio
+
+
 def _runs(m: Measurements) -> list[list[tuple[LayerMeasure, float]]]:
+    """Serial chains of off-scale layers erring in one direction (depth order without a graph)."""
+    if any(layer.serial_inputs is not None for layer in m.layers):
+        return _serial_runs(m)
+    return _sequential_runs(m)
+
+
+def _serial_runs(m: Measurements) -> list[list[tuple[LayerMeasure, float]]]:
+    """Longest chains along data flow: each layer transforms the previous one's output.
+
+    Parallel projections (q/k/v, gate/up) read the same input and are not a chain; a branch added
+    back to a residual stream, a normalisation or a softmax ends one (graph_map.serial_inputs).
+    """
+    best: dict[str, list[tuple[LayerMeasure, float]]] = {}
+    for layer in m.layers:  # data-flow order: a layer's serial inputs come before it
+        scaled = _scale_error(layer)
+        if scaled is None or scaled[0] == 0:
+            continue
+        direction, ratio = scaled
+        chain: list[tuple[LayerMeasure, float]] = []
+        for source in layer.serial_inputs or []:
+            previous = best.get(source, [])
+            if previous and (previous[-1][1] > 1) == (direction > 0) and len(previous) > len(chain):
+                chain = previous
+        best[layer.name] = [*chain, (layer, ratio)]
+    inner = {id(layer) for chain in best.values() for layer, _ in chain[:-1]}
+    return [chain for chain in best.values() if id(chain[-1][0]) not in inner]
+
+
+def _sequential_runs(m: Measurements) -> list[list[tuple[LayerMeasure, float]]]:
     """Consecutive initialisable layers whose scale errs in the same direction."""
     runs: list[list[tuple[LayerMeasure, float]]] = []
     current: list[tuple[LayerMeasure, float]] = []
@@ -55,11 +98,10 @@ def _runs(m: Measurements) -> list[list[tuple[LayerMeasure, float]]]:
                 runs.append(current)
             current, direction = [], 0
             continue
-        target = recommended_std(layer)
-        if layer.type not in _INIT_LAYERS or target is None or not layer.weight_std:
+        scaled = _scale_error(layer)
+        if scaled is None:
             continue
-        ratio = layer.weight_std / target
-        sign = 1 if ratio > MISMATCH else (-1 if ratio < 1 / MISMATCH else 0)
+        sign, ratio = scaled
         if sign != 0 and sign == direction:
             current.append((layer, ratio))
         else:
