@@ -35,7 +35,19 @@ def _norms(tensors: list[Tensor], ord: float, device: torch.device) -> Tensor:
             parts[i] = n.float()
     if any(p.device != device for p in parts):
         parts = [p.to(device) for p in parts]
-    return torch.stack(parts)
+    out = torch.stack(parts)
+    if ord == 2.0 and out.is_cpu and bool(torch.isinf(out).any()):
+        _redo_overflowed(tensors, out)
+    return out
+
+
+def _redo_overflowed(tensors: list[Tensor], norms: Tensor) -> None:
+    """Redo in float64 the float32 norms that came out inf: a finite gradient above ~1.8e19 is not a non-finite one.
+
+    CPU only, where asking costs no device sync; it runs only on a step that overflowed.
+    """
+    for i in torch.nonzero(torch.isinf(norms)).flatten().tolist():
+        norms[i] = torch.linalg.vector_norm(tensors[i], dtype=torch.float64).float().to(norms.device)
 
 
 def _max_abs(tensors: list[Tensor], device: torch.device) -> Tensor:
@@ -52,9 +64,21 @@ def _max_abs(tensors: list[Tensor], device: torch.device) -> Tensor:
 
 
 def _per_layer_l2(norms: Tensor, index: Tensor, size: int) -> Tensor:
-    """Layer L2 norms from parameter L2 norms: sqrt of the summed squares of each layer's parameters."""
-    out = torch.zeros(size, device=norms.device).index_add_(0, index, norms * norms).sqrt_()
-    return torch.nan_to_num_(out, nan=INF, posinf=INF)
+    """Layer L2 norms from parameter L2 norms, summed in float64: float32 squares overflow from a norm of ~1.8e19."""
+    if norms.device.type == "mps":  # no float64 there
+        return _per_layer_l2_scaled(norms, index, size)
+    wide = norms.double()
+    out = torch.zeros(size, device=norms.device, dtype=torch.float64).index_add_(0, index, wide * wide).sqrt_()
+    return torch.nan_to_num_(out.float(), nan=INF, posinf=INF)
+
+
+def _per_layer_l2_scaled(norms: Tensor, index: Tensor, size: int) -> Tensor:
+    """The same in float32, each layer's norms divided by its largest first (max-scaling), so no square overflows."""
+    top = torch.zeros(size, device=norms.device, dtype=norms.dtype).scatter_reduce_(0, index, norms, "amax")
+    scale = torch.where(top > 0, top, torch.ones_like(top))  # NaN and inf stay: their layer comes out +inf
+    ratio = norms / scale[index]
+    out = torch.zeros(size, device=norms.device, dtype=norms.dtype).index_add_(0, index, ratio * ratio)
+    return torch.nan_to_num_(out.sqrt_().mul_(scale), nan=INF, posinf=INF)
 
 
 def _index(values: list[int], device: torch.device) -> Tensor:
