@@ -106,6 +106,8 @@ def test_lanczos_finds_the_top_algebraic_eigenvalue(name: str) -> None:
     exact = lanczos_top_eigenvalue(op, op.dim, op.gradient.double(), max_steps=op.dim, rel_tol=1e-10)
     assert exact.eigenvalue == pytest.approx(top, rel=1e-8, abs=1e-10)
     default = lanczos_top_eigenvalue(op, op.dim, op.gradient.double())  # 30 steps, residual <= 1e-3 |theta|
+    plain = lanczos_top_eigenvalue(op, op.dim, op.gradient.double(), max_steps=op.dim, max_basis_bytes=0)
+    assert plain.eigenvalue == pytest.approx(top, rel=1e-3)  # two-vector Lanczos when the basis would not fit
     assert default.eigenvalue == pytest.approx(top, rel=1e-3)
     assert default.residual <= 1e-3 * abs(default.eigenvalue) or default.steps == 30
     if name.endswith("negative_dominates") or name.endswith("negative_definite"):
