@@ -33,4 +33,4 @@ class AnalysisOptions(BaseModel):
     precision: Precision = "fp32"
     checks: tuple[Check, ...] = ("standard",)
     device: str | None = None
-    curvature_iterations: int = Field(default=30, ge=2, le=500)
+    curvature_iterations: int = Field(default=30, ge=2, le=500)  # most Hessian-vector products per Lanczos run
