@@ -50,6 +50,9 @@ def _layer(layer: LayerMeasure, activation: ActivationMeasure | None) -> LayerSt
         extra={
             "weight_std": _finite(layer.weight_std),
             "fan_in": layer.fan_in,
+            "fan_out": layer.fan_out,
+            "kind": layer.kind,
+            "tied_with": ", ".join(layer.tied_with) or None,
             "next_activation": layer.next_activation,
         },
     )

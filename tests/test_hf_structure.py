@@ -125,6 +125,7 @@ def test_tied_embedding_is_one_used_layer_first_in_data_flow() -> None:
     assert names[-1] == "transformer.ln_f", names
     wte = next(layer for layer in report.layers if layer.name == "transformer.wte")
     assert wte.type == "Embedding" and wte.grad_norm and wte.grad_norm > 0
+    assert wte.extra["tied_with"] == "lm_head" and wte.extra["kind"] == "embedding"
 
 
 def test_untied_head_comes_last() -> None:
@@ -152,7 +153,7 @@ def test_conv1d_is_linear_with_fans_from_the_graph(tmp_path: Path) -> None:
     assert infos["model.transformer.h.0.mlp.c_fc"].serial_inputs == []
     report = gpt2_report()
     fc = next(layer for layer in report.layers if layer.name == "transformer.h.0.mlp.c_fc")
-    assert fc.extra["fan_in"] == HIDDEN
+    assert (fc.extra["fan_in"], fc.extra["fan_out"], fc.extra["kind"]) == (HIDDEN, 4 * HIDDEN, "linear")
 
 
 class Conv1DStack(nn.Module):
@@ -271,3 +272,16 @@ def test_composite_activations_are_recognised_once() -> None:
     sites = find_activations(ep.module().graph)
     assert [site.kind for site in sites] == ["silu", "mish", "gelu", "gelu"], [site.key for site in sites]
     assert [site.key for site in sites][-1] == "gelu_tanh"
+
+
+def test_dead_relu_names_the_relu_and_its_feeding_layer() -> None:
+    from gradhealth.diagnostics import analyze_module
+
+    from .zoo import by_name
+
+    model, loss, inputs, targets = by_name("mlp_dead_relu_negative_bias").build()
+    finding = analyze_module(model, loss, inputs, targets).findings_for("dead_relu")[0]
+    feeders = dict(zip(finding.evidence["activations"], finding.evidence["feeding_layers"], strict=True))  # type: ignore[arg-type]
+    assert feeders == {"net.1": "net.0", "net.3": "net.2"}, finding.evidence
+    assert {"net.0", "net.1", "net.2", "net.3"} <= set(finding.layers)
+    assert "fed by net.2" in finding.message
