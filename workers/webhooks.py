@@ -7,7 +7,6 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -16,6 +15,7 @@ from gradhealth.report import Comparison, Finding
 from gradhealth.report import Report as EngineReport
 from gradhealth.store import analyses, audit_runs, outbox
 from gradhealth.store import webhook_targets as targets
+from gradhealth.store.celery_app import Send
 from gradhealth.store.models import Audit, AuditRun, RunWebhookDelivery, WebhookDelivery, utcnow
 from gradhealth.store.settings import Settings
 from gradhealth.store.task_names import DELIVER_RUN_WEBHOOK, DELIVER_WEBHOOK
@@ -143,7 +143,7 @@ OUTBOXES: tuple[tuple[outbox.Table, str], ...] = (
 )
 
 
-def enqueue_due(settings: Settings, send: Callable[[str, str], object]) -> int:
+def enqueue_due(settings: Settings, send: Send) -> int:
     """Ticker: enqueue every due delivery row; once the broker refuses one, the rest stay due for the next tick."""
     sent = 0
     for table, task in OUTBOXES:
