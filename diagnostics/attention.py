@@ -71,6 +71,8 @@ def _math_args(node: fx.Node, target: OpOverload) -> tuple[tuple[Any, ...], dict
 
 def unfused_copy(gm: fx.GraphModule) -> fx.GraphModule | None:
     """A copy of gm (sharing its parameters) with fused SDPA nodes on the math kernel; None if none to rewrite."""
+    if not any(node.op == "call_function" and node.target in FUSED_SDPA for node in gm.graph.nodes):
+        return None  # the common case: nothing to copy
     graph = copy.deepcopy(gm.graph)
     rewritten = 0
     for node in list(graph.nodes):

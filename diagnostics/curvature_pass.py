@@ -19,12 +19,13 @@ from torch import Tensor
 from .attention import math_attention, unfused_copy
 from .curvature import lanczos_top_eigenvalue
 from .errors import is_out_of_memory
-from .hvp import hessian_operator
+from .hvp import HessianOperator, hessian_operator
 from .loading import LoadedModel
 from .options import AnalysisOptions
 
 CHECK = "curvature"
 PRECONDITIONED_CHECK = "curvature.preconditioned"
+LR_CHECK = "lr_too_high"
 
 
 @dataclass
@@ -70,10 +71,33 @@ def adam_scale(gradient: Tensor, eps: float) -> Tensor:
     return (gradient.abs() + eps).rsqrt()
 
 
+FAILURES = (RuntimeError, FloatingPointError, NotImplementedError, MemoryError)
+
+
+def _preconditioned(op: HessianOperator, options: AnalysisOptions, outcome: CurvatureOutcome) -> None:
+    """Adam/AdamW's P^-1/2 H P^-1/2; a failure here keeps the plain sharpness and skips only this part."""
+    opt = options.optimizer
+    if opt is None or opt.name not in ("adam", "adamw"):
+        return
+    scale = adam_scale(op.gradient, opt.eps)
+    try:
+        pre = lanczos_top_eigenvalue(
+            lambda v: scale * op(scale * v), op.dim, op.gradient, max_steps=options.curvature_iterations
+        )
+    except FAILURES as exc:
+        outcome.skipped.append((PRECONDITIONED_CHECK, explain_failure(exc)))
+        return
+    if not math.isfinite(pre.eigenvalue):
+        outcome.skipped.append((PRECONDITIONED_CHECK, explain_failure(FloatingPointError())))
+        return
+    outcome.preconditioned_sharpness = pre.eigenvalue
+    outcome.steps += pre.steps
+
+
 def _sharpness(
     loaded: LoadedModel, inputs: tuple[Tensor, ...], targets: Tensor, options: AnalysisOptions
 ) -> CurvatureOutcome:
-    """Both eigenvalues on one retained graph; raises what autograd raises."""
+    """Both eigenvalues on one retained graph; raises what autograd raises for the plain one."""
     outcome = CurvatureOutcome()
     loss = loaded.per_sample_loss(inputs, targets).float().mean()
     if not bool(torch.isfinite(loss)):
@@ -85,15 +109,11 @@ def _sharpness(
     if op is None:
         outcome.skipped.append((CHECK, "no trainable parameter reaches the loss, so there is no Hessian to measure"))
         return outcome
-    steps = options.curvature_iterations
-    top = lanczos_top_eigenvalue(op, op.dim, op.gradient, max_steps=steps)
+    top = lanczos_top_eigenvalue(op, op.dim, op.gradient, max_steps=options.curvature_iterations)
+    if not math.isfinite(top.eigenvalue):
+        raise FloatingPointError("the top eigenvalue is NaN/Inf")
     outcome.sharpness, outcome.steps = top.eigenvalue, top.steps
-    opt = options.optimizer
-    if opt is not None and opt.name in ("adam", "adamw"):
-        scale = adam_scale(op.gradient, opt.eps)
-        pre = lanczos_top_eigenvalue(lambda v: scale * op(scale * v), op.dim, op.gradient, max_steps=steps)
-        outcome.preconditioned_sharpness = pre.eigenvalue
-        outcome.steps += pre.steps
+    _preconditioned(op, options, outcome)
     return outcome
 
 
@@ -104,8 +124,14 @@ def measure_curvature(
     try:
         with math_attention():
             outcome = _sharpness(_twice_differentiable(loaded), inputs, targets, options)
-    except (RuntimeError, FloatingPointError, NotImplementedError, MemoryError) as exc:
-        return CurvatureOutcome(skipped=[(CHECK, explain_failure(exc))])
-    if any(v is not None and not math.isfinite(v) for v in (outcome.sharpness, outcome.preconditioned_sharpness)):
-        return CurvatureOutcome(skipped=[(CHECK, explain_failure(FloatingPointError()))])
+    except FAILURES as exc:
+        outcome = CurvatureOutcome(skipped=[(CHECK, explain_failure(exc))])
+    if options.optimizer is None:
+        outcome.skipped.append(
+            (
+                LR_CHECK,
+                "no optimizer was given: name it and its lr (e.g. --optimizer sgd --lr 0.1) to compare "
+                "the sharpness with the learning rate's stability limit",
+            )
+        )
     return outcome

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.fx.experimental.proxy_tensor import make_fx
 
-CURVATURE = AnalysisOptions(checks=("standard", "curvature"))
+CURVATURE = AnalysisOptions(checks=("standard", "curvature"), optimizer=OptimizerSpec(name="sgd", lr=1e-4))
 
 
 @pytest.fixture(autouse=True)
@@ -209,6 +209,14 @@ def test_failure_is_a_skipped_check_with_the_op_named() -> None:
     assert suite is not None and suite.get("skipped") == "1"
     skipped = suite.find("testcase[@name='check:curvature']/skipped")
     assert skipped is not None and skipped.get("message") == reason
+
+
+def test_lr_too_high_without_an_optimizer_is_a_skipped_check() -> None:
+    torch.manual_seed(0)
+    options = AnalysisOptions(checks=("standard", "curvature"))
+    report = analyze_module(nn.Linear(3, 2), "mse", torch.randn(4, 3), torch.randn(4, 2), options)
+    assert isinstance(report.metrics["hessian_max_eigenvalue"], float)
+    assert [s.check for s in report.skipped] == ["lr_too_high"] and "optimizer" in report.skipped[0].reason
 
 
 def test_nan_loss_is_a_skipped_check() -> None:
