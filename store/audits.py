@@ -10,7 +10,6 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from .analyses import RUN_ANALYSIS
 from .celery_app import Send
 from .db import session_factory
 from .models import ACTIVE, FAILED, RUNNING, Analysis, Audit, AuditRun, WebhookDelivery, utcnow
@@ -18,6 +17,7 @@ from .outbox import new_secret
 from .registry import UnknownModel, resolve
 from .rows import Page, page, save
 from .settings import Settings
+from .task_names import RUN_ANALYSIS
 
 log = logging.getLogger(__name__)
 SCHEDULED, MANUAL = "schedule", "manual"

@@ -8,11 +8,11 @@ from typing import Literal
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from gradhealth.store import analyses
-from gradhealth.store.analyses import RUN_ANALYSIS
 from gradhealth.store.db import session_factory
 from gradhealth.store.keys import Principal
 from gradhealth.store.models import Analysis, Batch
 from gradhealth.store.settings import Settings
+from gradhealth.store.task_names import RUN_ANALYSIS
 
 from ..deps import ReadAccess, SendDep, SessionDep, SettingsDep, WriteAccess
 from ..errors import ApiError

@@ -6,9 +6,8 @@ from collections.abc import Callable
 
 from gradhealth.report import Finding, ModelInfo, Report
 from gradhealth.store import analyses
-from gradhealth.store.analyses import RUN_ANALYSIS
+from gradhealth.store.task_names import DELIVER_WEBHOOK, RUN_ANALYSIS
 from gradhealth.workers import audit_runs
-from gradhealth.workers.audit_runs import DELIVER_WEBHOOK
 
 from .conftest import Project
 

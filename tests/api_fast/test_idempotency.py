@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from gradhealth.api.idempotency import IDEMPOTENCY_DOC, REPLAYED_HEADER
-from gradhealth.store.analyses import RUN_ANALYSIS
+from gradhealth.store.task_names import RUN_ANALYSIS
 
 from .conftest import Project
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from gradhealth.store.analyses import RUN_ANALYSIS
+from gradhealth.store.task_names import RUN_ANALYSIS
 
 from .conftest import MAX_JSON_BYTES, MAX_UPLOAD_BYTES, Project
 from .routes import UNKNOWN, lists, operations
