@@ -70,23 +70,55 @@ DERIVATIVES: dict[str, Callable[[Tensor], Tensor]] = {
 REPORTED_KIND = {"gelu_tanh": "gelu"}
 
 
+_GRID = (-12.0, 12.0, 48001)  # x range and points (step 5e-4) on which derivatives are tabulated
+
+
 @functools.cache
 def max_derivative(key: str) -> float:
     """The largest |f'| over a fine grid: the reference the flat bound is relative to."""
-    grid = torch.linspace(-12.0, 12.0, 48001, dtype=torch.float64)
-    return float(DERIVATIVES[key](grid).abs().max())
+    return float(DERIVATIVES[key](torch.linspace(*_GRID, dtype=torch.float64)).abs().max())
+
+
+@functools.cache
+def flat_intervals(key: str) -> tuple[tuple[float, float], ...]:
+    """The x intervals where |f'| < FLAT_DERIVATIVE_FRACTION * max |f'| (open-ended at the grid's ends).
+
+    Tabulated once, so a probe tests a few comparisons per element instead of evaluating f'.
+    """
+    grid = torch.linspace(*_GRID, dtype=torch.float64)
+    flat = (DERIVATIVES[key](grid).abs() < FLAT_DERIVATIVE_FRACTION * max_derivative(key)).tolist()
+    points = grid.tolist()
+    intervals: list[tuple[float, float]] = []
+    start: float | None = None
+    for index, is_flat in enumerate(flat):
+        if is_flat and start is None:
+            start = -math.inf if index == 0 else points[index]
+        if start is not None and (not is_flat or index == len(flat) - 1):
+            end = math.inf if is_flat else points[index - 1]
+            intervals.append((start, end))
+            start = None
+    return tuple(intervals)
 
 
 def flat_mask(key: str, x: Tensor) -> Tensor:
     """Elements where the function passes less than FLAT_DERIVATIVE_FRACTION of its best gradient."""
-    bound = FLAT_DERIVATIVE_FRACTION * max_derivative(key)
-    return DERIVATIVES[key](x.float()).abs() < bound
+    mask = torch.zeros(x.shape, dtype=torch.bool, device=x.device)
+    for low, high in flat_intervals(key):
+        mask |= (x >= low) & (x <= high) if math.isfinite(low) and math.isfinite(high) else _half_line(x, low, high)
+    return mask
+
+
+def _half_line(x: Tensor, low: float, high: float) -> Tensor:
+    """x <= high, x >= low, or everything, for an interval open at one or both ends."""
+    if math.isfinite(high):
+        return x <= high
+    return x >= low if math.isfinite(low) else torch.ones(x.shape, dtype=torch.bool, device=x.device)
 
 
 @functools.cache
 def gaussian_flat_share(key: str, std: float) -> float:
     """Share of flat units when the pre-activations are N(0, std^2): what a given scale costs."""
-    grid = torch.linspace(-12.0, 12.0, 48001, dtype=torch.float64)
+    grid = torch.linspace(*_GRID, dtype=torch.float64)
     weights = torch.exp(-0.5 * grid * grid)
     flat = flat_mask(key, grid * std).double()
     return float((flat * weights).sum() / weights.sum())
@@ -132,6 +164,8 @@ def _composite(node: fx.Node) -> ActivationSite | None:
         return _erf_gelu(node)
     if node.target is aten.sigmoid.default:
         return _swish(node)
+    if node.target in (aten.hardtanh.default, aten.relu6.default):
+        return _hard_composite(node)
     return None
 
 
@@ -189,6 +223,33 @@ def _swish(sigmoid: fx.Node) -> ActivationSite | None:
     for user in sigmoid.users:
         if user.target in _MUL and x in user.args:
             return ActivationSite("silu", user, x, frozenset({sigmoid, user}))
+    return None
+
+
+def _hard_composite(clamp: fx.Node) -> ActivationSite | None:
+    """relu6(x+3)/6 is hardsigmoid; x times it (divided by 6 before or after) is hardswish."""
+    x = _scalar_other(clamp.args[0], _ADD, 3.0)
+    if x is None or (clamp.target is aten.hardtanh.default and tuple(clamp.args[1:3]) != (0.0, 6.0)):
+        return None
+    nodes = {clamp}
+    scaled = _sixth(clamp)
+    current = scaled or clamp
+    product = next((u for u in current.users if u.target in _MUL and x in u.args), None)
+    if product is None:
+        return ActivationSite("hardsigmoid", scaled, x, frozenset(nodes | {scaled})) if scaled else None
+    result = product if scaled else _sixth(product)
+    if result is None:
+        return None
+    return ActivationSite(
+        "hardswish", result, x, frozenset(nodes | {product, result} | ({scaled} if scaled else set()))
+    )
+
+
+def _sixth(node: fx.Node) -> fx.Node | None:
+    """The user dividing node by 6 (or multiplying by 1/6), if any."""
+    for user in node.users:
+        if _scalar_other(user, _DIV, 6.0) is node or _scalar_other(user, _MUL, 1 / 6) is node:
+            return user
     return None
 
 

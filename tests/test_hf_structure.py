@@ -251,7 +251,7 @@ class Composites(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.a, self.b, self.c, self.d = (nn.Linear(8, 8) for _ in range(4))
+        self.a, self.b, self.c, self.d, self.e, self.f = (nn.Linear(8, 8) for _ in range(6))
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.a(x)
@@ -261,6 +261,10 @@ class Composites(nn.Module):
         x = self.c(x)
         x = x * 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))  # exact GELU
         x = self.d(x)
+        x = x * F.relu6(x + 3.0) / 6.0  # hardswish
+        x = self.e(x)
+        x = F.relu6(x + 3.0) / 6.0  # hardsigmoid
+        x = self.f(x)
         return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
 
 
@@ -270,7 +274,8 @@ def test_composite_activations_are_recognised_once() -> None:
     x, y = torch.randn(4, 8), torch.randn(4, 8)
     ep = export_per_sample_loss(Composites().train(), "mse", x, y)
     sites = find_activations(ep.module().graph)
-    assert [site.kind for site in sites] == ["silu", "mish", "gelu", "gelu"], [site.key for site in sites]
+    kinds = [site.kind for site in sites]
+    assert kinds == ["silu", "mish", "gelu", "hardswish", "hardsigmoid", "gelu"], [site.key for site in sites]
     assert [site.key for site in sites][-1] == "gelu_tanh"
 
 
