@@ -136,7 +136,6 @@ class Seen:
     path: str
     headers: dict[str, str]
     body: bytes
-    at: float
 
 
 @dataclass
@@ -173,7 +172,6 @@ class FaultServer:
                     self.path,
                     {k.lower(): v for k, v in self.headers.items()},
                     self.rfile.read(length),
-                    time.monotonic(),
                 )
                 stub.seen.append(seen)
                 answer = stub.handler(seen)
@@ -207,13 +205,6 @@ class FaultServer:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
-
-    def restart_after(self, seconds: float) -> threading.Thread:
-        """Stop now, start again on the same port after `seconds` (in the background)."""
-        self.stop()
-        thread = threading.Thread(target=lambda: (time.sleep(seconds), self.start()), daemon=True)
-        thread.start()
-        return thread
 
     def __enter__(self) -> FaultServer:
         return self.start()

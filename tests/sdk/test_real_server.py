@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -120,12 +119,16 @@ def test_wait_survives_a_server_restart(served: Served, zoo_files: ZooFiles) -> 
     with _client(served) as client:
         handle = client.analyze(zoo_files.models[HEALTHY], zoo_files.batches[HEALTHY], wait=False)
         served.stop()  # the API is down before wait() starts: its first polls find nobody listening
-        down_since = time.monotonic()
-        restart = threading.Thread(target=lambda: (time.sleep(1.0), served.start()))
-        restart.start()
-        try:
-            report = handle.wait(progress=False, timeout=120)
-        finally:
-            restart.join()
-        assert time.monotonic() - down_since >= 1.0
+        down: list[bool] = []
+
+        def restart_then_sleep(seconds: float) -> None:
+            """The client's waits; the first follows a failed attempt and brings the server back."""
+            down.append(served.popen is None or served.popen.poll() is not None)
+            if len(down) == 1:
+                served.start()
+            time.sleep(seconds)
+
+        client.sleep = restart_then_sleep
+        report = handle.wait(progress=False, timeout=120)
+        assert down[0] and not any(down[1:])  # wait() met the server down, and carried on once it was back
         assert report.health == "healthy" and handle.analysis.status == "succeeded"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 import statistics
-import time
 import warnings
 from typing import Any
 
@@ -201,11 +200,12 @@ def test_a_refused_run_stops_watching_with_one_warning() -> None:
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         client = gradhealth.Client(base_url=server.url, api_key="wrong", max_retries=0)
         with watch(model, opt, run="t", client=client) as handle:
-            for x, y in batches(3):
+            for step, (x, y) in enumerate(batches(3)):
                 F.mse_loss(model(x), y).backward()
                 opt.step()
                 opt.zero_grad()
-                time.sleep(0.05)
+                if step == 0:  # the shipper tries now and flush() waits on it (no sleep); later steps add nothing
+                    assert not handle.flush(timeout=1.0)
             assert not handle.flush(timeout=1.0)
     assert [s.path for s in server.seen] == ["/v1/runs"]
     messages = [str(w.message) for w in caught if w.category is WatchWarning]
