@@ -41,6 +41,7 @@ from .options import AnalysisOptions
 from .param_stats import layer_param_stats
 from .probes import InstrumentedGraph, instrument
 from .rules import evaluate_rules
+from .targets import measure_targets
 
 ProgressFn = Callable[[str, float], None]
 
@@ -239,6 +240,9 @@ class Analyzer:
             graph_available=self.graph is not None,
         )
         measurements.nonfinite_origin = self._nonfinite_origin(measurements, params, inputs, targets)
+        measurements.targets = measure_targets(
+            targets, self.loaded.graph_module, self.loaded.loss_fn, self.layer_infos, layers
+        )
         return measurements
 
     @staticmethod

@@ -111,6 +111,21 @@ class NonFiniteOrigin:
 
 
 @dataclass
+class TargetMeasure:
+    """Regression targets and the outputs they are compared with (diagnostics.targets)."""
+
+    loss_kind: str  # "mse" | "l1" | "smooth_l1" | "huber"
+    mean: float
+    std: float
+    output_rms: float | None  # RMS of the model's prediction; None when no layer feeds the loss directly
+
+    @property
+    def scale(self) -> float:
+        """max(|mean|, std), the scale input_not_normalized reads for inputs: ~1 when standardised."""
+        return max(abs(self.mean), self.std)
+
+
+@dataclass
 class Measurements:
     """Everything the rules may read."""
 
@@ -126,6 +141,7 @@ class Measurements:
     preconditioned_sharpness: float | None = None  # top eigenvalue of P^-1 H under Adam/AdamW
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (check, reason) for requested checks not run
     graph_available: bool = True
+    targets: TargetMeasure | None = None  # regression losses only
 
     @property
     def global_grad_norm(self) -> float | None:

@@ -85,6 +85,9 @@ def finding_html(report: Report) -> list[str]:
         steps = step_range(f)
         if steps:
             out.append(f"<p class='steps'>{escape(steps[0].upper() + steps[1:])}</p>")
+        if f.caused_by:
+            causes = ", ".join(f"<code>{escape(rule)}</code>" for rule in f.caused_by)
+            out.append(f"<p class='caused-by'>Caused by: {causes} (fix that first).</p>")
         if f.layers:
             more = f" and {len(f.layers) - 12} more" if len(f.layers) > 12 else ""
             out.append("<p>Layers: " + ", ".join(f"<code>{escape(n)}</code>" for n in f.layers[:12]) + more + "</p>")

@@ -64,6 +64,8 @@ def _finding_lines(finding: Finding) -> list[str]:
     steps = step_range(finding)
     if steps:
         lines += [steps[0].upper() + steps[1:] + ".", ""]
+    if finding.caused_by:
+        lines += ["Caused by: " + ", ".join(f"`{rule}`" for rule in finding.caused_by) + " (fix that first).", ""]
     if finding.layers:
         lines += ["Layers: " + ", ".join(f"`{name}`" for name in finding.layers[:12]), ""]
     for fix in finding.remediation:

@@ -20,6 +20,7 @@ HEALTH_ORDER: dict[str, int] = {("healthy" if s == "info" else s): rank for s, r
 # (gradhealth.diagnostics.rules.RULE_IDS, gradhealth.diagnostics.run_rules.RUN_RULE_IDS) are tested to match.
 CHECKPOINT_RULE_IDS: tuple[str, ...] = (
     "non_finite",
+    "unscaled_targets",  # root cause of update_ratio/exploding_gradient/lr_too_high on raw regression targets
     "vanishing_gradient",
     "exploding_gradient",
     "dead_relu",

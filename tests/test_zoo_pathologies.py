@@ -50,6 +50,7 @@ RULES = {
     "update_ratio",
     "fp16_underflow",
     "poor_initialization",
+    "unscaled_targets",
 }
 ARCHS = {"mlp", "cnn", "rnn", "lstm", "transformer"}
 FP16_TINY = 2.0**-24
@@ -504,6 +505,37 @@ def prove_poor_initialization(case, m: Measured, prefixes) -> dict:
     return {"forward_ratio": m.forward_ratio}
 
 
+def _fit_in_target_units(case, standardise: bool, optimizer: str, steps: int = 100) -> float:
+    """MSE after a short run, in units of the targets' variance (1.0 = no better than the mean)."""
+    model, _, inputs, y = case.build()
+    target = (y - y.mean()) / y.std() if standardise else y
+    opt = (
+        torch.optim.SGD(model.parameters(), lr=0.01)
+        if optimizer == "sgd"
+        else torch.optim.Adam(model.parameters(), lr=1e-3)
+    )
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = F.mse_loss(model(*inputs), target)
+        loss.backward()
+        opt.step()
+    return loss.item() / (1.0 if standardise else float(y.var()))
+
+
+def prove_unscaled_targets(case, m: Measured, prefixes) -> dict:
+    model, _, inputs, y = case.build()
+    scale = max(abs(float(y.mean())), float(y.std()))
+    with torch.no_grad():
+        output_rms = float(model(*inputs).pow(2).mean().sqrt())
+    assert scale > 5 and output_rms * 5 < scale, (scale, output_rms)
+    out = {"target_scale": scale, "output_rms": output_rms}
+    for optimizer in ("sgd", "adam"):
+        raw, standardised = (_fit_in_target_units(case, s, optimizer) for s in (False, True))
+        assert raw > 1.0 and standardised < 0.2, (optimizer, raw, standardised)
+        out[f"{optimizer}_fit_raw_vs_standardised"] = (raw, standardised)
+    return out
+
+
 PROOFS = {
     "non_finite": prove_non_finite,
     "vanishing_gradient": prove_vanishing,
@@ -516,6 +548,7 @@ PROOFS = {
     "update_ratio": prove_update_ratio,
     "fp16_underflow": prove_fp16_underflow,
     "poor_initialization": prove_poor_initialization,
+    "unscaled_targets": prove_unscaled_targets,
 }
 
 

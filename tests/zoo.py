@@ -444,6 +444,18 @@ def build_mlp_raw_tabular_features() -> BuildResult:
     return model.train(), "smooth_l1", (x,), y
 
 
+def build_mlp_regression_raw_targets() -> BuildResult:
+    """House prices in raw units: targets ~N(5000, 2000) that depend on standardised features."""
+    torch.manual_seed(0)
+    model = MLP([8, 64, 64, 1], nn.ReLU)
+    _init_linears(model, _kaiming)
+    x = torch.randn(64, 8)
+    w = torch.linspace(-1.0, 1.0, 8)
+    z = (x @ w) / w.norm()
+    y = (5000.0 + 2000.0 * (0.9 * z + 0.1 * torch.randn(64))).unsqueeze(1)
+    return model.train(), "mse", (x,), y
+
+
 class ResidualMLP(nn.Module):
     """x + fc2(relu(fc1(x))) blocks, Kaiming init, no normalisation, no branch down-scaling."""
 
@@ -910,6 +922,16 @@ PATHOLOGICAL: list[ZooCase] = [
         healthy=False,
         note="Tabular features in raw units (income ~5e4, year ~2e3) fed unstandardised "
         "(LeCun et al. 1998, Efficient BackProp).",
+    ),
+    ZooCase(
+        "mlp_regression_raw_targets",
+        "mlp",
+        build_mlp_regression_raw_targets,
+        {"unscaled_targets": ()},
+        healthy=False,
+        optimizer={"name": "sgd", "lr": 0.01, "momentum": 0.0},
+        note="MSE on raw targets ~N(5000, 2000) with outputs ~1: the loss and every gradient carry the "
+        "targets' scale; standardised targets train in a few steps (LeCun et al. 1998, Efficient BackProp).",
     ),
     ZooCase(
         "deep_residual_mlp_no_norm",

@@ -14,6 +14,7 @@ from . import (
     non_finite,
     poor_initialization,
     saturated_activation,
+    unscaled_targets,
     unused_parameters,
     update_ratio,
     vanishing_gradient,
@@ -21,6 +22,7 @@ from . import (
 
 RULES = (
     non_finite,
+    unscaled_targets,  # a root cause: before the symptoms it explains
     vanishing_gradient,
     exploding_gradient,
     dead_relu,
@@ -41,4 +43,5 @@ def evaluate_rules(m: Measurements) -> list[Finding]:
     if not findings:
         for rule in RULES[1:]:
             findings.extend(rule.evaluate(m))
+        unscaled_targets.attribute_symptoms(findings)
     return sorted(findings, key=lambda f: -SEVERITY_ORDER[f.severity])

@@ -57,6 +57,11 @@ def span(names: list[str]) -> str:
     return f"{names[0]} … {names[-1]} ({len(names)} layers)"
 
 
+def label_span(names: list[str]) -> str:
+    """span() over layer_label()s: 'layer '0' … layer '4' (3 layers)', never a bare '0 … 4'."""
+    return span([layer_label(name) for name in names])
+
+
 def orders_of_magnitude(ratio: float) -> float:
     """|log10(ratio)|, for messages like 'falls 10^6'."""
     return abs(math.log10(ratio)) if ratio > 0 else float("inf")

@@ -7,7 +7,7 @@ import statistics
 from gradhealth.report import Finding, Remediation
 
 from ..measurements import Measurements, RecurrentMeasure
-from .common import REFS, batch_confidence, fmt, orders_of_magnitude, span
+from .common import REFS, batch_confidence, fmt, label_span, orders_of_magnitude
 from .gradient_profile import Profile, depth_profiles
 
 RULE_ID = "exploding_gradient"
@@ -117,7 +117,7 @@ def _depth_finding(m: Measurements, profile: Profile) -> Finding | None:
             **located,
         },
         thresholds={"warning_ratio": WARNING_RATIO, "error_ratio": ERROR_RATIO},
-        remediation=_remediation(f"{'Blocks' if profile.trunk else 'Layers'} {span(flagged)}", max_norm),
+        remediation=_remediation(label_span(flagged), max_norm),
         confidence=batch_confidence(m.batch_size),
     )
 

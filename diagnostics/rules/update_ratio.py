@@ -7,7 +7,7 @@ import statistics
 from gradhealth.report import Finding, Remediation
 
 from ..measurements import Measurements
-from .common import REFS, fmt, span
+from .common import REFS, fmt, label_span
 
 RULE_ID = "update_ratio"
 
@@ -42,7 +42,7 @@ def evaluate(m: Measurements) -> list[Finding]:
             severity="error" if median >= DIVERGING else "warning",
             title="Update size far from 1e-3 of the weights",
             message=f"With {opt.name} lr={fmt(opt.lr)} the first step changes the weights by a median "
-            f"{fmt(median)} of their norm ({'too fast' if fast else 'too slow'}; ~1e-3 is typical) in {span(flagged)}. "
+            f"{fmt(median)} of their norm ({'too fast' if fast else 'too slow'}; ~1e-3 is typical) in {label_span(flagged)}. "
             f"lr≈{fmt(suggested)} would give 1e-3.",
             layers=flagged,
             evidence={

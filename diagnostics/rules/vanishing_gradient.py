@@ -5,7 +5,7 @@ from __future__ import annotations
 from gradhealth.report import Finding, Remediation
 
 from ..measurements import Measurements, RecurrentMeasure
-from .common import REFS, batch_confidence, fmt, orders_of_magnitude, span
+from .common import REFS, batch_confidence, fmt, label_span, orders_of_magnitude
 from .gradient_profile import Profile, depth_profiles
 
 RULE_ID = "vanishing_gradient"
@@ -89,7 +89,7 @@ def _depth_finding(m: Measurements, profiles: list[Profile]) -> Finding | None:
         title="Vanishing gradient across depth",
         message=f"{scope} back-propagated gradient falls 10^{orders_of_magnitude(ratio):.1f} from "
         f"{profile.describe(-1)} to {profile.describe(0)} ({profile.source} {fmt(last)} -> "
-        f"{fmt(profile.values[0])}); {'blocks' if profile.trunk else 'layers'} {span(weak)} barely learn.{where}",
+        f"{fmt(profile.values[0])}); {label_span(weak)} barely learn.{where}",
         layers=([str(located["block"])] if "block" in located else []) + [n for n in weak if n != located.get("block")],
         evidence={
             "first_to_last_ratio": ratio,
