@@ -143,13 +143,7 @@ def _train_against(server: FaultServer, steps: int, **options: Any) -> tuple[Any
             opt.zero_grad()
             handle.log(loss=loss)
             losses.append(loss.item())
-    reference = Reference(ref_model, ref_opt)
-    for step, (x, y) in enumerate(data):
-        F.mse_loss(ref_model(x), y).backward()
-        reference.before_step(step)
-        ref_opt.step()
-        reference.after_step()
-        ref_opt.zero_grad()
+    reference = Reference(ref_model, ref_opt).train(data)
     return handle, reference, losses
 
 

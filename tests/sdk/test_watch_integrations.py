@@ -76,13 +76,7 @@ def _compiled_matches_eager(backend: str, rtol: float) -> None:
             opt.step()
             opt.zero_grad()
             handle.log(loss=loss)
-    reference = Reference(ref_model, ref_opt)
-    for step, (x, y) in enumerate(data):
-        F.mse_loss(ref_model(x), y).backward()
-        reference.before_step(step)
-        ref_opt.step()
-        reference.after_step()
-        ref_opt.zero_grad()
+    reference = Reference(ref_model, ref_opt).train(data)
     assert [layer["name"] for layer in client.runs.created[0]["layers"]] == list(reference.layers)
     assert_matches(client.runs.steps(), reference.steps, rtol=rtol, atol=1e-6)
 
@@ -136,13 +130,7 @@ def test_ddp_only_rank_zero_ships_and_its_numbers_equal_the_full_batch(tmp_path:
     torch.manual_seed(0)
     ref_model = Net()
     ref_opt = _sgd(ref_model)
-    reference = Reference(ref_model, ref_opt)
-    for step, (x, y) in enumerate(batches(4)):  # one process, the full batch
-        F.mse_loss(ref_model(x), y).backward()
-        reference.before_step(step)
-        ref_opt.step()
-        reference.after_step()
-        ref_opt.zero_grad()
+    reference = Reference(ref_model, ref_opt).train(batches(4))  # one process, the full batch
     logged = {
         int(step): {k: np.asarray(v, dtype=float) for k, v in row.items()} for step, row in rank0["steps"].items()
     }

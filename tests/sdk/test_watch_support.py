@@ -13,6 +13,7 @@ import msgpack
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 METRICS = ["grad_norm", "grad_max_abs", "nonfinite", "weight_norm", "update_norm"]
@@ -113,6 +114,17 @@ class Reference:
         self._row["update_norm"] = [
             _norm(p.detach() - w for p, w in zip(ps, self._before[n], strict=True)) for n, ps in self.layers.items()
         ]
+
+    def train(self, data: list[tuple[torch.Tensor, torch.Tensor]]) -> Reference:
+        """Run the plain loop the watched tests train (MSE loss, optimizer.step()), measuring every step."""
+        assert self.optimizer is not None
+        for step, (x, y) in enumerate(data):
+            F.mse_loss(self.model(x), y).backward()
+            self.before_step(step)
+            self.optimizer.step()
+            self.after_step()
+            self.optimizer.zero_grad()
+        return self
 
 
 def assert_matches(
