@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -15,41 +13,17 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import httpx
-
-READY_TIMEOUT = 60.0
-
-
-def free_port() -> int:
-    """A port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_http(url: str, timeout: float = READY_TIMEOUT, alive: Callable[[], bool] = lambda: True) -> None:
-    """Poll url until it answers 200."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not alive():
-            raise RuntimeError(f"server exited before {url} answered")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} did not answer 200 within {timeout:.0f} s")
+from ..service.procs import Proc, free_port, wait_ready
 
 
 @dataclass
 class Served:
-    """A `gradhealth serve` subprocess with its own data folder, port and API key."""
+    """A `gradhealth serve` subprocess (a service-test Proc) with its own data folder, port and API key."""
 
     root: Path
     port: int
     env: dict[str, str]
-    popen: subprocess.Popen[bytes] | None = None
+    proc: Proc | None = None
     key: str = ""
 
     @property
@@ -60,37 +34,23 @@ class Served:
     def data_dir(self) -> Path:
         return self.root / "data"
 
-    @property
-    def log(self) -> Path:
-        return self.root / "serve.log"
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.alive()
 
     def start(self) -> None:
         """Start (or restart) the server and wait until it is ready."""
-        args = ["serve", "--host", "127.0.0.1", "--port", str(self.port), "--data-dir", str(self.data_dir)]
-        with open(self.log, "ab") as handle:
-            self.popen = subprocess.Popen(
-                [sys.executable, "-m", "gradhealth.cli", *args],
-                env=self.env,
-                stdout=handle,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        try:
-            wait_http(self.base_url + "/readyz", alive=lambda: self.popen is not None and self.popen.poll() is None)
-        except (RuntimeError, TimeoutError) as exc:
-            raise RuntimeError(f"{exc}\n{self.tail()}") from None
+        if self.proc is None:
+            args = ["serve", "--host", "127.0.0.1", "--port", str(self.port), "--data-dir", str(self.data_dir)]
+            self.proc = Proc("serve", args, self.env, self.root)
+        else:
+            self.proc.start()
+        wait_ready(self.base_url, self.proc)
         self.key = (self.data_dir / "api_key").read_text().strip()
 
-    def stop(self, timeout: float = 20.0) -> None:
+    def stop(self) -> None:
         """SIGTERM (serve stops its worker), SIGKILL the group if it hangs."""
-        if self.popen is None or self.popen.poll() is not None:
-            return
-        self.popen.send_signal(signal.SIGTERM)
-        try:
-            self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.popen.pid, signal.SIGKILL)
-            self.popen.wait(10)
+        if self.proc is not None:
+            self.proc.stop(20.0)
 
     def admin(self, *args: str) -> str:
         """`gradhealth admin ...` on this server's data folder; returns stdout."""
@@ -103,12 +63,6 @@ class Served:
         )
         assert done.returncode == 0, done.stderr
         return done.stdout.strip()
-
-    def tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
 
 
 def start_serve(root: Path) -> Served:

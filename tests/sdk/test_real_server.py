@@ -123,7 +123,7 @@ def test_wait_survives_a_server_restart(served: Served, zoo_files: ZooFiles) -> 
 
         def restart_then_sleep(seconds: float) -> None:
             """The client's waits; the first follows a failed attempt and brings the server back."""
-            down.append(served.popen is None or served.popen.poll() is not None)
+            down.append(not served.running())
             if len(down) == 1:
                 served.start()
             time.sleep(seconds)
