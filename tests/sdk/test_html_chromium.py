@@ -92,6 +92,25 @@ def _console_errors(stderr: str) -> list[str]:
     ]
 
 
+def _dom(tmp_path: Path, url: str) -> str:
+    """The page's DOM once Chromium has run it; no console errors on the way."""
+    dom = _chromium(tmp_path, "--dump-dom", url)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert not _console_errors(dom.stderr), _console_errors(dom.stderr)
+    return dom.stdout
+
+
+def _screenshot(tmp_path: Path, shot: Path, url: str) -> tuple[int, list[bytes]]:
+    """A 1200x2000 screenshot of the page, kept at `shot`, as (channels, pixel rows)."""
+    shot.unlink(missing_ok=True)
+    done = _chromium(tmp_path, f"--screenshot={shot}", "--window-size=1200,2000", url)
+    assert done.returncode == 0 and shot.is_file(), done.stderr[-2000:]
+    assert not _console_errors(done.stderr), _console_errors(done.stderr)
+    width, channels, rows = read_png(shot)
+    assert width == 1200 and len(rows) == 2000
+    return channels, rows
+
+
 @pytest.fixture(scope="module")
 def saturated_report() -> gradhealth.Report:
     """A zoo model whose findings name parameter layers (poor init) and activations (saturation)."""
@@ -114,11 +133,9 @@ def test_html_report_renders_in_chromium(
     page.write_text(report.to_html())
     url = page.resolve().as_uri()
 
-    dom = _chromium(tmp_path, "--dump-dom", url)
-    assert dom.returncode == 0, dom.stderr[-2000:]
-    assert not _console_errors(dom.stderr), _console_errors(dom.stderr)
+    dom = _dom(tmp_path, url)
     charts = {
-        name: re.search(rf'<svg[^>]*class="gh-chart {name}"[^>]*>(.*?)</svg>', dom.stdout, re.S)
+        name: re.search(rf'<svg[^>]*class="gh-chart {name}"[^>]*>(.*?)</svg>', dom, re.S)
         for name in ("gh-gradient-chart", "gh-activation-chart")
     }
     for name, match in charts.items():
@@ -129,15 +146,9 @@ def test_html_report_renders_in_chromium(
     assert gradient is not None
     flagged = report.findings_for("poor_initialization")[0].layers
     assert len(re.findall(f'fill="{html_parts.FLAGGED_COLOR}"', gradient.group(1))) >= len(flagged)
-    assert "saturated_activation" in dom.stdout and "Content-Security-Policy" in dom.stdout
+    assert "saturated_activation" in dom and "Content-Security-Policy" in dom
 
-    shot = artifacts_dir / f"report_{case}.png"
-    shot.unlink(missing_ok=True)
-    done = _chromium(tmp_path, f"--screenshot={shot}", "--window-size=1200,2000", url)
-    assert done.returncode == 0 and shot.is_file(), done.stderr[-2000:]
-    assert not _console_errors(done.stderr), _console_errors(done.stderr)
-    width, channels, rows = read_png(shot)
-    assert width == 1200 and len(rows) == 2000
+    channels, rows = _screenshot(tmp_path, artifacts_dir / f"report_{case}.png", url)
     # The bars were painted, not only put in the DOM: their colours cover real pixels on screen.
     assert _count_color(rows, channels, html_parts.FLAGGED_COLOR) > 200  # badly initialised layers
     assert _count_color(rows, channels, html_parts.SATURATED_COLOR) > 200  # the activation chart
@@ -152,20 +163,12 @@ def test_run_report_renders_in_chromium(artifacts_dir: Path, tmp_path: Path) -> 
     page.write_text(run_report().to_html())
     url = page.resolve().as_uri()
 
-    dom = _chromium(tmp_path, "--dump-dom", url)
-    assert dom.returncode == 0, dom.stderr[-2000:]
-    assert not _console_errors(dom.stderr), _console_errors(dom.stderr)
-    layers = re.findall(r'<svg[^>]*class="gh-chart gh-time-chart gh-layer-chart"[^>]*>(.*?)</svg>', dom.stdout, re.S)
+    dom = _dom(tmp_path, url)
+    layers = re.findall(r'<svg[^>]*class="gh-chart gh-time-chart gh-layer-chart"[^>]*>(.*?)</svg>', dom, re.S)
     assert len(layers) == len(LAYER_SCALES) and all('class="gh-series"' in chart for chart in layers)
-    assert "gh-loss-chart" in dom.stdout and 'class="gh-marker gh-marker-critical"' in dom.stdout
+    assert "gh-loss-chart" in dom and 'class="gh-marker gh-marker-critical"' in dom
 
-    shot = artifacts_dir / "report_run.png"
-    shot.unlink(missing_ok=True)
-    done = _chromium(tmp_path, f"--screenshot={shot}", "--window-size=1200,2000", url)
-    assert done.returncode == 0 and shot.is_file(), done.stderr[-2000:]
-    assert not _console_errors(done.stderr), _console_errors(done.stderr)
-    width, channels, rows = read_png(shot)
-    assert width == 1200 and len(rows) == 2000
+    channels, rows = _screenshot(tmp_path, artifacts_dir / "report_run.png", url)
     # Lines, markers and non-finite ticks were painted: their colours cover real pixels on screen.
     assert _count_color(rows, channels, html_parts.OK_COLOR) > 100  # the gradient-norm lines
     assert _count_color(rows, channels, render_run_html.NONFINITE_COLOR) > 100  # ticks, fc's line, error markers
