@@ -39,22 +39,8 @@ def _where(profile: Profile) -> tuple[str, dict[str, float | str | list[str]]]:
     }
 
 
-def _depth_finding(m: Measurements, profiles: list[Profile]) -> Finding | None:
-    """Both views must agree: the signal dies out AND the first layers learn far slower.
-
-    The back-propagated signal alone also shrinks when raw, huge inputs inflate the first layers'
-    outputs; the relative weight gradient alone misses nothing there but confirms the slow learning.
-    """
-    if not profiles:
-        return None
-    ratio = max(p.ratio for p in profiles)
-    if ratio >= WARNING_RATIO:
-        return None
-    profile = profiles[0]
-    last = profile.values[-1]
-    weak = [profile.label(i) for i, value in enumerate(profile.values) if value < last * WARNING_RATIO]
-    where, located = _where(profile)
-    kinds = {layer.next_activation for layer in profile.layers if layer.next_activation}
+def _remediation(kinds: set[str]) -> list[Remediation]:
+    """ReLU + Kaiming, normalisation or residuals; first, replacing saturating activations if present."""
     remediation = [
         Remediation(
             action="use_relu_and_kaiming_init",
@@ -82,6 +68,25 @@ def _depth_finding(m: Measurements, profiles: list[Profile]) -> Finding | None:
                 params={"init": "xavier_normal"},
             ),
         )
+    return remediation
+
+
+def _depth_finding(m: Measurements, profiles: list[Profile]) -> Finding | None:
+    """Both views must agree: the signal dies out AND the first layers learn far slower.
+
+    The back-propagated signal alone also shrinks when raw, huge inputs inflate the first layers'
+    outputs; the relative weight gradient alone misses nothing there but confirms the slow learning.
+    """
+    if not profiles:
+        return None
+    ratio = max(p.ratio for p in profiles)
+    if ratio >= WARNING_RATIO:
+        return None
+    profile = profiles[0]
+    last = profile.values[-1]
+    weak = [profile.label(i) for i, value in enumerate(profile.values) if value < last * WARNING_RATIO]
+    where, located = _where(profile)
+    remediation = _remediation({layer.next_activation for layer in profile.layers if layer.next_activation is not None})
     scope = f"Across the {len(profile.values)} blocks of {profile.trunk}, the" if profile.trunk else "The"
     return Finding(
         rule=RULE_ID,
