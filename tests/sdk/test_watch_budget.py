@@ -127,7 +127,7 @@ def test_no_budget_never_throttles_but_still_measures() -> None:
 
 
 class Script:
-    """Scripted measurements for watch()'s budget: step k takes plain(k) s, plus cost(k) s when recorded, else IDLE."""
+    """Scripted measurements for watch()'s budget: step k takes plain(k) s, plus cost(k) s when recorded, else idle s."""
 
     def __init__(self, plain: Callable[[int], float], cost: Callable[[int], float], idle: float = 0.02 * MS) -> None:
         self.plain, self.cost, self.idle = plain, cost, idle
