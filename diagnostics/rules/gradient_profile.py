@@ -22,6 +22,9 @@ MIN_DEPTH = 3
 # stack's first-to-last orders of magnitude; below it the growth or decay is spread over the blocks
 # (each sigmoid layer passing back <= 1/4, Glorot & Bengio 2010) and no one block is to blame.
 BREAK_SHARE = 0.5
+# The trunks must hold at least this share of the layers to stand for the model's depth: two heads
+# in a ModuleList (multi-task) are no trunk, and the first-to-last layer profile applies instead.
+TRUNK_SHARE = 0.5
 # Two blocks of one repeated stack already bound one block's backward gain, the quantity that breaks.
 MIN_BLOCKS = 2
 
@@ -143,6 +146,9 @@ def _trunk_views(m: Measurements, trunk: Trunk) -> list[Profile]:
 def trunk_profiles(m: Measurements) -> list[list[Profile]] | None:
     """Per trunk, its block profiles (back-propagated first); None when the model has no trunk."""
     structure = find_blocks([layer.name for layer in m.layers], [layer.type for layer in m.layers])
+    inside = sum(len(block.layers) for trunk in structure.trunks for block in trunk.blocks)
+    if inside < TRUNK_SHARE * len(m.layers):
+        return None
     per_trunk = [views for views in (_trunk_views(m, trunk) for trunk in structure.trunks) if views]
     return per_trunk or None
 
