@@ -7,7 +7,7 @@ import statistics
 from gradhealth.report import Finding, Remediation
 
 from ..measurements import Measurements, RecurrentMeasure
-from .common import REFS, batch_confidence, fmt, label_span, orders_of_magnitude
+from .common import REFS, batch_confidence, fmt, label_span, layer_label, orders_of_magnitude
 from .gradient_profile import Profile, depth_profiles
 
 RULE_ID = "exploding_gradient"
@@ -37,7 +37,7 @@ def _time_finding(m: Measurements, rnn: RecurrentMeasure) -> Finding | None:
         rule=RULE_ID,
         severity="error" if ratio > ERROR_RATIO else "warning",
         title="Exploding gradient through time",
-        message=f"In {rnn.name} the gradient reaching the first of {len(steps)} time steps is "
+        message=f"In {layer_label(rnn.name)} the gradient reaching the first of {len(steps)} time steps is "
         f"10^{orders_of_magnitude(ratio):.1f} larger than at the last step: the recurrent weights amplify it at every step.",
         layers=[rnn.name],
         evidence={

@@ -5,7 +5,7 @@ from __future__ import annotations
 from gradhealth.report import Finding, Remediation
 
 from ..measurements import Measurements, RecurrentMeasure
-from .common import REFS, batch_confidence, fmt, label_span, orders_of_magnitude
+from .common import REFS, batch_confidence, fmt, label_span, layer_label, orders_of_magnitude
 from .gradient_profile import Profile, depth_profiles
 
 RULE_ID = "vanishing_gradient"
@@ -123,7 +123,7 @@ def _time_finding(m: Measurements, rnn: RecurrentMeasure) -> Finding | None:
         rule=RULE_ID,
         severity="error" if ratio < ERROR_RATIO else "warning",
         title="Vanishing gradient through time",
-        message=f"In {rnn.name} ({rnn.op.split('.')[-2] if '.' in rnn.op else rnn.op}) the gradient reaching the first of "
+        message=f"In {layer_label(rnn.name)} ({rnn.op.split('.')[-2] if '.' in rnn.op else rnn.op}) the gradient reaching the first of "
         f"{len(steps)} time steps is 10^{orders_of_magnitude(ratio):.1f} below its peak: early inputs cannot "
         "influence learning.",
         layers=[rnn.name],
