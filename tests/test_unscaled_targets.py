@@ -101,3 +101,17 @@ def test_layer_label_quotes_bare_indices_and_adds_the_type() -> None:
     assert layer_label("0.2") == "layer '0.2'"
     assert layer_label("") == "(model)"
     assert label_span(["0", "2", "4"]) == "layer '0' … layer '4' (3 layers)"
+
+
+def test_plain_export_with_a_named_loss() -> None:
+    """A plain exported model plus loss='mse' in the request: the prediction is the graph's output."""
+    from gradhealth.diagnostics.engine import Analyzer
+    from gradhealth.diagnostics.loading import from_exported_program
+
+    model = _mlp()
+    x, y = _targets(2000.0, 5000.0)
+    program = torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim("batch", min=2)},))
+    report = Analyzer(from_exported_program(program, None, "mse")).run((x,), y, AnalysisOptions())
+    (finding,) = report.findings_for("unscaled_targets")
+    with torch.no_grad():
+        assert finding.evidence["output_rms"] == pytest.approx(float(model(x).pow(2).mean().sqrt()), rel=1e-4)
