@@ -28,7 +28,8 @@ JSON_TYPES = {"application/json"}
 MSGPACK_TYPES = {"application/msgpack", "application/x-msgpack", "application/vnd.msgpack"}
 MAX_STEPS_PER_BATCH = 100_000
 MAX_VALUES_PER_BATCH = 16 * 2**20  # float32 values: what a 64 MiB batch of msgpack bins carries
-FIELDS = {"seq", "steps", "loss", "lr", "metrics", "dropped"}
+FIELDS = {"seq", "steps", "loss", "lr", "metrics", "dropped", "stride"}
+MAX_STRIDE = 2**31 - 1
 # Lists and maps, and the items in them, in one parsed batch: a row per step per metric, plus a few.
 MAX_CONTAINERS = MAX_STEPS_PER_BATCH * len(METRICS) + 64
 MAX_ITEMS = 4_000_000  # numbers in list form (send more as msgpack float32 bins); about 128 MB as floats
@@ -188,6 +189,20 @@ def _scalars(body: dict[str, Any], key: str, n: int) -> tuple[np.ndarray, np.nda
     return numbers, logged
 
 
+def _stride(value: Any, n: int) -> np.ndarray | None:
+    """Optimizer steps each record stands for: one integer for the batch, n of them, or absent (None)."""
+    if value is None:
+        return None
+    values = [value] * n if type(value) is int else value
+    if not isinstance(values, list) or len(values) != n or any(type(v) is not int for v in values):
+        raise ApiError(
+            422, f"stride must be an integer or a list of {n} integers, one per step", code="validation_error"
+        )
+    if any(not 1 <= v <= MAX_STRIDE for v in values):
+        raise ApiError(422, f"stride must be from 1 to {MAX_STRIDE}", code="validation_error")
+    return np.asarray(values, dtype=np.int64)
+
+
 def _matrix(name: str, value: Any, n: int, num_layers: int) -> np.ndarray:
     """One metric as float32 (n, L) from a msgpack float32 bin or n lists of L numbers/nulls."""
     if isinstance(value, bytes | bytearray):
@@ -242,4 +257,5 @@ def to_log_batch(body: dict[str, Any], metric_names: list[str], num_layers: int)
     for index, name in enumerate(metric_names):
         if name in metrics:
             values[index] = _matrix(name, metrics[name], n, num_layers)
-    return LogBatch(seq, steps, loss, loss_logged, lr, values, _int(body, "dropped", 0))
+    stride = _stride(body.get("stride"), n)
+    return LogBatch(seq, steps, loss, loss_logged, lr, values, _int(body, "dropped", 0), stride)

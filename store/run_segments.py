@@ -47,6 +47,7 @@ class LogBatch:
     lr: np.ndarray  # float64 (n,), NaN = not logged
     values: np.ndarray  # float32 (M, n, L); NaN = not measured, inf = measured non-finite
     dropped: int = 0
+    stride: np.ndarray | None = None  # int64 (n,): optimizer steps each record stands for; None: not sent (1)
 
     @property
     def num_steps(self) -> int:

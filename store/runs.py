@@ -56,7 +56,7 @@ def layer_names(run: TrainingRun) -> list[str]:
 
 def _chunk(batch: LogBatch, metrics: list[str]) -> LogChunk:
     values = {name: batch.values[index].astype(np.float64) for index, name in enumerate(metrics)}
-    return LogChunk(batch.steps, batch.loss, batch.loss_logged, batch.lr, values)
+    return LogChunk(batch.steps, batch.loss, batch.loss_logged, batch.lr, values, batch.stride)
 
 
 def _latest(previous: dict[str, list[float | None]], batch: LogBatch, metrics: list[str]) -> dict[str, Any]:

@@ -26,6 +26,7 @@ def pack_batch(seq: int, records: list[Record], num_layers: int, dropped: int) -
         for k, name in enumerate(METRICS)
     }
     lr = [float(row[width]) if record.lr_in_values else record.lr for row, record in zip(rows, records, strict=True)]
+    strides = [record.stride for record in records]
     body = {
         "seq": seq,
         "steps": [record.step for record in records],
@@ -33,5 +34,6 @@ def pack_batch(seq: int, records: list[Record], num_layers: int, dropped: int) -
         "lr": [_finite_or_inf(value) for value in lr],
         "metrics": metrics,
         "dropped": dropped,
+        "stride": strides[0] if len(set(strides)) == 1 else strides,  # one number when it did not change
     }
     return msgpack.packb(body, use_bin_type=True)

@@ -74,6 +74,7 @@ class Record:
     values: HostArray
     lr: float | None
     lr_in_values: bool = False  # a tensor lr travels as the last element of `values`
+    stride: int = 1  # the recording interval in force when it was taken: optimizer steps each record stands for
     losses: list[LossValue] = field(default_factory=list)
     auto_losses: list[LossValue] = field(default_factory=list)
     loss: Loss | None = None

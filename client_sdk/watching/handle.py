@@ -256,10 +256,11 @@ class Watch:
             with torch.no_grad():
                 values = self._stats.finish(self._pending)
             lr = self._pending.lr
+            stride = self._budget.stride
             if isinstance(lr, Tensor):
-                record = Record(self._step, HostArray(values), None, lr_in_values=True)
+                record = Record(self._step, HostArray(values), None, lr_in_values=True, stride=stride)
             else:
-                record = Record(self._step, HostArray(values), lr)
+                record = Record(self._step, HostArray(values), lr, stride=stride)
             self._pending = None
         self._complete(record)
 

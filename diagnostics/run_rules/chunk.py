@@ -19,6 +19,7 @@ class LogChunk:
     loss_logged: np.ndarray  # bool (n,): False where no loss was logged
     lr: np.ndarray  # float64 (n,), NaN = not logged
     metrics: dict[str, np.ndarray]  # name -> float64 (n, L)
+    stride: np.ndarray | None = None  # int64 (n,): optimizer steps each row stands for (the client's stride); None: 1
 
     @classmethod
     def of(
@@ -27,6 +28,7 @@ class LogChunk:
         loss: Sequence[float | None] | np.ndarray | None = None,
         lr: Sequence[float | None] | np.ndarray | None = None,
         metrics: Mapping[str, Sequence[Sequence[float | None]] | np.ndarray] | None = None,
+        stride: int | Sequence[int] | np.ndarray | None = None,
     ) -> LogChunk:
         """Build a chunk from wire-format columns: None (JSON null) means not logged (numpy turns it into NaN).
 
@@ -42,7 +44,8 @@ class LogChunk:
             logged = np.array([v is not None for v in loss], dtype=bool)
         lr_arr = np.full(n, np.nan) if lr is None else np.array(lr, dtype=np.float64)
         mats = {name: np.array(rows, dtype=np.float64) for name, rows in (metrics or {}).items()}
-        return cls(np.asarray(steps, dtype=np.int64), loss_arr, logged, lr_arr, mats)
+        strides = None if stride is None else np.broadcast_to(np.asarray(stride, dtype=np.int64), (n,)).copy()
+        return cls(np.asarray(steps, dtype=np.int64), loss_arr, logged, lr_arr, mats, strides)
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,9 @@ class ChunkView:
     loss_mad: np.ndarray  # (k,)
     loss_med_long: np.ndarray  # (k,) median of the last 51 finite losses (from 9 on): the level
     loss_mad_long: np.ndarray  # (k,) and their MAD: the minibatch noise
+    # (n,) int64 >= 1: optimizer steps each row stands for (the client's stride, 1 when not sent). A patience
+    # counted in logged steps sums these, so a throttled run reaches it after as many steps as a full one.
+    stride: np.ndarray
 
     @property
     def n(self) -> int:
@@ -96,6 +102,13 @@ def new_rows(chunk: LogChunk, last_step: int | None, num_layers: int) -> dict[st
     if len(logged) != n:
         raise ValueError(f"loss_logged has {len(logged)} values for {n} steps")
     cols["loss_logged"] = logged[keep]
+    if chunk.stride is None:
+        cols["stride"] = np.ones(len(cols["steps"]), dtype=np.int64)
+    else:
+        stride = np.asarray(chunk.stride, dtype=np.int64).reshape(-1)
+        if len(stride) != n or (stride < 1).any():
+            raise ValueError(f"stride needs {n} values >= 1, got {len(stride)}")
+        cols["stride"] = stride[keep]
     for name in METRICS:
         given = chunk.metrics.get(name)
         if given is None:

@@ -111,6 +111,7 @@ class RunEvaluator:
             loss_mad=mad,
             loss_med_long=med_long,
             loss_mad_long=mad_long,
+            stride=cols["stride"],
         )
 
     def _summarise(self, v: ChunkView) -> None:

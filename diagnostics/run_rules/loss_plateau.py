@@ -21,7 +21,8 @@ RULE_ID = "loss_plateau"
 WINDOW = 51
 IMPROVE_REL = 0.01
 IMPROVE_SE = 3.0
-# "Long": at least 300 optimizer steps and 50 logged losses, and a quarter of the run so far (a run at
+# "Long": at least 300 optimizer steps and 50 logged steps (logged losses, each counted as the stride it
+# was logged at: a client recording one step in 10 reaches it after 5), and a quarter of the run so far (a run at
 # step 100k is not plateaued because its last 300 steps were flat; one improving like a power law
 # loss ~ t^-0.1 still gains 3.5% over its last quarter).
 MIN_STEPS = 300
@@ -39,12 +40,15 @@ class LossPlateauState:
     initial: float | None = None  # the first smoothed loss
     ref: float | None = None  # the smoothed loss at the last meaningful improvement
     ref_step: int | None = None
-    since: int = 0  # logged losses since that improvement
+    since: int = 0  # logged steps since that improvement (the sum of the strides of the losses logged since)
     last: float | None = None  # the current smoothed loss
     last_step: int | None = None
     lr_at_ref: float | None = None
     lr: float | None = None  # the last logged lr
     n: int = 0  # finite logged losses seen
+    # the step of the first of them: the first smoothed loss stands for the losses from there, so a plateau
+    # from the start begins there whatever the stride (absent from older states: the smoothed loss's own step)
+    first_logged: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         """JSON object (the keys of state version 1)."""
@@ -69,6 +73,8 @@ class LossPlateauRule:
         st = self.st
         for k in range(len(v.fin_loss)):
             st.n += 1
+            if st.n == 1:
+                st.first_logged = int(v.fin_steps[k])
             m = float(v.loss_med_long[k])
             if not math.isfinite(m):
                 continue
@@ -79,10 +85,13 @@ class LossPlateauRule:
                 st.first_step, st.initial = step, m
             se = 1.253 * MAD_TO_SIGMA * float(v.loss_mad_long[k]) / math.sqrt(min(st.n, WINDOW))
             tol = max(IMPROVE_REL * abs(st.ref or 0.0), IMPROVE_SE * se)
-            if st.ref is None or m < st.ref - tol:
+            if st.ref is None:
+                start = st.first_logged if st.first_logged is not None else step
+                st.ref, st.ref_step, st.since, st.lr_at_ref = m, start, 0, st.lr
+            elif m < st.ref - tol:
                 st.ref, st.ref_step, st.since, st.lr_at_ref = m, step, 0, st.lr
             else:
-                st.since += 1
+                st.since += int(v.stride[v.fin_rows[k]])
             st.last, st.last_step = m, step
 
     def summary(self) -> dict[str, float | int | None]:
@@ -169,7 +178,7 @@ def plateau_finding(st: LossPlateauState, ctx: RunContext) -> Finding:
         last_step=ctx.last_step,
         evidence={
             "plateau_steps": st.last_step - start,
-            "logged_losses_since": st.since,
+            "logged_losses_since": st.since,  # logged steps: losses counted at their stride (1 each when not sent)
             "best_smoothed_loss": st.ref,
             "current_smoothed_loss": st.last,
             "initial_smoothed_loss": st.initial,

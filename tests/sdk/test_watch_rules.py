@@ -66,3 +66,19 @@ def test_stalled_layer_fires_on_a_layer_with_lr_zero(stale: str) -> None:
 def test_stalled_layer_is_silent_when_every_layer_trains() -> None:
     _, found, _ = watched_findings(None)
     assert found == []
+
+
+@pytest.mark.parametrize("every", [1, 3])
+def test_batches_carry_the_recording_stride(every: int) -> None:
+    """The stride (optimizer steps between records) is on the wire, so the service counts steps, not records."""
+    model = small_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    client = recording_client()
+    with watch(model, opt, run="t", client=client, budget=None, every=every) as handle:
+        for _ in range(12):
+            model(torch.ones(2, 8)).sum().backward()
+            opt.step()
+            opt.zero_grad()
+        assert handle.stride == every
+    assert client.runs.batches and all(batch["stride"] == every for batch in client.runs.batches)
+    assert sorted(client.runs.steps()) == list(range(0, 12, every))
