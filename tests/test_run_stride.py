@@ -63,3 +63,25 @@ def test_a_throttled_run_gets_the_same_step_based_plateau(stride: int) -> None:
     assert want.last_step - stride < got.last_step <= want.last_step  # the last recorded step
     assert abs(got.evidence["plateau_steps"] - want.evidence["plateau_steps"]) < stride
     assert abs(got.evidence["logged_losses_since"] - want.evidence["logged_losses_since"]) <= 9 * stride
+
+
+def spiky_stream(n: int = 2000, every: int = 150) -> fx.Stream:
+    """Quiet gradient norms with a 100x spike every `every` steps (from step 300): separate episodes, 150 steps apart."""
+    rng = np.random.default_rng(0)
+    g = np.exp(rng.normal(0, 0.1, (n, 2)))
+    g[300::every] *= 100
+    steps = np.arange(n)
+    loss = 1 + 0.01 * rng.random(n)
+    return fx.Stream(["a", "b"], steps, loss, np.ones(n, bool), np.full(n, 0.1), {"grad_norm": g})
+
+
+@pytest.mark.parametrize("stride", [5, 10])
+def test_a_throttled_run_gets_the_same_spike_episodes(stride: int) -> None:
+    """gradient_spike merges spikes less than 25 logged steps apart: steps, not records, at any stride."""
+    s = spiky_stream()
+    full = RunEvaluator(s.layers)
+    for chunk in s.chunks(100):
+        full.update(chunk)
+    want = [(f.step, f.last_step) for f in full.findings() if f.rule == "gradient_spike"]
+    got = [(f.step, f.last_step) for f in thinned(s, stride).findings() if f.rule == "gradient_spike"]
+    assert len(want) > 1 and got == want  # the spikes fall on recorded steps (multiples of 150)

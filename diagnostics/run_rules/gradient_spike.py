@@ -25,7 +25,8 @@ MIN_HISTORY = 20
 # ratio was 6.1x (at z 4.0) and the largest z 5.3: neither bar alone is safe, both together are.
 MIN_RATIO = 5.0
 MIN_Z = 6.0
-# Spikes less than 25 logged steps apart are one episode (a burst, or a divergence still climbing).
+# Spikes less than 25 logged steps apart are one episode (a burst, or a divergence still climbing);
+# logged steps count each record at its stride (docs/runs.md), not one each.
 RELEASE = 25
 QUANTILE = 0.9  # clip at the 90th percentile: nine steps in ten pass unclipped
 
@@ -118,7 +119,7 @@ class GradientSpikeRule:
                 continue  # nothing open and nothing to count: the common case costs nothing
             step = int(v.steps[rows[i]])
             ratio = math.exp(min(float(excess[i]), 690.0)) if spike[i] else 0.0  # no OverflowError near 1e308
-            event = episodes.feed(step, bool(spike[i]), ratio)
+            event = episodes.feed(step, bool(spike[i]), ratio, weight=int(v.stride[rows[i]]))
             if spike[i] and event in ("open", "on") and episodes.open is not None and episodes.open.peak_step == step:
                 z = float(excess[i] / sigma[i]) if sigma[i] > 0 else None
                 peak = SpikePeak(float(norms[rows[i]]), float(math.exp(level[i])), z, top_contributors(v.grad[rows[i]]))

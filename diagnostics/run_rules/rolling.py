@@ -200,9 +200,9 @@ class Episode:
 class EpisodesState:
     """The current run of true points, the ongoing episode and the finished ones."""
 
-    run_n: int = 0  # consecutive points with the condition true
+    run_n: int = 0  # logged steps (points, each weighted by its stride) of the current run with the condition true
     run_start: int | None = None  # where that run began
-    off_n: int = 0  # consecutive false points while an episode is open
+    off_n: int = 0  # logged steps of consecutive false points while an episode is open
     open: Episode | None = None
     closed: list[Episode] = field(default_factory=list)
 
@@ -246,24 +246,28 @@ class Episodes:
         self.sign = 1.0 if higher_is_worse else -1.0
         self.s = EpisodesState.from_json(state)
 
-    def feed(self, step: int, cond: bool, value: float, start: int | None = None) -> str | None:
-        """Feed one point; returns 'open', 'on', 'close' or None. `start` overrides where a new run begins."""
+    def feed(self, step: int, cond: bool, value: float, start: int | None = None, weight: int = 1) -> str | None:
+        """Feed one point; returns 'open', 'on', 'close' or None. `start` overrides where a new run begins.
+
+        `weight` is the logged steps the point stands for (the client's stride): confirm_n and release_n
+        count logged steps, so a run recorded one step in 10 confirms and releases at the same steps.
+        """
         if cond:
-            return self._on(int(step), value, start)
+            return self._on(int(step), value, start, weight)
         s = self.s
         s.run_n = 0
         if s.open is not None:
-            s.off_n += 1
+            s.off_n += weight
             if s.off_n >= self.release_n:
                 self._close()
                 return "close"
         return None
 
-    def _on(self, step: int, value: float, start: int | None) -> str | None:
+    def _on(self, step: int, value: float, start: int | None, weight: int) -> str | None:
         s = self.s
         if s.run_n == 0:
             s.run_start = int(step if start is None else start)
-        s.run_n += 1
+        s.run_n += weight
         s.off_n = 0
         ep = s.open
         if ep is None:

@@ -136,7 +136,7 @@ class VanishingTrendRule:
             cond = bool(drop[k] <= -WARN_DECADES)
             if not cond and st.episodes.idle:
                 continue
-            event = st.episodes.feed(int(v.steps[rows[k]]), cond, float(drop[k]))
+            event = st.episodes.feed(int(v.steps[rows[k]]), cond, float(drop[k]), weight=int(v.stride[rows[k]]))
             if event == "close":
                 row = v.grad[rows[k]]
                 with np.errstate(divide="ignore", invalid="ignore"):
