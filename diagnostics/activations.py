@@ -29,29 +29,35 @@ _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
 
 def _normal_cdf(x: Tensor) -> Tensor:
+    """Phi(x), the standard normal CDF."""
     return 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
 
 
 def _gelu(x: Tensor) -> Tensor:
+    """d/dx x*Phi(x)."""
     return _normal_cdf(x) + x * torch.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
 
 
 def _gelu_tanh(x: Tensor) -> Tensor:
+    """d/dx of GELU's tanh approximation."""
     t = torch.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x**3))
     return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * x * x)
 
 
 def _silu(x: Tensor) -> Tensor:
+    """d/dx x*sigmoid(x)."""
     s = torch.sigmoid(x)
     return s * (1 + x * (1 - s))
 
 
 def _mish(x: Tensor) -> Tensor:
+    """d/dx x*tanh(softplus(x))."""
     t = torch.tanh(torch.nn.functional.softplus(x))
     return t + x * torch.sigmoid(x) * (1 - t * t)
 
 
 def _hardswish(x: Tensor) -> Tensor:
+    """d/dx x*relu6(x+3)/6."""
     return torch.where(x < -3, 0.0, torch.where(x > 3, 1.0, (2 * x + 3) / 6))
 
 

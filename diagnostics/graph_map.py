@@ -106,6 +106,7 @@ def parameter_aliases(gm: fx.GraphModule) -> dict[str, list[str]]:
 
 
 def _owner(name: str) -> str:
+    """The module path that owns a parameter name."""
     return name.rsplit(".", 1)[0] if "." in name else ""
 
 
@@ -185,14 +186,20 @@ def _link_serial(layers: list[LayerInfo], dependent: set[fx.Node]) -> None:
                 layer.serial_inputs.append(source.path)
 
 
-def feeding_layer(node: fx.Node, layers: list[LayerInfo], dependent: set[fx.Node]) -> str | None:
-    """The parameterised layer nearest upstream of a node: where a fix to its input scale applies."""
+def layer_owners(layers: list[LayerInfo]) -> dict[fx.Node, str]:
+    """Node -> layer path for the ops that apply each layer's parameters and its output."""
     owners = {op: layer.path for layer in layers for op in layer.consumers}
     owners.update({layer.output_node: layer.path for layer in layers if layer.output_node is not None})
+    return owners
+
+
+def feeding_layer(node: fx.Node, owners: dict[fx.Node, str], dependent: set[fx.Node]) -> str | None:
+    """The parameterised layer nearest upstream of a node: where a fix to its input scale applies."""
     return nearest_owner(node, owners, dependent)
 
 
 def _in_scope(node: fx.Node, path: str) -> bool:
+    """Whether the node was produced inside the module at path (or a submodule of it)."""
     scope, _ = module_scope(node)
     return scope == path or (bool(path) and scope.startswith(path + "."))
 
@@ -213,23 +220,17 @@ def _scope_output(gm: fx.GraphModule, layer: LayerInfo) -> fx.Node | None:
             continue
         if any(not _in_scope(user, layer.path) for user in node.users):
             candidates.append(node)
-    applied = set(layer.consumers)
-    for node in candidates:
-        if node in applied or _depends_on(node, applied):
-            return node
-    return candidates[0] if candidates else None
+    applied = _applied(layer)
+    return next((node for node in candidates if node in applied), candidates[0] if candidates else None)
 
 
-def _depends_on(node: fx.Node, sources: set[fx.Node]) -> bool:
-    """Whether any of sources is an ancestor of node (searched within the graph)."""
-    seen: set[fx.Node] = set()
-    stack = [node]
+def _applied(layer: LayerInfo) -> set[fx.Node]:
+    """The layer's consuming ops and every op inside the module computed from them."""
+    seen = set(layer.consumers)
+    stack = list(layer.consumers)
     while stack:
-        current = stack.pop()
-        if current in sources:
-            return True
-        if current in seen:
-            continue
-        seen.add(current)
-        stack.extend(node_args(current))
-    return False
+        for user in stack.pop().users:
+            if user not in seen and _in_scope(user, layer.path):
+                seen.add(user)
+                stack.append(user)
+    return seen

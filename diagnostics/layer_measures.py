@@ -8,7 +8,7 @@ from torch import Tensor
 
 from .activations import REPORTED_KIND
 from .dataflow import input_dependent
-from .graph_map import LayerInfo, feeding_layer
+from .graph_map import LayerInfo, feeding_layer, layer_owners
 from .measurements import ActivationMeasure, LayerMeasure, RecurrentMeasure
 from .probes import InstrumentedGraph
 
@@ -56,10 +56,11 @@ def activation_feeders(graph: InstrumentedGraph, infos: list[LayerInfo]) -> dict
     if not infos:
         return {}
     dependent = input_dependent(graph.module.graph)
+    owners = layer_owners(infos)
     feeders: dict[int, str] = {}
     for probe_id, spec in enumerate(graph.specs):
         if spec.kind == "activation" and spec.source is not None:
-            owner = feeding_layer(spec.source, infos, dependent)
+            owner = feeding_layer(spec.source, owners, dependent)
             if owner is not None:
                 feeders[probe_id] = owner
     return feeders
@@ -105,6 +106,7 @@ def activation_measures(
 
 
 def _gate_kind(op: str) -> str:
+    """Recurrent gate probes report as LSTM gates or a tanh RNN's hidden state."""
     return "lstm_gates" if "lstm" in op else "tanh"
 
 

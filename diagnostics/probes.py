@@ -160,61 +160,72 @@ class InstrumentedGraph:
     has_recurrent: bool
 
 
+@dataclass
+class _Plan:
+    """Probes to insert: a spec each, placed after a node, some with extra tensors to read."""
+
+    specs: list[ProbeSpec] = field(default_factory=list)
+    targets: list[tuple[fx.Node, int]] = field(default_factory=list)
+    context: list[tuple[fx.Node, int, tuple[fx.node.Argument, ...]]] = field(default_factory=list)
+    layer_probe: dict[str, int] = field(default_factory=dict)
+    has_recurrent: bool = False
+
+    def add(self, spec: ProbeSpec, node: fx.Node, extra: tuple[fx.node.Argument, ...] = ()) -> int:
+        """Watch node with spec (reading extra too); returns the probe id."""
+        probe_id = len(self.specs)
+        self.specs.append(spec)
+        if extra:
+            self.context.append((node, probe_id, extra))
+        else:
+            self.targets.append((node, probe_id))
+        return probe_id
+
+
 def instrument(gm: fx.GraphModule, layers: list[LayerInfo]) -> InstrumentedGraph:
     """Insert probe calls after activations, layer outputs and recurrent inputs."""
-    specs: list[ProbeSpec] = []
-    targets: list[tuple[fx.Node, int]] = []
-    context: list[tuple[fx.Node, int, tuple[fx.node.Argument, ...]]] = []
-    layer_probe: dict[str, int] = {}
+    plan = _Plan()
     for layer in layers:
         if layer.output_node is not None:
-            layer_probe[layer.path] = len(specs)
             val = layer.output_node.meta.get("val")
             rank = val.dim() if isinstance(val, Tensor) else 0
-            specs.append(
-                ProbeSpec("layer_output", layer.path, str(layer.output_node.target), layer.type, output_rank=rank)
-            )
-            targets.append((layer.output_node, layer_probe[layer.path]))
-    for site in find_activations(gm.graph):
-        path, type_name = module_scope(site.output)
-        if site.key in DERIVATIVES and site.input is not None:
-            context.append((site.output, len(specs), (site.input,)))
-        else:
-            targets.append((site.output, len(specs)))
-        specs.append(ProbeSpec("activation", path, site.key, type_name, source=site.input))
-    has_recurrent = False
-    for node in list(gm.graph.nodes):
-        if node.op != "call_function":
-            continue
-        path, type_name = module_scope(node)
-        if node.target in RECURRENT_OPS:
-            batch_first = node.args[RECURRENT_OPS[node.target]] if len(node.args) > 8 else False
-            source = node.args[0]
-            if isinstance(source, fx.Node):
-                has_recurrent = True
-                targets.append((source, len(specs)))
-                specs.append(
-                    ProbeSpec("recurrent_input", path, str(node.target), type_name, time_dim=1 if batch_first else 0)
-                )
-            gate_probe = _gate_probe(node, path, type_name, bool(batch_first))
-            if gate_probe is not None:
-                output, args = gate_probe
-                context.append((output, len(specs), args))
-                specs.append(
-                    ProbeSpec("recurrent_gates", path, str(node.target), type_name, time_dim=1 if batch_first else 0)
-                )
-    recorder = ProbeRecorder(specs)
+            spec = ProbeSpec("layer_output", layer.path, str(layer.output_node.target), layer.type, output_rank=rank)
+            plan.layer_probe[layer.path] = plan.add(spec, layer.output_node)
+    sites = {site.output: site for site in find_activations(gm.graph)}
+    for node in list(gm.graph.nodes):  # graph order, so probe ids follow the forward
+        if node in sites:
+            site = sites[node]
+            path, type_name = module_scope(node)
+            extra = (site.input,) if site.key in DERIVATIVES and site.input is not None else ()
+            plan.add(ProbeSpec("activation", path, site.key, type_name, source=site.input), node, extra)
+        elif node.op == "call_function" and node.target in RECURRENT_OPS:
+            _plan_recurrent(plan, node)
+    recorder = ProbeRecorder(plan.specs)
     gm.add_submodule(PROBE_MODULE, recorder)
     last_placeholder = [n for n in gm.graph.nodes if n.op == "placeholder"][-1]
-    for node, probe_id in targets:
+    for node, probe_id in plan.targets:
         anchor = last_placeholder if node.op == "placeholder" else node
         with gm.graph.inserting_after(anchor):
             gm.graph.call_module(PROBE_MODULE, args=(probe_id, node))
-    for node, probe_id, args in context:
+    for node, probe_id, args in plan.context:
         with gm.graph.inserting_after(node):
             gm.graph.call_module(PROBE_MODULE, args=(probe_id, node, *args))
     gm.recompile()
-    return InstrumentedGraph(gm, recorder, specs, layer_probe, has_recurrent)
+    return InstrumentedGraph(gm, recorder, plan.specs, plan.layer_probe, plan.has_recurrent)
+
+
+def _plan_recurrent(plan: _Plan, node: fx.Node) -> None:
+    """A recurrent op's input (gradient through time) and, where recomputable, its gates."""
+    path, type_name = module_scope(node)
+    batch_first = node.args[RECURRENT_OPS[node.target]] if len(node.args) > 8 else False
+    time_dim = 1 if batch_first else 0
+    source = node.args[0]
+    if isinstance(source, fx.Node):
+        plan.has_recurrent = True
+        plan.add(ProbeSpec("recurrent_input", path, str(node.target), type_name, time_dim=time_dim), source)
+    gate_probe = _gate_probe(node, path, type_name, bool(batch_first))
+    if gate_probe is not None:
+        output, args = gate_probe
+        plan.add(ProbeSpec("recurrent_gates", path, str(node.target), type_name, time_dim=time_dim), output, args)
 
 
 def _gate_probe(
