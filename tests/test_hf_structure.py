@@ -290,3 +290,13 @@ def test_dead_relu_names_the_relu_and_its_feeding_layer() -> None:
     assert feeders == {"net.1": "net.0", "net.3": "net.2"}, finding.evidence
     assert {"net.0", "net.1", "net.2", "net.3"} <= set(finding.layers)
     assert "fed by net.2" in finding.message
+
+
+def test_llama_chains_follow_data_flow_not_siblings(tmp_path: Path) -> None:
+    infos = {info.path: info for info in parameter_layers(packaged(llama(), tmp_path).graph_module)}  # type: ignore[arg-type]
+    block = "model.model.layers.0"
+    assert infos[f"{block}.self_attn.q_proj"].serial_inputs == []  # reads the norm, like k and v
+    assert infos[f"{block}.self_attn.o_proj"].serial_inputs == [f"{block}.self_attn.v_proj"]  # q/k go through softmax
+    assert set(infos[f"{block}.mlp.down_proj"].serial_inputs) == {f"{block}.mlp.gate_proj", f"{block}.mlp.up_proj"}
+    assert infos["model.model.layers.1.self_attn.v_proj"].serial_inputs == []  # residual add and norm between
+    assert infos[f"{block}.input_layernorm"].kind == "norm" and infos["model.lm_head"].kind == "linear"
