@@ -405,3 +405,11 @@ def test_update_cost_is_vectorised() -> None:
     many, ev = second_update(1000)
     assert many < 2 * few, (few, many)  # a Python loop over the layers would make it ~10x
     assert len(json.dumps(ev.state())) < 400_000  # O(L), not O(steps x L)
+
+
+def test_a_rise_that_does_not_come_back_is_not_a_transient_spike() -> None:
+    for name in ("diverge_sgd", "diverge_adam"):  # loss_divergence's: still up (or NaN) 50 steps on
+        assert of(name, "loss_divergence", "error") and not of(name, "loss_spike"), describe(findings(name))
+    s = fx.falling_run(0, 0.15, spike=True)
+    s.loss[fx.SPIKE_AT : fx.SPIKE_AT + 70] = s.loss[fx.SPIKE_AT]  # the same jump, back only after 70 steps
+    assert not [f for f in evaluate(s, 37).findings() if f.rule == "loss_spike"]

@@ -144,11 +144,11 @@ class LossSpikeRule:
         norms = v.global_norm
         gok = np.isfinite(norms) & (norms > 0)
         glog = np.log(norms[gok])
-        gmed, _ = rolling_median_mad(st.ghist, glog, GRAD_LEVEL_N, include_current=False, min_count=1)
-        grad_level = np.full(v.n, np.nan)
-        grad_level[gok] = gmed
+        upto, _ = rolling_median_mad(st.ghist, glog, GRAD_LEVEL_N, include_current=True, min_count=1)
+        after = np.full(v.n, np.nan)
+        after[gok] = upto  # the level once each row's norm is in
         carry = float(np.median(st.ghist)) if len(st.ghist) else math.nan
-        grad_level = forward_fill(grad_level, carry)
+        grad_level = np.concatenate([[carry], forward_fill(after, carry)[:-1]])  # the level before each row
         st.ghist = np.concatenate([st.ghist, glog])[-GRAD_LEVEL_N:]
         pos = v.fin_loss > 0
         rows = v.fin_rows[pos]
@@ -180,8 +180,11 @@ class LossSpikeRule:
         if x - math.log(spike.level) < spike.back_bar():
             st.back_n += 1
             spike.recovered = step if st.back_n == 1 else spike.recovered
-            if st.back_n >= RECOVER_N:
-                self._close(spike)
+            if st.back_n >= RECOVER_N and spike.recovered is not None:
+                if spike.recovered - spike.start <= MAX_RECOVERY_STEPS:
+                    self._close(spike)
+                else:  # back, but after loss_divergence's 50 steps: that rule's recovered divergence
+                    st.open, st.back_n = None, 0
             return
         if step - spike.start > MAX_RECOVERY_STEPS:
             st.open, st.back_n = None, 0  # not a transient: loss_divergence's case
