@@ -11,9 +11,10 @@ from gradhealth.diagnostics.run_rules.metrics import GradientMetric
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from .paging import INT64_MAX
-from .run_codec import MAX_STEPS_PER_BATCH
+from .run_codec import MAX_STEPS_PER_BATCH, MAX_STRIDE
 
 Count = Annotated[StrictInt, Field(ge=0, le=INT64_MAX)]
+Stride = Annotated[StrictInt, Field(ge=1, le=MAX_STRIDE)]
 Column = list[float | None]
 
 
@@ -30,3 +31,8 @@ class LogBatchBody(BaseModel):
         default_factory=dict, description="metric -> one row per step, one value per layer of the run"
     )
     dropped: Count = Field(default=0, description="steps the client dropped since the previous batch")
+    stride: Stride | list[Stride] | None = Field(
+        default=None,
+        description="optimizer steps each record stands for (the recording interval): one for the batch, or one "
+        "per step; absent: 1",
+    )
