@@ -28,7 +28,10 @@ _VERSION = re.compile(r"[\w.+-]*\Z", re.ASCII)
 _SYMBOL = re.compile(r"[a-z]{1,4}[0-9]+\Z")  # shape symbols: s24, u0, zf1
 _NUMERAL = re.compile(r"-?[0-9]+(\.[0-9]*)?(e[+-]?[0-9]+)?\Z")
 _OPAQUE_FN = re.compile(r"(OpaqueUnaryFn|BitwiseFn)_\w+\Z", re.ASCII)
-_OP_TARGET = re.compile(r"torch\.ops\.(aten|prims)\.(_?[A-Za-z]\w*)\.([A-Za-z]\w*)\Z", re.ASCII)
+# ATen's Python-operator ops (x & y, x | y, ...) are the only double-underscore op names allowed:
+# Hugging Face's causal masks emit aten.__and__, and no other dunder may reach getattr.
+_DUNDER_OPS = "and|or|xor|lshift|rshift|iand|ior|ixor|ilshift|irshift"
+_OP_TARGET = re.compile(rf"torch\.ops\.(aten|prims)\.(_?[A-Za-z]\w*|__(?:{_DUNDER_OPS})__)\.([A-Za-z]\w*)\Z", re.ASCII)
 # ATen ops that touch files, print or change process-wide state: never needed for gradients.
 DENIED_OPS = frozenset(
     "save from_file _print warn manual_seed seed set_ record_stream set_grad_enabled"

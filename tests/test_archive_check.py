@@ -566,3 +566,34 @@ def test_json_entry_with_too_many_items_is_refused_before_parsing(base: Path, tm
     path = rewrite(base, tmp_path / "items.pt2", edit={CONSTANTS: lambda _: many})
     with pytest.raises(UnsafeArchiveError, match="JSON items"):
         check_pt2_archive(path)
+
+
+class _BitwiseAnd(nn.Module):
+    """A boolean mask combined with `&`, as Hugging Face's causal masks are: the graph calls aten.__and__."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.where((x > 0) & (x < 1), x, x * 0.5)
+
+
+def test_python_operator_ops_pass_and_other_dunders_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "and.pt2"
+    torch.export.save(torch.export.export(_BitwiseAnd(), (torch.randn(4),)), path)
+    with zipfile.ZipFile(path) as zf:
+        model_json = next(n for n in zf.namelist() if n.endswith("models/model.json"))
+        doc = json.loads(zf.read(model_json))
+    targets = [n["target"] for n in doc["graph_module"]["graph"]["nodes"]]
+    assert "torch.ops.aten.__and__.Tensor" in targets
+    check_pt2_archive(path)  # allowed: the dunder is one of ATen's operator ops
+    for evil in (
+        "torch.ops.aten.__class__.x",
+        "torch.ops.aten.__getattribute__.default",
+        "torch.ops.aten.__and.Tensor",
+    ):
+        doc["graph_module"]["graph"]["nodes"][0]["target"] = evil
+        bad = tmp_path / "evil.pt2"
+        with zipfile.ZipFile(path) as src, zipfile.ZipFile(bad, "w") as dst:
+            for info in src.infolist():
+                data = json.dumps(doc).encode() if info.filename == model_json else src.read(info.filename)
+                dst.writestr(info, data)
+        with pytest.raises(UnsafeArchiveError, match="not an ATen/prims tensor op"):
+            check_pt2_archive(bad)
