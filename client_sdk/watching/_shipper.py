@@ -71,17 +71,25 @@ class Shipper:
             return len(self.buffer) + (self._inflight[2] if self._inflight else 0)
 
     def flush(self, timeout: float) -> bool:
-        """Send now; wait until everything buffered is acknowledged (True), or `timeout` passes or an
-        attempt made for this flush fails (False): a service that is down answers at once, not in `timeout`."""
+        """Send now; wait until everything buffered is acknowledged (True), or `timeout` passes, an attempt
+        made for this flush fails or the run is abandoned (False): a service that is down or refuses answers
+        at once, not in `timeout`."""
         with self.buffer.cond:
             self._flush = True
             failed_before = self.failed_attempts
             self._kick()
-            self.buffer.cond.wait_for(
-                lambda: self._delivered_all() or self.failed_attempts > failed_before or not self._thread.is_alive(),
-                timeout,
-            )
+            self.buffer.cond.wait_for(lambda: self._settled(failed_before), timeout)
             return self._delivered_all()
+
+    def _settled(self, failed_before: int) -> bool:
+        """Whether a flush has its answer: all delivered, an attempt failed, or nothing more will be sent.
+
+        `_abandoned` is set (and waiters notified) while the thread is still alive: without it a waiter woken
+        by a refusal would find the thread running and sleep out its whole timeout.
+        """
+        if self._delivered_all() or self.failed_attempts > failed_before:
+            return True
+        return self._abandoned or not self._thread.is_alive()
 
     def close(self, timeout: float) -> bool:
         """Deliver what is left within `timeout`; after that the thread gives up at its next chance."""
