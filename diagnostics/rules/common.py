@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from gradhealth.report import Remediation
+
 REFS = {
     "glorot2010": "Glorot & Bengio 2010, Understanding the difficulty of training deep feedforward neural networks",
     "he2015": "He et al. 2015, Delving Deep into Rectifiers (Kaiming init)",
@@ -70,3 +72,15 @@ def orders_of_magnitude(ratio: float) -> float:
 def batch_confidence(batch_size: int, full_at: int = 32) -> float:
     """Batch statistics firm up with the batch: 0.5 for one sample, 0.95 from full_at on."""
     return round(min(0.95, 0.5 + 0.45 * min(batch_size, full_at) / full_at), 2)
+
+
+def clip_remediation(max_norm: float | None, detail: str, default: float | None = None) -> Remediation:
+    """clip_grad_norm_ (Pascanu et al. 2013): one advice, whichever rule derived the max_norm it quotes."""
+    shown = default if max_norm is None else max_norm
+    return Remediation(
+        action="clip_gradients",
+        detail=detail,
+        snippet=f"torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm={shown})",
+        references=[REFS["pascanu2013"]],
+        params={"max_norm": max_norm},
+    )

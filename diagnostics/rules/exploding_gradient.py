@@ -7,7 +7,7 @@ import statistics
 from gradhealth.report import Finding, Remediation
 
 from ..measurements import Measurements, RecurrentMeasure
-from .common import REFS, batch_confidence, fmt, label_span, layer_label, orders_of_magnitude
+from .common import REFS, batch_confidence, clip_remediation, fmt, label_span, layer_label, orders_of_magnitude
 from .gradient_profile import Profile, depth_profiles
 
 RULE_ID = "exploding_gradient"
@@ -48,12 +48,9 @@ def _time_finding(m: Measurements, rnn: RecurrentMeasure) -> Finding | None:
         },
         thresholds={"warning_ratio": WARNING_RATIO, "error_ratio": ERROR_RATIO},
         remediation=[
-            Remediation(
-                action="clip_gradients",
-                detail=f"Clip the global gradient norm (max_norm≈{fmt(max_norm)}), the standard fix for recurrent nets.",
-                snippet=f"torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm={max_norm})",
-                references=[REFS["pascanu2013"]],
-                params={"max_norm": max_norm},
+            clip_remediation(
+                max_norm,
+                f"Clip the global gradient norm (max_norm≈{fmt(max_norm)}), the standard fix for recurrent nets.",
             ),
             Remediation(
                 action="orthogonal_recurrent_init",
@@ -133,13 +130,10 @@ def _remediation(where: str, max_norm: float | None) -> list[Remediation]:
             references=[REFS["he2015"], REFS["lecun1998"]],
             params={"init": "kaiming_normal"},
         ),
-        Remediation(
-            action="clip_gradients",
-            detail=f"Clip the global gradient norm; max_norm≈{fmt(max_norm)} is the norm this model "
+        clip_remediation(
+            max_norm,
+            f"Clip the global gradient norm; max_norm≈{fmt(max_norm)} is the norm this model "
             "would have if every layer had its median layer's gradient.",
-            snippet=f"torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm={max_norm})",
-            references=[REFS["pascanu2013"]],
-            params={"max_norm": max_norm},
         ),
         Remediation(
             action="add_normalization",

@@ -7,9 +7,21 @@ from dataclasses import dataclass
 from gradhealth.report import Remediation
 
 from ..rules.common import REFS, fmt
+from ..rules.common import clip_remediation as clip_gradients
 from ..rules.common import span as _span
 
-__all__ = ["REFS", "RUN_REFS", "RunContext", "clip_remediation", "fmt", "label", "lower_lr_remediation", "span"]
+__all__ = [
+    "REFS",
+    "RUN_REFS",
+    "RunContext",
+    "clip_remediation",
+    "fmt",
+    "label",
+    "lower_lr_remediation",
+    "merged_note",
+    "span",
+    "steps_where",
+]
 
 RUN_REFS = {
     "chowdhery2022": "Chowdhery et al. 2022, PaLM (section 5.1: on a loss spike, restart ~100 steps earlier and skip the "
@@ -43,6 +55,16 @@ def span(names: list[str]) -> str:
     return _span([label(n) for n in names])
 
 
+def steps_where(start: int, last: int) -> str:
+    """An episode's extent as titles and messages name it: 'step 7' or 'steps 7–12'."""
+    return f"step {start}" if last == start else f"steps {start}–{last}"
+
+
+def merged_note(merged: int, what: str) -> str:
+    """The sentence saying how many later episodes an episode absorbed, so its counts are read right."""
+    return f" {merged} later {what}(s) are merged into this one." if merged else ""
+
+
 def round2(x: float) -> float:
     """Two significant digits, for parameters a user will paste."""
     return float(f"{x:.2g}")
@@ -50,16 +72,12 @@ def round2(x: float) -> float:
 
 def clip_remediation(ctx: RunContext) -> Remediation:
     """clip_grad_norm_ at ~the 90th percentile of the global norms seen (Pascanu et al. 2013)."""
-    max_norm = ctx.max_norm
-    value = "1.0" if max_norm is None else f"{max_norm}"
-    return Remediation(
-        action="clip_gradients",
-        detail=f"Clip the global gradient norm at max_norm≈{value}, the 90th percentile of the norms this run has "
-        "logged: ordinary steps pass untouched, the outliers are scaled down.",
-        snippet=f"torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm={value})",
-        references=[REFS["pascanu2013"]],
-        params={"max_norm": max_norm},
+    value = "1.0" if ctx.max_norm is None else f"{ctx.max_norm}"
+    detail = (
+        f"Clip the global gradient norm at max_norm≈{value}, the 90th percentile of the norms this run has "
+        "logged: ordinary steps pass untouched, the outliers are scaled down."
     )
+    return clip_gradients(ctx.max_norm, detail, default=1.0)
 
 
 def lower_lr_remediation(lr: float | None, factor: float, why: str) -> Remediation:

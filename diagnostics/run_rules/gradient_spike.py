@@ -10,7 +10,7 @@ import numpy as np
 from gradhealth.report import Finding
 
 from .chunk import ChunkView
-from .common import RunContext, clip_remediation, fmt, lower_lr_remediation, span
+from .common import RunContext, clip_remediation, fmt, lower_lr_remediation, merged_note, span, steps_where
 from .rolling import MAD_TO_SIGMA, Episode, Episodes, LogHistogram, dec_array, enc_array, rolling_median_mad
 
 RULE_ID = "gradient_spike"
@@ -148,7 +148,7 @@ class GradientSpikeRule:
         info = self.st.peaks.get(str(ep.start))
         ratio, norm, level = ep.peak, info.norm if info else None, info.level if info else None
         count = ep.n
-        where = f"step {ep.start}" if ep.last == ep.start else f"steps {ep.start}–{ep.last}"
+        where = steps_where(ep.start, ep.last)
         top = [ctx.layers[i] for i in (info.layers if info else [])]
         message = (
             f"The global gradient norm spiked to {fmt(norm)} at step {ep.peak_step}, {fmt(ratio)}x its rolling median "
@@ -156,8 +156,7 @@ class GradientSpikeRule:
         )
         if top:
             message += f" Largest contributions at the peak: {span(top)}."
-        if ep.merged:
-            message += f" {ep.merged} later episode(s) are merged into this one."
+        message += merged_note(ep.merged, "episode")
         return Finding(
             rule=RULE_ID,
             severity="warning",

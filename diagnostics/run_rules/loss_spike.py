@@ -10,7 +10,7 @@ import numpy as np
 from gradhealth.report import Finding, Remediation
 
 from .chunk import ChunkView, forward_fill
-from .common import RUN_REFS, RunContext, clip_remediation, fmt, span
+from .common import RUN_REFS, RunContext, clip_remediation, fmt, merged_note, span, steps_where
 from .gradient_spike import top_contributors
 from .loss_divergence import SUSTAIN_STEPS
 from .rolling import MAX_EPISODES, dec_array, enc_array, rolling_diff_sigma, rolling_median_mad
@@ -253,7 +253,7 @@ def spike_finding(s: Spike, ctx: RunContext) -> Finding:
     layers = [ctx.layers[i] for i in s.layers]
     ratio = s.peak_loss / s.level
     grad_ratio = s.grad_peak / s.grad_level if s.grad_peak is not None and s.grad_level else None
-    where = f"step {s.start}" if s.last == s.start else f"steps {s.start}–{s.last}"
+    where = steps_where(s.start, s.last)
     message = (
         f"The loss spiked to {fmt(s.peak_loss)} at step {s.peak_step}, {fmt(ratio)}x its level {fmt(s.level)} "
         f"before the spike, and was back near that level from step {s.recovered}."
@@ -261,8 +261,7 @@ def spike_finding(s: Spike, ctx: RunContext) -> Finding:
     if grad_ratio is not None:
         message += f" The global gradient norm peaked at {fmt(grad_ratio)}x its level (step {s.grad_peak_step})"
         message += f", mostly in {span(layers)}." if layers else "."
-    if s.merged:
-        message += f" {s.merged} later spike(s) are merged into this one."
+    message += merged_note(s.merged, "spike")
     recover = s.recovered - s.start if s.recovered is not None else None
     return Finding(
         rule=RULE_ID,
