@@ -17,7 +17,11 @@ FIXTURE = Path(__file__).parent / "fixtures" / "run_rule_state_v1.json.gz"
 # Rules added after the fixture was written: a state without theirs loads them fresh (additive, still version 1).
 NEW_RULES = {"loss_spike"}
 # Keys added to a rule's state since: absent, they load with their defaults.
-NEW_KEYS = {"stalled_layer": {"last_moved"}, "loss_plateau": {"first_logged"}}
+NEW_KEYS = {
+    "stalled_layer": {"last_moved"},
+    "loss_plateau": {"first_logged"},
+    "loss_divergence": {"best_diff_sigma", "recent"},
+}
 
 
 @cache

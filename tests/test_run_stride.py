@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import cache
 
 import msgpack
 import numpy as np
@@ -39,12 +40,12 @@ def test_a_bad_stride_is_a_422_that_says_what_to_send(stride: object) -> None:
     assert caught.value.status == 422 and "stride" in caught.value.message
 
 
-def thinned(s: fx.Stream, stride: int) -> RunEvaluator:
-    """The same trajectory recorded one step in `stride`, as a throttled watch() sends it."""
-    rows = np.arange(0, len(s.steps), stride)
+def thinned(s: fx.Stream, stride: int, offset: int = 0, chunk: int = 7) -> RunEvaluator:
+    """The same trajectory recorded one step in `stride` (from step `offset`), as a throttled watch() sends it."""
+    rows = np.arange(offset, len(s.steps), stride)
     ev = RunEvaluator(s.layers)
-    for lo in range(0, len(rows), 7):
-        r = rows[lo : lo + 7]
+    for lo in range(0, len(rows), chunk):
+        r = rows[lo : lo + chunk]
         metrics = {name: values[r] for name, values in s.metrics.items()}
         ev.update(LogChunk(s.steps[r], s.loss[r], s.loss_logged[r], s.lr[r], metrics, np.full(len(r), stride)))
     return ev
@@ -85,3 +86,41 @@ def test_a_throttled_run_gets_the_same_spike_episodes(stride: int) -> None:
     want = [(f.step, f.last_step) for f in full.findings() if f.rule == "gradient_spike"]
     got = [(f.step, f.last_step) for f in thinned(s, stride).findings() if f.rule == "gradient_spike"]
     assert len(want) > 1 and got == want  # the spikes fall on recorded steps (multiples of 150)
+
+
+@cache
+def run(name: str) -> fx.Stream:
+    return {**fx.HEALTHY, **fx.PATHOLOGICAL}[name]()
+
+
+def divergence(ev: RunEvaluator) -> list[tuple[str, int]]:
+    return [(f.severity, f.step) for f in ev.findings() if f.rule == "loss_divergence"]
+
+
+@pytest.mark.parametrize(("stride", "offset"), [(1, 0), (5, 0), (5, 3), (10, 0), (10, 5)])
+def test_a_throttled_lr_jump_is_a_divergence_from_the_same_step(stride: int, offset: int) -> None:
+    """Adam's lr jump lifts the loss back to chance: the level and noise windows span steps, not records, so
+    one loss in 10 still clears the bar (51 losses 10 steps apart would count the whole early fall as noise)."""
+    s = run("diverge_adam")
+    full = RunEvaluator(s.layers)
+    for chunk in s.chunks(50):
+        full.update(chunk)
+    ((severity, step),) = divergence(full)
+    assert severity == "error" and fx.DIVERGE_AT <= step <= fx.DIVERGE_AT + 2
+    ((got_severity, got_step),) = divergence(thinned(s, stride, offset))
+    assert got_severity == "error" and step - stride < got_step < step + stride
+
+
+@pytest.mark.parametrize("name", sorted(fx.HEALTHY))
+def test_healthy_runs_recorded_one_step_in_10_stay_silent(name: str) -> None:
+    for offset in (0, 5):
+        found = thinned(run(name), 10, offset).findings()
+        assert found == [], [(f.rule, f.severity, f.step, f.message[:100]) for f in found]
+
+
+def test_a_throttled_divergence_streams_exactly() -> None:
+    """The step windows keep their losses in the rule's state: any chunking gives the same state and findings."""
+    s = run("diverge_adam")
+    whole, chunked = thinned(s, 10, chunk=len(s.steps)), thinned(s, 10, chunk=3)
+    assert whole.state()["rules"]["loss_divergence"] == chunked.state()["rules"]["loss_divergence"]
+    assert divergence(whole) == divergence(chunked) != []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
 import numpy as np
@@ -11,126 +10,26 @@ from gradhealth.report import Finding, Remediation, Severity
 
 from .chunk import ChunkView
 from .common import REFS, RUN_REFS, RunContext, clip_remediation, fmt, lower_lr_remediation, span
+from .divergence_state import LOST_PROGRESS, REL_RISE, Z_NOISE, Divergence, LossDivergenceState, LossPoint
 from .gradient_spike import top_contributors
 from .rolling import MAD_TO_SIGMA, MAX_EPISODES, opt_float
 
 RULE_ID = "loss_divergence"
 
-# Reference: the best (lowest) 9-point rolling median of the loss so far, and the minibatch noise
-# sigma (1.4826 MAD of the last 51 losses) at that point. A logged loss "exceeds" when it is above
-# best + delta, delta being the largest of
-#  - 4 sigma: a raw loss rarely sits 4 sigma high (heavy-tailed minibatch losses do it at a few %),
-#  - the smaller of |best| (the loss doubled) and half of initial-best (half the progress lost):
-#    either is a real setback, and the second still works for losses near or below zero,
-#  - 0.1% of the loss scale, so round-off at convergence never counts.
-# (Calibrated on healthy SGD runs whose minibatch loss swings 0.03-0.9 around a 0.15 level: the
-# lucky 9-point minimum 0.065 with a 50% bar flagged them; noise-scaled bars do not.)
-Z_NOISE = 4.0
-REL_RISE = 1.0
-LOST_PROGRESS = 0.5
-FLOOR = 1e-3
+# When a loss exceeds the bar: see divergence_state.py.
 # A rise is confirmed when at least 8 of 10 consecutive logged losses exceed, starting with the
 # first: iid noise that exceeds with probability p = 0.05 does this with probability ~1e-9, and
-# the first exceeding loss is the reported start of the rise.
+# the first exceeding loss is the reported start of the rise. (Losses, not steps: the argument counts
+# independent draws, which a throttled client has no more of per record; the start stays a step.)
 CONFIRM_N = 10
 CONFIRM_FRAC = 0.8
 # It ends when fewer than half of the last 10 logged losses exceed.
 RELEASE_FRAC = 0.5
-# Sustained means 50 optimizer steps above the bar: lr warm-up and catapult spikes come back down
-# within a few tens of steps (Lewkowycz et al. 2020; Goyal et al. 2017); a run still up after 50 is
-# diverging. Shorter rises are a warning while they last and forgotten once they recover.
+# Sustained means 50 optimizer steps above the bar (step numbers, whatever the stride): lr warm-up and
+# catapult spikes come back down within a few tens of steps (Lewkowycz et al. 2020; Goyal et al. 2017);
+# a run still up after 50 is diverging. Shorter rises are a warning while they last and forgotten once
+# they recover.
 SUSTAIN_STEPS = 50
-
-
-@dataclass
-class LossPoint:
-    """One finite logged loss in the confirmation window (stored as [step, exceeds, layers, loss, lr])."""
-
-    step: int
-    exceeds: bool  # above the bar set by the best level
-    layers: list[int]  # the top gradient layers where its run of exceeding losses began ([] if it does not exceed)
-    loss: float
-    lr: float | None  # the lr of the update that produced it
-
-    def to_json(self) -> list[Any]:
-        """The positional list of state version 1."""
-        return [self.step, self.exceeds, self.layers, self.loss, self.lr]
-
-    @classmethod
-    def from_json(cls, e: list[Any]) -> LossPoint:
-        """Read what to_json() wrote."""
-        return cls(int(e[0]), bool(e[1]), list(e[2]), e[3], e[4])
-
-
-@dataclass
-class Divergence:
-    """A confirmed rise of the loss above its bar (or a non-finite loss)."""
-
-    start: int
-    last: int  # the last exceeding (or non-finite) step
-    peak: float | None
-    peak_step: int | None
-    layers: list[int]
-    nonfinite_step: int | None
-    best: float | None  # the best level and what it set, when the rise began
-    best_step: int | None
-    threshold: float | None
-    lr_at_best: float | None
-    lr_at_start: float | None
-    nonfinite: bool = False
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON object."""
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> Divergence:
-        """Read what to_json() wrote."""
-        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
-
-
-@dataclass
-class LossDivergenceState:
-    """The best level so far, the confirmation window and the divergences."""
-
-    initial: float | None = None  # the first 9-point rolling median
-    best: float | None = None  # the lowest one
-    best_sigma: float = 0.0  # the minibatch noise there
-    best_step: int | None = None
-    lr_at_best: float | None = None
-    fifo: list[LossPoint] = field(default_factory=list)  # the last CONFIRM_N finite logged losses
-    run_start: int | None = None  # the first step of the current run of exceeding losses
-    run_layers: list[int] = field(default_factory=list)
-    open: Divergence | None = None
-    closed: list[Divergence] = field(default_factory=list)
-    lr: float | None = None  # the lr of the update that produced the last loss
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON object (the keys of state version 1)."""
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
-        out["fifo"] = [e.to_json() for e in self.fifo]
-        out["open"] = self.open.to_json() if self.open is not None else None
-        out["closed"] = [ep.to_json() for ep in self.closed]
-        out["run_layers"] = list(self.run_layers)
-        return out
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any] | None) -> LossDivergenceState:
-        """Read what to_json() wrote (None: a fresh state)."""
-        if not d:
-            return cls()
-        st = cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
-        st.fifo = [LossPoint.from_json(e) for e in d.get("fifo", [])]
-        st.open = Divergence.from_json(d["open"]) if d.get("open") is not None else None
-        st.closed = [Divergence.from_json(ep) for ep in d.get("closed", [])]
-        return st
-
-    def delta(self) -> float:
-        """How far above the best level a loss must be to exceed (see the constants)."""
-        best, initial = self.best, self.initial
-        assert best is not None and initial is not None
-        setback = min(REL_RISE * abs(best), LOST_PROGRESS * (initial - best))
-        return max(Z_NOISE * self.best_sigma, setback, FLOOR * max(abs(initial), abs(best)), 1e-12)
 
 
 class LossDivergenceRule:
@@ -145,6 +44,7 @@ class LossDivergenceRule:
         """Walk the logged losses in order (O(1) work each)."""
         st = self.st
         fin_pos = {int(r): k for k, r in enumerate(v.fin_rows.tolist())}
+        diff_sigma = st.diff_sigmas(v.fin_loss)
         for r in np.flatnonzero(v.loss_logged).tolist():
             step, x = int(v.steps[r]), float(v.loss[r])
             st.lr = opt_float(v.lr_prev[r])  # the lr of the update that produced this loss
@@ -154,7 +54,9 @@ class LossDivergenceRule:
             exceed = self._push(step, x, v.grad[r])
             self._confirm_or_release(step, x, exceed)
             k = fin_pos[r]
-            self._track_best(step, float(v.loss_med[k]), float(v.loss_mad_long[k]))
+            st.remember(x, int(v.stride[r]))
+            level = st.level(float(v.loss_med[k]))
+            self._track_best(step, level, MAD_TO_SIGMA * float(v.loss_mad_long[k]), float(diff_sigma[k]))
 
     def _nonfinite(self, step: int) -> None:
         st = self.st
@@ -191,14 +93,15 @@ class LossDivergenceRule:
             if ep.peak is None or x > ep.peak:
                 ep.peak, ep.peak_step = x, step
 
-    def _track_best(self, step: int, m: float, mad: float) -> None:
+    def _track_best(self, step: int, m: float, sigma: float, diff_sigma: float) -> None:
         st = self.st
         if not math.isfinite(m):
             return
         if st.initial is None:
             st.initial = m
         if st.open is None and (st.best is None or m < st.best):
-            st.best, st.best_sigma, st.best_step, st.lr_at_best = m, MAD_TO_SIGMA * mad, step, st.lr
+            st.best, st.best_sigma, st.best_step, st.lr_at_best = m, sigma, step, st.lr
+            st.best_diff_sigma = diff_sigma if math.isfinite(diff_sigma) else None
 
     def _open(self, start: int, layers: list[int]) -> Divergence:
         st = self.st
