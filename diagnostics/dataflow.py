@@ -8,7 +8,7 @@ kind, fan-in/out and serial chains are all read from those consuming ops.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import fx
@@ -120,27 +120,32 @@ def matmul_fans(op: fx.Node, closure: set[fx.Node], weight_shape: tuple[int, ...
     return contracted, numel // contracted
 
 
-def walk_back(start: Iterable[fx.Node], stop: set[fx.Node], dependent: set[fx.Node]) -> list[fx.Node]:
-    """Input-dependent ancestors reached from start without passing a stop node; stops reached are returned."""
+def breadth_first(start: Iterable[fx.Node], expand: Callable[[fx.Node], list[fx.Node]]) -> Iterator[fx.Node]:
+    """Each node reached from start once, nearest first; expand(node) runs only if the caller reads on."""
     seen: set[fx.Node] = set()
-    reached: list[fx.Node] = []
-    queue = deque(n for n in start if n in dependent)
+    queue = deque(start)
     while queue:
         node = queue.popleft()
         if node in seen:
             continue
         seen.add(node)
-        if node in stop:
-            reached.append(node)
-            continue
-        if node.target in RESCALING_OPS:
-            continue
+        yield node
+        queue.extend(expand(node))
+
+
+def walk_back(start: Iterable[fx.Node], stop: set[fx.Node], dependent: set[fx.Node]) -> list[fx.Node]:
+    """Input-dependent ancestors reached from start without passing a stop node; stops reached are returned."""
+
+    def expand(node: fx.Node) -> list[fx.Node]:
+        if node in stop or node.target in RESCALING_OPS:
+            return []
         if node.target in RESIDUAL_OPS and _is_residual(node, dependent):
-            continue
+            return []
         value_arg = ATTENTION_VALUE_ARG.get(node.target)
         args = [node.args[value_arg]] if value_arg is not None else node_args(node)
-        queue.extend(arg for arg in args if isinstance(arg, fx.Node) and arg in dependent)
-    return reached
+        return [arg for arg in args if isinstance(arg, fx.Node) and arg in dependent]
+
+    return [node for node in breadth_first((n for n in start if n in dependent), expand) if node in stop]
 
 
 def _is_residual(node: fx.Node, dependent: set[fx.Node]) -> bool:
@@ -151,14 +156,5 @@ def _is_residual(node: fx.Node, dependent: set[fx.Node]) -> bool:
 
 def nearest_owner(start: fx.Node, owners: dict[fx.Node, str], dependent: set[fx.Node]) -> str | None:
     """The closest op upstream of start (breadth first) that belongs to a parameterised layer."""
-    seen: set[fx.Node] = set()
-    queue = deque([start])
-    while queue:
-        node = queue.popleft()
-        if node in seen:
-            continue
-        seen.add(node)
-        if node in owners:
-            return owners[node]
-        queue.extend(arg for arg in node_args(node) if arg in dependent)
-    return None
+    upstream = breadth_first([start], lambda node: [arg for arg in node_args(node) if arg in dependent])
+    return next((owners[node] for node in upstream if node in owners), None)
