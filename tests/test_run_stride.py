@@ -124,3 +124,11 @@ def test_a_throttled_divergence_streams_exactly() -> None:
     whole, chunked = thinned(s, 10, chunk=len(s.steps)), thinned(s, 10, chunk=3)
     assert whole.state()["rules"]["loss_divergence"] == chunked.state()["rules"]["loss_divergence"]
     assert divergence(whole) == divergence(chunked) != []
+
+
+@pytest.mark.parametrize("offset", [0, 2])
+def test_an_oscillation_recorded_at_an_odd_stride_is_still_an_alternation_of_the_records(offset: int) -> None:
+    """oscillating_loss counts flips between consecutive records: one step in 5 still sees the period-2 swing,
+    from the first recorded step, as a full record does from step 0."""
+    found = [f for f in thinned(run("oscillation"), 5, offset).findings() if f.rule == "oscillating_loss"]
+    assert [(f.severity, f.step) for f in found] == [("warning", offset)]

@@ -20,6 +20,10 @@ RULE_ID = "oscillating_loss"
 # For iid noise each flips with probability 2/3: the turning-point count has mean 2(n-2)/3 = 32.7
 # and variance (16n-29)/90 = 8.74 (Kendall & Stuart). 90% flips (>= 45) is 4.2 sigma above that;
 # a period-2 oscillation flips at nearly every step. The 24 healthy calibration runs peak at 0.82.
+# Records, not steps, whatever the client's stride: the flips are between consecutive logged losses and
+# the bar counts them as independent draws. A throttled client's records are as many draws (a 51-step
+# window would hold 5 losses at stride 10), and the 51 losses already span at least 51 steps. A period-2
+# oscillation stays an alternation of the records at an odd stride; an even stride samples one phase only.
 WINDOW = 51
 FLIP_FRAC = 0.9
 # "Large": the median step-to-step change is at least 1% of the loss (rules out round-off
