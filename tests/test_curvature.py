@@ -19,31 +19,17 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.fx.experimental.proxy_tensor import make_fx
 
+from .dense_hessian import LossOf, flat_loss
+
 CURVATURE = AnalysisOptions(checks=("standard", "curvature"), optimizer=OptimizerSpec(name="sgd", lr=1e-4))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is faster and immune to a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def dense_spectrum(model: nn.Module, loss_of: Callable[[Callable[..., Tensor]], Tensor]) -> Tensor:
+def dense_spectrum(model: nn.Module, loss_of: LossOf) -> Tensor:
     """Eigenvalues (ascending) of the dense Hessian w.r.t. the model's distinct parameters."""
-    named = dict(model.named_parameters())
-    shapes = {n: p.shape for n, p in named.items()}
-    flat = torch.cat([p.detach().flatten() for p in named.values()])
-
-    def f(vector: Tensor) -> Tensor:
-        chunks, offset = {}, 0
-        for n, s in shapes.items():
-            chunks[n] = vector[offset : offset + s.numel()].view(s)
-            offset += s.numel()
-        return loss_of(lambda *a: functional_call(model, chunks, a))
-
+    flat, f = flat_loss(model, loss_of)
     return torch.linalg.eigvalsh(torch.autograd.functional.hessian(f, flat))
 
 

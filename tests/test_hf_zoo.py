@@ -29,6 +29,7 @@ import gradhealth
 from . import hf_zoo
 from .hf_zoo import HFCase
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 STEPS = 30  # AdamW steps of the behaviour run
 HEALTHY_FALL = 0.03  # a healthy model's loss falls by at least this fraction in STEPS steps
 SLOWER = 2 / 3  # a "slower" broken model's loss falls by at most this share of its healthy twin's fall
@@ -109,15 +110,6 @@ def analyse(case: HFCase) -> Report:
     model, loss, inputs, targets = case.build()
     options = AnalysisOptions(optimizer=case.optimizer, checks=case.checks)
     return analyze_module(model, loss, inputs, targets, options)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny models on a shared machine: one intra-op thread is fast enough and polite."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

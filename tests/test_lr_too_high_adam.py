@@ -17,10 +17,12 @@ import torch.nn.functional as F
 from gradhealth.diagnostics import AnalysisOptions, OptimizerSpec, analyze_module
 from gradhealth.diagnostics.curvature import adam_stability_limit
 from torch import Tensor, nn
-from torch.func import functional_call
+
+from .dense_hessian import flat_loss
 
 Case = tuple[nn.Module, str, Tensor, Tensor]
 LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"mse": F.mse_loss, "cross_entropy": F.cross_entropy}
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 BELOW, ABOVE = (0.3, 0.5), (1.5, 4.0)  # multiples of the critical lr (2+2 beta1)/((1-beta1) lambda)
 
 
@@ -51,16 +53,7 @@ def preconditioned_sharpness(case: Case, eps: float = 1e-8) -> float:
     model = copy.deepcopy(model).double()
     x = x.double()
     y = y.double() if y.is_floating_point() else y
-    shapes = {n: p.shape for n, p in model.named_parameters()}
-    flat = torch.cat([p.detach().flatten() for p in model.parameters()])
-
-    def f(vector: Tensor) -> Tensor:
-        chunks, offset = {}, 0
-        for n, s in shapes.items():
-            chunks[n] = vector[offset : offset + s.numel()].view(s)
-            offset += s.numel()
-        return LOSSES[loss](functional_call(model, chunks, (x,)), y)
-
+    flat, f = flat_loss(model, lambda forward: LOSSES[loss](forward(x), y))
     gradient = torch.autograd.functional.jacobian(f, flat)
     scale = (gradient.abs() + eps).rsqrt()
     hessian = torch.autograd.functional.hessian(f, flat)
@@ -79,14 +72,6 @@ def adam_losses(case: Case, lr: float, steps: int = 50) -> list[float]:
         value.backward()
         optimizer.step()
     return losses
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 _CRITICAL: dict[str, float] = {}

@@ -38,6 +38,7 @@ try:
 except ImportError:  # tests/ itself is on sys.path (pytest rootdir-less import mode)
     import zoo
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 RULES = {
     "non_finite",
     "vanishing_gradient",
@@ -593,15 +594,6 @@ def prove_healthy(case, m: Measured) -> dict:
 
 def _id(case: zoo.ZooCase) -> str:
     return case.name
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The models are tiny: one intra-op thread is faster and immune to a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_zoo_contract():
