@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import tiny_transformers
+
 __all__ = ["HEALTHY", "BROKEN", "ALL", "HFCase", "by_name"]
 
 Loss = str | Callable[[Tensor, Tensor], Tensor]
@@ -119,7 +121,7 @@ def _image_batch(classes: int = 10, size: int = 16) -> tuple[tuple[Tensor, ...],
 
 
 def _gpt2(n_layer: int = 4) -> nn.Module:
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import GPT2LMHeadModel
 
     class GPT2Logits(GPT2LMHeadModel):
         """GPT-2 LM (tied wte/lm_head) whose forward maps token ids to logits."""
@@ -127,15 +129,14 @@ def _gpt2(n_layer: int = 4) -> nn.Module:
         def forward(self, input_ids: Tensor) -> Tensor:
             return super().forward(input_ids=input_ids, use_cache=False).logits
 
-    config = GPT2Config(
-        vocab_size=VOCAB, n_positions=SEQ, n_embd=HIDDEN, n_layer=n_layer, n_head=2, n_inner=4 * HIDDEN,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=None, eos_token_id=None,
+    return tiny_transformers.gpt2(
+        vocab=VOCAB, hidden=HIDDEN, layers=n_layer, heads=2, positions=SEQ, model_class=GPT2Logits,
+        n_inner=4 * HIDDEN, bos_token_id=None, eos_token_id=None,
     )  # fmt: skip
-    return GPT2Logits(config)
 
 
 def _llama(vocab: int = VOCAB, layers: int = 4) -> nn.Module:
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     class LlamaLogits(LlamaForCausalLM):
         """Llama causal LM (RMSNorm, RoPE, SwiGLU, grouped KV heads) whose forward returns logits."""
@@ -143,12 +144,10 @@ def _llama(vocab: int = VOCAB, layers: int = 4) -> nn.Module:
         def forward(self, input_ids: Tensor) -> Tensor:
             return super().forward(input_ids=input_ids, use_cache=False).logits
 
-    config = LlamaConfig(
-        vocab_size=vocab, hidden_size=HIDDEN, intermediate_size=2 * HIDDEN, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=SEQ, attention_dropout=0.0,
+    return tiny_transformers.llama(
+        vocab=vocab, hidden=HIDDEN, layers=layers, heads=4, kv_heads=2, positions=SEQ, model_class=LlamaLogits,
         bos_token_id=None, eos_token_id=None, pad_token_id=None,
     )  # fmt: skip
-    return LlamaLogits(config)
 
 
 def _bert_config(**extra: Any) -> Any:
@@ -186,7 +185,7 @@ def _bert_regressor() -> nn.Module:
 
 
 def _vit() -> nn.Module:
-    from transformers import ViTConfig, ViTForImageClassification
+    from transformers import ViTForImageClassification
 
     class ViTLogits(ViTForImageClassification):
         """ViT image classifier (patch embedding, pre-LN encoder, [CLS] head) returning class logits."""
@@ -194,11 +193,7 @@ def _vit() -> nn.Module:
         def forward(self, pixel_values: Tensor) -> Tensor:
             return super().forward(pixel_values=pixel_values).logits
 
-    config = ViTConfig(
-        image_size=16, patch_size=4, num_channels=3, hidden_size=HIDDEN, num_hidden_layers=3, num_attention_heads=2,
-        intermediate_size=2 * HIDDEN, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=10,
-    )  # fmt: skip
-    return ViTLogits(config)
+    return tiny_transformers.vit(image=16, hidden=HIDDEN, layers=3, heads=2, labels=10, model_class=ViTLogits)
 
 
 def _t5() -> nn.Module:

@@ -14,7 +14,10 @@ from gradhealth.diagnostics.curvature_pass import adam_scale
 from gradhealth.sdk import package
 from torch import Tensor, nn
 
+from . import tiny_transformers as tiny
+
 transformers = pytest.importorskip("transformers")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 OPTIONS = AnalysisOptions(checks=("standard", "curvature"), optimizer=OptimizerSpec(name="adam", lr=1e-3))
 
@@ -34,40 +37,16 @@ class Logits(nn.Module):
 
 
 def _llama(attn: str) -> nn.Module:
-    config = transformers.LlamaConfig(
-        vocab_size=64,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=32,
-    )
-    config._attn_implementation = attn
-    return transformers.LlamaForCausalLM(config)
+    return tiny.llama(vocab=64, hidden=16, layers=2, heads=2, kv_heads=1, positions=32, attn=attn)
 
 
 def _gpt2(attn: str) -> nn.Module:
-    config = transformers.GPT2Config(
-        vocab_size=64, n_embd=16, n_layer=2, n_head=2, n_positions=32, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0
-    )  # no dropout: the two runs compared must see the same function
-    config._attn_implementation = attn
-    return transformers.GPT2LMHeadModel(config)  # lm_head.weight is tied to transformer.wte.weight
+    """No dropout: the two runs compared must see the same function; lm_head.weight is tied to wte."""
+    return tiny.gpt2(vocab=64, hidden=16, layers=2, heads=2, positions=32, attn=attn)
 
 
 def _vit(attn: str) -> nn.Module:
-    config = transformers.ViTConfig(
-        image_size=8,
-        patch_size=4,
-        num_channels=3,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        num_labels=3,
-    )
-    config._attn_implementation = attn
-    return transformers.ViTForImageClassification(config)
+    return tiny.vit(image=8, hidden=16, layers=2, heads=2, labels=3, attn=attn)
 
 
 MODELS: dict[str, tuple[Callable[[str], nn.Module], bool]] = {
@@ -96,19 +75,10 @@ def _eager_reference(model: nn.Module, x: Tensor, y: Tensor) -> tuple[float, flo
     return plain.eigenvalue, pre.eigenvalue
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("name", list(MODELS))
 def test_curvature_through_sdpa_matches_eager_attention(name: str, tmp_path: Path) -> None:
     build, vision = MODELS[name]
-    torch.manual_seed(0)
-    sdpa = Logits(build("sdpa").train(), vision)
+    sdpa = Logits(build("sdpa"), vision)
     x, y = _batch(vision)
     model_path = package(sdpa, "cross_entropy", x, y, tmp_path / "model.pt2")
     batch_path = write_batch(tmp_path / "batch.safetensors", x, y)
@@ -118,7 +88,7 @@ def test_curvature_through_sdpa_matches_eager_attention(name: str, tmp_path: Pat
     preconditioned = report.metrics["preconditioned_sharpness"]
     assert isinstance(sharpness, float) and isinstance(preconditioned, float)
 
-    eager = Logits(build("eager").train(), vision)
+    eager = Logits(build("eager"), vision)
     eager.load_state_dict(sdpa.state_dict())
     want_plain, want_pre = _eager_reference(eager, x, y)
     assert sharpness == pytest.approx(want_plain, rel=1e-3)
@@ -129,8 +99,7 @@ def test_fused_attention_has_no_double_backward_without_the_math_kernel() -> Non
     """What the curvature pass works around: without it, the HVP through SDPA fails on CPU."""
     from gradhealth.diagnostics.hvp import hessian_operator
 
-    torch.manual_seed(0)
-    model, (x, y) = Logits(_llama("sdpa").train(), False), _batch(False)
+    model, (x, y) = Logits(_llama("sdpa"), False), _batch(False)
     op = hessian_operator(F.cross_entropy(model(x), y), list(model.parameters()))
     assert op is not None
     with pytest.raises(RuntimeError, match="flash_attention"):

@@ -14,7 +14,10 @@ from gradhealth.diagnostics import analyze_module
 from gradhealth.report import Report
 from torch import Tensor, nn
 
+from . import tiny_transformers as tiny
+
 transformers = pytest.importorskip("transformers")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 DEPTH_RULES = ("vanishing_gradient", "exploding_gradient")
 BATCH, SEQ = 4, 32
@@ -39,42 +42,21 @@ def next_token_loss(logits: Tensor, ids: Tensor) -> Tensor:
 
 
 def _llama(vocab: int) -> CausalLM:
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        bos_token_id=0,
-        eos_token_id=0,
+    model = tiny.llama(
+        vocab=vocab, hidden=32, layers=3, heads=4, kv_heads=4, positions=2048, bos_token_id=0, eos_token_id=0,
         pad_token_id=0,
-    )
-    return CausalLM(transformers.LlamaForCausalLM(cfg)).train()
+    )  # fmt: skip
+    return CausalLM(model)
 
 
 def _gpt2(scaled_block: int | None, scale: float = 100.0) -> CausalLM:
     """GPT-2, dropout off; optionally one block's weights multiplied by `scale` (a bad checkpoint merge)."""
-    torch.manual_seed(0)
-    cfg = transformers.GPT2Config(
-        vocab_size=512,
-        n_embd=32,
-        n_layer=4,
-        n_head=4,
-        n_positions=64,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
-    model = transformers.GPT2LMHeadModel(cfg)
+    model = tiny.gpt2(vocab=512, hidden=32, layers=4, heads=4, positions=64, bos_token_id=0, eos_token_id=0)
     if scaled_block is not None:
         with torch.no_grad():
             for p in model.transformer.h[scaled_block].parameters():
                 p.mul_(scale)
-    return CausalLM(model).train()
+    return CausalLM(model)
 
 
 def _ids(vocab: int, seed: int = 1) -> Tensor:
@@ -83,14 +65,6 @@ def _ids(vocab: int, seed: int = 1) -> Tensor:
 
 def _analyse(model: CausalLM, ids: Tensor) -> Report:
     return analyze_module(model, next_token_loss, (ids,), ids)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("vocab", [1000, 32000])

@@ -24,6 +24,8 @@ from gradhealth.report import Report, severity_at_least
 from gradhealth.sdk.packaging import package
 from torch import Tensor, nn
 
+from . import tiny_transformers as tiny
+
 transformers = pytest.importorskip("transformers")
 
 VOCAB, SEQ, BATCH, HIDDEN = 64, 16, 8, 32
@@ -46,31 +48,20 @@ def _tokens() -> tuple[Tensor, Tensor]:
 
 
 def gpt2(tied: bool = True, activation: str = "gelu_new") -> nn.Module:
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(
-        n_embd=HIDDEN, n_layer=2, n_head=2, vocab_size=VOCAB, n_positions=SEQ, tie_word_embeddings=tied,
-        activation_function=activation, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-        bos_token_id=0, eos_token_id=0,
+    return tiny.gpt2(
+        vocab=VOCAB, hidden=HIDDEN, layers=2, heads=2, positions=SEQ, tie_word_embeddings=tied,
+        activation_function=activation, bos_token_id=0, eos_token_id=0,
     )  # fmt: skip
-    return transformers.GPT2LMHeadModel(config).train()
 
 
 def llama() -> nn.Module:
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        hidden_size=HIDDEN, intermediate_size=2 * HIDDEN, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=SEQ, bos_token_id=0, eos_token_id=0,
-    )  # fmt: skip
-    return transformers.LlamaForCausalLM(config).train()
+    return tiny.llama(
+        vocab=VOCAB, hidden=HIDDEN, layers=2, heads=2, kv_heads=2, positions=SEQ, bos_token_id=0, eos_token_id=0
+    )
 
 
 def vit() -> nn.Module:
-    torch.manual_seed(0)
-    config = transformers.ViTConfig(
-        hidden_size=HIDDEN, intermediate_size=2 * HIDDEN, num_hidden_layers=2, num_attention_heads=2,
-        image_size=16, patch_size=4, num_labels=10, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-    )  # fmt: skip
-    return transformers.ViTForImageClassification(config).train()
+    return tiny.vit(image=16, hidden=HIDDEN, layers=2, heads=2, labels=10)
 
 
 def _batch(model: nn.Module) -> tuple[Tensor, Tensor]:
