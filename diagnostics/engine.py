@@ -152,7 +152,7 @@ class Analyzer:
         notify("statistics", 0.6)
         with timer.phase("statistics"):
             measurements = self._measure(params, inputs, targets, loss, batch_size, options)
-        if "curvature" in options.checks:
+        if options.runs("curvature"):
             notify("curvature", 0.7)
             with timer.phase("curvature"):
                 curvature = self._curvature(inputs, targets, options)

@@ -7,7 +7,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 Precision = Literal["fp32", "fp16", "bf16"]
-Check = Literal["standard", "curvature"]  # what AnalysisOptions.checks may name
+Check = Literal["standard", "noise", "curvature", "full"]  # what AnalysisOptions.checks may name
+# "full" is shorthand for every check; the others can be named on their own.
+FULL_CHECKS: tuple[Check, ...] = ("standard", "noise", "curvature")
 
 
 class OptimizerSpec(BaseModel):
@@ -34,3 +36,7 @@ class AnalysisOptions(BaseModel):
     checks: tuple[Check, ...] = ("standard",)
     device: str | None = None
     curvature_iterations: int = Field(default=30, ge=2, le=500)  # most Hessian-vector products per Lanczos run
+
+    def runs(self, check: Check) -> bool:
+        """Whether this analysis includes a check, with "full" standing for all of them."""
+        return check in self.checks or "full" in self.checks

@@ -84,6 +84,25 @@ class SkippedCheck(BaseModel):
     reason: str
 
 
+class Estimate(BaseModel):
+    """A stochastic estimate with its own uncertainty: a number a rule may act on only as surely as this says."""
+
+    value: float
+    low: float | None = None  # confidence interval at `level`; None where the estimator gives none
+    high: float | None = None
+    level: float = Field(default=0.95, gt=0.0, lt=1.0)
+    samples: int = Field(default=1, ge=1)  # samples, probe vectors or batches behind the value
+    method: str = ""  # e.g. "hutchinson", "lanczos residual bound", "bootstrap over samples"
+
+
+class CurvatureSpectrum(BaseModel):
+    """The loss Hessian's top eigenvalues and, optionally, its spectral density (stochastic Lanczos quadrature)."""
+
+    top_eigenvalues: list[float] = Field(default_factory=list)  # algebraic, largest first
+    density_grid: list[float] = Field(default_factory=list)
+    density: list[float] = Field(default_factory=list)  # aligned with density_grid
+
+
 class ActivationStats(BaseModel):
     """Statistics of one activation op's output on the batch."""
 
@@ -111,6 +130,7 @@ class LayerStats(BaseModel):
     output_grad_rms: float | None = None
     output_rms: float | None = None
     activation: ActivationStats | None = None
+    gsnr: Estimate | None = None  # gradient signal-to-noise ratio over the batch's samples (noise check)
     extra: dict[str, float | int | str | None | list[float]] = Field(default_factory=dict)
 
 
@@ -163,6 +183,8 @@ class Report(BaseModel):
     environment: dict[str, str] = Field(default_factory=dict)
     timeline: Timeline | None = None  # run reports only
     skipped: list[SkippedCheck] = Field(default_factory=list)
+    estimates: dict[str, Estimate] = Field(default_factory=dict)  # noise/curvature statistics with intervals
+    spectrum: CurvatureSpectrum | None = None
 
     def findings_for(self, rule: str) -> list[Finding]:
         """Return the findings of one rule id."""
