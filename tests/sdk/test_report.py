@@ -99,3 +99,15 @@ def test_compare_pairs_moved_findings_and_respects_tolerance(reports: dict[str, 
     assert any(c.metric == "saturated_fraction" and c.worse for c in comparison.layer_changes)
     loose = worse.compare(base, Tolerance(increase={"saturated_fraction": 0.9}))
     assert not any(c.metric == "saturated_fraction" for c in loose.layer_changes)
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.mark.parametrize("name", ["checkpoint_report", "run_report"])
+def test_reports_without_estimates_render_byte_for_byte_as_before(name: str) -> None:
+    """Output captured before estimates, spectra and GSNR were rendered: an old report's pages do not change."""
+    report = gradhealth.Report.load(FIXTURES / f"{name}.json")
+    assert not report.estimates and report.spectrum is None and all(la.gsnr is None for la in report.layers)
+    assert report.to_html() == (FIXTURES / f"{name}.html").read_text()
+    assert report.to_markdown() == (FIXTURES / f"{name}.md").read_text()
