@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import TypeGuard
 
-from .schema import Finding, Report, Timeline
+from .schema import Estimate, Finding, Report, Timeline
 
 _ICON = {"healthy": "✅", "info": "ℹ️", "warning": "⚠️", "error": "❌", "critical": "🛑"}
 
@@ -89,8 +89,73 @@ def skipped_lines(report: Report) -> list[str]:
     return ["## Checks not run", "", *(f"- `{s.check}`: {s.reason}" for s in report.skipped), ""]
 
 
+def interval_text(estimate: Estimate, with_level: bool = True) -> str:
+    """'[low, high] at 95%' (or '–' where the estimator gives none): every renderer words an interval alike."""
+    if estimate.low is None and estimate.high is None:
+        return "–"
+    level = f" at {round(estimate.level * 100, 6):g}%" if with_level else ""
+    return f"[{_num(estimate.low)}, {_num(estimate.high)}]{level}"
+
+
+def estimate_items(report: Report) -> list[tuple[str, Estimate]]:
+    """The report's estimates, one-batch ones first and then the across-batches ones, each in report order."""
+    items = list(report.estimates.items())
+    return sorted(items, key=lambda item: item[0].startswith("across_batches."))
+
+
+def _cell(text: str) -> str:
+    """Text safe inside a Markdown table cell: a pipe or a newline from a stored report cannot split the row."""
+    return " ".join(text.replace("|", "\\|").replace("`", "'").split())
+
+
+def estimate_lines(report: Report) -> list[str]:
+    """The estimates table (value, interval, samples, method) and the top Hessian eigenvalues, when present."""
+    top = report.spectrum.top_eigenvalues if report.spectrum else []
+    if not report.estimates and not top:
+        return []
+    lines = ["## Estimates", ""]
+    if report.estimates:
+        lines += ["| estimate | value | interval | samples | method |", "|---|---|---|---|---|"]
+        lines += [
+            f"| `{_cell(name)}` | {_num(e.value)} | {interval_text(e)} | {e.samples} | {_cell(e.method)} |"
+            for name, e in estimate_items(report)
+        ]
+        lines.append("")
+    if top:
+        lines += ["Top Hessian eigenvalues: " + ", ".join(_num(v) for v in top) + ".", ""]
+    return lines
+
+
+def _gsnr_cell(estimate: Estimate | None) -> str:
+    if estimate is None:
+        return ""
+    interval = interval_text(estimate, with_level=False)
+    return _num(estimate.value) + ("" if interval == "–" else f" {interval}")
+
+
+def _layer_lines(report: Report, max_layers: int) -> list[str]:
+    """The per-layer table; a GSNR column only when some layer has one, so older reports read as before."""
+    gsnr = any(layer.gsnr is not None for layer in report.layers)
+    lines = [
+        "| layer | type | grad norm | grad/weight | output grad RMS | activation | dead | saturated |"
+        + (" GSNR [interval] |" if gsnr else ""),
+        "|---|---|---|---|---|---|---|---|" + ("---|" if gsnr else ""),
+    ]
+    for layer in report.layers[:max_layers]:
+        act = layer.activation
+        lines.append(
+            f"| `{layer.name}` | {layer.type} | {_num(layer.grad_norm)} | {_num(layer.grad_to_weight)} | "
+            f"{_num(layer.output_grad_rms)} | {act.kind if act else ''} | "
+            f"{_num(act.dead_fraction) if act else ''} | {_num(act.saturated_fraction) if act else ''} |"
+            + (f" {_gsnr_cell(layer.gsnr)} |" if gsnr else "")
+        )
+    if len(report.layers) > max_layers:
+        lines.append(f"| … {len(report.layers) - max_layers} more | | | | | | | |" + (" |" if gsnr else ""))
+    return lines
+
+
 def to_markdown(report: Report, max_layers: int = 60) -> str:
-    """A Markdown summary: verdict, findings with advice, and the per-layer gradient table."""
+    """A Markdown summary: verdict, findings with advice, estimates, and the per-layer gradient table."""
     if report.kind == "run":
         return run_markdown(report)
     lines = [
@@ -105,20 +170,11 @@ def to_markdown(report: Report, max_layers: int = 60) -> str:
         "",
         *_findings(report),
         *skipped_lines(report),
+        *estimate_lines(report),
         "## Layers",
         "",
-        "| layer | type | grad norm | grad/weight | output grad RMS | activation | dead | saturated |",
-        "|---|---|---|---|---|---|---|---|",
+        *_layer_lines(report, max_layers),
     ]
-    for layer in report.layers[:max_layers]:
-        act = layer.activation
-        lines.append(
-            f"| `{layer.name}` | {layer.type} | {_num(layer.grad_norm)} | {_num(layer.grad_to_weight)} | "
-            f"{_num(layer.output_grad_rms)} | {act.kind if act else ''} | "
-            f"{_num(act.dead_fraction) if act else ''} | {_num(act.saturated_fraction) if act else ''} |"
-        )
-    if len(report.layers) > max_layers:
-        lines.append(f"| … {len(report.layers) - max_layers} more | | | | | | | |")
     return "\n".join(lines) + "\n"
 
 
@@ -161,6 +217,7 @@ def run_markdown(report: Report) -> str:
         run_facts(report),
         "",
         *_findings(report),
+        *estimate_lines(report),
     ]
     timeline = report.timeline
     if timeline is not None and timeline.layers:

@@ -22,6 +22,7 @@ from .html_parts import (
     svg_open,
 )
 from .render import format_number as _num
+from .render_estimates import estimates_html, gsnr_cell
 from .render_run_html import run_html_fragment
 from .schema import LayerStats, Report
 
@@ -140,9 +141,12 @@ def activation_chart(report: Report) -> str:
 
 def _layer_table(report: Report) -> str:
     flagged = flagged_layers(report)
+    gsnr = any(layer.gsnr is not None for layer in report.layers)  # the column only where some layer has one
     head = (
         "<table><tr><th>layer</th><th>type</th><th>grad RMS</th><th>grad/weight</th><th>output grad RMS</th>"
-        "<th>activation</th><th>dead</th><th>saturated</th><th>non-finite</th></tr>"
+        "<th>activation</th><th>dead</th><th>saturated</th><th>non-finite</th>"
+        + ("<th>GSNR [interval]</th>" if gsnr else "")
+        + "</tr>"
     )
     rows = []
     for layer in report.layers:
@@ -154,7 +158,7 @@ def _layer_table(report: Report) -> str:
             f"<td class='num'>{_num(layer.output_grad_rms)}</td><td>{escape(act.kind) if act else ''}</td>"
             f"<td class='num'>{_num(act.dead_fraction) if act else ''}</td>"
             f"<td class='num'>{_num(act.saturated_fraction) if act else ''}</td>"
-            f"<td class='num'>{layer.nonfinite or ''}</td></tr>"
+            f"<td class='num'>{layer.nonfinite or ''}</td>{gsnr_cell(layer.gsnr) if gsnr else ''}</tr>"
         )
     return head + "".join(rows) + "</table>"
 
@@ -213,6 +217,7 @@ def to_html_fragment(report: Report) -> str:
         "<h2>Findings</h2>" if report.findings else "<h2>No findings</h2>",
         *finding_html(report),
         _skipped_html(report),
+        estimates_html(report),
         "<h2>Layers</h2>",
         _layer_table(report),
         "</div>",

@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 from html import escape
 
+from .chart_scale import nice_step, value_range, wants_log
 from .html_parts import (
     COLORS,
     CSS,
@@ -20,6 +21,7 @@ from .html_parts import (
 )
 from .render import finite, latest, nonfinite_points, run_facts, step_range
 from .render import format_number as _num
+from .render_estimates import estimates_html
 from .schema import Finding, LayerTimeline, Report, Timeline, severity_at_least
 
 # Run reports: time series over training steps, one x scale (steps) shared by every mark of a chart.
@@ -93,42 +95,12 @@ def _drawable(series: list[Series]) -> list[float]:
     ]
 
 
-def value_range(values: list[float], log: bool) -> tuple[float, float]:
-    """Whole decades on a log axis; a padded, rounded span on a linear one; a unit span when nothing is drawable."""
-    if log:
-        logs = [math.log10(v) for v in values if v > 0]
-        if not logs:
-            return -1.0, 0.0
-        first, last = math.floor(min(logs)), math.ceil(max(logs))
-        return float(first), float(max(last, first + 1))
-    if not values:
-        return 0.0, 1.0
-    low, high = min(values), max(values)
-    if low == high:
-        pad = abs(low) * 0.1 or 1.0
-        low, high = low - pad, high + pad
-    tick = _nice_step((high - low) / 4)
-    return math.floor(low / tick) * tick, math.ceil(high / tick) * tick
-
-
-def wants_log(values: list[float]) -> bool:
-    """Loss and lr go log only when positive and spanning more than two decades; otherwise linear reads better."""
-    return bool(values) and min(values) > 0 and max(values) / min(values) > 100
-
-
-def _nice_step(raw: float) -> float:
-    exponent = math.floor(math.log10(raw))
-    mantissa = raw / 10**exponent
-    step: float = next(m for m in (1, 2, 2.5, 5, 10) if m >= mantissa - 1e-9) * 10**exponent  # int ** int is Any
-    return step
-
-
 def _y_ticks(frame: Frame) -> list[tuple[float, str]]:
     if frame.log:
         room = max(2, int((frame.bottom - PLOT_TOP) / 24))  # labels at least 24 px apart
         every = max(1, math.ceil((frame.high - frame.low) / room))
         return [(10.0**d, f"1e{d}") for d in range(int(frame.low), int(frame.high) + 1, every)]
-    tick = _nice_step((frame.high - frame.low) / 4)
+    tick = nice_step((frame.high - frame.low) / 4)
     count = math.floor((frame.high - frame.low) / tick + 1e-9)
     return [(frame.low + k * tick, _num(round(frame.low + k * tick, 12))) for k in range(count + 1)]
 
@@ -136,7 +108,7 @@ def _y_ticks(frame: Frame) -> list[tuple[float, str]]:
 def _x_ticks(frame: Frame) -> list[int]:
     if frame.last <= frame.first:
         return [frame.first]
-    tick = max(1, int(_nice_step((frame.last - frame.first) / 5)))
+    tick = max(1, int(nice_step((frame.last - frame.first) / 5)))
     start = math.ceil(frame.first / tick) * tick
     return list(range(start, frame.last + 1, tick))
 
@@ -350,6 +322,7 @@ def run_html_fragment(report: Report) -> str:
         *_run_charts(report),
         "<h2>Findings</h2>" if report.findings else "<h2>No findings</h2>",
         *finding_html(report),
+        estimates_html(report),
         "<h2>Layers</h2>" if timeline is not None and timeline.layers else "",
         _run_layer_table(timeline) if timeline is not None and timeline.layers else "",
         "</div>",
