@@ -173,3 +173,58 @@ def test_run_report_renders_in_chromium(artifacts_dir: Path, tmp_path: Path) -> 
     assert _count_color(rows, channels, html_parts.OK_COLOR) > 100  # the gradient-norm lines
     assert _count_color(rows, channels, render_run_html.NONFINITE_COLOR) > 100  # ticks, fc's line, error markers
     assert _count_color(rows, channels, html_parts.COLORS["critical"]) > 20  # the critical finding's marker
+
+
+_MEASURE = """<pre id="boxes"></pre><script>
+const marks = ".gh-whisker,.gh-gsnr-point,.gh-stem,.gh-eigenvalue,.gh-density";
+const out = {};
+for (const svg of document.querySelectorAll("svg.gh-chart")) {
+  const r = svg.getBoundingClientRect();
+  out[svg.getAttribute("class")] = {width: r.width, height: r.height, marks: [...svg.querySelectorAll(marks)].map(
+    e => { const b = e.getBBox(); return [e.getAttribute("class"), b.width, b.height]; })};
+}
+document.getElementById("boxes").textContent = JSON.stringify(out);
+</script>"""
+
+
+def test_estimate_charts_render_in_chromium(artifacts_dir: Path, tmp_path: Path) -> None:
+    """The GSNR and spectrum charts lay out with real size in a browser, and the inert page raises nothing."""
+    import html
+    import json
+
+    from gradhealth.report import estimate_charts
+
+    from .test_render_estimates import GSNR, TOP, estimates_report
+
+    report = estimates_report()
+    page = artifacts_dir / "report_estimates.html"
+    page.write_text(report.to_html())
+    dom = _dom(tmp_path, page.resolve().as_uri())  # the real page, CSP and all: no console errors
+    assert "Content-Security-Policy" in dom and "gh-gsnr-chart" in dom and "<script" not in dom
+
+    # The page forbids scripts, so the same fragment is measured in a page of the test's own.
+    probe = tmp_path / "measure.html"
+    probe.write_text(f"<!DOCTYPE html><html><body>{report._repr_html_()}{_MEASURE}</body></html>")
+    boxes = re.search(r'<pre id="boxes">(.*?)</pre>', _dom(tmp_path, probe.resolve().as_uri()), re.S)
+    assert boxes is not None and boxes.group(1), "the measuring script did not run"
+    charts = json.loads(html.unescape(boxes.group(1)))
+    kinds = {"gh-gsnr-chart": {"gh-whisker", "gh-gsnr-point"}, "gh-spectrum-chart": {"gh-stem", "gh-eigenvalue"}}
+    kinds["gh-density-chart"] = {"gh-density"}
+    for css, wanted in kinds.items():
+        chart = charts[f"gh-chart {css}"]
+        assert chart["width"] > 100 and chart["height"] > 50, css
+        assert {kind for kind, _, _ in chart["marks"]} == wanted, css
+        assert all(max(w, h) > 0 for _, w, h in chart["marks"]), css  # every mark has an extent on screen
+    gsnr = charts["gh-chart gh-gsnr-chart"]["marks"]
+    assert sum(kind == "gh-gsnr-point" for kind, _, _ in gsnr) == len(GSNR)
+    assert sum(kind == "gh-stem" for kind, _, _ in charts["gh-chart gh-spectrum-chart"]["marks"]) == len(TOP)
+
+    channels, rows = _screenshot(tmp_path, artifacts_dir / "report_estimates.png", page.resolve().as_uri())
+    assert report.spectrum is not None
+    report.spectrum.density, report.spectrum.density_grid = [], []
+    without = tmp_path / "no_density.html"
+    without.write_text(report.to_html())
+    _, bare = _screenshot(tmp_path, tmp_path / "no_density.png", without.resolve().as_uri())
+    # The density line was painted, not only put in the DOM (its legend swatch and the dead swatch share the colour).
+    painted = _count_color(rows, channels, estimate_charts.DENSITY_COLOR, step=1)
+    assert painted - _count_color(bare, channels, estimate_charts.DENSITY_COLOR, step=1) > 50
