@@ -3,6 +3,7 @@ and CI (Markdown, HTML, JUnit). Plain data: no torch, no HTTP, no database, and 
 the engine, the service and the SDK all build on it (the SDK's `gradhealth.Report` adds client methods)."""
 
 from .compare import Comparison, FindingChange, MetricChange, Tolerance, compare_reports
+from .compare_estimates import EstimateChange
 from .render import format_number, to_markdown
 from .render_html import to_html, to_html_fragment
 from .render_junit import to_junit
@@ -39,6 +40,7 @@ __all__ = [
     "Comparison",
     "CurvatureSpectrum",
     "Estimate",
+    "EstimateChange",
     "Finding",
     "FindingChange",
     "Health",

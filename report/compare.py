@@ -5,7 +5,8 @@ Findings are matched by (rule, layers); findings of the same rule left unmatched
 worse, a finding at warning or above is new or got more severe, or a layer got worse beyond the
 tolerance: dead/saturated/fp16-underflow fractions up by >= 0.2, non-finite values appeared, or
 its gradient scale moved >= 10x further from the other layers' (the median), which a uniform
-rescaling of every layer does not do.
+rescaling of every layer does not do. Estimates (noise, curvature) count only when their intervals no
+longer overlap and they moved the way the tolerance calls worse (compare_estimates).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Callable
 
 from pydantic import BaseModel, Field
 
+from .compare_estimates import WORSE_DIRECTION, EstimateChange, estimate_changes
 from .schema import HEALTH_ORDER, SEVERITY_ORDER, Finding, LayerStats, Report
 
 
@@ -32,6 +34,8 @@ class Tolerance(BaseModel):
     """Fractions: reported when they change by at least this much (a rise is a regression)."""
     min_severity: str = "warning"
     """New or worsened findings below this severity do not count as a regression."""
+    estimate_worse: dict[str, str] = Field(default_factory=lambda: dict(WORSE_DIRECTION))
+    """Estimate name -> "up" or "down": a move that way, with disjoint intervals, is a regression."""
 
 
 class FindingChange(BaseModel):
@@ -74,6 +78,8 @@ class Comparison(BaseModel):
     layer_changes: list[MetricChange] = Field(default_factory=list)
     layers_added: list[str] = Field(default_factory=list)
     layers_removed: list[str] = Field(default_factory=list)
+    estimate_changes: list[EstimateChange] = Field(default_factory=list)
+    """Estimates whose intervals no longer overlap (a move within the noise is not listed)."""
     regressed: bool
     reasons: list[str] = Field(default_factory=list)
     """Why it regressed, one line each (empty when it did not)."""
@@ -102,6 +108,9 @@ class Comparison(BaseModel):
         if self.layer_changes:
             lines += ["", "### Layer metrics", ""]
             lines += [f"- {'⚠️ ' if c.worse else ''}`{c.layer}` {c.description}" for c in self.layer_changes]
+        if self.estimate_changes:
+            lines += ["", "### Estimates", ""]
+            lines += [f"- {'⚠️ ' if c.worse else ''}{c.description}" for c in self.estimate_changes]
         return "\n".join(lines) + "\n"
 
 
@@ -266,6 +275,8 @@ def compare_reports(after: Report, before: Report, tolerance: Tolerance | None =
     reasons += [f"new finding: {describe(f)}" for f in new if SEVERITY_ORDER[f.severity] >= floor]
     reasons += [f"`{c.rule}` got worse: {c.severity_before} → {c.severity_after}" for c in changed if c.worse]
     reasons += _layer_reasons([c for c in layer_changes if c.worse])
+    moved = estimate_changes(before, after, tol.estimate_worse)
+    reasons += [f"estimate got worse beyond its interval: {c.description}" for c in moved if c.worse]
     names_before = {layer.name for layer in before.layers}
     names_after = {layer.name for layer in after.layers}
     return Comparison(
@@ -279,6 +290,7 @@ def compare_reports(after: Report, before: Report, tolerance: Tolerance | None =
         layer_changes=layer_changes,
         layers_added=sorted(names_after - names_before),
         layers_removed=sorted(names_before - names_after),
+        estimate_changes=moved,
         regressed=bool(reasons),
         reasons=reasons,
     )

@@ -111,3 +111,41 @@ def test_reports_without_estimates_render_byte_for_byte_as_before(name: str) -> 
     assert not report.estimates and report.spectrum is None and all(la.gsnr is None for la in report.layers)
     assert report.to_html() == (FIXTURES / f"{name}.html").read_text()
     assert report.to_markdown() == (FIXTURES / f"{name}.md").read_text()
+
+
+def _moved(report: gradhealth.Report, name: str, shift: float) -> gradhealth.Report:
+    """A copy whose estimate `name` is shifted by `shift`, interval and all."""
+    moved = report.model_copy(deep=True)
+    e = moved.estimates[name]
+    assert e.low is not None and e.high is not None
+    e.value, e.low, e.high = e.value + shift, e.low + shift, e.high + shift
+    return moved
+
+
+def test_compare_counts_an_estimate_only_when_its_intervals_part() -> None:
+    from .test_render_estimates import estimates_report
+
+    base = estimates_report()  # hessian_max_eigenvalue 123.456 in [118, 130.2]
+    assert not base.compare(_moved(base, "hessian_max_eigenvalue", 10.0)).estimate_changes  # within the noise
+    sharper = _moved(base, "hessian_max_eigenvalue", 20.0)
+    comparison = sharper.compare(base)
+    (change,) = comparison.estimate_changes
+    assert change.name == "hessian_max_eigenvalue" and change.worse and comparison.regressed
+    assert any("hessian_max_eigenvalue 123 [118, 130] at 95% → 143 [138, 150] at 95%" in r for r in comparison.reasons)
+    assert "### Estimates" in comparison.to_markdown()
+    flatter = base.compare(sharper)  # the other way round: listed, not a regression
+    assert [c.worse for c in flatter.estimate_changes] == [False] and not flatter.regressed
+
+
+def test_compare_estimates_without_direction_or_interval_are_not_regressions() -> None:
+    from .test_render_estimates import estimates_report
+
+    base = estimates_report()
+    noisier = _moved(base, "gradient_noise_scale", 0.001)  # no agreed direction: reported, not judged
+    noisier.estimates["gsnr"].value = 0.01  # no interval on either side: nothing can be said
+    comparison = noisier.compare(base)
+    assert [(c.name, c.worse) for c in comparison.estimate_changes] == [("gradient_noise_scale", False)]
+    assert not comparison.regressed
+    strict = noisier.compare(base, Tolerance(estimate_worse={"gradient_noise_scale": "up"}))
+    assert strict.regressed and strict.estimate_changes[0].worse
+    assert not base.compare(base).estimate_changes
