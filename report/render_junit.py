@@ -5,7 +5,8 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from typing import TYPE_CHECKING
 
-from .render import step_range
+from .render import estimate_items, interval_text, step_range
+from .render import format_number as _num
 from .schema import CHECKPOINT_RULE_IDS, RUN_RULE_IDS, Finding, Report, severity_at_least
 
 if TYPE_CHECKING:
@@ -32,6 +33,20 @@ def _finding_text(findings: list[Finding]) -> str:
     )
 
 
+def _properties(report: Report) -> ET.Element | None:
+    """The estimates as suite properties, so a CI dashboard keeps the numbers next to the checks; None without."""
+    if not report.estimates:
+        return None
+    properties = ET.Element("properties")
+    for name, e in estimate_items(report):
+        interval = "" if interval_text(e) == "–" else f" {interval_text(e)}"
+        method = f", {e.method}" if e.method else ""
+        count = f"{e.samples} sample{'' if e.samples == 1 else 's'}"
+        value = f"{_num(e.value)}{interval} ({count}{method})"
+        ET.SubElement(properties, "property", name=f"estimate.{name}", value=value)
+    return properties
+
+
 def to_junit(report: Report, fail_on: str = "warning", comparison: Comparison | None = None) -> str:
     """Every known rule appears, so a CI dashboard shows which checks passed, not only failures."""
     known = _known_rules(report)
@@ -39,6 +54,9 @@ def to_junit(report: Report, fail_on: str = "warning", comparison: Comparison | 
     failures = 0
     suite = ET.Element("testsuite", name="gradhealth", timestamp=report.created_at.isoformat())
     classname = "gradhealth.run" if report.kind == "run" else f"gradhealth.{report.model.format}"
+    properties = _properties(report)
+    if properties is not None:
+        suite.append(properties)  # before the testcases, where the JUnit schema puts them
     for rule in rules:
         findings = report.findings_for(rule)
         case = ET.SubElement(suite, "testcase", classname=classname, name=rule)

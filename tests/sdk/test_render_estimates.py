@@ -209,3 +209,14 @@ def test_run_reports_render_estimates_too() -> None:
     assert (
         "| `gradient_noise_scale` | 4.20e-04 | [3.00e-04, 6.00e-04] at 95% | 64 | bootstrap |" in report.to_markdown()
     )
+
+
+def test_junit_carries_the_estimates_as_suite_properties() -> None:
+    root = ET.fromstring(estimates_report(estimates={**ESTIMATES, EVIL: Estimate(value=2.0)}).to_junit())
+    suite = root.find("testsuite")
+    assert suite is not None and suite[0].tag == "properties"
+    props = {p.get("name"): p.get("value") for p in suite[0]}
+    assert props["estimate.hessian_max_eigenvalue"] == "123 [118, 130] at 95% (30 samples, lanczos residual bound)"
+    assert props["estimate.gsnr"] == "0.8 (64 samples, plug-in)" and props[f"estimate.{EVIL}"] == "2 (1 sample)"
+    bare = ET.fromstring(estimates_report(estimates={}).to_junit())
+    assert bare.find("testsuite/properties") is None  # reports without estimates: JUnit as before
