@@ -34,6 +34,7 @@ class EstimateChange(BaseModel):
 
 
 def _interval(e: Estimate) -> tuple[float, float] | None:
+    """(low, high) in order, or None where the estimator gave no two-sided interval."""
     if e.low is None or e.high is None:
         return None
     return min(e.low, e.high), max(e.low, e.high)

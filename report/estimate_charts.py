@@ -18,6 +18,7 @@ WHISKER_COLOR, DENSITY_COLOR = "#57606a", "#8250df"
 
 
 def _bounds(e: Estimate) -> list[float]:
+    """The interval's finite ends: what the axis must also cover."""
     return [v for v in (e.low, e.high) if finite(v)]
 
 
@@ -126,6 +127,7 @@ def spectrum_chart(report: Report) -> str:
 
 
 def _density_points(report: Report) -> list[tuple[float, float]]:
+    """(eigenvalue, density) pairs to draw: none when the lists disagree in length or too few are finite."""
     spectrum = report.spectrum
     if spectrum is None or len(spectrum.density_grid) != len(spectrum.density):
         return []

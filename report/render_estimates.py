@@ -43,6 +43,7 @@ def gsnr_cell(estimate: Estimate | None) -> str:
 
 
 def _gsnr_section(report: Report) -> list[str]:
+    """Heading, how to read it, legend and chart; [] when no layer has a GSNR."""
     chart = gsnr_chart(report)
     if not chart:
         return []
@@ -57,6 +58,7 @@ def _gsnr_section(report: Report) -> list[str]:
 
 
 def _spectrum_section(report: Report) -> list[str]:
+    """Heading, how to read it, legend and the stem and density charts; [] without a spectrum."""
     stems, density = spectrum_chart(report), density_chart(report)
     if not (stems or density):
         return []

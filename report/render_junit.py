@@ -33,10 +33,10 @@ def _finding_text(findings: list[Finding]) -> str:
     )
 
 
-def _properties(report: Report) -> ET.Element | None:
-    """The estimates as suite properties, so a CI dashboard keeps the numbers next to the checks; None without."""
+def _properties(report: Report) -> list[ET.Element]:
+    """The estimates as suite properties, so a CI dashboard keeps the numbers next to the checks; [] without."""
     if not report.estimates:
-        return None
+        return []
     properties = ET.Element("properties")
     for name, e in estimate_items(report):
         interval = "" if interval_text(e) == "–" else f" {interval_text(e)}"
@@ -44,7 +44,7 @@ def _properties(report: Report) -> ET.Element | None:
         count = f"{e.samples} sample{'' if e.samples == 1 else 's'}"
         value = f"{_num(e.value)}{interval} ({count}{method})"
         ET.SubElement(properties, "property", name=f"estimate.{name}", value=value)
-    return properties
+    return [properties]
 
 
 def to_junit(report: Report, fail_on: str = "warning", comparison: Comparison | None = None) -> str:
@@ -54,9 +54,7 @@ def to_junit(report: Report, fail_on: str = "warning", comparison: Comparison | 
     failures = 0
     suite = ET.Element("testsuite", name="gradhealth", timestamp=report.created_at.isoformat())
     classname = "gradhealth.run" if report.kind == "run" else f"gradhealth.{report.model.format}"
-    properties = _properties(report)
-    if properties is not None:
-        suite.append(properties)  # before the testcases, where the JUnit schema puts them
+    suite.extend(_properties(report))  # before the testcases, where the JUnit schema puts them
     for rule in rules:
         findings = report.findings_for(rule)
         case = ET.SubElement(suite, "testcase", classname=classname, name=rule)

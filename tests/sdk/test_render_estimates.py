@@ -220,3 +220,22 @@ def test_junit_carries_the_estimates_as_suite_properties() -> None:
     assert props["estimate.gsnr"] == "0.8 (64 samples, plug-in)" and props[f"estimate.{EVIL}"] == "2 (1 sample)"
     bare = ET.fromstring(estimates_report(estimates={}).to_junit())
     assert bare.find("testsuite/properties") is None  # reports without estimates: JUnit as before
+
+
+def test_edge_cases_render() -> None:
+    """Non-finite numbers, one-sided intervals, a lone layer and a misaligned density still give valid pages."""
+    odd = {
+        "hessian_trace": Estimate(value=math.inf),
+        "gsnr": Estimate(value=math.nan, high=2.0),
+        "norm_test_ratio": Estimate(value=0.0, low=0.0, high=0.0),
+    }
+    spectrum = CurvatureSpectrum(top_eigenvalues=[math.nan, 5.0], density_grid=[0.0, 1.0], density=[1.0])
+    report = estimates_report(estimates=odd, spectrum=spectrum)
+    report.layers = [_layer("only", Estimate(value=0.3, low=-0.1, high=0.7)), _layer("bad", Estimate(value=math.inf))]
+    page, md = report.to_html(), report.to_markdown()
+    assert "| `hessian_trace` | inf | – |" in md and "| `gsnr` | nan | [–, 2] at 95% |" in md
+    chart = _chart(page, "gh-gsnr-chart")
+    assert "linear scale" in (chart.get("aria-label") or "")
+    assert [c.get("data-layer") for c in chart.iter(f"{SVG}circle")] == ["only"]  # inf is written, not plotted
+    assert len(_chart(page, "gh-spectrum-chart").findall(f"{SVG}circle")) == 1
+    assert "gh-density-chart" not in page  # grid and density disagree in length
