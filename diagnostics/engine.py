@@ -36,6 +36,7 @@ from .measurements import (
     NonFiniteOrigin,
     RecurrentMeasure,
 )
+from .noise import measure_noise
 from .nonfinite import locate_forward_nonfinite
 from .options import AnalysisOptions
 from .param_stats import layer_param_stats
@@ -159,6 +160,10 @@ class Analyzer:
                 measurements.hessian_max_eigenvalue = curvature.sharpness
                 measurements.preconditioned_sharpness = curvature.preconditioned_sharpness
                 measurements.skipped.extend(curvature.skipped)
+        if options.runs("noise"):
+            notify("noise", 0.85)
+            with timer.phase("noise"):
+                self._noise(measurements, inputs, targets)
         notify("rules", 0.95)
         with timer.phase("rules"):
             findings = evaluate_rules(measurements)
@@ -318,6 +323,18 @@ class Analyzer:
         finally:
             if self.graph is not None:
                 self.graph.recorder.enabled = True
+
+    def _noise(self, m: Measurements, inputs: tuple[Tensor, ...], targets: Tensor) -> None:
+        """Per-sample gradient noise with the probes off; failures come back as skipped."""
+        if self.graph is not None:
+            self.graph.recorder.enabled = False
+        try:
+            groups = [(path, names) for path, _, names in self._layer_groups()]
+            m.noise, skipped = measure_noise(self.loaded, inputs, targets, groups, self.loaded.display_name)
+        finally:
+            if self.graph is not None:
+                self.graph.recorder.enabled = True
+        m.skipped.extend(skipped)
 
 
 def _scalars_to_host(results: dict[int, dict[str, Tensor]]) -> dict[int, dict[str, float]]:

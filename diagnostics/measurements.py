@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .noise_stats import NoiseMeasure
 from .options import AnalysisOptions
 
 
@@ -142,6 +143,7 @@ class Measurements:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (check, reason) for requested checks not run
     graph_available: bool = True
     targets: TargetMeasure | None = None  # regression losses only
+    noise: NoiseMeasure | None = None  # per-sample gradient statistics (noise check)
 
     @property
     def global_grad_norm(self) -> float | None:

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from .curvature import adam_stability_limit, stability_limit
 from .measurements import ActivationMeasure, LayerMeasure, Measurements
+from .noise_report import attach_gsnr, noise_estimates
 
 
 def _finite(value: float | None) -> float | None:
@@ -130,6 +131,7 @@ def build(
     """The report of one checkpoint analysis."""
     first = next(iter(params.values()), None)
     rows = layer_table(measurements)
+    attach_gsnr(rows, measurements)
     return Report(
         id=report_id,
         kind="checkpoint",
@@ -147,6 +149,7 @@ def build(
         metrics=metrics(measurements),
         timings={k: round(v, 6) for k, v in timings.items()},
         skipped=[SkippedCheck(check=check, reason=reason) for check, reason in measurements.skipped],
+        estimates=noise_estimates(measurements),
         environment={
             "torch": torch.__version__,
             "python": platform.python_version(),

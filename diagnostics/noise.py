@@ -1,0 +1,118 @@
+"""The noise check: one extra forward, per-sample gradients from its backward, then noise_stats.
+
+Per-sample gradients are the gradients of each entry of the per-sample loss vector: one forward,
+then backward passes vmapped over rows of the identity (autograd's is_grads_batched), in chunks;
+where an op has no batching rule, one backward per sample on the same graph. Samples that interact
+in the forward (BatchNorm in train mode) get the gradient of their own loss term, batch statistics
+included. Parameters shared by several modules are one tensor, so their gradient sums every use.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from .errors import is_out_of_memory
+from .loading import LoadedModel
+from .noise_stats import NoiseMeasure, noise_statistics
+
+CHECK = "noise"
+MEMORY_BUDGET = 512 * 2**20  # bytes of per-sample gradients kept for the statistics
+CHUNK_ELEMENTS = 64 * 2**20  # per-sample gradient elements one vmapped backward may produce
+LayerGroup = tuple[str, list[str]]  # (layer name in the report, its parameter names)
+Outcome = tuple[NoiseMeasure | None, list[tuple[str, str]]]
+
+
+def _chunk_rows(loss_vec: Tensor, params: Sequence[Tensor], rows: range, batched: bool) -> tuple[list[Tensor], bool]:
+    """Per-sample gradients [len(rows), *p.shape] per parameter; falls back to a loop once vmap fails."""
+    n = loss_vec.shape[0]
+    if batched:
+        eye = torch.zeros(len(rows), n, dtype=loss_vec.dtype, device=loss_vec.device)
+        eye[torch.arange(len(rows)), torch.tensor(list(rows))] = 1.0
+        try:
+            grads = torch.autograd.grad(
+                loss_vec, params, grad_outputs=eye, is_grads_batched=True, retain_graph=True, allow_unused=True
+            )
+            return [_filled(g, p, len(rows)) for g, p in zip(grads, params, strict=True)], True
+        except (RuntimeError, NotImplementedError) as exc:
+            if is_out_of_memory(exc):
+                raise
+    per_row = []
+    for i in rows:
+        grads = torch.autograd.grad(loss_vec[i], params, retain_graph=True, allow_unused=True)
+        per_row.append([_filled(g, p, None) for g, p in zip(grads, params, strict=True)])
+    return [torch.stack(parts) for parts in zip(*per_row, strict=True)], False
+
+
+def _filled(grad: Tensor | None, param: Tensor, rows: int | None) -> Tensor:
+    """A parameter the loss never reaches has a zero gradient for every sample."""
+    if grad is not None:
+        return grad.detach().float()
+    shape = param.shape if rows is None else (rows, *param.shape)
+    return torch.zeros(shape, dtype=torch.float32, device=param.device)
+
+
+def per_sample_gradients(
+    loss_vec: Tensor, named: Mapping[str, Tensor], groups: Sequence[LayerGroup]
+) -> dict[str, Tensor]:
+    """Per-layer matrices [n, P_l] of per-sample gradients, concatenated in each group's order."""
+    names = [name for _, members in groups for name in members]
+    params = [named[name] for name in names]
+    n = loss_vec.shape[0]
+    chunk = max(1, CHUNK_ELEMENTS // max(1, sum(p.numel() for p in params)))
+    pieces: dict[str, list[Tensor]] = {name: [] for name in names}
+    batched = True
+    for start in range(0, n, chunk):
+        grads, batched = _chunk_rows(loss_vec, params, range(start, min(n, start + chunk)), batched)
+        for name, g in zip(names, grads, strict=True):
+            pieces[name].append(g.reshape(g.shape[0], -1).cpu())
+    return {
+        layer: torch.cat([torch.cat(pieces[name]) for name in members], dim=1) for layer, members in groups if members
+    }
+
+
+def _refusal(n: int, numel: int) -> str | None:
+    """Why the check cannot run on this batch, or None."""
+    if n < 2:
+        return "the batch has one sample: the gradient noise needs at least two (use a batch of 16 or more)"
+    if n * numel * 4 > MEMORY_BUDGET:
+        limit = max(2, MEMORY_BUDGET // (4 * numel))
+        return (
+            f"per-sample gradients of {n} samples x {numel} parameters exceed {MEMORY_BUDGET >> 20} MiB: "
+            f"analyse a batch of at most {limit} samples for the noise check"
+        )
+    return None
+
+
+def measure_noise(
+    loaded: LoadedModel,
+    inputs: tuple[Tensor, ...],
+    targets: Tensor,
+    groups: Sequence[LayerGroup],
+    display: Callable[[str], str],
+) -> Outcome:
+    """Run the noise check; anything that stops it becomes a skipped entry, never a silent gap."""
+    named = {name: p for name, p in loaded.module.named_parameters() if p.requires_grad}
+    kept = [(display(path), [name for name in members if name in named]) for path, members in groups]
+    kept = [(path, members) for path, members in kept if members]
+    refusal = _refusal(targets.shape[0], sum(named[name].numel() for _, members in kept for name in members))
+    if refusal is not None or not kept:
+        return None, [(CHECK, refusal or "no trainable parameter reaches the loss: there is no gradient noise")]
+    try:
+        loss_vec = loaded.per_sample_loss(inputs, targets).float()
+        if not loss_vec.requires_grad:
+            return None, [(CHECK, "the loss does not depend on any parameter: there is no gradient noise")]
+        per_layer = per_sample_gradients(loss_vec, named, kept)
+    except (RuntimeError, NotImplementedError) as exc:
+        if is_out_of_memory(exc):
+            raise
+        return None, [(CHECK, f"per-sample gradients failed: {type(exc).__name__}: {str(exc)[:300]}")]
+    if not all(bool(torch.isfinite(x).all()) for x in per_layer.values()):
+        return None, [(CHECK, "some per-sample gradients are NaN/Inf: fix non_finite first")]
+    measure = noise_statistics(per_layer)
+    if measure.grad_sq == 0 or not math.isfinite(measure.grad_sq):
+        return None, [(CHECK, "the mean gradient is zero on this batch: there is no signal to compare noise with")]
+    return measure, []
