@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from gradhealth.diagnostics.losses import NAMED_LOSSES
 from gradhealth.diagnostics.options import AnalysisOptions, Check, OptimizerSpec, Precision
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 def _as_utc(value: datetime) -> datetime:
@@ -102,11 +102,36 @@ class AnalysisSetup(BaseModel):
         return AnalysisOptions(loss=self.loss, optimizer=self.optimizer, precision=self.precision, checks=self.checks)
 
 
+MAX_BATCHES = 16  # the engine's bound too (diagnostics.multi_batch.MAX_BATCHES)
+BatchId = Annotated[str, Field(min_length=1, max_length=64)]
+
+
 class AnalysisCreate(AnalysisSetup):
     """What to analyse and under which training set-up."""
 
     model_id: str = Field(description="a model id, NAME:latest or NAME:N")
-    batch_id: str
+    batch_id: BatchId | None = Field(default=None, description="one batch; or give batch_ids")
+    batch_ids: list[BatchId] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_BATCHES,
+        description=(
+            f"1 to {MAX_BATCHES} batches, all shaped alike: the report is the first batch's, plus "
+            "estimates across_batches.<name> (mean, 95% t-interval over batches) and findings that fire "
+            "on a majority of batches. Give this or batch_id, not both"
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _one_batch_field(self) -> AnalysisCreate:
+        """Exactly one of batch_id and batch_ids, so a request never means two things."""
+        if (self.batch_id is None) == (self.batch_ids is None):
+            raise ValueError("give exactly one of batch_id (one batch) and batch_ids (a list of batches)")
+        return self
+
+    def batches(self) -> list[str]:
+        """The batch ids in order, whichever field named them."""
+        return list(self.batch_ids) if self.batch_ids is not None else [str(self.batch_id)]
 
 
 class Progress(BaseModel):
@@ -131,7 +156,8 @@ class AnalysisPublic(BaseModel):
     id: str
     status: Literal["queued", "running", "succeeded", "failed"]
     model_id: str
-    batch_id: str
+    batch_id: str = Field(description="the first (or only) batch")
+    batch_ids: list[str] = Field(default_factory=list, description="every batch analysed, in order")
     progress: Progress
     error: AnalysisError | None = None
     health: str | None = None

@@ -29,14 +29,52 @@ class Prepared:
     model_path: Path
     batch_path: Path
     loss: str | None
+    more_batches: tuple[Path, ...] = ()  # further batches, analysed and merged with the first
+
+    @property
+    def batch_paths(self) -> list[Path]:
+        """Every batch file, the first first."""
+        return [self.batch_path, *self.more_batches]
+
+
+MAX_BATCHES = 16  # the server's bound on batch_ids
+
+
+def split_data(data: DataArg | None, batches: Sequence[DataArg] | None) -> tuple[DataArg, list[DataArg]]:
+    """The first batch and the rest, from data= or batches= (exactly one of them)."""
+    if (data is None) == (batches is None):
+        raise ValueError("pass data (one batch) or batches=[...] (several), not both and not neither")
+    if batches is None:
+        return data, []  # type: ignore[return-value]
+    if not 1 <= len(batches) <= MAX_BATCHES:
+        raise ValueError(f"batches= takes 1 to {MAX_BATCHES} batches, got {len(batches)}")
+    return batches[0], list(batches[1:])
+
+
+def _batch_file(data: DataArg, path: Path) -> Path:
+    """A batch file for (inputs, targets) written at path, or the given file checked to exist."""
+    if isinstance(data, tuple):
+        if len(data) != 2:
+            raise ValueError("data must be (inputs, targets) or the path of a batch file")
+        return save_batch(path, _as_inputs(data[0]), data[1])
+    if not Path(data).is_file():
+        raise FileNotFoundError(f"no such batch file: {data}")
+    return Path(data)
 
 
 def _as_inputs(inputs: Tensor | Sequence[Tensor]) -> Tensor | tuple[Tensor, ...]:
     return inputs if isinstance(inputs, Tensor) else tuple(inputs)
 
 
-def prepare(model: ModelArg, data: DataArg, loss: LossArg, workdir: Path) -> Prepared:
-    """Package an in-memory model with its loss (or take a package file) and write the batch."""
+def prepare(model: ModelArg, data: DataArg, loss: LossArg, workdir: Path, more: Sequence[DataArg] = ()) -> Prepared:
+    """Package an in-memory model with its loss (or take a package file) and write the batches."""
+    extra = tuple(_batch_file(d, workdir / f"batch.{i}.safetensors") for i, d in enumerate(more, start=1))
+    prepared = _prepare_first(model, data, loss, workdir)
+    return Prepared(prepared.model_path, prepared.batch_path, prepared.loss, extra)
+
+
+def _prepare_first(model: ModelArg, data: DataArg, loss: LossArg, workdir: Path) -> Prepared:
+    """The model package and the first batch file (whose tensors are the export example)."""
     example: tuple[Tensor | tuple[Tensor, ...], Tensor] | None = None
     if isinstance(data, tuple):
         if len(data) != 2:

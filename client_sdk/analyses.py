@@ -30,14 +30,19 @@ ProgressCallback = Callable[[Analysis], None]
 
 def create_body(
     model_id: str,
-    batch_id: str,
+    batch_id: str | None,
     loss: str | None,
     optimizer: OptimizerArg,
     precision: str,
     checks: Sequence[str],
+    batch_ids: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """The POST /v1/analyses body; unset options are left to the server's defaults."""
-    body: dict[str, Any] = {"model_id": model_id, "batch_id": batch_id, "precision": precision}
+    """The POST /v1/analyses body; unset options are left to the server's defaults; one batch as batch_id."""
+    if (batch_id is None) == (batch_ids is None):
+        raise ValueError("pass batch_id or batch_ids, not both and not neither")
+    ids = [batch_id] if batch_id is not None else list(batch_ids or [])
+    body: dict[str, Any] = {"model_id": model_id, "precision": precision}
+    body.update({"batch_id": ids[0]} if len(ids) == 1 else {"batch_ids": ids})
     body["checks"] = [checks] if isinstance(checks, str) else list(checks)
     if loss is not None:
         body["loss"] = loss
@@ -93,15 +98,16 @@ class Analyses:
         self,
         *,
         model_id: str,
-        batch_id: str,
+        batch_id: str | None = None,
+        batch_ids: Sequence[str] | None = None,
         loss: str | None = None,
         optimizer: OptimizerArg = None,
         precision: str = "fp32",
         checks: Sequence[str] = ("standard",),
         idempotency_key: str | None = None,
     ) -> Analysis:
-        """Queue an analysis (the server answers 202 at once); follow it with wait()."""
-        body = create_body(model_id, batch_id, loss, optimizer, precision, checks)
+        """Queue an analysis of one batch (batch_id) or several (batch_ids, merged); follow it with wait()."""
+        body = create_body(model_id, batch_id, loss, optimizer, precision, checks, batch_ids)
         options = RequestOptions("POST", "/v1/analyses", json=body, idempotency_key=idempotency_key)
         return Analysis.model_validate(self._client.request(options).json())
 
@@ -164,15 +170,16 @@ class AsyncAnalyses:
         self,
         *,
         model_id: str,
-        batch_id: str,
+        batch_id: str | None = None,
+        batch_ids: Sequence[str] | None = None,
         loss: str | None = None,
         optimizer: OptimizerArg = None,
         precision: str = "fp32",
         checks: Sequence[str] = ("standard",),
         idempotency_key: str | None = None,
     ) -> Analysis:
-        """Queue an analysis (the server answers 202 at once); follow it with wait()."""
-        body = create_body(model_id, batch_id, loss, optimizer, precision, checks)
+        """Queue an analysis of one batch (batch_id) or several (batch_ids, merged); follow it with wait()."""
+        body = create_body(model_id, batch_id, loss, optimizer, precision, checks, batch_ids)
         options = RequestOptions("POST", "/v1/analyses", json=body, idempotency_key=idempotency_key)
         return Analysis.model_validate((await self._client.request(options)).json())
 

@@ -67,10 +67,11 @@ def _options(args: argparse.Namespace) -> AnalysisOptions:
     from pydantic import ValidationError
 
     from .commands import _options as analysis_options
+    from .commands import missing_input
 
-    for label, path in (("--model", args.model), ("--batch", args.batch)):
-        if not path.is_file():
-            raise CheckError(f"{label} {path}: no such file", EXIT_USAGE)
+    problem = missing_input(args)
+    if problem:
+        raise CheckError(problem, EXIT_USAGE)
     try:
         return analysis_options(args)
     except (ValueError, ValidationError) as exc:
@@ -146,7 +147,7 @@ def _analyze(args: argparse.Namespace) -> Report:
         with _client(args) as client:
             return client.analyze(
                 args.model,
-                args.batch,
+                batches=args.batch,
                 loss=options.loss,
                 optimizer=options.optimizer,
                 precision=options.precision,

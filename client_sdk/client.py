@@ -12,7 +12,7 @@ import httpx
 
 from ._base import AsyncAPIClient, SyncAPIClient, TimeoutArg
 from ._constants import DEFAULT_MAX_RETRIES, DEFAULT_WAIT_TIMEOUT
-from ._prepare import DataArg, LossArg, ModelArg, OptimizerArg, optimizer_spec, prepare
+from ._prepare import DataArg, LossArg, ModelArg, OptimizerArg, optimizer_spec, prepare, split_data
 from ._progress import ProgressBar
 from .analyses import Analyses, AsyncAnalyses
 from .audits import AsyncAudits, Audits
@@ -67,8 +67,9 @@ class Client(SyncAPIClient):
     def analyze(
         self,
         model: ModelArg,
-        data: DataArg,
+        data: DataArg | None = None,
         *,
+        batches: Sequence[DataArg] | None = None,
         loss: LossArg = None,
         optimizer: OptimizerArg = None,
         lr: float | None = None,
@@ -85,8 +86,9 @@ class Client(SyncAPIClient):
     def analyze(
         self,
         model: ModelArg,
-        data: DataArg,
+        data: DataArg | None = None,
         *,
+        batches: Sequence[DataArg] | None = None,
         loss: LossArg = None,
         optimizer: OptimizerArg = None,
         lr: float | None = None,
@@ -102,8 +104,9 @@ class Client(SyncAPIClient):
     def analyze(
         self,
         model: ModelArg,
-        data: DataArg,
+        data: DataArg | None = None,
         *,
+        batches: Sequence[DataArg] | None = None,
         loss: LossArg = None,
         optimizer: OptimizerArg = None,
         lr: float | None = None,
@@ -121,6 +124,8 @@ class Client(SyncAPIClient):
         Args:
             model: an nn.Module (packaged with `loss` via gradhealth.package) or a package file.
             data: (inputs, targets) tensors, or a batch file from gradhealth.save_batch.
+            batches: instead of data, 1 to 16 such batches: each is analysed and the report merged
+                (estimates across_batches.<name> with a 95% interval over batches; majority findings).
             loss: a loss name or a callable (outputs, targets) -> per-sample losses.
             optimizer: 'sgd'|'adam'|'adamw' with lr (momentum, weight_decay, betas), an OptimizerSpec,
                 or a torch.optim SGD/Adam/AdamW instance; enables the lr and update-size rules.
@@ -139,14 +144,14 @@ class Client(SyncAPIClient):
             ProgressBar(progress and wait, "gradhealth") as bar,
         ):
             bar.show("packaging")
-            prepared = prepare(model, data, loss, Path(tmp))
+            prepared = prepare(model, *_first_and_rest(data, batches, Path(tmp), loss))
             bar.show("uploading")
-            ids = (self.models.ensure(prepared.model_path), self.batches.ensure(prepared.batch_path))
+            ids = (self.models.ensure(prepared.model_path), [self.batches.ensure(p) for p in prepared.batch_paths])
 
-            def create(model_id: str, batch_id: str) -> Analysis:
+            def create(model_id: str, batch_ids: list[str]) -> Analysis:
                 return self.analyses.create(
                     model_id=model_id,
-                    batch_id=batch_id,
+                    batch_ids=batch_ids,
                     loss=prepared.loss,
                     optimizer=spec,
                     precision=precision,
@@ -158,12 +163,21 @@ class Client(SyncAPIClient):
             except NotFoundError:  # the server lost an upload this client remembered: send the bytes again
                 self._known_uploads.clear()
                 analysis = create(
-                    self.models.upload(prepared.model_path).id, self.batches.upload(prepared.batch_path).id
+                    self.models.upload(prepared.model_path).id,
+                    [self.batches.upload(p).id for p in prepared.batch_paths],
                 )
             handle = AnalysisHandle(self, analysis)
             if not wait:
                 return handle
             return follow(handle, timeout, bar)
+
+
+def _first_and_rest(
+    data: DataArg | None, batches: Sequence[DataArg] | None, workdir: Path, loss: LossArg
+) -> tuple[DataArg, LossArg, Path, list[DataArg]]:
+    """prepare()'s arguments after the model, from data= or batches=."""
+    first, rest = split_data(data, batches)
+    return first, loss, workdir, rest
 
 
 class AsyncClient(AsyncAPIClient):
@@ -200,8 +214,9 @@ class AsyncClient(AsyncAPIClient):
     async def analyze(
         self,
         model: ModelArg,
-        data: DataArg,
+        data: DataArg | None = None,
         *,
+        batches: Sequence[DataArg] | None = None,
         loss: LossArg = None,
         optimizer: OptimizerArg = None,
         lr: float | None = None,
@@ -218,8 +233,9 @@ class AsyncClient(AsyncAPIClient):
     async def analyze(
         self,
         model: ModelArg,
-        data: DataArg,
+        data: DataArg | None = None,
         *,
+        batches: Sequence[DataArg] | None = None,
         loss: LossArg = None,
         optimizer: OptimizerArg = None,
         lr: float | None = None,
@@ -235,8 +251,9 @@ class AsyncClient(AsyncAPIClient):
     async def analyze(
         self,
         model: ModelArg,
-        data: DataArg,
+        data: DataArg | None = None,
         *,
+        batches: Sequence[DataArg] | None = None,
         loss: LossArg = None,
         optimizer: OptimizerArg = None,
         lr: float | None = None,
@@ -256,14 +273,15 @@ class AsyncClient(AsyncAPIClient):
             ProgressBar(progress and wait, "gradhealth") as bar,
         ):
             bar.show("packaging")
-            prepared = await asyncio.to_thread(prepare, model, data, loss, Path(tmp))
+            prepared = await asyncio.to_thread(prepare, model, *_first_and_rest(data, batches, Path(tmp), loss))
             bar.show("uploading")
-            ids = (await self.models.ensure(prepared.model_path), await self.batches.ensure(prepared.batch_path))
+            batch_ids = [await self.batches.ensure(p) for p in prepared.batch_paths]
+            ids = (await self.models.ensure(prepared.model_path), batch_ids)
 
-            async def create(model_id: str, batch_id: str) -> Analysis:
+            async def create(model_id: str, batch_ids: list[str]) -> Analysis:
                 return await self.analyses.create(
                     model_id=model_id,
-                    batch_id=batch_id,
+                    batch_ids=batch_ids,
                     loss=prepared.loss,
                     optimizer=spec,
                     precision=precision,
@@ -275,7 +293,7 @@ class AsyncClient(AsyncAPIClient):
             except NotFoundError:  # the server lost an upload this client remembered: send the bytes again
                 self._known_uploads.clear()
                 model_id = (await self.models.upload(prepared.model_path)).id
-                analysis = await create(model_id, (await self.batches.upload(prepared.batch_path)).id)
+                analysis = await create(model_id, [(await self.batches.upload(p)).id for p in prepared.batch_paths])
             handle = AsyncAnalysisHandle(self, analysis)
             if not wait:
                 return handle

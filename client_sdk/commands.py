@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 EXIT_OK = 0
 EXIT_INPUT = 2
+MAX_BATCHES = 16  # as the server's bound on batch_ids
 
 
 def add_check_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -26,7 +27,13 @@ def add_check_parser(subparsers: argparse._SubParsersAction) -> None:  # type: i
 def add_analysis_arguments(p: argparse.ArgumentParser) -> None:
     """What to analyse and under which training set-up: shared by `analyze` and `check`."""
     p.add_argument("--model", required=True, type=Path, help="model package: .pt2 (gradhealth.package)")
-    p.add_argument("--batch", required=True, type=Path, help="batch: safetensors with inputs[.i] and targets")
+    p.add_argument(
+        "--batch",
+        required=True,
+        type=Path,
+        action="append",
+        help="batch: safetensors with inputs[.i] and targets; repeat (up to 16) to measure variance across batches",
+    )
     p.add_argument(
         "--loss", help="named loss for plain models: cross_entropy, mse, nll, bce_with_logits, l1, smooth_l1"
     )
@@ -44,7 +51,8 @@ def add_analyze_parser(subparsers: argparse._SubParsersAction) -> None:  # type:
         "analyze",
         help="analyse a model package on a batch, locally",
         description=(
-            "Run one instrumented forward+backward of MODEL on BATCH and print the gradient-health report. "
+            "Run one instrumented forward+backward of MODEL on BATCH and print the gradient-health report; "
+            "with several --batch, each is analysed and the report merged (estimates across_batches.*). "
             "Exit 0 when a report was produced (whatever its health), 2 for unusable input."
         ),
     )
@@ -54,6 +62,16 @@ def add_analyze_parser(subparsers: argparse._SubParsersAction) -> None:  # type:
     p.add_argument("--output", type=Path, help="write the report here instead of stdout")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(handler=run_analyze)
+
+
+def missing_input(args: argparse.Namespace) -> str | None:
+    """What is wrong with --model/--batch (a missing file, too many batches), or None."""
+    if len(args.batch) > MAX_BATCHES:
+        return f"--batch given {len(args.batch)} times; at most {MAX_BATCHES} batches"
+    for label, path in (("--model", args.model), *(("--batch", b) for b in args.batch)):
+        if not path.is_file():
+            return f"{label} {path}: no such file"
+    return None
 
 
 def _fail(message: str) -> int:
@@ -84,9 +102,9 @@ def run_analyze(args: argparse.Namespace) -> int:
     from gradhealth.diagnostics import InputError, analyze_files
     from gradhealth.report import to_markdown
 
-    for label, path in (("--model", args.model), ("--batch", args.batch)):
-        if not path.is_file():
-            return _fail(f"{label} {path}: no such file")
+    problem = missing_input(args)
+    if problem:
+        return _fail(problem)
     try:
         options = _options(args)
     except (ValueError, ValidationError) as exc:

@@ -6,7 +6,8 @@ Merge rule (documented in docs/api.md and README):
 - Every finite scalar present in every per-batch report becomes an Estimate in `estimates`, keyed
   `across_batches.<name>`: the mean over batches, a Student-t interval at level 0.95 (none with one
   batch), samples = number of batches, method "across batches". Scalars are the top-level numeric
-  metrics (`loss`, `global_grad_norm`, ...), each layer's numeric statistics (`layer.<name>.<stat>`)
+  metrics (`loss`, `global_grad_norm`, ...), each layer's grad_norm, grad_to_weight, update_to_weight
+  and GSNR (`layer.<name>.<stat>`)
   and the value of every estimate the per-batch reports carry (noise, curvature, ...): no list of
   names, so new estimates join without changes here.
 - Findings: a rule's finding counts when it fires on a majority of batches (more than half). The kept
@@ -27,6 +28,9 @@ PREFIX = "across_batches."
 METHOD = "across batches"
 LEVEL = 0.95
 MAX_BATCHES = 16
+# Per-layer statistics worth an interval: gradient scale and step size (not every field: a deep model
+# would otherwise carry thousands of estimates).
+LAYER_STATS = ("grad_norm", "grad_to_weight", "update_to_weight")
 # Two-sided 97.5% Student-t quantiles for df = 1..30: the interval is computed without scipy.
 _T975 = (
     12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
@@ -57,8 +61,9 @@ def _scalars(report: Report) -> dict[str, float]:
         if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
             out[name] = float(value)
     for layer in report.layers:
-        for stat, value in layer.model_dump(exclude={"name", "type", "activation", "gsnr", "extra"}).items():
-            if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        for stat in LAYER_STATS:
+            value = getattr(layer, stat)
+            if value is not None and math.isfinite(value):
                 out[f"layer.{layer.name}.{stat}"] = float(value)
         if layer.gsnr is not None and math.isfinite(layer.gsnr.value):
             out[f"layer.{layer.name}.gsnr"] = layer.gsnr.value
@@ -118,6 +123,13 @@ def merge_reports(reports: Sequence[Report]) -> Report:
             "estimates": {**base.estimates, **across_batches(reports)},
         }
     )
+
+
+def share(progress: Callable[[str, float], None] | None, index: int, count: int) -> Callable[[str, float], None] | None:
+    """Batch `index`'s progress as its slice of one bar over `count` batches."""
+    if progress is None or count == 1:
+        return progress
+    return lambda phase, fraction: progress(phase, (index + fraction) / count)
 
 
 def run_batches(run_one: Callable[[int], Report], count: int) -> Report:

@@ -62,9 +62,21 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *__all__})
 
 
-def analyze(model, loss, inputs, targets, **options) -> Report:  # type: ignore[no-untyped-def]
-    """Analyse an in-memory model locally (no server): options as in AnalysisOptions."""
+def analyze(model, loss, inputs=None, targets=None, *, batches=None, **options) -> Report:  # type: ignore[no-untyped-def]
+    """Analyse an in-memory model locally (no server) on (inputs, targets) or on batches=[(inputs, targets), ...].
+
+    Several batches are each analysed and merged: estimates across_batches.<name> measure their spread.
+    Options as in AnalysisOptions.
+    """
     from gradhealth.diagnostics import AnalysisOptions, analyze_module
     from gradhealth.sdk import Report
 
-    return Report.from_engine(analyze_module(model, loss, inputs, targets, AnalysisOptions(**options)))
+    pairs = list(batches) if batches is not None else []
+    if (
+        (inputs is None) != (targets is None)
+        or (inputs is None) == (batches is None)
+        or (batches is not None and not pairs)
+    ):
+        raise ValueError("give inputs and targets, or batches=[(inputs, targets), ...] (at least one), not both")
+    first, rest = ((inputs, targets), []) if inputs is not None else (pairs[0], pairs[1:])
+    return Report.from_engine(analyze_module(model, loss, *first, AnalysisOptions(**options), more_batches=rest))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ class Claim:
     batch_key: str
     model_format: str
     options: str
+    batch_keys: tuple[str, ...] = ()  # every batch's blob key, in order (batch_key first)
 
 
 def _fail_exhausted(session: Session, row: Analysis) -> None:
@@ -95,9 +97,10 @@ def claim(settings: Settings, analysis_id: str, worker: str) -> Claim | None:
         if won != 1:
             return None
         model = session.get(ModelPackage, row.model_id)
-        batch = session.get(Batch, row.batch_id)
-        assert model is not None and batch is not None  # foreign keys
-        return Claim(row.id, token, attempt, model.sha256, batch.sha256, model.format, row.options)
+        batches = [session.get(Batch, b) for b in (json.loads(row.batch_ids) if row.batch_ids else [row.batch_id])]
+        assert model is not None and all(b is not None for b in batches)  # foreign keys, checked at creation
+        keys = tuple(b.sha256 for b in batches if b is not None)
+        return Claim(row.id, token, attempt, model.sha256, keys[0], model.format, row.options, keys)
 
 
 def heartbeat(settings: Settings, claim_: Claim, phase: str | None, fraction: float | None) -> bool:

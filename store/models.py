@@ -107,7 +107,9 @@ class Analysis(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
     model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
-    batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))
+    batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))  # the first batch
+    # JSON list of every batch id, in order, when there are several; NULL for one batch (batch_id).
+    batch_ids: Mapped[str | None] = mapped_column(Text, nullable=True)
     options: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16), default=QUEUED)
     phase: Mapped[str] = mapped_column(String(32), default=QUEUED)

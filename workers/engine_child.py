@@ -18,13 +18,14 @@ if TYPE_CHECKING:  # the worker process itself never imports torch or the engine
 
 MODEL_FILE = "model.pt2"  # torch.export.load wants a ".pt2" name; blobs are named by hash only
 BATCH_FILE = "batch.safetensors"
+MAX_BATCH_FILES = 16  # as the API's bound: a payload naming more is refused before anything loads
 LOAD_SHARE = 0.3  # progress fraction reported once loading is done; the engine maps onto the rest
 
 
 def analyze(payload: dict[str, Any], progress: ProgressFn) -> dict[str, Any]:
     """Run one analysis; on out-of-memory retry with half the batch until one sample remains."""
     progress("loading", 0.01)
-    from gradhealth.diagnostics import AnalysisOptions, Analyzer, load_package, read_batch
+    from gradhealth.diagnostics import AnalysisOptions, Analyzer, load_package
     from gradhealth.diagnostics.engine import pick_device
 
     options = AnalysisOptions.model_validate(payload["options"])
@@ -33,10 +34,12 @@ def analyze(payload: dict[str, Any], progress: ProgressFn) -> dict[str, Any]:
         limit_memory(int(payload.get("memory_mb") or 0))  # CUDA reserves huge address space: CPU only
     options = options.model_copy(update={"device": str(device)})
     started = time.perf_counter()
+    names = list(payload.get("batches") or [BATCH_FILE])
+    if not 1 <= len(names) <= MAX_BATCH_FILES:
+        raise ChildFailure("invalid_input", f"between 1 and {MAX_BATCH_FILES} batches, got {len(names)}")
     loaded = load_package(payload["files"][MODEL_FILE], loss=options.loss)
-    inputs, targets = read_batch(payload["files"][BATCH_FILE])
     progress("loaded", LOAD_SHARE)
-    report, note = _run_shrinking(Analyzer(loaded), inputs, targets, options, device, progress)
+    report, note = _run_batches(Analyzer(loaded), [payload["files"][n] for n in names], options, device, progress)
     if note:
         report.environment["batch_note"] = note
     return {
@@ -45,6 +48,36 @@ def analyze(payload: dict[str, Any], progress: ProgressFn) -> dict[str, Any]:
         "note": note,
         "run_seconds": time.perf_counter() - started,
     }
+
+
+def batch_file_names(count: int) -> list[str]:
+    """Where each batch is staged: the first keeps the one-batch name, the rest are numbered."""
+    return [BATCH_FILE] + [f"batch.{i}.safetensors" for i in range(1, count)]
+
+
+def _run_batches(
+    analyzer: Analyzer, paths: list[str], options: Any, device: Any, progress: ProgressFn
+) -> tuple[Report, str | None]:
+    """Read and analyse each batch in turn (one in memory at a time), then merge (diagnostics.multi_batch)."""
+    from gradhealth.diagnostics import read_batch
+    from gradhealth.diagnostics.multi_batch import merge_reports
+
+    reports: list[Report] = []
+    notes: list[str] = []
+    n = len(paths)
+    for i, path in enumerate(paths):
+        inputs, targets = read_batch(path)
+
+        def share(phase: str, fraction: float, i: int = i) -> None:
+            """Batch i's progress as its slice of the engine's share of the bar."""
+            done = (fraction - LOAD_SHARE) / (1 - LOAD_SHARE)  # of this batch
+            progress(phase, LOAD_SHARE + (1 - LOAD_SHARE) * (i + done) / n)
+
+        report, note = _run_shrinking(analyzer, inputs, targets, options, device, share if n > 1 else progress)
+        reports.append(report)
+        if note:
+            notes.append(note if n == 1 else f"batch {i + 1}: {note}")
+    return merge_reports(reports), "; ".join(notes) or None
 
 
 def _run_shrinking(

@@ -10,7 +10,7 @@ from gradhealth.store import analyses
 from gradhealth.store.blobs import blob_store
 from gradhealth.store.settings import Settings
 
-from .engine_child import BATCH_FILE, MODEL_FILE
+from .engine_child import MODEL_FILE, batch_file_names
 from .sandbox import Aborted, ChildFailure, Limits, run_in_child
 
 log = logging.getLogger(__name__)
@@ -31,12 +31,19 @@ def execute_analysis(settings: Settings, analysis_id: str, worker: str) -> str:
     log.info("analysis %s: attempt %d on %s", analysis_id, claim.attempt, worker)
     try:
         store = blob_store(settings)
-        model_path, batch_path = store.local_path(claim.model_key), store.local_path(claim.batch_key)
+        model_path = store.local_path(claim.model_key)
+        batch_paths = [store.local_path(key) for key in claim.batch_keys or (claim.batch_key,)]
     except FileNotFoundError as exc:
         analyses.fail(settings, claim, "blob_missing", f"an uploaded file is missing from storage: {exc}")
         return "failed"
-    payload = {"model_format": claim.model_format, "options": json.loads(claim.options), "device": settings.device}
-    files = {MODEL_FILE: model_path, BATCH_FILE: batch_path}
+    names = batch_file_names(len(batch_paths))
+    payload = {
+        "model_format": claim.model_format,
+        "options": json.loads(claim.options),
+        "device": settings.device,
+        "batches": names,
+    }
+    files = {MODEL_FILE: model_path, **dict(zip(names, batch_paths, strict=True))}
     last_at, last_phase = 0.0, "starting"
 
     def on_progress(phase: str | None, fraction: float | None) -> bool:

@@ -10,10 +10,11 @@ from fastapi.concurrency import run_in_threadpool
 from gradhealth.store import analyses
 from gradhealth.store.db import session_factory
 from gradhealth.store.keys import Principal
-from gradhealth.store.models import Analysis, Batch
+from gradhealth.store.models import Analysis
 from gradhealth.store.settings import Settings
 from gradhealth.store.task_names import RUN_ANALYSIS
 
+from ..batch_set import owned_batches
 from ..deps import ReadAccess, SendDep, SessionDep, SettingsDep, WriteAccess
 from ..errors import ApiError
 from ..idempotency import IdempotencyKey, create_idempotent
@@ -34,6 +35,7 @@ def to_public(row: Analysis) -> AnalysisPublic:
         status=row.status,  # type: ignore[arg-type]
         model_id=row.model_id,
         batch_id=row.batch_id,
+        batch_ids=json.loads(row.batch_ids) if row.batch_ids else [row.batch_id],
         progress=Progress(phase=row.phase, fraction=row.fraction),
         error=AnalysisError(code=row.error_code or "failed", message=row.error_message or "")
         if row.status == "failed"
@@ -58,12 +60,13 @@ def create_analysis(
     send: SendDep,
     idempotency_key: IdempotencyKey = None,
 ) -> AnalysisPublic:
-    """Queue an analysis of an uploaded model on an uploaded batch; poll GET /v1/analyses/{id}.
+    """Queue an analysis of an uploaded model on one batch or several (batch_ids); poll GET /v1/analyses/{id}.
 
+    Several batches are analysed one by one and merged: variability across them is measured.
     Honours Idempotency-Key (see the header): a retry returns the first analysis, queued once.
     """
     model = resolve_model(session, principal, body.model_id)
-    get_owned(session, Batch, body.batch_id, principal, "batch")
+    batch_ids = [b.id for b in owned_batches(session, principal, body.batches())]
     if model.returns_loss is False and body.loss is None:
         raise ApiError(
             422,
@@ -73,7 +76,8 @@ def create_analysis(
         )
     request = {
         "model_id": model.id,
-        "batch_id": body.batch_id,
+        "batch_id": batch_ids[0],
+        "batch_ids": json.dumps(batch_ids) if len(batch_ids) > 1 else None,  # one listed batch is batch_id
         "options": json.dumps(body.options().model_dump(mode="json", exclude_none=True)),
     }
     row, created = create_idempotent(session, principal, response, idempotency_key, Analysis, PATH, request)
