@@ -31,6 +31,8 @@ CHECKPOINT_RULE_IDS: tuple[str, ...] = (
     "update_ratio",
     "fp16_underflow",
     "poor_initialization",
+    "batch_size_wasteful",  # noise check: the batch is >= 10x the gradient noise scale
+    "noisy_layer",  # noise check: a layer's GSNR is a decade below the rest
 )
 RUN_RULE_IDS: tuple[str, ...] = (
     "non_finite",

@@ -701,6 +701,35 @@ def build_transformer_all_padding_nan() -> BuildResult:
     return model.train(), "cross_entropy", (tokens,), y
 
 
+def build_linear_regression_batch_wasteful() -> BuildResult:
+    """Noiseless linear regression on a batch of 512: every sample points the same way (B_simple ~ 6)."""
+    torch.manual_seed(0)
+    x = torch.randn(512, 4)
+    y = x @ torch.randn(4, 1)
+    return nn.Sequential(nn.Linear(4, 1)), "mse", (x,), y
+
+
+class _NoiseBranchMLP(nn.Module):
+    """A tanh MLP on features 0-7 plus a bias-free branch on features 8-15, which are pure noise."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(8, 16), nn.Linear(16, 16)
+        self.noise = nn.Linear(8, 16, bias=False)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(torch.tanh(self.fc2(torch.tanh(self.fc1(x[:, :8]))) + self.noise(x[:, 8:])))
+
+
+def build_mlp_noise_branch() -> BuildResult:
+    """Classes from features 0-7; the noise branch's weight gradient averages to ~0 over samples (GSNR ~ 1/n)."""
+    torch.manual_seed(0)
+    x = torch.randn(256, 16)
+    y = (x[:, :8] @ torch.randn(8, 4)).argmax(1)
+    return _NoiseBranchMLP(), "cross_entropy", (x,), y
+
+
 # --------------------------------------------------------------------------------------
 # Healthy builders
 # --------------------------------------------------------------------------------------
@@ -1078,6 +1107,24 @@ PATHOLOGICAL: list[ZooCase] = [
         healthy=False,
         note="A sequence that is all padding: every key masked, softmax over -inf gives NaN in "
         "blocks.0.attn (nn.MultiheadAttention with need_weights=True).",
+    ),
+    ZooCase(
+        "linear_regression_batch_wasteful",
+        "mlp",
+        build_linear_regression_batch_wasteful,
+        {"batch_size_wasteful": ()},
+        healthy=False,
+        checks=("standard", "noise"),
+        note="Noiseless targets y = xw: B_simple ~ 6 against a batch of 512 (McCandlish et al. 2018).",
+    ),
+    ZooCase(
+        "mlp_noise_branch",
+        "mlp",
+        build_mlp_noise_branch,
+        {"noisy_layer": ("noise",)},
+        healthy=False,
+        checks=("standard", "noise"),
+        note="A branch fed pure-noise features: its GSNR sits at the 1/n floor, a decade below the others.",
     ),
 ]
 

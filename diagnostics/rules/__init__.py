@@ -6,11 +6,13 @@ from gradhealth.report import SEVERITY_ORDER, Finding
 
 from ..measurements import Measurements
 from . import (
+    batch_size_wasteful,
     dead_relu,
     exploding_gradient,
     fp16_underflow,
     input_not_normalized,
     lr_too_high,
+    noisy_layer,
     non_finite,
     poor_initialization,
     saturated_activation,
@@ -33,6 +35,8 @@ RULES = (
     update_ratio,
     fp16_underflow,
     poor_initialization,
+    batch_size_wasteful,
+    noisy_layer,
 )
 RULE_IDS = tuple(rule.RULE_ID for rule in RULES)
 
