@@ -42,7 +42,11 @@ def add_analysis_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--momentum", type=float, default=0.0, help="SGD momentum (default 0)")
     p.add_argument("--weight-decay", type=float, default=0.0, help="weight decay (default 0)")
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32", help="training precision")
-    p.add_argument("--checks", default="standard", help="comma-separated: standard,curvature")
+    p.add_argument(
+        "--checks",
+        default="standard",
+        help="comma-separated: standard, noise (per-sample gradient noise), curvature, or full (all three)",
+    )
 
 
 def add_analyze_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
