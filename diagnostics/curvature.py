@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -20,22 +20,63 @@ Operator = Callable[[Tensor], Tensor]  # a symmetric linear map on flat vectors
 
 @dataclass(frozen=True)
 class LanczosResult:
-    """The top Ritz value, its residual bound |H x - theta x| and the products it took."""
+    """The top Ritz value, its residual bound |H x - theta x| and the products it took, plus the run's spectrum."""
 
     eigenvalue: float
     residual: float
     steps: int
+    ritz_values: tuple[float, ...] = ()  # every Ritz value of T_k, largest first
+    ritz_residuals: tuple[float, ...] = ()  # |lambda - theta_i| <= residual_i for some eigenvalue lambda
+    ritz_weights: tuple[float, ...] = ()  # squared first components: the start vector's quadrature weights (SLQ)
+    tridiagonal_trace: float = 0.0  # sum of alphas = tr(Q^T H Q), exact on the Krylov subspace
+    beta_last: float = 0.0  # |r_k|, the norm of the last Lanczos residual vector
+    converged: bool = True  # the top Ritz residual met rel_tol (or the Krylov space became invariant)
+    basis: Tensor | None = field(default=None, compare=False, repr=False)  # orthonormal rows Q when kept
+
+    def top(self, k: int) -> list[float]:
+        """The k largest Ritz values, largest first."""
+        return list(self.ritz_values[:k])
 
 
-def _top_ritz(alphas: list[float], betas: list[float]) -> tuple[float, float]:
-    """Top eigenvalue of the tridiagonal T_k and its residual bound beta_k * |last eigenvector entry|."""
+def _ritz(alphas: list[float], betas: list[float]) -> tuple[Tensor, Tensor]:
+    """Eigenvalues (descending) and eigenvectors of the tridiagonal T_k."""
     k = len(alphas)
     t = torch.diag(torch.tensor(alphas, dtype=torch.float64))
     if k > 1:
         off = torch.tensor(betas[: k - 1], dtype=torch.float64)
         t = t + torch.diag(off, 1) + torch.diag(off, -1)
     values, vectors = torch.linalg.eigh(t)
-    return float(values[-1]), abs(betas[-1] * float(vectors[-1, -1]))
+    return values.flip(0), vectors.flip(1)
+
+
+def _result(
+    alphas: list[float], betas: list[float], basis: Tensor | None, rel_tol: float, unit: float
+) -> LanczosResult:
+    """Ritz values with residual bounds beta_k * |last eigenvector entry| (Parlett 1998, §13.1), floored at rounding.
+
+    `unit` is the products' relative rounding error: an exact-arithmetic residual of 0 still leaves
+    unit * |T| of error in each Ritz value.
+    """
+    values, vectors = _ritz(alphas, betas)
+    residuals = (betas[-1] * vectors[-1, :]).abs().clamp(min=unit * float(values.abs().max()))
+    return LanczosResult(
+        float(values[0]),
+        float(residuals[0]),
+        len(alphas),
+        tuple(values.tolist()),
+        tuple(residuals.tolist()),
+        tuple((vectors[0, :] ** 2).tolist()),
+        math.fsum(alphas),
+        betas[-1],
+        bool(residuals[0] <= rel_tol * max(abs(float(values[0])), 1e-30)) or betas[-1] == 0.0,
+        basis,
+    )
+
+
+def _converged(result: LanczosResult, k: int, rel_tol: float) -> bool:
+    """Whether the top k Ritz values (or all there are when fewer) meet rel_tol."""
+    pairs = list(zip(result.ritz_values, result.ritz_residuals, strict=True))[:k]
+    return all(r <= rel_tol * max(abs(v), 1e-30) for v, r in pairs)
 
 
 # Full reorthogonalisation keeps every Lanczos vector: steps x parameters numbers. Above this the basis
@@ -52,8 +93,9 @@ def lanczos_top_eigenvalue(
     rel_tol: float = 1e-3,
     seed: int = 0,
     max_basis_bytes: int = MAX_BASIS_BYTES,
+    k: int = 1,
 ) -> LanczosResult:
-    """Top algebraic eigenvalue of a symmetric operator; stops once the Ritz residual <= rel_tol * |theta|.
+    """Top algebraic eigenvalues of a symmetric operator; stops once the top k Ritz residuals <= rel_tol * |theta|.
 
     The residual bounds the distance from theta to an eigenvalue (Kahan/Parlett), so rel_tol=1e-3 keeps
     the estimate within 0.1%; in practice the error is about residual^2 / gap, far smaller.
@@ -67,21 +109,22 @@ def lanczos_top_eigenvalue(
     basis[0] = q / q.norm()
     alphas: list[float] = []
     betas: list[float] = []
-    for k in range(steps):
-        current = basis[k % rows]
+    unit = 16 * torch.finfo(like.dtype).eps  # relative rounding of one product and its dot products
+    for i in range(steps):
+        current = basis[i % rows]
         w = operator(current)
         alpha = float(torch.dot(w.double(), current.double()))
         if not math.isfinite(alpha) or not bool(torch.isfinite(w).all()):
             raise FloatingPointError("a Hessian-vector product is NaN/Inf")
         alphas.append(alpha)
-        block = basis[: k + 1] if full else basis
+        block = basis[: i + 1] if full else basis
         for _ in range(2):  # Gram-Schmidt twice is enough (Giraud et al. 2005)
             w = w - block.T @ (block @ w)
         betas.append(float(w.double().norm()))
-        theta, residual = _top_ritz(alphas, betas)
-        if residual <= rel_tol * max(abs(theta), 1e-30) or k + 1 == steps:
-            return LanczosResult(theta, residual, k + 1)
-        basis[(k + 1) % rows] = w / betas[-1]
+        result = _result(alphas, betas, basis[: i + 1] if full else None, rel_tol, unit)
+        if (i + 1 >= min(k, steps) and _converged(result, k, rel_tol)) or i + 1 == steps or betas[-1] == 0.0:
+            return result
+        basis[(i + 1) % rows] = w / betas[-1]
     raise AssertionError("unreachable: the loop returns at its last step")
 
 

@@ -17,7 +17,16 @@ import torch
 from torch import Tensor
 
 from .attention import math_attention, unfused_copy
-from .curvature import lanczos_top_eigenvalue
+from .curvature import LanczosResult, lanczos_top_eigenvalue
+from .curvature_stats import (
+    TOP_K,
+    TRACE_PROBES,
+    CurvatureStats,
+    condition_ratio,
+    slq_density,
+    top_eigenvalue_interval,
+    trace_interval,
+)
 from .errors import is_out_of_memory
 from .hvp import HessianOperator, hessian_operator
 from .loading import LoadedModel
@@ -25,6 +34,7 @@ from .options import AnalysisOptions
 
 CHECK = "curvature"
 PRECONDITIONED_CHECK = "curvature.preconditioned"
+TRACE_CHECK = "curvature.trace"
 LR_CHECK = "lr_too_high"
 
 
@@ -34,8 +44,9 @@ class CurvatureOutcome:
 
     sharpness: float | None = None
     preconditioned_sharpness: float | None = None
-    steps: int = 0
+    steps: int = 0  # Hessian-vector products in all
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    stats: CurvatureStats = field(default_factory=CurvatureStats)
 
 
 def _twice_differentiable(loaded: LoadedModel) -> LoadedModel:
@@ -91,7 +102,28 @@ def _preconditioned(op: HessianOperator, options: AnalysisOptions, outcome: Curv
         outcome.skipped.append((PRECONDITIONED_CHECK, explain_failure(FloatingPointError())))
         return
     outcome.preconditioned_sharpness = pre.eigenvalue
+    outcome.stats.estimates["preconditioned_sharpness"] = top_eigenvalue_interval(pre)
     outcome.steps += pre.steps
+
+
+def _spectrum(op: HessianOperator, top: LanczosResult, options: AnalysisOptions, outcome: CurvatureOutcome) -> None:
+    """Top-k, trace (Hutch++ on the same Lanczos basis), condition ratio and, under "full", the SLQ density."""
+    stats = outcome.stats
+    lam = top_eigenvalue_interval(top)
+    stats.estimates["hessian_max_eigenvalue"] = lam
+    stats.top_eigenvalues = top.top(TOP_K)
+    if "full" in options.checks:
+        stats.density_grid, stats.density = slq_density(top)
+    try:
+        trace = trace_interval(op, op.dim, op.gradient, TRACE_PROBES, top)
+    except FAILURES as exc:
+        outcome.skipped.append((TRACE_CHECK, explain_failure(exc)))
+        return
+    outcome.steps += 0 if trace.method.startswith("lanczos") else trace.samples
+    stats.estimates["hessian_trace"] = trace
+    ratio = condition_ratio(lam, trace, op.dim)
+    if ratio is not None:
+        stats.estimates["hessian_condition_ratio"] = ratio
 
 
 def _sharpness(
@@ -109,10 +141,11 @@ def _sharpness(
     if op is None:
         outcome.skipped.append((CHECK, "no trainable parameter reaches the loss, so there is no Hessian to measure"))
         return outcome
-    top = lanczos_top_eigenvalue(op, op.dim, op.gradient, max_steps=options.curvature_iterations)
+    top = lanczos_top_eigenvalue(op, op.dim, op.gradient, max_steps=options.curvature_iterations, k=TOP_K)
     if not math.isfinite(top.eigenvalue):
         raise FloatingPointError("the top eigenvalue is NaN/Inf")
     outcome.sharpness, outcome.steps = top.eigenvalue, top.steps
+    _spectrum(op, top, options, outcome)
     _preconditioned(op, options, outcome)
     return outcome
 

@@ -160,6 +160,7 @@ class Analyzer:
                 measurements.hessian_max_eigenvalue = curvature.sharpness
                 measurements.preconditioned_sharpness = curvature.preconditioned_sharpness
                 measurements.skipped.extend(curvature.skipped)
+                measurements.curvature = curvature.stats
         if options.runs("noise"):
             notify("noise", 0.85)
             with timer.phase("noise"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .curvature_stats import CurvatureStats
 from .noise_stats import NoiseMeasure
 from .options import AnalysisOptions
 
@@ -140,6 +141,7 @@ class Measurements:
     nonfinite_origin: NonFiniteOrigin | None = None
     hessian_max_eigenvalue: float | None = None
     preconditioned_sharpness: float | None = None  # top eigenvalue of P^-1 H under Adam/AdamW
+    curvature: CurvatureStats | None = None  # intervals, top-k and density of the curvature check
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (check, reason) for requested checks not run
     graph_available: bool = True
     targets: TargetMeasure | None = None  # regression losses only

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 
 import torch
 from gradhealth.report import ActivationStats, Finding, LayerStats, ModelInfo, Report, SkippedCheck, health_of
+from gradhealth.report.schema import CurvatureSpectrum, Estimate
 from torch import Tensor
 
 from .curvature import adam_stability_limit, stability_limit
@@ -105,6 +106,29 @@ def curvature_metrics(m: Measurements) -> dict[str, float | None]:
     return result
 
 
+def curvature_report(m: Measurements) -> tuple[dict[str, Estimate], CurvatureSpectrum | None]:
+    """The curvature check's estimates (finite ends only) and spectrum, for Report.estimates/spectrum."""
+    if m.curvature is None:
+        return {}, None
+    estimates = {
+        key: Estimate(
+            value=e.value,
+            low=_finite(e.low),
+            high=_finite(e.high),
+            level=e.level,
+            samples=max(1, e.samples),
+            method=e.method,
+        )
+        for key, e in m.curvature.estimates.items()
+        if math.isfinite(e.value)
+    }
+    c = m.curvature
+    spectrum = None
+    if c.top_eigenvalues:
+        spectrum = CurvatureSpectrum(top_eigenvalues=c.top_eigenvalues, density_grid=c.density_grid, density=c.density)
+    return estimates, spectrum
+
+
 def metrics(m: Measurements) -> dict[str, float | int | None | list[float] | dict[str, float]]:
     """Whole-model numbers: loss, global norm, curvature, input scale."""
     result: dict[str, float | int | None | list[float] | dict[str, float]] = {
@@ -132,7 +156,7 @@ def build(
     first = next(iter(params.values()), None)
     rows = layer_table(measurements)
     attach_gsnr(rows, measurements)
-    return Report(
+    report = Report(
         id=report_id,
         kind="checkpoint",
         health=health_of(findings),
@@ -160,3 +184,6 @@ def build(
             else "parameters-only (no exported graph: no activation probes)",
         },
     )
+    curvature_estimates, report.spectrum = curvature_report(measurements)
+    report.estimates.update(curvature_estimates)
+    return report

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from gradhealth.report import Finding, Remediation
@@ -22,6 +23,9 @@ COHEN2022 = "Cohen et al. 2022, Adaptive Gradient Methods at the Edge of Stabili
 ERROR_FACTOR = 2.0
 # Suggest half the limit: a margin for the sharpening that follows (Cohen et al. 2021).
 SAFETY = 0.5
+# When the estimate's interval straddles the limit, the verdict is only as sure as the estimate:
+# the confidence is scaled down and the message says the limit lies inside the interval.
+STRADDLE_CONFIDENCE = 0.5
 
 
 @dataclass(frozen=True)
@@ -33,27 +37,53 @@ class _Regime:
     label: str  # how the message names the sharpness
     bound_text: str  # how the message names the bound
     references: list[str]
+    low: float  # the estimate's interval (value, value when none)
+    high: float  # inf when the estimate gives no upper end
+    method: str = ""
+
+
+def _interval(m: Measurements, key: str, value: float) -> tuple[float, float, str]:
+    """The estimate's interval from the curvature check, or the bare value when it gave none."""
+    e = None if m.curvature is None else m.curvature.estimates.get(key)
+    if e is None or e.low is None:
+        return value, value, ""
+    return min(e.low, value), math.inf if e.high is None else max(e.high, value), e.method
 
 
 def _regime(m: Measurements, opt: OptimizerSpec) -> _Regime | None:
     """SGD reads the Hessian; Adam/AdamW read the preconditioned Hessian P^-1 H."""
     if opt.name == "sgd" and m.hessian_max_eigenvalue is not None:
+        value = m.hessian_max_eigenvalue
         return _Regime(
-            m.hessian_max_eigenvalue,
+            value,
             stability_limit(1.0, opt.momentum),
             "Top Hessian eigenvalue",
             "2(1+β)",
             [REFS["cohen2021"], REFS["lewkowycz2020"]],
+            *_interval(m, "hessian_max_eigenvalue", value),
         )
     if opt.name in ("adam", "adamw") and m.preconditioned_sharpness is not None:
+        value = m.preconditioned_sharpness
         return _Regime(
-            m.preconditioned_sharpness,
+            value,
             adam_stability_limit(1.0, opt.betas[0]),
             "Top eigenvalue of Adam's preconditioned Hessian P⁻¹H",
             "(2+2β₁)/(1−β₁)",
             [COHEN2022, REFS["cohen2021"]],
+            *_interval(m, "preconditioned_sharpness", value),
         )
     return None
+
+
+def _uncertainty(regime: _Regime, lr: float) -> str:
+    """What the message adds about the estimate's interval: that it straddles the limit, when it does."""
+    if regime.low == regime.high:
+        return ""
+    upper = "no upper end" if math.isinf(regime.high) else fmt(regime.high * lr)
+    span = f"[{fmt(regime.low * lr)}, {upper}] ({regime.method})"
+    if regime.low * lr <= regime.bound:
+        return f" The estimate's interval puts lr × sharpness in {span}, which straddles the limit: this may be stable."
+    return f" The estimate's interval puts lr × sharpness in {span}, all above the limit."
 
 
 def _snippet(opt: OptimizerSpec, lr: float) -> str:
@@ -73,10 +103,14 @@ def evaluate(m: Measurements) -> list[Finding]:
     product = regime.sharpness * opt.lr
     if product <= regime.bound:
         return []
+    straddles = regime.low * opt.lr <= regime.bound
     suggested = float(f"{SAFETY * regime.bound / regime.sharpness:.2g}")
     evidence: dict[str, float | int | str | bool | None | list[float] | list[str]] = {
         "lr": opt.lr,
         "lr_times_sharpness": product,
+        "sharpness_low": regime.low,
+        "sharpness_high": None if math.isinf(regime.high) else regime.high,
+        "interval_straddles_limit": straddles,
     }
     if opt.name == "sgd":
         evidence.update(hessian_max_eigenvalue=regime.sharpness, momentum=opt.momentum)
@@ -91,7 +125,7 @@ def evaluate(m: Measurements) -> list[Finding]:
             title="Learning rate above the curvature's stability limit",
             message=f"{regime.label} {fmt(regime.sharpness)} × lr {fmt(opt.lr)} = {fmt(product)} exceeds "
             f"{regime.bound_text} = {fmt(regime.bound)}: the optimizer diverges along the sharpest direction. "
-            f"Use lr ≤ {fmt(suggested)}.",
+            f"Use lr ≤ {fmt(suggested)}.{_uncertainty(regime, opt.lr)}",
             layers=[],
             evidence=evidence,
             thresholds={"stability_limit": regime.bound, "error_factor": ERROR_FACTOR},
@@ -104,6 +138,6 @@ def evaluate(m: Measurements) -> list[Finding]:
                     params={"lr": suggested},
                 )
             ],
-            confidence=0.85 if opt.name == "sgd" else 0.7,
+            confidence=(0.85 if opt.name == "sgd" else 0.7) * (STRADDLE_CONFIDENCE if straddles else 1.0),
         )
     ]
