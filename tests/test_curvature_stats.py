@@ -212,3 +212,13 @@ def test_an_unconverged_estimate_is_a_lower_bound_the_rule_trusts() -> None:
     options = AnalysisOptions(checks=("standard", "curvature"), curvature_iterations=3)
     lam = analyze_module(model, "mse", x, y, options).estimates["hessian_max_eigenvalue"]
     assert lam.high is None and lam.low == lam.value and "unconverged" in lam.method
+
+
+def test_full_adds_the_density_and_adam_its_preconditioned_estimate() -> None:
+    model, x, y = _regressor()
+    options = AnalysisOptions(checks=("full",), optimizer=OptimizerSpec(name="adam", lr=1e-4))
+    report = analyze_module(model, "mse", x, y, options)
+    assert report.spectrum is not None and len(report.spectrum.density) == len(report.spectrum.density_grid) == 100
+    pre = report.estimates["preconditioned_sharpness"]
+    assert pre.low is not None and pre.high is not None and pre.low <= pre.value <= pre.high
+    assert pre.value == report.metrics["preconditioned_sharpness"]
