@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from ._constants import TERMINAL_STATES
 
@@ -77,6 +77,9 @@ class Analysis(_Result):
     status: AnalysisStatus
     model_id: str
     batch_id: str
+    """The first (or only) batch."""
+    batch_ids: list[str] = Field(default_factory=list)
+    """Every batch analysed, in order (older servers leave it empty: read batch_id)."""
     progress: Progress
     error: AnalysisFailure | None = None
     """Set when status is `failed`."""
