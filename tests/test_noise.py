@@ -9,6 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from gradhealth.diagnostics import AnalysisOptions, analyze_module
+from gradhealth.diagnostics.engine import Analyzer
+from gradhealth.diagnostics.export import PackageMetadata, export_per_sample_loss
+from gradhealth.diagnostics.loading import from_exported_program
 from gradhealth.diagnostics.noise_stats import INNER_THETA, NORM_THETA, ORTHO_NU, noise_statistics
 from gradhealth.report import Report
 from torch import Tensor, nn
@@ -147,3 +150,33 @@ def test_bootstrap_interval_covers_the_true_value() -> None:
             covered[key] += (interval.low or 0.0) <= value <= (interval.high or math.inf)
     print(f"coverage of 100: {covered}")
     assert min(covered.values()) >= 88, covered
+
+
+def test_per_sample_loop_fallback_gives_the_same_numbers(
+    monkeypatch: pytest.MonkeyPatch, reports: dict[str, tuple[Report, dict[str, float]]]
+) -> None:
+    """When the vmapped backward fails (an op with no batching rule), one backward per sample takes over."""
+    original = torch.autograd.grad
+
+    def no_vmap(*args: object, **kwargs: object) -> object:
+        if kwargs.get("is_grads_batched"):
+            raise RuntimeError("Batching rule not implemented for aten::something")
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(torch.autograd, "grad", no_vmap)
+    model, x, y = _shared()
+    report = analyze_module(model, "cross_entropy", x, y, AnalysisOptions(checks=("noise",)))
+    batched = reports["shared"][0].estimates
+    assert set(report.estimates) == set(batched)
+    for key, estimate in report.estimates.items():
+        assert math.isclose(estimate.value, batched[key].value, rel_tol=1e-5), key
+
+
+def test_one_sample_is_skipped_with_a_reason(one_torch_thread: None) -> None:
+    """A package exported on a batch of 12 and analysed on one sample: the check says why it did not run."""
+    model, x, y = _mlp()
+    ep = export_per_sample_loss(model, "cross_entropy", (x,), y)
+    loaded = from_exported_program(ep, PackageMetadata(returns_loss=True, num_inputs=1, loss="cross_entropy"), None)
+    report = Analyzer(loaded).run((x[:1],), y[:1], AnalysisOptions(checks=("noise",)))
+    assert not report.estimates and [s.check for s in report.skipped] == ["noise"]
+    assert "at least two" in report.skipped[0].reason
