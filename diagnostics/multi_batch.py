@@ -10,9 +10,10 @@ Merge rule (documented in docs/api.md and README):
   and GSNR (`layer.<name>.<stat>`)
   and the value of every estimate the per-batch reports carry (noise, curvature, ...): no list of
   names, so new estimates join without changes here.
-- Findings: a rule's finding counts when it fires on a majority of batches (more than half). The kept
-  finding is the base batch's (else the first batch's that fired), with the median severity of the
-  batches it fired on and evidence `batches_fired: "k of n"`. Health follows from the kept findings.
+- Findings: a rule counts when it fires on a majority of batches (more than half). Its findings are
+  the base batch's (else the earliest batch's that fired), each with the median over the firing
+  batches of their worst severity for that rule, evidence `batches_fired: "k of n"`, and `caused_by`
+  kept to rules that also count. Health follows from the kept findings.
 - `metrics["batches"]` and `environment["batches"]` say how many batches were analysed.
 """
 
@@ -80,6 +81,11 @@ def across_batches(reports: Sequence[Report]) -> dict[str, Estimate]:
     return {PREFIX + name: t_interval([s[name] for s in per_batch]) for name in common}
 
 
+def _worst(findings: Sequence[Finding]) -> Finding:
+    """A batch's verdict on one rule: its most severe finding."""
+    return max(findings, key=lambda f: SEVERITY_ORDER[f.severity])
+
+
 def _median_severity(findings: Sequence[Finding]) -> str:
     """The median severity by rank (the lower middle for an even count, so one loud batch cannot decide)."""
     ranked = sorted((f.severity for f in findings), key=SEVERITY_ORDER.__getitem__)
@@ -89,17 +95,18 @@ def _median_severity(findings: Sequence[Finding]) -> str:
 def merge_findings(reports: Sequence[Report]) -> list[Finding]:
     """Findings that fire on a majority of batches, median severity, with `batches_fired` evidence."""
     n = len(reports)
-    fired: dict[str, list[Finding]] = {}
+    by_rule: dict[str, list[list[Finding]]] = {}  # rule -> per firing batch, its findings of that rule
     for report in reports:
         for rule in dict.fromkeys(f.rule for f in report.findings):
-            fired.setdefault(rule, []).append(next(f for f in report.findings if f.rule == rule))
+            by_rule.setdefault(rule, []).append([f for f in report.findings if f.rule == rule])
+    majority = {rule: fired for rule, fired in by_rule.items() if 2 * len(fired) > n}
     kept: list[Finding] = []
-    for report_finding in reports[0].findings + [f for r in reports[1:] for f in r.findings]:
-        hits = fired.get(report_finding.rule)
-        if not hits or 2 * len(hits) <= n or any(k.rule == report_finding.rule for k in kept):
-            continue
-        evidence = {**report_finding.evidence, "batches_fired": f"{len(hits)} of {n}"}
-        kept.append(report_finding.model_copy(update={"severity": _median_severity(hits), "evidence": evidence}))
+    for fired in majority.values():  # first-seen order: the base batch's rules first
+        severity = _median_severity([_worst(batch) for batch in fired])
+        for finding in fired[0]:  # the earliest firing batch's findings (the base's when it fired)
+            evidence = {**finding.evidence, "batches_fired": f"{len(fired)} of {n}"}
+            caused_by = [r for r in finding.caused_by if r in majority]
+            kept.append(finding.model_copy(update={"severity": severity, "evidence": evidence, "caused_by": caused_by}))
     return kept
 
 

@@ -80,3 +80,24 @@ def test_batch_count_is_bounded() -> None:
     with pytest.raises(ValueError, match="between 1 and"):
         run_batches(lambda i: _report(1.0, {}), MAX_BATCHES + 1)
     assert run_batches(lambda i: _report(float(i), {}), 2).metrics["batches"] == 2
+
+
+def test_every_finding_of_a_kept_rule_stays_and_causes_follow_the_kept_rules() -> None:
+    base = _report(1.0, {})
+    two = [
+        Finding(rule="dead_relu", severity="warning", title="a", message="a", layers=["a"], confidence=1.0),
+        Finding(
+            rule="dead_relu",
+            severity="error",
+            title="b",
+            message="b",
+            layers=["b"],
+            confidence=1.0,
+            caused_by=["lr_too_high"],
+        ),
+    ]
+    first = base.model_copy(update={"findings": two})
+    merged = merge_reports([first, _report(2.0, {"dead_relu": "warning"}), _report(3.0, {"lr_too_high": "error"})])
+    assert [f.layers for f in merged.findings] == [["a"], ["b"]]  # both of the base's dead_relu findings
+    assert {f.severity for f in merged.findings} == {"warning"}  # median of worst per batch: error, warning
+    assert merged.findings[1].caused_by == []  # lr_too_high fired on 1 of 3: not kept, not cited
