@@ -25,6 +25,8 @@ from collections.abc import Callable, Sequence
 
 from gradhealth.report.schema import SEVERITY_ORDER, Estimate, Finding, Report, health_of
 
+from .report_builder import summary
+
 PREFIX = "across_batches."
 METHOD = "across batches"
 LEVEL = 0.95
@@ -119,12 +121,13 @@ def merge_reports(reports: Sequence[Report]) -> Report:
         return base
     findings = merge_findings(reports)
     health = health_of(findings)
-    summary = f"{base.summary} (merged over {n} batches: findings kept when they fire on a majority)"
+    text = summary(findings, base.model.num_layers)  # of the kept findings, not the base batch's
+    text = f"{text} Merged over {n} batches: findings kept when they fire on a majority."
     return base.model_copy(
         update={
             "findings": findings,
             "health": health,
-            "summary": summary,
+            "summary": text,
             "metrics": {**base.metrics, "batches": n},
             "environment": {**base.environment, "batches": str(n)},
             "estimates": {**base.estimates, **across_batches(reports)},

@@ -101,3 +101,8 @@ def test_every_finding_of_a_kept_rule_stays_and_causes_follow_the_kept_rules() -
     assert [f.layers for f in merged.findings] == [["a"], ["b"]]  # both of the base's dead_relu findings
     assert {f.severity for f in merged.findings} == {"warning"}  # median of worst per batch: error, warning
     assert merged.findings[1].caused_by == []  # lr_too_high fired on 1 of 3: not kept, not cited
+
+
+def test_summary_speaks_of_the_kept_findings_and_the_batch_count() -> None:
+    merged = merge_reports([_report(1.0, {"dead_relu": "error"}), _report(2.0, {}), _report(3.0, {})])
+    assert merged.summary.startswith("Gradients flow well") and "3 batches" in merged.summary
