@@ -9,6 +9,7 @@ from gradhealth.diagnostics.noise_stats import Interval, NoiseMeasure
 from gradhealth.diagnostics.rules import batch_size_wasteful, noisy_layer
 from gradhealth.report import severity_at_least
 
+from . import hf_zoo
 from .zoo import HEALTHY, ZooCase, by_name
 
 NOISE_RULES = {batch_size_wasteful.RULE_ID, noisy_layer.RULE_ID}
@@ -23,6 +24,20 @@ def test_healthy_zoo_stays_healthy_with_the_noise_check(case: ZooCase, one_torch
     noisy = [f"{f.rule} {f.message[:200]}" for f in report.findings if f.rule in NOISE_RULES]
     assert not noisy, noisy
     assert not [f for f in report.findings if severity_at_least(f.severity, "warning")]
+
+
+HF_CASES = [case for case in hf_zoo.HEALTHY if case.name != "llama_vocab_32k"]  # same as llama, 24 s more
+
+
+@pytest.mark.parametrize("case", HF_CASES, ids=lambda c: c.name)
+def test_healthy_hf_zoo_gets_no_noise_finding(case: hf_zoo.HFCase, one_torch_thread: None) -> None:
+    """GPT-2, Llama, BERT, ViT, T5, LSTM LM, ResNet: every layer within a decade of the others, no waste."""
+    if case.needs_transformers:
+        pytest.importorskip("transformers")
+    model, loss, inputs, targets = case.build()
+    report = analyze_module(model, loss, inputs, targets, AnalysisOptions(checks=("standard", "noise")))
+    assert "gsnr" in report.estimates, report.skipped
+    assert not [f"{f.rule} {f.message[:200]}" for f in report.findings if f.rule in NOISE_RULES]
 
 
 def test_noise_rules_need_the_noise_check(one_torch_thread: None) -> None:
