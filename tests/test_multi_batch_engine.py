@@ -103,3 +103,20 @@ def test_cli_takes_repeated_batch(files: dict[str, Path | list[Path]]) -> None:
         [sys.executable, "-m", "gradhealth.cli", *too_many], capture_output=True, text=True, timeout=300
     )
     assert refused.returncode == 2 and "at most 16" in refused.stderr
+
+
+def test_a_batch_that_does_not_fit_is_named(
+    files: dict[str, Path | list[Path]], tmp_path: Path, one_torch_thread: None
+) -> None:
+    batches = files["batches"]
+    assert isinstance(batches, list)
+    misfit = gradhealth.save_batch(tmp_path / "misfit.safetensors", torch.randn(8, 5), torch.randint(0, 3, (8,)))
+    names = batch_file_names(2)
+    payload = {
+        "options": {},
+        "batches": names,
+        "files": {MODEL_FILE: str(files["model"]), names[0]: str(batches[0]), names[1]: str(misfit)},
+    }
+    with pytest.raises(ChildFailure, match="batch 2 of 2") as caught:
+        analyze(payload, lambda phase, fraction: None)
+    assert caught.value.code != "engine_error"

@@ -59,7 +59,7 @@ def _run_batches(
     analyzer: Analyzer, paths: list[str], options: Any, device: Any, progress: ProgressFn
 ) -> tuple[Report, str | None]:
     """Read and analyse each batch in turn (one in memory at a time), then merge (diagnostics.multi_batch)."""
-    from gradhealth.diagnostics import read_batch
+    from gradhealth.diagnostics import InputError, read_batch
     from gradhealth.diagnostics.multi_batch import merge_reports
 
     reports: list[Report] = []
@@ -73,7 +73,12 @@ def _run_batches(
             done = (fraction - LOAD_SHARE) / (1 - LOAD_SHARE)  # of this batch
             progress(phase, LOAD_SHARE + (1 - LOAD_SHARE) * (i + done) / n)
 
-        report, note = _run_shrinking(analyzer, inputs, targets, options, device, share if n > 1 else progress)
+        try:
+            report, note = _run_shrinking(analyzer, inputs, targets, options, device, share if n > 1 else progress)
+        except InputError as exc:  # e.g. a batch that does not fit the model: say which one
+            if n == 1:
+                raise
+            raise ChildFailure(exc.code, f"batch {i + 1} of {n}: {exc}") from None
         reports.append(report)
         if note:
             notes.append(note if n == 1 else f"batch {i + 1}: {note}")
