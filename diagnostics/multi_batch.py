@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 
 from gradhealth.report.schema import SEVERITY_ORDER, Estimate, Finding, Report, health_of
 
+from .errors import InputError
 from .report_builder import summary
 
 PREFIX = "across_batches."
@@ -146,4 +147,12 @@ def run_batches(run_one: Callable[[int], Report], count: int) -> Report:
     """Run the analysis on batch 0..count-1 (run_one(i) gives batch i's report) and merge them."""
     if not 1 <= count <= MAX_BATCHES:
         raise ValueError(f"between 1 and {MAX_BATCHES} batches, got {count}")
-    return merge_reports([run_one(i) for i in range(count)])
+    reports = []
+    for i in range(count):
+        try:
+            reports.append(run_one(i))
+        except InputError as exc:  # e.g. a batch that does not fit the model: say which one
+            if count == 1:
+                raise
+            raise type(exc)(f"batch {i + 1} of {count}: {exc}") from exc
+    return merge_reports(reports)

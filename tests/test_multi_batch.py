@@ -106,3 +106,15 @@ def test_every_finding_of_a_kept_rule_stays_and_causes_follow_the_kept_rules() -
 def test_summary_speaks_of_the_kept_findings_and_the_batch_count() -> None:
     merged = merge_reports([_report(1.0, {"dead_relu": "error"}), _report(2.0, {}), _report(3.0, {})])
     assert merged.summary.startswith("Gradients flow well") and "3 batches" in merged.summary
+
+
+def test_an_input_error_names_the_batch() -> None:
+    from gradhealth.diagnostics.errors import InputError
+
+    def run_one(i: int) -> Report:
+        if i == 1:
+            raise InputError("inputs have 5 features, the model takes 6")
+        return _report(1.0, {})
+
+    with pytest.raises(InputError, match="batch 2 of 3: inputs have 5 features"):
+        run_batches(run_one, 3)
