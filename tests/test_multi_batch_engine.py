@@ -120,3 +120,11 @@ def test_a_batch_that_does_not_fit_is_named(
     with pytest.raises(ChildFailure, match="batch 2 of 2") as caught:
         analyze(payload, lambda phase, fraction: None)
     assert caught.value.code != "engine_error"
+
+
+def test_the_noise_checks_estimates_are_merged_without_naming_them(one_torch_thread: None) -> None:
+    report = gradhealth.analyze(
+        _model(), "cross_entropy", batches=[_batch(1, 16), _batch(2, 16)], checks=("standard", "noise")
+    )
+    own = {k for k in report.estimates if not k.startswith("across_batches.")}
+    assert own and all(f"across_batches.{k}" in report.estimates for k in own)
