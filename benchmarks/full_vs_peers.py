@@ -334,6 +334,7 @@ KEEP_WARM_S = 2.0
 PYHESSIAN_LMAX = "PyHessian λmax (power iteration)"
 OURS_LMAX = "gradhealth curvature"
 OURS_FULL = "gradhealth full"
+DIRECT_LMAX = "gradhealth λmax (Lanczos, direct)"
 COCKPIT_FULL = "Cockpit full (no Alpha)"
 
 
@@ -350,7 +351,7 @@ def build_rows(name: str, batch: int, quick: bool) -> tuple[list[Row], Engine, i
         _row(OURS_LMAX, lambda: engine.check("curvature")),
         _row("gradhealth noise", lambda: engine.check("noise")),
         _row(OURS_FULL, lambda: engine.check("full")),
-        _row("gradhealth λmax (Lanczos, direct)", lambda: lanczos_direct_step(copy.deepcopy(model), x, y)),
+        _row(DIRECT_LMAX, lambda: lanczos_direct_step(copy.deepcopy(model), x, y)),
         _row("Cockpit economy (no Alpha)", lambda: cockpit_step(model, x, y, "economy")),
         _row("Cockpit business (no Alpha)", lambda: cockpit_step(model, x, y, "business")),
         _row(COCKPIT_FULL, lambda: cockpit_step(model, x, y, "full")),
@@ -472,6 +473,12 @@ def verdicts(results: dict[str, dict[str, Any]]) -> list[str]:
                 f"{'PASS' if ok else 'FAIL'}  {target}: ours {_pct(errors[OURS_LMAX])} off in "
                 f"{ours.median() / res['plain']:.2f}x plain, PyHessian {_pct(errors.get(PYHESSIAN_LMAX, math.nan))} off "
                 f"in {peer.median() / res['plain']:.2f}x: ours/PyHessian = {share:.2f}"
+            )
+        direct = rows[DIRECT_LMAX]
+        if direct.ok and peer.ok and DIRECT_LMAX in errors:
+            lines.append(
+                f"info  {name}: {DIRECT_LMAX} alone: {_pct(errors[DIRECT_LMAX])} off in "
+                f"{direct.median() / res['plain']:.2f}x plain: direct/PyHessian = {direct.median() / peer.median():.2f}"
             )
         if name != "3c3d":
             continue
