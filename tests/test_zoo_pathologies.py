@@ -34,8 +34,9 @@ from torch.func import functional_call
 from torch.overrides import TorchFunctionMode
 
 try:
-    from tests import zoo
+    from tests import noise_proofs, zoo
 except ImportError:  # tests/ itself is on sys.path (pytest rootdir-less import mode)
+    import noise_proofs
     import zoo
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -52,6 +53,8 @@ RULES = {
     "fp16_underflow",
     "poor_initialization",
     "unscaled_targets",
+    "batch_size_wasteful",
+    "noisy_layer",
 }
 ARCHS = {"mlp", "cnn", "rnn", "lstm", "transformer"}
 FP16_TINY = 2.0**-24
@@ -550,6 +553,8 @@ PROOFS = {
     "fp16_underflow": prove_fp16_underflow,
     "poor_initialization": prove_poor_initialization,
     "unscaled_targets": prove_unscaled_targets,
+    "batch_size_wasteful": noise_proofs.prove_batch_size_wasteful,
+    "noisy_layer": noise_proofs.prove_noisy_layer,
 }
 
 
