@@ -52,6 +52,33 @@ def severity_at_least(severity: str, floor: str) -> bool:
     return SEVERITY_ORDER[severity] >= SEVERITY_ORDER[floor]
 
 
+# A remediation's machine-applicable parameters: scalars, or vectors (per-feature statistics, layer lists).
+RemediationParam = float | int | str | bool | None | list[float] | list[str]
+VerificationStatus = Literal["verified", "not_improved", "not_applicable", "failed"]
+
+
+class TrialTrajectory(BaseModel):
+    """One short training trial: what the loss, gradient norm and the finding's own metric did."""
+
+    loss: list[float | None] = Field(default_factory=list)  # per step; None where non-finite
+    grad_norm: list[float | None] = Field(default_factory=list)
+    non_finite_steps: int = 0
+    evidence: dict[str, float | None] = Field(default_factory=dict)  # the finding's metric re-measured after the trial
+
+
+class Verification(BaseModel):
+    """The measured effect of applying a remediation to a copy of the model (the `verify` check)."""
+
+    status: VerificationStatus
+    reason: str | None = None  # why not_applicable/failed, in words
+    steps: int = 0
+    optimizer: dict[str, float | str | None] = Field(default_factory=dict)
+    baseline: TrialTrajectory | None = None
+    remediated: TrialTrajectory | None = None
+    improved: bool | None = None
+    criterion: str | None = None  # the stated test `improved` answers, e.g. "final loss 10% lower, no NaN"
+
+
 class Remediation(BaseModel):
     """One concrete change the user can make, with code and sources."""
 
@@ -59,7 +86,8 @@ class Remediation(BaseModel):
     detail: str
     snippet: str | None = None
     references: list[str] = Field(default_factory=list)
-    params: dict[str, float | int | str | bool | None] = Field(default_factory=dict)
+    params: dict[str, RemediationParam] = Field(default_factory=dict)
+    verification: Verification | None = None  # set by the verify check only
 
 
 class Finding(BaseModel):
