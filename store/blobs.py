@@ -81,6 +81,9 @@ class BlobStore(Protocol):
     def sweep_staging(self) -> int:
         """Remove partial uploads left by processes that died; returns how many were removed."""
 
+    def delete(self, key: str) -> bool:
+        """Remove a committed blob (retention); True when something was removed, False when it was absent."""
+
 
 class LocalBlobStore:
     """Blobs as files <root>/<sha[:2]>/<sha>; writes are temp file + fsync + os.replace."""
@@ -126,6 +129,14 @@ class LocalBlobStore:
     def exists(self, key: str) -> bool:
         """True when the key has been committed."""
         return self._path(key).is_file()
+
+    def delete(self, key: str) -> bool:
+        """Unlink the blob; a concurrent reader that already opened it keeps its bytes (POSIX)."""
+        try:
+            self._path(key).unlink()
+        except FileNotFoundError:
+            return False
+        return True
 
     def sweep_staging(self) -> int:
         """Delete staging folders whose owner is gone (its lock is free) and stray files older than the grace."""
