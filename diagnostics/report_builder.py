@@ -8,7 +8,16 @@ from collections import Counter
 from collections.abc import Mapping
 
 import torch
-from gradhealth.report import ActivationStats, Finding, LayerStats, ModelInfo, Report, SkippedCheck, health_of
+from gradhealth.report import (
+    SEVERITY_ORDER,
+    ActivationStats,
+    Finding,
+    LayerStats,
+    ModelInfo,
+    Report,
+    SkippedCheck,
+    health_of,
+)
 from gradhealth.report.schema import CurvatureSpectrum, Estimate
 from torch import Tensor
 
@@ -76,6 +85,37 @@ def layer_table(m: Measurements) -> list[LayerStats]:
         if layer.next_activation and standalone and standalone[0].kind == layer.next_activation:
             rows.append(_activation_row(standalone.pop(0)))
     return rows + [_activation_row(a) for a in standalone]
+
+
+def rank(findings: list[Finding]) -> list[Finding]:
+    """Severity order, then each finding only after the findings named in its caused_by.
+
+    A symptom can be more severe than its cause (huge targets make an 'error' update ratio from a
+    'warning' scale problem); fixing the cause fixes both, so the cause's remediation is what the
+    reader (and a tool applying the first remediation) must see first.
+    """
+    ordered = sorted(findings, key=lambda f: -SEVERITY_ORDER[f.severity])
+    by_rule: dict[str, list[Finding]] = {}
+    for finding in ordered:
+        by_rule.setdefault(finding.rule, []).append(finding)
+    result: list[Finding] = []
+    placed: set[int] = set()
+    visiting: set[int] = set()
+
+    def place(finding: Finding) -> None:
+        if id(finding) in placed or id(finding) in visiting:
+            return
+        visiting.add(id(finding))
+        for cause in finding.caused_by:
+            for root in by_rule.get(cause, []):
+                place(root)
+        visiting.discard(id(finding))
+        placed.add(id(finding))
+        result.append(finding)
+
+    for finding in ordered:
+        place(finding)
+    return result
 
 
 def summary(findings: list[Finding], num_layers: int) -> str:

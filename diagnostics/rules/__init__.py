@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from gradhealth.report import SEVERITY_ORDER, Finding
+from gradhealth.report import Finding
 
 from ..measurements import Measurements
+from ..report_builder import rank
 from . import (
     batch_size_wasteful,
+    causes,
     dead_relu,
     exploding_gradient,
     fp16_underflow,
@@ -42,10 +44,10 @@ RULE_IDS = tuple(rule.RULE_ID for rule in RULES)
 
 
 def evaluate_rules(m: Measurements) -> list[Finding]:
-    """Run every rule; worst findings first. When gradients are NaN, the other rules are moot."""
+    """Run every rule; worst findings first, a root cause before its symptoms. With NaN gradients the rest is moot."""
     findings = non_finite.evaluate(m)
     if not findings:
         for rule in RULES[1:]:
             findings.extend(rule.evaluate(m))
-        unscaled_targets.attribute_symptoms(findings)
-    return sorted(findings, key=lambda f: -SEVERITY_ORDER[f.severity])
+        causes.attribute(findings)
+    return rank(findings)

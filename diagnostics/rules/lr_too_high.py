@@ -11,6 +11,7 @@ from ..curvature import adam_stability_limit, stability_limit
 from ..measurements import Measurements
 from ..options import OptimizerSpec
 from .common import REFS, fmt
+from .lr_advice import SAFETY, LrAdvice, advised_lr, two_digits
 
 RULE_ID = "lr_too_high"
 COHEN2022 = "Cohen et al. 2022, Adaptive Gradient Methods at the Edge of Stability"
@@ -21,8 +22,6 @@ COHEN2022 = "Cohen et al. 2022, Adaptive Gradient Methods at the Edge of Stabili
 # Adam's step is lr * m / P, so the same argument applies to the top eigenvalue of P^-1 H with the
 # EMA momentum's limit (2 + 2 beta1) / (1 - beta1) (Cohen et al. 2022).
 ERROR_FACTOR = 2.0
-# Suggest half the limit: a margin for the sharpening that follows (Cohen et al. 2021).
-SAFETY = 0.5
 # When the estimate's interval straddles the limit, the verdict is only as sure as the estimate:
 # the confidence is scaled down and the message says the limit lies inside the interval.
 STRADDLE_CONFIDENCE = 0.5
@@ -94,6 +93,13 @@ def _snippet(opt: OptimizerSpec, lr: float) -> str:
     return f"optimizer = torch.optim.{name}(model.parameters(), lr={lr}, betas={tuple(opt.betas)})"
 
 
+def _why(advice: LrAdvice | None, bound_text: str) -> str:
+    """Which constraint set the lr: half the curvature limit, or the update-size target below it."""
+    if advice is not None and advice.stable_lr is not None and advice.lr < two_digits(advice.stable_lr):
+        return f"the lr giving updates of 1e-3 of the weights, below half of {bound_text}/sharpness"
+    return f"half of {bound_text}/sharpness"
+
+
 def evaluate(m: Measurements) -> list[Finding]:
     """Fire when lr * sharpness exceeds the optimizer's stability bound."""
     opt = m.options.optimizer
@@ -104,7 +110,8 @@ def evaluate(m: Measurements) -> list[Finding]:
     if product <= regime.bound:
         return []
     straddles = regime.low * opt.lr <= regime.bound
-    suggested = float(f"{SAFETY * regime.bound / regime.sharpness:.2g}")
+    advice = advised_lr(m)  # the same lr update_ratio quotes: half the limit, or lower when updates are too big
+    suggested = advice.lr if advice is not None else two_digits(SAFETY * regime.bound / regime.sharpness)
     evidence: dict[str, float | int | str | bool | None | list[float] | list[str]] = {
         "lr": opt.lr,
         "lr_times_sharpness": product,
@@ -132,7 +139,7 @@ def evaluate(m: Measurements) -> list[Finding]:
             remediation=[
                 Remediation(
                     action="lower_lr",
-                    detail=f"Set lr to about {fmt(suggested)} (half of {regime.bound_text}/sharpness), or warm up from it.",
+                    detail=f"Set lr to about {fmt(suggested)} ({_why(advice, regime.bound_text)}), or warm up from it.",
                     snippet=_snippet(opt, suggested),
                     references=regime.references,
                     params={"lr": suggested},

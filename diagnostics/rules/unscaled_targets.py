@@ -2,7 +2,7 @@
 
 This is a root cause. With MSE on targets ~5000 and outputs ~1 the residual is the target itself,
 so dL/d(output) and every layer's gradient are ~5000x what standardised targets give; the symptom
-rules then advise a tiny learning rate or clipping. Findings it explains get ``caused_by``.
+rules then advise a tiny learning rate or clipping. Findings it explains get ``caused_by`` (rules.causes).
 """
 
 from __future__ import annotations
@@ -14,9 +14,6 @@ from .common import REFS, fmt
 from .input_not_normalized import ERROR_SCALE, WARNING_SCALE
 
 RULE_ID = "unscaled_targets"
-
-# Symptoms a loss inflated by its targets produces: uniformly huge gradients and updates.
-SYMPTOMS = ("update_ratio", "exploding_gradient", "lr_too_high")
 
 # Targets are judged like inputs (input_not_normalized): standardised data has scale max(|mean|, std)
 # ~ 1, so WARNING_SCALE (5x) and ERROR_SCALE (50x) apply unchanged. They dominate the loss when the
@@ -86,16 +83,3 @@ def evaluate(m: Measurements) -> list[Finding]:
             confidence=0.9,
         )
     ]
-
-
-def attribute_symptoms(findings: list[Finding]) -> None:
-    """Mark the size symptoms as caused by unscaled targets, and say so where the user reads."""
-    if not any(f.rule == RULE_ID for f in findings):
-        return
-    for finding in findings:
-        if finding.rule in SYMPTOMS and RULE_ID not in finding.caused_by:
-            finding.caused_by.append(RULE_ID)
-            finding.message += (
-                " Root cause: the regression targets are not standardised (unscaled_targets); "
-                "fix that first, then re-check this."
-            )
