@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from gradhealth.diagnostics.run_rules.metrics import METRICS
+from gradhealth.report import Finding
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 
 from .paging import INT64_MAX
@@ -108,3 +109,12 @@ class LayerHistory(BaseModel):
     steps: list[int]
     values: list[float | None]
     nonfinite_steps: list[int]
+
+
+class RunFindings(BaseModel):
+    """The run's current findings at or above a severity, with its health and logged steps."""
+
+    data: list[Finding]
+    count: int
+    health: str
+    run_steps: int

@@ -8,6 +8,7 @@ import math
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from gradhealth.diagnostics.run_rules.metrics import GradientMetric
+from gradhealth.report import Finding, Severity, severity_at_least
 from gradhealth.store import outbox, runs
 from gradhealth.store.celery_app import Send
 from gradhealth.store.db import session_factory
@@ -27,7 +28,7 @@ from ..paging import LogPaging, Paging
 from ..reports import MEDIA_TYPES, ReportFormat, render
 from ..resources import get_owned
 from ..run_codec import parse_body, to_log_batch
-from ..run_schemas import LayerHistory, LogAck, RunCreate, RunCreated, RunPublic, RunsPublic
+from ..run_schemas import LayerHistory, LogAck, RunCreate, RunCreated, RunFindings, RunPublic, RunsPublic
 from ..webhook_urls import checked_webhook_url
 
 PATH = "/v1/runs"
@@ -210,3 +211,12 @@ def run_deliveries(run_id: str, principal: ReadAccess, session: SessionDep, page
     return DeliveriesPublic(
         data=[DeliveryPublic.model_validate(row, from_attributes=True) for row in found.rows], count=found.count
     )
+
+
+@router.get("/{run_id}/findings", response_model=RunFindings)
+def run_findings(run_id: str, principal: ReadAccess, session: SessionDep, severity: Severity = "info") -> RunFindings:
+    """The run's current findings at or above `severity`, without the report's timeline (what watch(on_finding=) polls)."""
+    run = get_owned(session, TrainingRun, run_id, principal, "run")
+    found = [Finding.model_validate(f) for f in json.loads(run.findings)]
+    kept = [f for f in found if severity_at_least(f.severity, severity)]
+    return RunFindings(data=kept, count=len(kept), health=run.health, run_steps=run.num_steps)
