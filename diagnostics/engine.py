@@ -10,6 +10,7 @@ from contextlib import contextmanager
 
 import torch
 from gradhealth.report import Report
+from gradhealth.report.schema import severity_at_least
 from torch import Tensor
 
 from . import report_builder
@@ -43,6 +44,7 @@ from .param_stats import layer_param_stats
 from .probes import InstrumentedGraph, instrument
 from .rules import evaluate_rules
 from .targets import measure_targets
+from .verify_engine import verify_analysis
 
 ProgressFn = Callable[[str, float], None]
 
@@ -170,7 +172,11 @@ class Analyzer:
             findings = evaluate_rules(measurements)
         for p in params.values():
             p.grad = None
-        return report_builder.build(
+        verified = None
+        if options.runs("verify") and any(severity_at_least(f.severity, "warning") for f in findings):
+            with timer.phase("verify"):
+                verified = verify_analysis(self, findings, inputs, targets, options, notify)
+        report = report_builder.build(
             report_id=str(uuid.uuid4()),
             measurements=measurements,
             findings=findings,
@@ -179,6 +185,9 @@ class Analyzer:
             device=device,
             timings=timer.timings,
         )
+        if verified is not None:
+            report.metrics.update(verify_trials=verified.trials, verify_steps=verified.steps)
+        return report
 
     def _measure(
         self,

@@ -7,8 +7,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 Precision = Literal["fp32", "fp16", "bf16"]
-Check = Literal["standard", "noise", "curvature", "full"]  # what AnalysisOptions.checks may name
-# "full" is shorthand for every check; the others can be named on their own.
+Check = Literal["standard", "noise", "curvature", "verify", "full"]  # what AnalysisOptions.checks may name
+# "full" is shorthand for every measuring check; "verify" (training trials, docs/verify.md) is only run when named.
 FULL_CHECKS: tuple[Check, ...] = ("standard", "noise", "curvature")
 
 
@@ -36,7 +36,9 @@ class AnalysisOptions(BaseModel):
     checks: tuple[Check, ...] = ("standard",)
     device: str | None = None
     curvature_iterations: int = Field(default=30, ge=2, le=500)  # most Hessian-vector products per Lanczos run
+    verify_steps: int = Field(default=30, ge=1, le=200)  # optimizer steps per verify trial (K)
+    verify_max_trials: int = Field(default=8, ge=1, le=32)  # remediation trials per analysis (baseline not counted)
 
     def runs(self, check: Check) -> bool:
         """Whether this analysis includes a check, with "full" standing for all of them."""
-        return check in self.checks or "full" in self.checks
+        return check in self.checks or ("full" in self.checks and check in FULL_CHECKS)

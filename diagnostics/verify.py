@@ -1,0 +1,231 @@
+"""The verify check: apply each finding's remediations to a copy of the parameters and train a short trial."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from gradhealth.report.schema import Finding, Remediation, RemediationParam, Verification, severity_at_least
+from torch import Tensor
+
+from .loading import LoadedModel
+from .options import AnalysisOptions, OptimizerSpec
+from .remedies import NOT_APPLICABLE_REASON, REMEDIES, RemedyError, TrialSetup, apply_remedy
+from .verify_trial import TrialOutcome, run_trial
+
+# Re-run the rules on the model as a trial left it: (inputs, targets, optimizer) -> findings.
+Remeasure = Callable[[tuple[Tensor, ...], Tensor, OptimizerSpec], list[Finding]]
+Notify = Callable[[str, float], None]
+
+DEFAULT_OPTIMIZER = OptimizerSpec(name="sgd", lr=0.01)  # when the analysis names none
+MARGIN = 0.10
+CRITERION = (
+    "no non-finite step, and one of: the baseline diverged while the remedy trains (loss falls); the relative "
+    "loss decrease 1-L_K/L_0 is >= 10 points larger than the baseline's; the final loss is >= 10% lower than the "
+    "baseline's (same units); the finding's rule fires after the baseline trial and not after the remedy's "
+    "(final loss not higher); fp16: the share of gradients flushed to zero falls under the rule's threshold"
+)
+
+
+@dataclass
+class VerifyStats:
+    """What the check cost: trials run (baseline included) and optimizer steps taken."""
+
+    trials: int = 0
+    steps: int = 0
+
+
+class _Snapshot:
+    """The model's parameters, buffers and requires_grad flags, to start every trial from the same point."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.state = {k: v.detach().clone() for k, v in module.state_dict(keep_vars=True).items()}
+        self.flags = {n: p.requires_grad for n, p in module.named_parameters()}
+
+    def restore(self, module: torch.nn.Module) -> None:
+        """Put every tensor and flag back as it was."""
+        with torch.no_grad():
+            for key, value in module.state_dict(keep_vars=True).items():
+                value.copy_(self.state[key])
+        for name, p in module.named_parameters():
+            p.grad = None
+            p.requires_grad_(self.flags[name])
+
+
+def _evidence(rule: str, findings: list[Finding]) -> dict[str, float | None]:
+    """The rule's numeric evidence after a trial, and whether it still fires."""
+    match = next((f for f in findings if f.rule == rule and severity_at_least(f.severity, "warning")), None)
+    evidence: dict[str, float | None] = {"rule_fires": 0.0 if match is None else 1.0}
+    if match is not None:
+        for key, value in match.evidence.items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                evidence[key] = float(value)
+    return evidence
+
+
+def judge(base: TrialOutcome, rem: TrialOutcome, finding: Finding, units_changed: bool) -> bool:
+    """The stated criterion (CRITERION) for `improved`."""
+    b, r = base.trajectory, rem.trajectory
+    if r.non_finite_steps or rem.relative_decrease is None:
+        return False
+    if b.non_finite_steps:
+        return rem.relative_decrease > 0
+    if base.relative_decrease is not None and rem.relative_decrease >= base.relative_decrease + MARGIN:
+        return True
+    b_final, r_final = b.loss[-1], r.loss[-1]
+    same_units = not units_changed and b_final is not None and r_final is not None
+    if same_units and r_final <= (1 - MARGIN) * b_final:  # type: ignore[operator]  # both checked above
+        return True
+    if same_units and b.evidence.get("rule_fires") == 1.0 and r.evidence.get("rule_fires") == 0.0:
+        return r_final <= b_final  # type: ignore[operator]
+    limit = finding.thresholds.get("warning_fraction")
+    flushed_b, flushed_r = b.evidence.get("fp16_flushed_fraction"), r.evidence.get("fp16_flushed_fraction")
+    if isinstance(limit, int | float) and flushed_b is not None and flushed_r is not None:
+        return flushed_r < limit <= flushed_b
+    return False
+
+
+class Verifier:
+    """Runs the baseline once and one trial per applicable remediation, within the trial budget."""
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        inputs: tuple[Tensor, ...],
+        targets: Tensor,
+        options: AnalysisOptions,
+        remeasure: Remeasure,
+    ) -> None:
+        self.loaded, self.inputs, self.targets = loaded, inputs, targets
+        self.options, self.remeasure = options, remeasure
+        self.spec = options.optimizer or DEFAULT_OPTIMIZER
+        self.stats = VerifyStats()
+        self.baseline: tuple[TrialOutcome, list[Finding]] | None = None
+        self.cache: dict[str, tuple[Verification, float]] = {}
+        self.remedy_trials = 0
+
+    def _setup(self) -> TrialSetup:
+        """A fresh trial over the model's own parameters (restored before each trial)."""
+        params: dict[str, Tensor] = {self.loaded.display_name(n): p for n, p in self.loaded.module.named_parameters()}
+        trainable = {n for n, p in params.items() if p.requires_grad}
+        return TrialSetup(params, self.inputs, self.targets, self.spec.lr, trainable, seed=0)
+
+    def _params_for(self, finding: Finding, remediation: Remediation) -> dict[str, RemediationParam]:
+        """The remediation's params; `layers` defaults to the finding's parameterised layers, `scheme` to `init`."""
+        params = dict(remediation.params)
+        if "layers" not in params:
+            modules = {self.loaded.display_name(n).rsplit(".", 1)[0] for n, _ in self.loaded.module.named_parameters()}
+            params["layers"] = [layer for layer in finding.layers if layer in modules]
+        if "scheme" not in params and isinstance(params.get("init"), str):
+            params["scheme"] = params["init"]
+        return params
+
+    def _trial(self, setup: TrialSetup) -> tuple[TrialOutcome, list[Finding]]:
+        """One trial, then the rules re-run on the trained copy."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(setup.seed)
+            outcome = run_trial(self.loaded, setup, self.spec, self.options.verify_steps, self.options.precision)
+            spec = self.spec.model_copy(update={"lr": setup.lr})
+            found = self.remeasure(setup.inputs, setup.targets, spec)
+        self.stats.trials += 1
+        self.stats.steps += outcome.steps_run
+        return outcome, found
+
+    def verify(self, finding: Finding, remediation: Remediation, snapshot: _Snapshot) -> tuple[Verification, float]:
+        """The verification of one remediation and its measured effect (for ranking)."""
+        key = json.dumps([finding.rule, remediation.action, remediation.params], sort_keys=True, default=str)
+        if key in self.cache:
+            return self.cache[key]
+        if self.remedy_trials >= self.options.verify_max_trials:
+            reason = f"trial budget spent ({self.options.verify_max_trials} remediation trials per analysis)"
+            return Verification(status="not_applicable", reason=reason), -1.0
+        optimizer: dict[str, float | str | None] = {
+            "name": self.spec.name,
+            "lr": self.spec.lr,
+            "momentum": self.spec.momentum,
+            "weight_decay": self.spec.weight_decay,
+        }
+        params = self._params_for(finding, remediation)
+        setup = self._setup()
+        try:
+            apply_remedy(remediation.action, params, setup)
+        except RemedyError as exc:
+            snapshot.restore(self.loaded.module)
+            return Verification(status="failed", reason=str(exc), optimizer=optimizer), -1.0
+        if self.baseline is None:  # the first applicable remedy: run the shared baseline now
+            snapshot.restore(self.loaded.module)
+            try:
+                self.baseline = self._trial(self._setup())
+            finally:
+                snapshot.restore(self.loaded.module)
+            setup = self._setup()
+            apply_remedy(remediation.action, params, setup)
+        base, base_found = self.baseline
+        self.remedy_trials += 1
+        try:
+            rem, found = self._trial(setup)
+        except Exception as exc:  # a remedy can make the model fail (e.g. a dtype it cannot take)
+            return Verification(status="failed", reason=f"{type(exc).__name__}: {str(exc)[:300]}"), -1.0
+        finally:
+            snapshot.restore(self.loaded.module)
+        base_traj = base.trajectory.model_copy(deep=True)
+        base_traj.evidence.update(_evidence(finding.rule, base_found))
+        rem.trajectory.evidence.update(_evidence(finding.rule, found))
+        base_for_judging = TrialOutcome(base_traj, base.steps_run, base.relative_decrease)
+        improved = judge(base_for_judging, rem, finding, setup.loss_units_changed)
+        optimizer["lr"] = setup.lr
+        result = Verification(
+            status="verified" if improved else "not_improved",
+            steps=self.options.verify_steps,
+            optimizer=optimizer,
+            baseline=base_traj,
+            remediated=rem.trajectory,
+            improved=improved,
+            criterion=CRITERION,
+        )
+        effect = rem.relative_decrease if rem.relative_decrease is not None else -1.0
+        self.cache[key] = (result, effect)
+        return result, effect
+
+
+_STATUS_RANK = {"verified": 0, "not_improved": 1, "failed": 2, "not_applicable": 3}
+
+
+def verify_findings(
+    loaded: LoadedModel,
+    findings: list[Finding],
+    inputs: tuple[Tensor, ...],
+    targets: Tensor,
+    options: AnalysisOptions,
+    remeasure: Remeasure,
+    notify: Notify,
+) -> VerifyStats:
+    """Attach a verification to every remediation of the findings at warning or above; rank by effect."""
+    todo = [f for f in findings if severity_at_least(f.severity, "warning")]
+    applicable = sum(1 for f in todo for r in f.remediation if r.action in REMEDIES)
+    verifier = Verifier(loaded, inputs, targets, options, remeasure)
+    snapshot = _Snapshot(loaded.module) if applicable else None
+    done = 0
+    try:
+        for finding in todo:
+            effects: dict[int, float] = {}
+            for remediation in finding.remediation:
+                if remediation.action not in REMEDIES or snapshot is None:
+                    remediation.verification = Verification(status="not_applicable", reason=NOT_APPLICABLE_REASON)
+                    continue
+                notify("verify", 0.96 + 0.03 * done / max(applicable, 1))
+                remediation.verification, effects[id(remediation)] = verifier.verify(finding, remediation, snapshot)
+                done += 1
+            finding.remediation.sort(key=lambda r: _order(r, effects))
+    finally:
+        if snapshot is not None:
+            snapshot.restore(loaded.module)
+    return verifier.stats
+
+
+def _order(remediation: Remediation, effects: dict[int, float]) -> tuple[int, float]:
+    """Verified first, by measured effect; then not improved, failed, not applicable (stable otherwise)."""
+    status = remediation.verification.status if remediation.verification else "not_applicable"
+    return _STATUS_RANK[status], -effects.get(id(remediation), 0.0) if status == "verified" else 0.0

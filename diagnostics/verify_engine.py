@@ -1,0 +1,55 @@
+"""The verify check's hook into the engine: trials with the probes off, the rules re-run after each."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from gradhealth.report import Finding
+from torch import Tensor
+
+from .options import AnalysisOptions, OptimizerSpec
+from .rules import evaluate_rules
+from .verify import VerifyStats, verify_findings
+
+if TYPE_CHECKING:
+    from .engine import Analyzer
+
+
+def verify_analysis(
+    analyzer: Analyzer,
+    findings: list[Finding],
+    inputs: tuple[Tensor, ...],
+    targets: Tensor,
+    options: AnalysisOptions,
+    notify: Callable[[str, float], None],
+) -> VerifyStats:
+    """Verify the findings' remediations on the analyzer's model; the model is restored afterwards."""
+    graph = analyzer.graph
+
+    def remeasure(trial_inputs: tuple[Tensor, ...], trial_targets: Tensor, spec: OptimizerSpec) -> list[Finding]:
+        """One instrumented forward+backward and the rules, on the model as the trial left it."""
+        params = dict(analyzer.loaded.module.named_parameters())
+        if graph is not None:
+            graph.recorder.reset()
+            graph.recorder.enabled = True
+        try:
+            loss = analyzer.loaded.per_sample_loss(trial_inputs, trial_targets).float().mean()
+            if loss.requires_grad:
+                loss.backward()  # type: ignore[no-untyped-call]  # torch: Tensor.backward is unannotated
+            trial_options = options.model_copy(update={"optimizer": spec, "checks": ("standard",)})
+            batch = trial_targets.shape[0]
+            return evaluate_rules(analyzer._measure(params, trial_inputs, trial_targets, loss, batch, trial_options))
+        finally:
+            if graph is not None:
+                graph.recorder.enabled = False
+            for p in params.values():
+                p.grad = None
+
+    if graph is not None:
+        graph.recorder.enabled = False
+    try:
+        return verify_findings(analyzer.loaded, findings, inputs, targets, options, remeasure, notify)
+    finally:
+        if graph is not None:
+            graph.recorder.enabled = True

@@ -1,0 +1,95 @@
+"""One short training trial on the analysis batch: the loss and gradient-norm trajectory."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from gradhealth.report.schema import TrialTrajectory
+from torch import Tensor
+
+from .loading import LoadedModel
+from .options import OptimizerSpec
+from .remedies import TrialSetup
+
+FP16_TINY = 2.0**-24  # below fp16's smallest subnormal a gradient entry flushes to zero
+
+
+@dataclass
+class TrialOutcome:
+    """A trial's trajectory, its relative loss decrease and the work it did."""
+
+    trajectory: TrialTrajectory
+    steps_run: int = 0
+    relative_decrease: float | None = None  # 1 - L_K / L_0; None when a loss was non-finite
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def make_optimizer(spec: OptimizerSpec, params: list[Tensor], lr: float) -> torch.optim.Optimizer:
+    """The user's optimizer over the trial's trainable parameters, at the trial's lr."""
+    if spec.name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
+    if spec.name == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=spec.betas, eps=spec.eps, weight_decay=spec.weight_decay)
+    return torch.optim.AdamW(params, lr=lr, betas=spec.betas, eps=spec.eps, weight_decay=spec.weight_decay)
+
+
+def _round_through_fp16(grads: list[Tensor], scale: float) -> float:
+    """Replace each (scaled) gradient by its fp16 value, unscaled; return the fraction flushed to zero."""
+    flushed = nonzero = 0.0
+    for g in grads:
+        half = g.half()
+        nonzero += float((g != 0).sum())
+        flushed += float(((g != 0) & (half == 0)).sum())
+        g.copy_(half.float() / scale)
+    return flushed / nonzero if nonzero else 0.0
+
+
+def run_trial(loaded: LoadedModel, setup: TrialSetup, spec: OptimizerSpec, steps: int, precision: str) -> TrialOutcome:
+    """Train `steps` steps from the setup's parameters; stop at the first non-finite loss or gradient."""
+    outcome = TrialOutcome(TrialTrajectory())
+    traj = outcome.trajectory
+    trained = [setup.params[n] for n in setup.params if n in setup.trainable]
+    for name, p in setup.params.items():
+        p.requires_grad_(name in setup.trainable)
+    optimizer = make_optimizer(spec, trained, setup.lr)
+    flushed = 0.0
+    for _ in range(steps):
+        optimizer.zero_grad(set_to_none=True)
+        loss = loaded.per_sample_loss(setup.inputs, setup.targets).float().mean()
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            traj.loss.append(None)
+            traj.non_finite_steps += 1
+            break
+        traj.loss.append(value)
+        (loss * setup.loss_scale).backward()  # type: ignore[no-untyped-call]  # torch: unannotated
+        grads = [p.grad for p in trained if p.grad is not None]
+        if precision == "fp16":
+            with torch.no_grad():
+                flushed = _round_through_fp16(grads, setup.loss_scale)
+        elif setup.loss_scale != 1.0:
+            for g in grads:
+                g.div_(setup.loss_scale)
+        max_norm = setup.max_norm if setup.max_norm is not None else math.inf
+        norm = float(torch.nn.utils.clip_grad_norm_(trained, max_norm, norm_type=setup.norm_type)) if grads else 0.0
+        outcome.steps_run += 1
+        if not math.isfinite(norm):
+            traj.grad_norm.append(None)
+            traj.non_finite_steps += 1
+            break
+        traj.grad_norm.append(norm)
+        optimizer.step()
+    else:
+        with torch.no_grad():
+            final = float(loaded.per_sample_loss(setup.inputs, setup.targets).float().mean())
+        traj.loss.append(final if math.isfinite(final) else None)
+        traj.non_finite_steps += 0 if math.isfinite(final) else 1
+    optimizer.zero_grad(set_to_none=True)
+    if precision == "fp16":
+        traj.evidence["fp16_flushed_fraction"] = flushed
+    first, last = traj.loss[0] if traj.loss else None, traj.loss[-1] if traj.loss else None
+    if traj.non_finite_steps == 0 and first is not None and last is not None and first > 0:
+        outcome.relative_decrease = 1.0 - last / first
+    return outcome
