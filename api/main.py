@@ -20,14 +20,14 @@ from .deps import KeyCache
 from .docs_pages import install_docs_pages
 from .errors import install_error_handlers
 from .log_batch_doc import LogBatchBody
-from .metrics import MetricsMiddleware
+from .metrics import MetricsMiddleware, mark_dead
 from .openapi import document_errors
 from .reports import RenderedCache
-from .routes import analyses, audits, batches, compare, health, models, runs
+from .routes import analyses, audits, batches, compare, deletions, health, models, runs
 
 API_PREFIX = "/v1"
 api_router = APIRouter()
-for module in (models, batches, analyses, compare, audits, runs):
+for module in (models, batches, analyses, compare, audits, runs, deletions):
     api_router.include_router(module.router)
 
 
@@ -48,6 +48,7 @@ def create_app(settings: Settings | None = None, send: Send | None = None) -> Fa
         await run_in_threadpool(migrate, settings)
         await run_in_threadpool(sweep_partial_uploads, settings)
         yield
+        mark_dead()
 
     app = FastAPI(
         title="gradhealth",

@@ -34,6 +34,12 @@ def add_server_parsers(subparsers: argparse._SubParsersAction) -> None:  # type:
     p.add_argument("--queues", default="gpu,cpu", help="queues to consume (default gpu,cpu)")
     p.add_argument("--name", default=None, help="worker name (default gradhealth-PID@HOST)")
     p.add_argument("--concurrency", type=int, default=1, help="analyses at once (default 1; one per GPU)")
+    p.add_argument(
+        "--healthcheck",
+        action="store_true",
+        help="do not start a worker: ping the running worker --name (default: any worker on this host) through "
+        "the broker and exit 0 when it answers, 1 otherwise (a container HEALTHCHECK)",
+    )
     _add_unsafe_flag(p)
     p.set_defaults(handler=_worker)
 
@@ -54,6 +60,23 @@ def add_server_parsers(subparsers: argparse._SubParsersAction) -> None:  # type:
     p.set_defaults(handler=_in_data_dir(_migrate))
     p = sub.add_parser("sweep", help="re-enqueue analyses whose message was lost or whose worker died")
     p.set_defaults(handler=_in_data_dir(_sweep))
+    p = sub.add_parser("revoke-key", help="revoke an API key now (by the key, its id or its prefix)")
+    p.add_argument("key", help="the key itself, its id, or its prefix as list-keys prints it")
+    p.set_defaults(handler=_in_data_dir(_revoke_key))
+    p = sub.add_parser("list-keys", help="a project's keys: id, prefix, scopes, created, revoked (never the key)")
+    p.add_argument("project", help="project name or id")
+    p.set_defaults(handler=_in_data_dir(_list_keys))
+    p = sub.add_parser(
+        "prune",
+        help="delete finished analyses, idle runs, unreferenced uploads and their blobs older than an age",
+        description="Retention: deletes analyses (with reports) that finished and belong to no audit, runs not "
+        "updated since, and batches/models nothing references, all created before now minus --older-than; "
+        "then the blobs no row holds. Each deletion is logged (table deletions).",
+    )
+    p.add_argument("--older-than", required=True, help="age such as 30d, 12h, 2w (units s, m, h, d, w)")
+    p.add_argument("--project", help="only this project (name or id; default: every project)")
+    p.add_argument("--dry-run", action="store_true", help="print what would be deleted; delete nothing")
+    p.set_defaults(handler=_in_data_dir(_prune))
 
 
 def _in_data_dir(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -132,6 +155,67 @@ def _create_key(args: argparse.Namespace) -> int:
     return _new_key(args.project, args.scope or ["write"], create=False)
 
 
+def _revoke_key(args: argparse.Namespace) -> int:
+    from gradhealth.store import keys
+    from gradhealth.store.db import migrate, session_scope
+
+    settings = _settings()
+    migrate(settings)
+    try:
+        with session_scope(settings) as session:
+            row = keys.revoke_key(session, args.key)
+            print(f"revoked key {row.id} ({row.prefix}…) at {row.revoked_at:%Y-%m-%d %H:%M:%S} UTC", file=sys.stderr)
+    except keys.AdminError as exc:
+        print(f"gradhealth: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _list_keys(args: argparse.Namespace) -> int:
+    from gradhealth.store import keys
+    from gradhealth.store.db import migrate, session_scope
+
+    settings = _settings()
+    migrate(settings)
+    try:
+        with session_scope(settings) as session:
+            rows = keys.list_keys(session, keys.find_project(session, args.project))
+            for row in rows:
+                revoked = f"{row.revoked_at:%Y-%m-%dT%H:%M:%S}" if row.revoked_at else "-"
+                print(f"{row.id}\t{row.prefix}\t{row.scopes}\t{row.created_at:%Y-%m-%dT%H:%M:%S}\t{revoked}")
+    except keys.AdminError as exc:
+        print(f"gradhealth: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _prune(args: argparse.Namespace) -> int:
+    import json
+
+    from gradhealth.store import keys, retention
+    from gradhealth.store.blobs import blob_store
+    from gradhealth.store.db import migrate, session_scope
+
+    try:
+        age = retention.parse_age(args.older_than)
+    except ValueError as exc:
+        print(f"gradhealth: error: --older-than: {exc}", file=sys.stderr)
+        return 2
+    settings = _settings()
+    migrate(settings)
+    try:
+        with session_scope(settings) as session:
+            project = keys.find_project(session, args.project).id if args.project else None
+            done = retention.prune(session, blob_store(settings), age, "cli:admin prune", project, args.dry_run)
+    except keys.AdminError as exc:
+        print(f"gradhealth: error: {exc}", file=sys.stderr)
+        return 2
+    summary = {"cutoff": done.cutoff.isoformat(), "dry_run": done.dry_run, "counts": done.counts()}
+    summary |= {k: getattr(done, k) for k in done.counts()}
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def _sweep(_: argparse.Namespace) -> int:
     from functools import partial
 
@@ -150,7 +234,29 @@ def _sweep(_: argparse.Namespace) -> int:
     return 0
 
 
+def _metrics_dir(workers: int) -> None:
+    """Several API processes share Prometheus samples through files (set before any process imports the client)."""
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if workers <= 1 and not folder:
+        return
+    import shutil
+    import tempfile
+
+    if folder:  # samples of a previous run would be summed in: start empty
+        os.makedirs(folder, exist_ok=True)
+        for entry in os.listdir(folder):
+            if entry.endswith(".db"):
+                os.unlink(os.path.join(folder, entry))
+    else:
+        folder = tempfile.mkdtemp(prefix="gradhealth-metrics-")
+        import atexit
+
+        atexit.register(shutil.rmtree, folder, True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+
+
 def _api(args: argparse.Namespace) -> int:
+    _metrics_dir(args.workers)
     import uvicorn
 
     settings = _settings()
@@ -165,7 +271,33 @@ def _api(args: argparse.Namespace) -> int:
     return 0
 
 
+def _worker_healthcheck(args: argparse.Namespace) -> int:
+    """Exit 0 when this worker (by --name, else any worker on this host) answers a broker ping within 5 s."""
+    from gradhealth.store.celery_app import get_celery
+
+    settings = _settings()
+    if settings.embedded_broker:
+        print("gradhealth: --healthcheck needs a broker (GRADHEALTH_BROKER_URL)", file=sys.stderr)
+        return 1
+    try:
+        app = get_celery(settings)
+        replies = app.control.ping(destination=[args.name] if args.name else None, timeout=5.0)
+    except Exception as exc:
+        print(f"gradhealth: worker health: broker unreachable: {exc}", file=sys.stderr)
+        return 1
+    names = [name for reply in replies for name in reply]
+    host = "@" + socket.gethostname()
+    mine = [n for n in names if n == args.name] if args.name else [n for n in names if n.endswith(host)]
+    if not mine:
+        print(f"gradhealth: worker health: no answer from {args.name or '*' + host}", file=sys.stderr)
+        return 1
+    print(f"ok: {', '.join(sorted(mine))}")
+    return 0
+
+
 def _worker(args: argparse.Namespace) -> int:
+    if args.healthcheck:
+        return _worker_healthcheck(args)
     from gradhealth.store.db import migrate
 
     from .embedded import exit_with_parent

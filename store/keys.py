@@ -74,3 +74,30 @@ def authenticate(session: Session, key: str) -> Principal | None:
     if row is None or (row.revoked_at is not None and row.revoked_at <= utcnow()):
         return None
     return Principal(project_id=row.project_id, key_id=row.id, scopes=frozenset(row.scopes.split(",")))
+
+
+def find_key(session: Session, ref: str) -> ApiKey:
+    """A key by its clear text, its id, or its 12-character prefix (as `list-keys` shows it)."""
+    query = select(ApiKey).where((ApiKey.key_hash == hash_key(ref)) | (ApiKey.id == ref) | (ApiKey.prefix == ref))
+    found = list(session.scalars(query).all())
+    if not found:
+        raise AdminError(
+            f"no API key matches {ref!r}; pass the key, its id or its prefix (`gradhealth admin list-keys`)"
+        )
+    if len(found) > 1:
+        raise AdminError(f"{len(found)} keys match {ref!r}; pass the key id instead")
+    return found[0]
+
+
+def revoke_key(session: Session, ref: str) -> ApiKey:
+    """Revoke a key now (idempotent: an already revoked key keeps its first revocation time)."""
+    row = find_key(session, ref)
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+        session.flush()
+    return row
+
+
+def list_keys(session: Session, project: Project) -> list[ApiKey]:
+    """The project's keys, oldest first (hashes never leave the database)."""
+    return list(session.scalars(select(ApiKey).where(ApiKey.project_id == project.id).order_by(ApiKey.created_at)))

@@ -296,3 +296,17 @@ class RunWebhookDelivery(Base):
     def pending(self) -> bool:
         """Not attempted yet (or being attempted now)."""
         return self.due_at is not None
+
+
+class Deletion(Base):
+    """Who deleted what and when: one row per deleted resource; kept after the resource (no foreign keys)."""
+
+    __tablename__ = "deletions"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    project_id: Mapped[str | None] = mapped_column(String(36), nullable=True, index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # analysis | run | batch | model | blob
+    object_id: Mapped[str] = mapped_column(String(64))
+    sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    actor: Mapped[str] = mapped_column(String(120))  # key:<api key id> or cli:<command>
+    reason: Mapped[str] = mapped_column(String(32))  # request | prune
+    deleted_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 from fastapi.concurrency import run_in_threadpool
-from gradhealth.store import analyses
+from gradhealth.store import analyses, ops_metrics
 from gradhealth.store.celery_app import ping_broker
 from gradhealth.store.db import ping, session_factory
 from gradhealth.store.settings import Settings
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from ..deps import SettingsDep
 from ..errors import ApiError
-from ..metrics import ANALYSES, REGISTRY
+from ..metrics import ANALYSES, FAILED_BY_CODE, QUEUE_LENGTH, WEBHOOK_FAILURES, exposition
 from ..openapi import error_responses
 
 router = APIRouter(tags=["health"])
@@ -48,12 +48,23 @@ async def readyz(settings: SettingsDep) -> dict[str, object]:
 def _count_analyses(settings: Settings) -> None:
     with session_factory(settings)() as session:
         counts = analyses.count_by_status(session)
+        failed, webhooks = ops_metrics.failed_by_code(session), ops_metrics.webhook_failures(session)
     for status in ("queued", "running", "succeeded", "failed"):
         ANALYSES.labels(status).set(counts.get(status, 0))
+    for code in {"out_of_memory", "timeout", *failed}:
+        FAILED_BY_CODE.labels(code).set(failed.get(code, 0))
+    for category in {"connect_failed", "timeout", "http_status", "refused_address", *webhooks}:
+        WEBHOOK_FAILURES.labels(category).set(webhooks.get(category, 0))
+    try:
+        lengths = ops_metrics.queue_lengths(settings)
+    except Exception:  # a broker outage shows on /readyz; the scrape still answers
+        lengths = {}
+    for queue, n in lengths.items():
+        QUEUE_LENGTH.labels(queue).set(n)
 
 
 @router.get("/metrics", include_in_schema=False)
 async def metrics(settings: SettingsDep) -> Response:
     """Prometheus text format."""
     await run_in_threadpool(_count_analyses, settings)
-    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    return Response(exposition(), media_type=CONTENT_TYPE_LATEST)
