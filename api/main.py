@@ -23,11 +23,11 @@ from .log_batch_doc import LogBatchBody
 from .metrics import MetricsMiddleware, mark_dead
 from .openapi import document_errors
 from .reports import RenderedCache
-from .routes import analyses, audits, batches, compare, deletions, health, models, runs
+from .routes import analyses, audits, batches, compare, deletions, health, models, run_compare, runs
 
 API_PREFIX = "/v1"
 api_router = APIRouter()
-for module in (models, batches, analyses, compare, audits, runs, deletions):
+for module in (models, batches, analyses, compare, audits, run_compare, runs, deletions):  # /runs/compare first
     api_router.include_router(module.router)
 
 
