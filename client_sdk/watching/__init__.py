@@ -11,7 +11,10 @@ import httpx
 import torch
 from torch import nn
 
+from ._activations import ActivationWatch
+from ._extras import Extras
 from ._layers import Layer, find_layers, main_device
+from ._sketch import SketchSchedule
 from ._stats import METRICS
 from .handle import Watch, WatchWarning
 
@@ -88,6 +91,8 @@ def watch(
     max_buffered_steps: int = 10_000,
     flush_interval: float = 2.0,
     batch_steps: int = 256,
+    distributions: bool | int = True,
+    activations: bool | int = False,
 ) -> Watch:
     """Record gradient statistics of every layer at each optimizer step and stream them to the service.
 
@@ -125,12 +130,23 @@ def watch(
         max_buffered_steps: records kept while the service is slow or away; the oldest are dropped.
         flush_interval: seconds between batches.
         batch_steps: the most records per batch (a full batch is sent at once).
+        distributions: per-layer gradient and weight distributions (9 quantiles, zeros, non-finite,
+            count) on some recorded steps: True, at the stride a third of `budget` allows (at least
+            every 10 steps; every 10 with budget=None), an int for a fixed stride in optimizer steps,
+            False for none. Not under FSDP (local shards' quantiles do not combine).
+        activations: dead and saturated fractions of every activation module (nn.ReLU, nn.GELU,
+            nn.Sigmoid, nn.Tanh, ...) from forward hooks: True for every 10th step, an int for that
+            stride in optimizer steps (on recorded steps), False (default) for none. Functional
+            activations (F.relu in forward()) are not seen. See docs/runs.md.
 
     Returns:
         A Watch handle: a context manager whose close() delivers what is left (with a timeout).
     """
     if every < 1 or param_every < 0 or max_buffered_steps < 1 or batch_steps < 1 or flush_interval <= 0:
         raise ValueError("every, max_buffered_steps, batch_steps must be >= 1; param_every >= 0; flush_interval > 0")
+    for option, value in (("distributions", distributions), ("activations", activations)):
+        if not isinstance(value, bool) and (not isinstance(value, int) or value < 1):
+            raise ValueError(f"{option} is True, False or a stride in optimizer steps >= 1; got {value!r}")
     if budget is not None and not 0 <= budget < math.inf:
         raise ValueError(f"budget is a fraction of the step time (0.03 for 3%), or None; got {budget!r}")
     rank, world = _rank()
@@ -139,6 +155,11 @@ def watch(
         raise ValueError("the model has no parameters to watch")
     name = run or f"{type(model).__name__}-{time.strftime('%Y%m%d-%H%M%S')}"
     config = _config(optimizer, scaler, layers, every, param_every, budget, rank, world)
+    acts = None
+    if activations is not False and rank == 0:
+        acts = ActivationWatch(model, 10 if activations is True else int(activations))
+        config["activations"] = acts.describe()
+    extras = Extras(layers, SketchSchedule(distributions, budget), acts)
 
     def create_run(service: Any) -> str:
         described = [layer.describe() for layer in layers]
@@ -158,4 +179,6 @@ def watch(
         rank=rank,
         client=_client_factory(client) if rank == 0 else None,
         create_run=create_run,
+        world=world,
+        extras=extras,
     )

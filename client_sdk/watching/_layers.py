@@ -51,13 +51,21 @@ def _walk(module: nn.Module, prefix: str, seen: set[int]) -> Iterator[tuple[str,
             yield from _walk(child, f"{prefix}.{name}" if prefix else name, seen)
 
 
+def type_name(module: nn.Module) -> str:
+    """The user's class name: FSDP2's fully_shard swaps in a subclass (FSDPLinear) that says nothing new."""
+    for cls in type(module).__mro__:
+        if not cls.__module__.startswith("torch.distributed.fsdp"):
+            return cls.__name__
+    return type(module).__name__
+
+
 def find_layers(model: nn.Module) -> list[Layer]:
     """Modules owning parameters directly (recurse=False), frozen ones included, in module order."""
     layers = []
     for name, module in _walk(model, "", set()):
         params = tuple(module.parameters(recurse=False))
         if params:
-            layers.append(Layer(name or ROOT_NAME, type(module).__name__, params))
+            layers.append(Layer(name or ROOT_NAME, type_name(module), params))
     return layers
 
 

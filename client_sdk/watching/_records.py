@@ -78,6 +78,8 @@ class Record:
     losses: list[LossValue] = field(default_factory=list)
     auto_losses: list[LossValue] = field(default_factory=list)
     loss: Loss | None = None
+    sketch: HostArray | None = None  # (2, L, WIDTH) gradient and weight distributions (_sketch), on sketched steps
+    activations: HostArray | None = None  # (2, A) dead and saturated fractions (_activations), when read
 
     def seal(self, explicit: bool) -> Record:
         """Fix the loss: the logged ones if the user logs losses, else those picked up from forward()."""

@@ -110,6 +110,7 @@ class Pending:
     grads: Tensor
     sample: Sample | None
     lr: Tensor | float | None
+    sketch: Tensor | None = None  # (2, L, WIDTH) distributions, on a sketched step
 
 
 class StatsEngine:

@@ -19,10 +19,13 @@ import torch
 from torch import Tensor, nn
 
 from ._budget import Budget
+from ._extras import Extras
 from ._layers import Layer
 from ._records import HostArray, LossValue, Record, RecordBuffer
 from ._shipper import Shipper
+from ._sketch import SketchSchedule
 from ._stats import Pending, StatsEngine
+from .distributed import AgreedBudget, ShardedStats, SilentBuffer, SilentShipper, is_sharded
 
 if TYPE_CHECKING:
     from ..report import Report
@@ -60,8 +63,11 @@ class Watch:
         rank: int,
         client: Callable[[], Any] | None,
         create_run: Callable[[Any], str],
+        world: int = 1,
+        extras: Extras | None = None,
     ) -> None:
-        """`client` is a factory for the service client; None makes a no-op handle (ranks other than 0)."""
+        """`client` is a factory for the service client; None: a rank other than 0, a no-op handle (DDP)
+        or, with sharded parameters (FSDP2), one that measures its shards and ships nothing."""
         self.every = every
         self.param_every = param_every
         self.rank = rank
@@ -89,12 +95,23 @@ class Watch:
         self.active = client is not None
         self._closed = not self.active
         self._lock = threading.Lock()
-        if client is None:
+        sharded = world > 1 and is_sharded(layers)
+        self._extras = extras or Extras(layers, SketchSchedule(False, None), None)
+        if client is None and not sharded:
             self._budget = Budget(None, every, 1)
             return
-        self._stats = StatsEngine(layers, param_every)
-        self._budget = Budget(budget, every, self._stats.slots)
-        self._buffer = RecordBuffer(max_buffered_steps, batch_steps, self._on_first_drop)
+        self._closed = False
+        if sharded:
+            self._stats: StatsEngine = ShardedStats(layers, param_every, rank, world)
+            self._budget = AgreedBudget(budget, every, self._stats.slots, self._stats)
+            self._extras.sketches.enabled = False  # quantiles of local shards do not combine (docs/runs.md)
+        else:
+            self._stats = StatsEngine(layers, param_every)
+            self._budget = Budget(budget, every, self._stats.slots)
+        self._extras.bind(lambda: self._step, self._records)
+        self._buffer = (SilentBuffer if client is None else RecordBuffer)(
+            max_buffered_steps, batch_steps, self._on_first_drop
+        )
         if optimizer is not None:
             self._hooks.append(optimizer.register_step_pre_hook(self._guard(self._pre_step)))
             self._hooks.append(optimizer.register_step_post_hook(self._guard(self._post_step)))
@@ -105,6 +122,9 @@ class Watch:
         if scaler is not None and optimizer is not None:
             original_step = scaler.step
             scaler.step = lambda opt, *a, **k: self._scaler_step(original_step, opt, *a, **k)
+        if client is None:
+            self._shipper: Shipper | SilentShipper = SilentShipper()
+            return
         self._shipper = Shipper(
             self._buffer, client, create_run, len(layers), flush_interval, batch_steps, self._on_problem
         )
@@ -194,10 +214,13 @@ class Watch:
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop watching and deliver what is left, waiting at most `timeout` seconds."""
-        if not self.active or self._hooks is None:
+        if self._hooks is None:
             return
         self._closed = True
         self._unhook()
+        self._extras.close()
+        if not self.active:
+            return
         self._seal()
         atexit.unregister(self._at_exit)
         if not self._shipper.close(timeout) and self._shipper.pending:
@@ -245,9 +268,11 @@ class Watch:
             grad_scale = getattr(optimizer, "grad_scale", None)
             grads = self._stats.grads(grad_scale)
             sample = self._stats.sample(self.steps_recorded, optimizer is not None, grad_scale)
+            sketch = self._extras.sketch(self._step, self._budget.step_time)
+            self._spent -= self._extras.sketch_seconds  # the sketch's own share of the budget, not recording's
             if lr is not None and not (isinstance(lr, Tensor) and not lr.is_cpu):
                 lr = float(lr)  # a CPU tensor lr is read now: copying it to the device would sync the stream
-            self._pending = Pending(grads, sample, lr)
+            self._pending = Pending(grads, sample, lr, sketch)
 
     def _post_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self._stepped = True
@@ -261,7 +286,10 @@ class Watch:
                 record = Record(self._step, HostArray(values), None, lr_in_values=True, stride=stride)
             else:
                 record = Record(self._step, HostArray(values), lr, stride=stride)
+            self._extras.attach(record, self._pending.sketch, self._stats.device)
             self._pending = None
+        else:
+            self._extras.attach(None, None, torch.device("cpu"))
         self._complete(record)
 
     def _complete(self, record: Record | None) -> None:
