@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import iter_route_contexts
 from gradhealth.diagnostics.errors import InputError
+from gradhealth.store.blobs import BlobStoreUnavailable
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -101,6 +102,11 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, _CODES.get(exc.status_code, "error"), message, None, headers)
 
 
+async def _storage_error(_: Request, exc: Exception) -> JSONResponse:
+    log.warning("blob storage: %s", exc)
+    return error_response(503, "storage_unavailable", f"{exc}; try again later", headers={"Retry-After": "5"})
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return error_response(500, "internal_error", "internal server error; this is a bug, please report it")
@@ -112,4 +118,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(InputError, _input_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(BlobStoreUnavailable, _storage_error)
     app.add_exception_handler(Exception, _unexpected)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from gradhealth.store import analyses, rows
 from gradhealth.store.blobs import BlobStore
 from gradhealth.store.keys import Principal
-from gradhealth.store.models import Analysis, Base, ModelPackage
+from gradhealth.store.models import Analysis, Base, Batch, ModelPackage
 from gradhealth.store.registry import UnknownModel, resolve
 from gradhealth.store.rows import Upload as UploadRow
 from sqlalchemy.exc import IntegrityError
@@ -53,6 +53,19 @@ def resolve_model(session: Session, principal: Principal, ref: str) -> ModelPack
         raise ApiError(404, str(exc)) from None
 
 
+def require_stored(store: BlobStore, model: ModelPackage, batches: Sequence[Batch]) -> None:
+    """Before queueing: every input's bytes are in blob storage (409 naming the one that is not)."""
+    for what, row in (("model", model), *(("batch", b) for b in batches)):
+        if not store.exists(row.sha256):
+            raise ApiError(
+                409,
+                f"the stored file of {what} {row.id!r} (sha256 {row.sha256}) is missing from blob storage, "
+                f"so it cannot be analysed; upload the {what} again and use the id it returns",
+                code="blob_missing",
+                detail={f"{what}_id": row.id, "sha256": row.sha256},
+            )
+
+
 def accept_upload(
     session: Session,
     store: BlobStore,
@@ -70,7 +83,10 @@ def accept_upload(
     upload.staged.close()
     existing = rows.by_sha256(session, table, principal.project_id, sha)
     if existing is not None:
-        store.discard(upload.staged)
+        if store.exists(sha):
+            store.discard(upload.staged)
+        else:  # its bytes were deleted from storage (retention): the same upload puts them back
+            store.commit(upload.staged)
         return existing, False
     try:
         row = make_row()

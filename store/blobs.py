@@ -10,6 +10,8 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -60,6 +62,14 @@ class StagedBlob:
         return self._hash.hexdigest()
 
 
+class BlobMissing(FileNotFoundError):
+    """A committed blob is gone (deleted, or altered so its bytes no longer match their sha256)."""
+
+
+class BlobStoreUnavailable(Exception):
+    """Blob storage refused or could not be reached (credentials, network, bucket); the message says what to check."""
+
+
 class BlobStore(Protocol):
     """What the API and the workers need from blob storage (local disk, or S3-compatible)."""
 
@@ -72,8 +82,8 @@ class BlobStore(Protocol):
     def discard(self, staged: StagedBlob) -> None:
         """Drop staged bytes (failed validation or aborted upload)."""
 
-    def local_path(self, key: str) -> Path:
-        """A local file with the blob's bytes (an S3 store would download to a cache)."""
+    def local_copies(self, keys: Sequence[str]) -> AbstractContextManager[list[Path]]:
+        """Local files with the blobs' bytes for the duration of the block; BlobMissing names a missing key."""
 
     def exists(self, key: str) -> bool:
         """True when the key has been committed."""
@@ -85,31 +95,25 @@ class BlobStore(Protocol):
         """Remove a committed blob (retention); True when something was removed, False when it was absent."""
 
 
-class LocalBlobStore:
-    """Blobs as files <root>/<sha[:2]>/<sha>; writes are temp file + fsync + os.replace."""
+def check_key(key: str) -> str:
+    """A blob key is a lowercase hex sha256 and nothing else, so no key can name a path or another bucket."""
+    if len(key) != 64 or not all(c in "0123456789abcdef" for c in key):
+        raise ValueError(f"not a sha256 blob key: {key!r}")
+    return key
 
-    def __init__(self, root: Path, max_bytes: int) -> None:
-        self.root = Path(root)
-        self.max_bytes = max_bytes
-        self._tmp = self.root / "tmp"
+
+class StagingArea:
+    """Uploads are received into a local folder (one per process, flock-ed) and validated before commit."""
+
+    def __init__(self, tmp: Path, max_bytes: int) -> None:
+        self._tmp = Path(tmp)
         self._tmp.mkdir(parents=True, exist_ok=True)
+        self.max_bytes = max_bytes
 
     def stage(self) -> StagedBlob:
-        """Receive into this process's folder under <root>/tmp, so the final rename stays on one filesystem."""
+        """Receive into this process's folder under the staging root (same filesystem as a local commit)."""
         fd, name = tempfile.mkstemp(dir=_own_staging_dir(self._tmp), prefix="upload-")
         return StagedBlob(path=Path(name), file=os.fdopen(fd, "wb"), limit=self.max_bytes)
-
-    def commit(self, staged: StagedBlob) -> str:
-        """Atomic publish: readers see the whole blob or none of it."""
-        staged.close()
-        key = staged.sha256
-        final = self._path(key)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        if final.exists():
-            staged.path.unlink(missing_ok=True)
-        else:
-            os.replace(staged.path, final)
-        return key
 
     def discard(self, staged: StagedBlob) -> None:
         """Remove the temp file; never fails."""
@@ -118,25 +122,6 @@ class LocalBlobStore:
         except OSError:
             pass
         staged.path.unlink(missing_ok=True)
-
-    def local_path(self, key: str) -> Path:
-        """The committed file; FileNotFoundError names the key when it is gone."""
-        path = self._path(key)
-        if not path.is_file():
-            raise FileNotFoundError(f"blob {key} is missing from {self.root}")
-        return path
-
-    def exists(self, key: str) -> bool:
-        """True when the key has been committed."""
-        return self._path(key).is_file()
-
-    def delete(self, key: str) -> bool:
-        """Unlink the blob; a concurrent reader that already opened it keeps its bytes (POSIX)."""
-        try:
-            self._path(key).unlink()
-        except FileNotFoundError:
-            return False
-        return True
 
     def sweep_staging(self) -> int:
         """Delete staging folders whose owner is gone (its lock is free) and stray files older than the grace."""
@@ -150,10 +135,52 @@ class LocalBlobStore:
                 removed += 1
         return removed
 
+
+class LocalBlobStore(StagingArea):
+    """Blobs as files <root>/<sha[:2]>/<sha>; writes are temp file + fsync + os.replace."""
+
+    def __init__(self, root: Path, max_bytes: int) -> None:
+        self.root = Path(root)
+        super().__init__(self.root / "tmp", max_bytes)
+
+    def commit(self, staged: StagedBlob) -> str:
+        """Atomic publish: readers see the whole blob or none of it."""
+        staged.close()
+        key = staged.sha256
+        final = self._path(key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if final.exists():
+            staged.path.unlink(missing_ok=True)
+        else:
+            os.replace(staged.path, final)
+        return key
+
+    def local_path(self, key: str) -> Path:
+        """The committed file; BlobMissing names the key when it is gone."""
+        path = self._path(key)
+        if not path.is_file():
+            raise BlobMissing(f"blob {key} is missing from {self.root}")
+        return path
+
+    @contextmanager
+    def local_copies(self, keys: Sequence[str]) -> Iterator[list[Path]]:
+        """The committed files themselves: no copy (the sandbox hard-links them into its private folder)."""
+        yield [self.local_path(key) for key in keys]
+
+    def exists(self, key: str) -> bool:
+        """True when the key has been committed."""
+        return self._path(key).is_file()
+
+    def delete(self, key: str) -> bool:
+        """Unlink the blob; a concurrent reader that already opened it keeps its bytes (POSIX)."""
+        try:
+            self._path(key).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
     def _path(self, key: str) -> Path:
-        if len(key) != 64 or not all(c in "0123456789abcdef" for c in key):
-            raise ValueError(f"not a sha256 blob key: {key!r}")
-        return self.root / key[:2] / key
+        return self.root / key[:2] / check_key(key)
 
 
 def _age(path: Path) -> float:
@@ -203,5 +230,9 @@ def sweep_partial_uploads(settings: Any) -> None:
 
 
 def blob_store(settings: Any) -> BlobStore:
-    """The configured blob store (local disk; an S3 implementation would be chosen here)."""
+    """The configured blob store: S3-compatible when GRADHEALTH_BLOB_URL is s3://..., else local disk."""
+    if settings.blob_url:
+        from .blobs_s3 import S3BlobStore  # boto3 is the optional `s3` extra
+
+        return S3BlobStore.cached(settings.blob_url, settings.resolved_blob_dir, settings.max_upload_bytes)
     return LocalBlobStore(settings.resolved_blob_dir, settings.max_upload_bytes)

@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     broker_url: str = EMBEDDED_BROKER
     broker_key_prefix: str = ""
     blob_dir: Path | None = None
+    # s3://bucket/prefix: blobs in S3-compatible storage (endpoint and credentials from the AWS_* variables);
+    # empty: local disk under blob_dir. With S3, blob_dir holds only partial uploads being received.
+    blob_url: str = ""
     max_upload_bytes: int = Field(default=512 * 2**20, gt=0)
     max_log_batch_bytes: int = Field(default=64 * 2**20, gt=0)  # one POST /v1/runs/{id}/logs body
     max_json_bytes: int = Field(default=8 * 2**20, gt=0)  # any other body: a run of 100k layers is ~7 MiB
@@ -58,6 +61,16 @@ class Settings(BaseSettings):
     def _empty_is_default(cls, value: object) -> object:
         """An empty env var means 'use the default', not 'connect to an empty URL'."""
         return None if value == "" else value
+
+    @field_validator("blob_url")
+    @classmethod
+    def _valid_blob_url(cls, value: str) -> str:
+        """Refuse a malformed s3:// URL at start-up, not at the first upload."""
+        if value:
+            from .blobs_s3 import parse_s3_url  # plain parsing; boto3 is imported only by the store itself
+
+            parse_s3_url(value)
+        return value
 
     @property
     def resolved_database_url(self) -> str:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import time
+from pathlib import Path
 
 from gradhealth.store import analyses
-from gradhealth.store.blobs import blob_store
+from gradhealth.store.blobs import BlobMissing, BlobStoreUnavailable, blob_store
 from gradhealth.store.settings import Settings
 
 from .engine_child import MODEL_FILE, batch_file_names
@@ -29,13 +30,21 @@ def execute_analysis(settings: Settings, analysis_id: str, worker: str) -> str:
         log.info("analysis %s: nothing to do (finished, missing or running elsewhere)", analysis_id)
         return "skipped"
     log.info("analysis %s: attempt %d on %s", analysis_id, claim.attempt, worker)
+    keys = [claim.model_key, *(claim.batch_keys or (claim.batch_key,))]
     try:
-        store = blob_store(settings)
-        model_path = store.local_path(claim.model_key)
-        batch_paths = [store.local_path(key) for key in claim.batch_keys or (claim.batch_key,)]
-    except FileNotFoundError as exc:
+        with blob_store(settings).local_copies(keys) as paths:  # S3: a private temp folder, removed after
+            return _run(settings, claim, analysis_id, paths[0], paths[1:])
+    except BlobMissing as exc:
         analyses.fail(settings, claim, "blob_missing", f"an uploaded file is missing from storage: {exc}")
         return "failed"
+    except BlobStoreUnavailable as exc:
+        log.warning("analysis %s: %s", analysis_id, exc)
+        analyses.fail(settings, claim, "storage_unavailable", f"{exc}; submit the analysis again once storage answers")
+        return "failed"
+
+
+def _run(settings: Settings, claim: analyses.Claim, analysis_id: str, model_path: Path, batch_paths: list[Path]) -> str:
+    """The sandboxed engine run on local copies of the inputs; records the outcome."""
     names = batch_file_names(len(batch_paths))
     payload = {
         "model_format": claim.model_format,

@@ -15,13 +15,13 @@ from gradhealth.store.settings import Settings
 from gradhealth.store.task_names import RUN_ANALYSIS
 
 from ..batch_set import owned_batches
-from ..deps import ReadAccess, SendDep, SessionDep, SettingsDep, WriteAccess
+from ..deps import ReadAccess, SendDep, SessionDep, SettingsDep, StoreDep, WriteAccess
 from ..errors import ApiError
 from ..idempotency import IdempotencyKey, create_idempotent
 from ..openapi import error_responses
 from ..paging import Paging
 from ..reports import MEDIA_TYPES, RenderedCache, ReportFormat, render
-from ..resources import finished_report_json, get_owned, resolve_model
+from ..resources import finished_report_json, get_owned, require_stored, resolve_model
 from ..schemas import AnalysesPublic, AnalysisCreate, AnalysisError, AnalysisPublic, Progress
 
 PATH = "/v1/analyses"
@@ -51,13 +51,14 @@ def to_public(row: Analysis) -> AnalysisPublic:
     )
 
 
-@router.post("", status_code=202, response_model=AnalysisPublic, responses=error_responses(404))
+@router.post("", status_code=202, response_model=AnalysisPublic, responses=error_responses(404, 409, 503))
 def create_analysis(
     body: AnalysisCreate,
     response: Response,
     principal: WriteAccess,
     session: SessionDep,
     send: SendDep,
+    store: StoreDep,
     idempotency_key: IdempotencyKey = None,
 ) -> AnalysisPublic:
     """Queue an analysis of an uploaded model on one batch or several (batch_ids); poll GET /v1/analyses/{id}.
@@ -66,7 +67,9 @@ def create_analysis(
     Honours Idempotency-Key (see the header): a retry returns the first analysis, queued once.
     """
     model = resolve_model(session, principal, body.model_id)
-    batch_ids = [b.id for b in owned_batches(session, principal, body.batches())]
+    batches = owned_batches(session, principal, body.batches())
+    require_stored(store, model, batches)
+    batch_ids = [b.id for b in batches]
     if model.returns_loss is False and body.loss is None:
         raise ApiError(
             422,

@@ -1,5 +1,6 @@
 """Fixtures: artifacts, a throwaway PostgreSQL database, and the distributed stack
-(real uvicorn API + two real `celery worker` processes on Redis + PostgreSQL)."""
+(real uvicorn API + two real `celery worker` processes on Redis + PostgreSQL), with blobs on
+local disk or, for tests marked blob_backends, in a real S3-compatible server (moto_server)."""
 
 from __future__ import annotations
 
@@ -16,11 +17,13 @@ import pytest
 
 pytest.importorskip("fastapi", reason="server extra not installed: pip install -e '.[server]'")
 
+from gradhealth.store.blobs import BlobStore, blob_store  # noqa: E402
 from gradhealth.store.settings import Settings  # noqa: E402
 
 from .artifacts import Files, build  # noqa: E402
 from .client import Api  # noqa: E402
 from .procs import Proc, free_port, wait_ready, wait_worker_ready  # noqa: E402
+from .s3server import S3Server, start_s3_server, stop_s3_server  # noqa: E402
 
 PG_ADMIN_URL = os.environ.get("GRADHEALTH_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("GRADHEALTH_TEST_REDIS", "redis://127.0.0.1:6379/0")
@@ -116,6 +119,40 @@ def redis_prefix() -> Iterator[str]:
     client.close()
 
 
+BLOB_BACKENDS = ("local", "s3")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "blob_backends(*names): run on the stack with each blob backend named (default: local and s3)"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every stack test gets a blob backend: local disk, and S3 too where marked blob_backends."""
+    if "stack" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("blob_backends")
+    backends = (marker.args or BLOB_BACKENDS) if marker else ("local",)
+    metafunc.parametrize("blob_backend", backends, indirect=True, scope="session")
+
+
+@pytest.fixture(scope="session")
+def blob_backend(request: pytest.FixtureRequest) -> str:
+    """Where the stack keeps blobs: "local" (one shared folder) or "s3" (moto_server, no shared disk)."""
+    return str(getattr(request, "param", "local"))
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3-compatible server process (moto_server) on 127.0.0.1, with IAM auth."""
+    server = start_s3_server(tmp_path_factory.mktemp("s3"))
+    try:
+        yield server
+    finally:
+        stop_s3_server(server)
+
+
 @dataclass
 class Stack:
     """The distributed deployment under test."""
@@ -127,9 +164,19 @@ class Stack:
     workers: dict[str, Proc]
     key: str
     root: Path
+    backend: str = "local"
 
     def client(self, key: str | None = None) -> Api:
         return Api(self.base_url, self.key if key is None else key)
+
+    def blob_store(self) -> BlobStore:
+        """The stack's blob store as seen from the test process (S3: with the stack's own credentials)."""
+        if self.backend != "s3":
+            return blob_store(self.settings)
+        from gradhealth.store.blobs_s3 import S3BlobStore
+
+        client = S3Server.client_for(self.env)
+        return S3BlobStore(self.settings.blob_url, self.root / "test_staging", self.settings.max_upload_bytes, client)
 
     def restart_worker(self, name: str) -> None:
         """Bring a killed worker back so later tests have two again."""
@@ -140,36 +187,54 @@ class Stack:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory, pg_url: str, redis_prefix: str) -> Iterator[Stack]:
-    """`gradhealth api` + two `gradhealth worker` processes sharing Redis, PostgreSQL and a blob dir."""
-    root = tmp_path_factory.mktemp("stack")
+def stack(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    redis_prefix: str,
+    blob_backend: str,
+) -> Iterator[Stack]:
+    """`gradhealth api` + two `gradhealth worker` processes on Redis and PostgreSQL.
+
+    local: API and workers share one blob folder. s3: blobs in a moto_server bucket, and each
+    process has its own data folder and temp folder, so a worker shares no disk with the API.
+    """
+    root = tmp_path_factory.mktemp(f"stack_{blob_backend}")
     port = free_port()
-    env = base_env(
-        GRADHEALTH_DATA_DIR=str(root / "data"),
-        GRADHEALTH_DATABASE_URL=pg_url,
-        GRADHEALTH_BROKER_URL=REDIS_URL,
-        GRADHEALTH_BROKER_KEY_PREFIX=redis_prefix,
-        GRADHEALTH_PUBLIC_URL=f"http://127.0.0.1:{port}",
-    )
-    created = admin(env, "create-project", "ci")
-    assert created.returncode == 0, created.stderr
-    key = created.stdout.strip()
-    procs: list[Proc] = []
-    try:
-        api = Proc("api", ["api", "--host", "127.0.0.1", "--port", str(port)], env, root)
-        procs.append(api)
-        workers = {}
-        for name in ("worker_a", "worker_b"):
-            workers[name] = Proc(name, ["worker", "--name", f"{name}@test"], env, root)
-            procs.append(workers[name])
-        base_url = f"http://127.0.0.1:{port}"
-        wait_ready(base_url, api)
-        for worker in workers.values():
-            wait_worker_ready(worker)
-        yield Stack(base_url, env, settings_from(env), api, workers, key, root)
-    finally:
-        for proc in procs:
-            proc.stop()
+    with fresh_pg_database() as pg_url:
+        env = base_env(
+            GRADHEALTH_DATA_DIR=str(root / "data"),
+            GRADHEALTH_DATABASE_URL=pg_url,
+            GRADHEALTH_BROKER_URL=REDIS_URL,
+            GRADHEALTH_BROKER_KEY_PREFIX=f"{redis_prefix}{blob_backend}:",
+            GRADHEALTH_PUBLIC_URL=f"http://127.0.0.1:{port}",
+        )
+        if blob_backend == "s3":
+            server: S3Server = request.getfixturevalue("s3_server")
+            env.update(server.env(f"s3://{server.new_bucket('stack')}/blobs"))
+        created = admin(env, "create-project", "ci")
+        assert created.returncode == 0, created.stderr
+        key = created.stdout.strip()
+        procs: list[Proc] = []
+        try:
+            api = Proc("api", ["api", "--host", "127.0.0.1", "--port", str(port)], env, root)
+            procs.append(api)
+            workers = {}
+            for name in ("worker_a", "worker_b"):
+                worker_env = env
+                if blob_backend == "s3":  # nothing on disk in common with the API or the other worker
+                    own = root / name
+                    (own / "tmp").mkdir(parents=True)
+                    worker_env = {**env, "GRADHEALTH_DATA_DIR": str(own / "data"), "TMPDIR": str(own / "tmp")}
+                workers[name] = Proc(name, ["worker", "--name", f"{name}@test"], worker_env, root)
+                procs.append(workers[name])
+            base_url = f"http://127.0.0.1:{port}"
+            wait_ready(base_url, api)
+            for worker in workers.values():
+                wait_worker_ready(worker)
+            yield Stack(base_url, env, settings_from(env), api, workers, key, root, blob_backend)
+        finally:
+            for proc in procs:
+                proc.stop()
 
 
 @dataclass
