@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
+
+from gradhealth.report import Finding
 
 from ._base import RequestOptions
 from .pagination import AsyncPage, SyncPage, async_pages, sync_pages
 from .report import Report
+from .run_compare import RunComparison, compare_options
 from .types import Run
 
 if TYPE_CHECKING:
@@ -36,6 +40,10 @@ def _append_options(run_id: str, body: bytes, content_type: str, content_encodin
 
 def _history_options(run_id: str, layer: str, metric: str) -> RequestOptions:
     return RequestOptions("GET", f"/v1/runs/{run_id}/layers/{quote(layer, safe='')}/history", params={"metric": metric})
+
+
+def _findings_options(run_id: str, severity: str) -> RequestOptions:
+    return RequestOptions("GET", f"/v1/runs/{run_id}/findings", params={"severity": severity})
 
 
 class Runs:
@@ -79,6 +87,15 @@ class Runs:
         """One layer's full history of one metric: {"steps": [...], "values": [...]}."""
         return self._client.request(_history_options(run_id, layer, metric)).json()
 
+    def findings(self, run_id: str, severity: str = "info") -> list[Finding]:
+        """The run's current findings at or above `severity` (no timeline: cheap enough to poll)."""
+        body = self._client.request(_findings_options(run_id, severity)).json()
+        return [Finding.model_validate(f) for f in body["data"]]
+
+    def compare(self, run_ids: Sequence[str | Run], *, points: int | None = None) -> RunComparison:
+        """2 to 8 runs aligned by step (at most `points` per series, server default 400); see compare_runs."""
+        return RunComparison.model_validate(self._client.request(compare_options(run_ids, points)).json())
+
 
 class AsyncRuns:
     """The async twin of Runs."""
@@ -119,3 +136,12 @@ class AsyncRuns:
     async def history(self, run_id: str, layer: str, metric: str = "grad_norm") -> dict[str, list[Any]]:
         """One layer's full history of one metric: {"steps": [...], "values": [...]}."""
         return (await self._client.request(_history_options(run_id, layer, metric))).json()
+
+    async def findings(self, run_id: str, severity: str = "info") -> list[Finding]:
+        """The run's current findings at or above `severity` (no timeline: cheap enough to poll)."""
+        body = (await self._client.request(_findings_options(run_id, severity))).json()
+        return [Finding.model_validate(f) for f in body["data"]]
+
+    async def compare(self, run_ids: Sequence[str | Run], *, points: int | None = None) -> RunComparison:
+        """2 to 8 runs aligned by step (at most `points` per series, server default 400); see compare_runs."""
+        return RunComparison.model_validate((await self._client.request(compare_options(run_ids, points))).json())

@@ -23,15 +23,17 @@ __all__ = [
     "GradhealthError",
     "HealthError",
     "Report",
+    "StopTraining",
     "__version__",
     "analyze",
     "package",
     "save_batch",
     "watch",
 ]
-_SDK_NAMES = frozenset(__all__) - {"__version__", "analyze"}
+_SDK_NAMES = frozenset(__all__) - {"__version__", "analyze", "StopTraining"}
 
 if TYPE_CHECKING:
+    from gradhealth.actions import StopTraining
     from gradhealth.sdk import (
         AnalysisFailedError,
         APIConnectionError,
@@ -51,6 +53,10 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
+    if name == "StopTraining":  # raised by gradhealth.actions.stop_training
+        from gradhealth.actions import StopTraining
+
+        return StopTraining
     if name in _SDK_NAMES:
         value = getattr(importlib.import_module("gradhealth.sdk"), name)
         globals()[name] = value  # later lookups skip this hook

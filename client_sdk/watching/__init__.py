@@ -5,10 +5,12 @@ from __future__ import annotations
 import math
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import torch
+from gradhealth.report.schema import SEVERITY_ORDER
 from torch import nn
 
 from ._activations import ActivationWatch
@@ -17,6 +19,9 @@ from ._layers import Layer, find_layers, main_device
 from ._sketch import SketchSchedule
 from ._stats import METRICS
 from .handle import Watch, WatchWarning
+
+if TYPE_CHECKING:
+    from gradhealth.report import Finding
 
 __all__ = ["METRICS", "Watch", "WatchWarning", "watch"]
 
@@ -86,6 +91,8 @@ def watch(
     *,
     scaler: torch.amp.GradScaler | None = None,
     webhook_url: str | None = None,
+    on_finding: Callable[[Finding, Watch], None] | None = None,
+    on_finding_severity: str = "error",
     param_every: int = 10,
     budget: float | None = 0.03,
     max_buffered_steps: int = 10_000,
@@ -122,6 +129,10 @@ def watch(
         client: a gradhealth.Client (default: Client() from $GRADHEALTH_URL / $GRADHEALTH_API_KEY).
         scaler: the torch.amp.GradScaler in use: its skipped steps are counted and its settings sent.
         webhook_url: where the service posts health changes of this run.
+        on_finding: called as on_finding(finding, watch) on the training thread, after an optimizer step,
+            once per new finding at or above `on_finding_severity` (gradhealth.actions: stop_training,
+            lower_lr, checkpoint_and_continue); see Watch.on_finding.
+        on_finding_severity: the least severity that calls on_finding ("error").
         param_every: weight_norm and update_norm of each layer every `param_every` recorded steps
             (layers are sampled in turn, about 1/param_every of the weights per step); 0 disables.
         budget: the most of the step time recording may take (0.03: 3%), as measured on the
@@ -149,6 +160,8 @@ def watch(
             raise ValueError(f"{option} is True, False or a stride in optimizer steps >= 1; got {value!r}")
     if budget is not None and not 0 <= budget < math.inf:
         raise ValueError(f"budget is a fraction of the step time (0.03 for 3%), or None; got {budget!r}")
+    if on_finding_severity not in SEVERITY_ORDER:
+        raise ValueError(f"on_finding_severity is one of {list(SEVERITY_ORDER)}; got {on_finding_severity!r}")
     rank, world = _rank()
     layers = find_layers(model)
     if not layers:
@@ -165,7 +178,7 @@ def watch(
         described = [layer.describe() for layer in layers]
         return service.runs.create(name, described, list(METRICS), config, webhook_url).id
 
-    return Watch(
+    handle = Watch(
         model=model,
         optimizer=optimizer,
         layers=layers,
@@ -182,3 +195,6 @@ def watch(
         world=world,
         extras=extras,
     )
+    if on_finding is not None:
+        handle.on_finding(on_finding, on_finding_severity)
+    return handle

@@ -12,6 +12,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from gradhealth.report import severity_at_least
+from gradhealth.report.schema import SEVERITY_ORDER
+
 from .._constants import RETRY_STATUSES
 from ._encode import pack_batch
 from ._records import RecordBuffer
@@ -61,6 +64,12 @@ class Shipper:
         self._closing = False
         self._abandoned = False
         self._kicks = 0
+        self._floor: str | None = None  # on_finding's severity: poll the run's findings at or above it
+        self._found: list[Any] = []  # new findings for the training thread
+        self._seen: set[tuple[str, int | None]] = set()
+        self._since = time.monotonic()  # when the last unit of work ended
+        self._failing = False
+        self._lagging = False  # a wait for an answer timed out: do not wait again until one comes
         self._thread = threading.Thread(target=self._main, name="gradhealth-watch", daemon=True)
         self._thread.start()
 
@@ -80,6 +89,49 @@ class Shipper:
             self._kick()
             self.buffer.cond.wait_for(lambda: self._settled(failed_before), timeout)
             return self._delivered_all()
+
+    def poll_findings(self, severity: str) -> None:
+        """Ask for the run's findings at or above `severity` after each batch whose answer shows the run there."""
+        self._floor = severity
+
+    def take_findings(self) -> list[Any]:
+        """The findings fetched since the last call (each (rule, step) once)."""
+        if not self._found:
+            return []
+        with self.buffer.cond:
+            found, self._found = self._found, []
+        return found
+
+    def behind(self) -> bool:
+        """Whether the next batch is due while the previous one's answer is still out (a healthy service: never)."""
+        if self._inflight is None or self._failing or self._lagging or self._abandoned:
+            return False
+        waiting = len(self.buffer)
+        return waiting >= self._batch_steps or (waiting > 0 and time.monotonic() - self._since >= self._interval)
+
+    def await_answer(self, timeout: float) -> None:
+        """Wait for the batch in flight to be answered (and its findings fetched), an attempt to fail, or `timeout`."""
+        with self.buffer.cond:
+            failed_before = self.failed_attempts
+            answered = self.buffer.cond.wait_for(
+                lambda: self._inflight is None or self.failed_attempts > failed_before or self._abandoned, timeout
+            )
+            self._lagging = not answered
+
+    def _poll(self, client: Any, ack: Any) -> None:
+        """After a delivered batch: the run's new findings at or above the floor, when its health says there are some."""
+        health = ack.get("health") if isinstance(ack, dict) else None
+        if self._floor is None or health not in SEVERITY_ORDER or not severity_at_least(health, self._floor):
+            return
+        new = []
+        for finding in client.runs.findings(self.run_id, self._floor):
+            key = (finding.rule, finding.step)
+            if key not in self._seen:
+                self._seen.add(key)
+                new.append(finding)
+        if new:
+            with self.buffer.cond:
+                self._found.extend(new)
 
     def _settled(self, failed_before: int) -> bool:
         """Whether a flush has its answer: all delivered, an attempt failed, or nothing more will be sent.
@@ -133,6 +185,7 @@ class Shipper:
             try:
                 self._work()
                 failures, since = 0, time.monotonic()
+                self._since, self._failing = since, False
             except Fatal as exc:
                 self._on_problem("fatal", str(exc))
                 with self.buffer.cond:
@@ -144,6 +197,7 @@ class Shipper:
                 with self.buffer.cond:
                     self.last_error = f"{type(exc).__name__}: {exc}"
                     self.failed_attempts += 1
+                    self._failing = True
                     self.buffer.cond.notify_all()
                 delay = min(MAX_BACKOFF, INITIAL_BACKOFF * 2 ** (failures - 1)) * (1 - 0.25 * random.random())
                 with self.buffer.cond:  # a flush() or close() cuts the wait short
@@ -179,7 +233,7 @@ class Shipper:
             self._seq += 1
         seq, body, count, dropped = self._inflight
         try:
-            client.runs.append(self.run_id, body)
+            ack = client.runs.append(self.run_id, body)
         except Exception as exc:
             status = getattr(exc, "status_code", None)
             if status == 404:
@@ -188,9 +242,14 @@ class Shipper:
                 raise
             self.buffer.lost(count, dropped)
             self._on_problem("rejected", f"the service refused log batch {seq} ({count} steps): {exc}")
-            count = 0
+            count, ack = 0, None
+        try:
+            self._poll(client, ack)
+        except Exception as exc:  # the batch is delivered; the next answer polls again
+            self._on_problem("findings", f"could not read the run's findings: {exc}")
         with self.buffer.cond:
             self._inflight = None
+            self._lagging = False
             self.delivered += count
             if not len(self.buffer):
                 self._flush = False

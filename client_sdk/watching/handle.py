@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
+from gradhealth.report import Finding
+from gradhealth.report.schema import SEVERITY_ORDER
 from torch import Tensor, nn
 
 from ._budget import Budget
@@ -29,6 +31,8 @@ from .distributed import AgreedBudget, ShardedStats, SilentBuffer, SilentShipper
 
 if TYPE_CHECKING:
     from ..report import Report
+
+FINDINGS_WAIT = 10.0  # seconds a step may wait for the previous batch's answer while on_finding is set
 
 
 class WatchWarning(RuntimeWarning):
@@ -95,6 +99,12 @@ class Watch:
         self.active = client is not None
         self._closed = not self.active
         self._lock = threading.Lock()
+        self.model, self.optimizer = model, optimizer
+        self.lr_schedulers: list[Any] = []  # schedulers whose base_lrs lower_lr() scales too (integrations fill it)
+        self.stop_hook: Callable[[Finding], None] | None = None  # integrations: set the framework's stop flag
+        self.checkpoint_hook: Callable[[str], None] | None = None  # integrations: the framework's own checkpoint
+        self._on_finding: Callable[[Finding, Watch], None] | None = None
+        self._manual_pre_step = False
         sharded = world > 1 and is_sharded(layers)
         self._extras = extras or Extras(layers, SketchSchedule(False, None), None)
         if client is None and not sharded:
@@ -113,8 +123,9 @@ class Watch:
             max_buffered_steps, batch_steps, self._on_first_drop
         )
         if optimizer is not None:
-            self._hooks.append(optimizer.register_step_pre_hook(self._guard(self._pre_step)))
+            self._hooks.append(optimizer.register_step_pre_hook(self._guard(self._optimizer_pre_step)))
             self._hooks.append(optimizer.register_step_post_hook(self._guard(self._post_step)))
+            self._hooks.append(optimizer.register_step_post_hook(lambda *args: self._act()))
         forward_hook = self._guard(self._forward)
         if getattr(model, "_compiled_call_impl", None) is not None:  # module.compile(): keep the hook out of the graph
             forward_hook = torch.compiler.disable(forward_hook)
@@ -204,6 +215,36 @@ class Watch:
             return
         self._guard(self._pre_step)(None, (), {})
         self._guard(self._post_step)(None, (), {})
+        self._act()
+
+    def before_step(self) -> None:
+        """Read the gradients now, not in the optimizer's pre-step hook: for frameworks whose optimizer.step()
+        runs forward and backward itself (a closure, as in Lightning), where that hook fires before backward."""
+        if self._closed or self._optimizer is None:
+            return
+        self._manual_pre_step = True
+        self._guard(self._pre_step)(self._optimizer, (), {})
+
+    @property
+    def steps_taken(self) -> int:
+        """Optimizer steps taken so far (with the steps GradScaler skipped): the next step's number."""
+        return self._step
+
+    def on_finding(self, callback: Callable[[Finding, Watch], None], severity: str = "error") -> None:
+        """Call `callback(finding, watch)` once per new finding at or above `severity` that the service reports.
+
+        The background thread asks for the run's findings after each delivered batch whose answer shows the
+        run at that severity; the callback runs on the training thread right after the next optimizer step
+        (it may raise gradhealth.StopTraining out of optimizer.step()). While a callback is set, a batch is not
+        handed over before the previous one's answer is in (waiting at most FINDINGS_WAIT seconds), so a
+        finding is acted on within one shipping interval (flush_interval, or batch_steps records) of the batch
+        that shows it. See gradhealth.actions for ready-made callbacks.
+        """
+        if severity not in SEVERITY_ORDER:
+            raise ValueError(f"severity is one of {list(SEVERITY_ORDER)}; got {severity!r}")
+        self._on_finding = callback
+        if self.active and isinstance(self._shipper, Shipper):
+            self._shipper.poll_findings(severity)
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Send everything recorded so far; True when the service has it all within `timeout` seconds."""
@@ -258,6 +299,10 @@ class Watch:
         if step % self.every:
             return False
         return self._last_recorded is None or step - self._last_recorded >= self._budget.stride
+
+    def _optimizer_pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if not self._manual_pre_step:  # else before_step() has read the gradients already
+            self._pre_step(optimizer, args, kwargs)
 
     def _pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self._pending = None
@@ -329,6 +374,7 @@ class Watch:
             except Exception as exc:
                 self._fail(exc)
             self._account(start)
+            self._act()
         return result
 
     # ---- plumbing ---------------------------------------------------------------------------
@@ -385,6 +431,15 @@ class Watch:
         """
         self._closed = True
         self._warn("error", f"gradhealth.watch stopped recording after an internal error ({exc!r}); training goes on")
+
+    def _act(self) -> None:
+        """After a step, on the training thread: keep within one batch of the findings, hand new ones to on_finding."""
+        if self._on_finding is None or self._closed or not isinstance(self._shipper, Shipper):
+            return
+        if self._shipper.behind():
+            self._shipper.await_answer(FINDINGS_WAIT)
+        for finding in self._shipper.take_findings():
+            self._on_finding(finding, self)  # the user's code: its exceptions (StopTraining) are theirs to see
 
     def _unhook(self) -> None:
         for handle in self._hooks or ():

@@ -1,0 +1,80 @@
+"""Ready-made `on_finding` callbacks for gradhealth.watch() and the framework callbacks: rules that act.
+
+Each is called as action(finding, watch) on the training thread after an optimizer step (Watch.on_finding).
+In a plain loop `stop_training` raises StopTraining out of optimizer.step(); under the Lightning and
+Hugging Face callbacks it sets the framework's stop flag instead (watch.stop_hook), so the fit ends cleanly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gradhealth.report import Finding
+    from gradhealth.sdk.watching import Watch
+
+Action = Callable[["Finding", "Watch"], None]
+
+
+class StopTraining(Exception):  # a signal, not an error: named like StopIteration
+    """Raised by stop_training out of optimizer.step(): catch it around the loop to end training cleanly."""
+
+    def __init__(self, finding: Finding) -> None:
+        where = f" at step {finding.step}" if finding.step is not None else ""
+        super().__init__(f"gradhealth: {finding.severity} {finding.rule}{where}: {finding.title}")
+        self.finding = finding
+
+
+def stop_training(finding: Finding, watch: Watch) -> None:
+    """Stop the run: the framework's stop flag under a callback, else raise StopTraining."""
+    if watch.stop_hook is not None:
+        watch.stop_hook(finding)
+        return
+    raise StopTraining(finding)
+
+
+def lower_lr(factor: float = 0.5) -> Action:
+    """An action that multiplies every param group's lr (and the schedulers' base lrs) by `factor`."""
+    if not 0 < factor < 1:
+        raise ValueError(f"lower_lr(factor) takes 0 < factor < 1; got {factor!r}")
+
+    def action(finding: Finding, watch: Watch) -> None:
+        if watch.optimizer is None:
+            raise RuntimeError("lower_lr needs the optimizer: pass it to watch(model, optimizer)")
+        for group in watch.optimizer.param_groups:
+            lr = group["lr"]
+            if hasattr(lr, "mul_"):
+                lr.mul_(factor)  # a tensor lr (capturable optimizers) stays the same tensor
+            else:
+                group["lr"] = lr * factor
+            if "initial_lr" in group:
+                group["initial_lr"] = group["initial_lr"] * factor
+        for scheduler in watch.lr_schedulers:
+            if hasattr(scheduler, "base_lrs"):
+                scheduler.base_lrs = [lr * factor for lr in scheduler.base_lrs]
+
+    return action
+
+
+def checkpoint_and_continue(path: str | Path) -> Action:
+    """An action that saves a checkpoint and lets training go on; `path` may hold {step} and {rule}."""
+
+    def action(finding: Finding, watch: Watch) -> None:
+        target = str(path).format(step=finding.step, rule=finding.rule)
+        if watch.checkpoint_hook is not None:
+            watch.checkpoint_hook(target)
+            return
+        import torch
+
+        state: dict[str, Any] = {"model": watch.model.state_dict(), "finding": finding.model_dump(mode="json")}
+        if watch.optimizer is not None:
+            state["optimizer"] = watch.optimizer.state_dict()
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, target)
+
+    return action
+
+
+__all__ = ["Action", "StopTraining", "checkpoint_and_continue", "lower_lr", "stop_training"]
