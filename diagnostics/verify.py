@@ -19,7 +19,7 @@ from .verify_trial import TrialOutcome, run_trial
 Remeasure = Callable[[tuple[Tensor, ...], Tensor, OptimizerSpec], list[Finding]]
 Notify = Callable[[str, float], None]
 
-DEFAULT_OPTIMIZER = OptimizerSpec(name="sgd", lr=0.01)  # when the analysis names none
+DEFAULT_OPTIMIZER = OptimizerSpec(name="sgd", lr=0.01, momentum=0.9)  # when the analysis names none
 MARGIN = 0.10
 CRITERION = (
     "no non-finite step, and one of: the baseline diverged while the remedy trains (loss falls); the relative "
@@ -65,11 +65,11 @@ def _evidence(rule: str, findings: list[Finding]) -> dict[str, float | None]:
     return evidence
 
 
-def judge(base: TrialOutcome, rem: TrialOutcome, finding: Finding, units_changed: bool) -> bool:
+def judge(base: TrialOutcome, rem: TrialOutcome, finding: Finding, units_changed: bool, data_changed: bool) -> bool:
     """The stated criterion (CRITERION) for `improved`."""
     b, r = base.trajectory, rem.trajectory
-    if r.non_finite_steps or rem.relative_decrease is None:
-        return False
+    if r.non_finite_steps or rem.relative_decrease is None or rem.relative_decrease <= 0:
+        return False  # a remedy must at least train: finite, and the loss falls
     if b.non_finite_steps:
         return rem.relative_decrease > 0
     if base.relative_decrease is not None and rem.relative_decrease >= base.relative_decrease + MARGIN:
@@ -78,7 +78,7 @@ def judge(base: TrialOutcome, rem: TrialOutcome, finding: Finding, units_changed
     same_units = not units_changed and b_final is not None and r_final is not None
     if same_units and r_final <= (1 - MARGIN) * b_final:  # type: ignore[operator]  # both checked above
         return True
-    if same_units and b.evidence.get("rule_fires") == 1.0 and r.evidence.get("rule_fires") == 0.0:
+    if same_units and not data_changed and b.evidence.get("rule_fires") == 1.0 and r.evidence.get("rule_fires") == 0.0:
         return r_final <= b_final  # type: ignore[operator]
     limit = finding.thresholds.get("warning_fraction")
     flushed_b, flushed_r = b.evidence.get("fp16_flushed_fraction"), r.evidence.get("fp16_flushed_fraction")
@@ -110,7 +110,8 @@ class Verifier:
         """A fresh trial over the model's own parameters (restored before each trial)."""
         params: dict[str, Tensor] = {self.loaded.display_name(n): p for n, p in self.loaded.module.named_parameters()}
         trainable = {n for n, p in params.items() if p.requires_grad}
-        return TrialSetup(params, self.inputs, self.targets, self.spec.lr, trainable, seed=0)
+        inputs = tuple(t.detach() for t in self.inputs)  # the engine may have made them require grad
+        return TrialSetup(params, inputs, self.targets.detach(), self.spec.lr, trainable, seed=0)
 
     def _params_for(self, finding: Finding, remediation: Remediation) -> dict[str, RemediationParam]:
         """The remediation's params; `layers` defaults to the finding's parameterised layers, `scheme` to `init`."""
@@ -174,7 +175,7 @@ class Verifier:
         base_traj.evidence.update(_evidence(finding.rule, base_found))
         rem.trajectory.evidence.update(_evidence(finding.rule, found))
         base_for_judging = TrialOutcome(base_traj, base.steps_run, base.relative_decrease)
-        improved = judge(base_for_judging, rem, finding, setup.loss_units_changed)
+        improved = judge(base_for_judging, rem, finding, setup.loss_units_changed, setup.data_changed)
         optimizer["lr"] = setup.lr
         result = Verification(
             status="verified" if improved else "not_improved",

@@ -30,6 +30,8 @@ def verify_analysis(
     def remeasure(trial_inputs: tuple[Tensor, ...], trial_targets: Tensor, spec: OptimizerSpec) -> list[Finding]:
         """One instrumented forward+backward and the rules, on the model as the trial left it."""
         params = dict(analyzer.loaded.module.named_parameters())
+        if graph is not None and graph.has_recurrent:  # as the engine does: recurrent measures need input grads
+            trial_inputs = tuple(t.detach().requires_grad_(True) if t.is_floating_point() else t for t in trial_inputs)
         if graph is not None:
             graph.recorder.reset()
             graph.recorder.enabled = True

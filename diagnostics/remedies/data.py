@@ -48,10 +48,11 @@ def standardize_inputs(params: Params, setup: TrialSetup) -> None:
     mean, std = vector(params, "mean"), vector(params, "std", positive=True)
     inputs[int(index)] = standardize(inputs[int(index)], mean, std, _dim(params), f"input {int(index)}")
     setup.inputs = tuple(inputs)
+    setup.data_changed = True
 
 
 def standardize_targets(params: Params, setup: TrialSetup) -> None:
     """Standardise the targets per column; the loss is then in other units than the baseline's."""
     mean, std = vector(params, "mean"), vector(params, "std", positive=True)
     setup.targets = standardize(setup.targets, mean, std, _dim(params), "the targets")
-    setup.loss_units_changed = True
+    setup.loss_units_changed = setup.data_changed = True

@@ -30,6 +30,7 @@ class TrialSetup:
     norm_type: float = 2.0
     loss_scale: float = 1.0  # static loss scale for fp16 gradient rounding
     loss_units_changed: bool = False  # targets rescaled: final losses are not comparable with the baseline's
+    data_changed: bool = False  # inputs or targets transformed: rules reading the data stop firing trivially
     seed: int = 0
 
 
