@@ -37,6 +37,7 @@ _WHERE = {  # public name -> the module that defines it
     **dict.fromkeys(("AnalysisHandle", "AsyncAnalysisHandle"), ".handles"),
     **dict.fromkeys(("package", "save_batch"), ".packaging"),
     "Report": ".report",
+    "RunComparison": ".run_compare",
     **dict.fromkeys(("Analysis", "Batch", "ModelPackage"), ".types"),
     **dict.fromkeys(("Watch", "WatchWarning", "watch"), ".watching"),
 }
@@ -68,6 +69,7 @@ if TYPE_CHECKING:
     from .handles import AnalysisHandle, AsyncAnalysisHandle
     from .packaging import package, save_batch
     from .report import Report
+    from .run_compare import RunComparison
     from .types import Analysis, Batch, ModelPackage
     from .watching import Watch, WatchWarning, watch
 
@@ -113,6 +115,7 @@ __all__ = [
     "PermissionDeniedError",
     "RateLimitError",
     "Report",
+    "RunComparison",
     "Tolerance",
     "UnprocessableEntityError",
     "WaitTimeoutError",

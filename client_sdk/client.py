@@ -19,8 +19,9 @@ from .audits import AsyncAudits, Audits
 from .errors import NotFoundError
 from .handles import AnalysisHandle, AsyncAnalysisHandle, follow, follow_async
 from .report import Report
+from .run_compare import RunComparison
 from .runs import AsyncRuns, Runs
-from .types import Analysis
+from .types import Analysis, Run
 from .uploads import AsyncBatches, AsyncModels, Batches, Models
 
 
@@ -62,6 +63,19 @@ class Client(SyncAPIClient):
 
     def __enter__(self) -> Client:
         return self
+
+    def compare_runs(self, run_ids: Sequence[str | Run], *, points: int | None = None) -> RunComparison:
+        """2 to 8 runs of this project side by side: aligned by step, findings per run, when each rule fired.
+
+        Args:
+            run_ids: the runs' ids (or Run objects), in the order to show them.
+            points: the most points per series (10 to 2000; the server's default is 400); longer spans are
+                downsampled into equal-width step buckets (loss and lr averaged, gradient norms maximum).
+
+        Returns:
+            A RunComparison; `.to_html()` overlays the runs' charts, `.to_markdown()` summarises.
+        """
+        return self.runs.compare(run_ids, points=points)
 
     @overload
     def analyze(
@@ -209,6 +223,10 @@ class AsyncClient(AsyncAPIClient):
 
     async def __aenter__(self) -> AsyncClient:
         return self
+
+    async def compare_runs(self, run_ids: Sequence[str | Run], *, points: int | None = None) -> RunComparison:
+        """As Client.compare_runs, awaited."""
+        return await self.runs.compare(run_ids, points=points)
 
     @overload
     async def analyze(

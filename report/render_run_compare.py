@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import statistics
 from html import escape
 
 from .chart_scale import value_range, wants_log
@@ -21,13 +22,12 @@ from .render_run_html import (
     Series,
     _axes,
     _drawable,
-    _runs,
 )
 from .run_compare import ComparedRun, RunComparison, RunValues
 from .schema import ModelInfo, Report, severity_at_least
 
-# One colour per run (at most 8), told apart by hue and, from the fifth run on, by a dash pattern too.
-RUN_COLORS = ("#0969da", "#cf222e", "#1a7f37", "#8250df", "#bc4c00", "#1b7c83", "#bf3989", "#57606a")
+# One colour per run (at most 8, Tableau 10: none is a severity colour), from the fifth on with a dash pattern too.
+RUN_COLORS = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#9c755f")
 _DASH = ("", "", "", "", ' stroke-dasharray="6 3"', ' stroke-dasharray="6 3"', ' stroke-dasharray="2 2"', "")
 _ICON = {"healthy": "✅", "warning": "⚠️", "error": "❌", "critical": "🛑"}
 _NO_MODEL = ModelInfo(format="watch", num_parameters=0, num_layers=0, dtype="", device="")
@@ -91,9 +91,25 @@ def _markers(frame: Frame, run: ComparedRun, color: str) -> list[str]:
     return parts
 
 
+def _stretches(frame: Frame, steps: list[int], series: Series) -> list[list[tuple[float, float]]]:
+    """The run's own points joined up: on the shared axis a run logging every k-th step has nulls between its
+    points, so a line breaks only where its records are more than 1.5x its usual interval apart."""
+    kept = [i for i, v in enumerate(series.values) if v is not None and math.isfinite(v)]
+    gaps = [steps[b] - steps[a] for a, b in zip(kept, kept[1:], strict=False)]
+    usual = statistics.median(gaps) if gaps else 1
+    stretches: list[list[tuple[float, float]]] = []
+    for previous, i in zip([None, *kept], kept, strict=False):
+        if previous is None or steps[i] - steps[previous] > 1.5 * usual:
+            stretches.append([])
+        value = series.values[i]
+        assert value is not None
+        stretches[-1].append((frame.x(steps[i]), frame.y(value)))
+    return stretches
+
+
 def _path(frame: Frame, steps: list[int], series: Series, dash: str) -> list[str]:
-    """The run's line, a new subpath after each gap; a lone point gets a dot."""
-    runs = _runs(frame, steps, series)
+    """The run's line, a new subpath after each gap in its records; a lone point gets a dot."""
+    runs = _stretches(frame, steps, series)
     if not runs:
         return []
     d = " ".join("M" + " L".join(f"{x:.1f},{y:.1f}" for x, y in run) for run in runs)
@@ -167,7 +183,8 @@ def _charts(comparison: RunComparison) -> list[str]:
     parts = [
         "<div class='gh-compare-charts'>",
         "<h2>Training curves</h2>",
-        f"<p><small>Aligned by step ({every}); a break in a line is a step that run did not log. Dashed "
+        f"<p><small>Aligned by step ({every}); a run's line joins its own records and breaks where more than 1.5x "
+        "its usual logging interval has no finite value (unlogged, or non-finite). Dashed "
         "vertical lines in a run's colour mark the first step of its findings.</small></p>",
         "<h3>Loss</h3>",
         overlay_chart(comparison, comparison.loss, "loss", "gh-loss-chart"),
@@ -200,12 +217,10 @@ def _timing_table(comparison: RunComparison) -> str:
         for r in runs:
             step = t.first_step.get(r.id)
             text = _timing_cell(step, t.severity.get(r.id))
-            first = (
-                " class='num first'" if step is not None and len(fired) > 1 and step == min(fired) else " class='num'"
-            )
+            first = " class='first'" if step is not None and len(fired) > 1 and step == min(fired) else ""
             cells.append(f"<td{first}>{escape(text)}</td>")
         spread = "" if t.spread is None else str(t.spread)
-        rows.append(f"<tr><td><code>{escape(t.rule)}</code></td>{''.join(cells)}<td class='num'>{spread}</td></tr>")
+        rows.append(f"<tr><td><code>{escape(t.rule)}</code></td>{''.join(cells)}<td>{spread}</td></tr>")
     return f"<table><tr><th>rule</th>{head}<th>spread (steps)</th></tr>{''.join(rows)}</table>"
 
 

@@ -1,0 +1,148 @@
+"""client.compare_runs() against a real `gradhealth serve`, sync and async; the comparison's HTML in headless
+Chromium, where unticking a run's checkbox hides that run's lines and nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from gradhealth.report import render_run_compare
+from gradhealth.sdk import RunComparison
+from gradhealth.sdk.errors import NotFoundError, UnprocessableEntityError
+
+import gradhealth
+
+from .servers import Served
+from .test_html_chromium import CHROMIUM, _count_color, _dom, _screenshot
+
+LAYERS = [{"name": f"block.{i}", "type": "Linear", "num_parameters": 10} for i in range(3)]
+
+
+def _batch(seq: int, steps: list[int], scale: float, bad_from: int | None) -> bytes:
+    """One JSON batch: grad norms `scale` x (1 + layer/10), a falling loss; inf in block.2 from `bad_from`."""
+    grad = [[scale * (1 + i / 10) for i in range(3)] for _ in steps]
+    for row, step in enumerate(steps):
+        if bad_from is not None and step >= bad_from:
+            grad[row][2] = float("inf")
+    nonfinite = [[float(g == float("inf")) for g in row] for row in grad]
+    body = {"seq": seq, "steps": steps, "loss": [scale / (1 + 0.02 * s) for s in steps], "lr": [0.1] * len(steps)}
+    body["metrics"] = {"grad_norm": grad, "nonfinite": nonfinite}
+    return json.dumps(body).encode()
+
+
+def _run(client: gradhealth.Client, name: str, steps: list[int], scale: float, bad_from: int | None = None) -> str:
+    run = client.runs.create(name, LAYERS, metrics=["grad_norm", "nonfinite"])
+    for seq, start in enumerate(range(0, len(steps), 100)):
+        body = _batch(seq, steps[start : start + 100], scale, bad_from)
+        client.runs.append(run.id, body, content_type="application/json")
+    return run.id
+
+
+@pytest.fixture(scope="module")
+def key(served: Served) -> str:
+    return served.admin("create-project", "run-compare").strip()
+
+
+@pytest.fixture(scope="module")
+def client(served: Served, key: str) -> Iterator[gradhealth.Client]:
+    with gradhealth.Client(base_url=served.base_url, api_key=key) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def run_ids(client: gradhealth.Client) -> list[str]:
+    """A healthy run of 300 steps and one of 200 steps (every other step) that goes non-finite at step 240."""
+    return [_run(client, "healthy", list(range(300)), 1.0), _run(client, "broken", list(range(0, 400, 2)), 3.0, 240)]
+
+
+def test_compare_runs_sync_and_async(client: gradhealth.Client, served: Served, key: str, run_ids: list[str]) -> None:
+    comparison = client.compare_runs(run_ids)
+    assert isinstance(comparison, RunComparison)
+    assert [r.name for r in comparison.runs] == ["healthy", "broken"] and comparison.bucket_steps == 1
+    assert comparison.steps == sorted(set(range(300)) | set(range(0, 400, 2)))
+    for run_id in run_ids:  # every aligned value is the run's own, fetched separately
+        history = client.runs.history(run_id, "block.1")
+        own = dict(zip(history["steps"], history["values"], strict=True))
+        aligned = comparison.layers["block.1"][run_id]
+        assert {s: v for s, v in zip(comparison.steps, aligned, strict=True) if v is not None} == own
+    timing = {t.rule: t for t in comparison.rules}["non_finite"]
+    assert timing.first_step == {run_ids[0]: None, run_ids[1]: 240} and timing.fired_in == 1
+    assert comparison.runs[1].health in ("error", "critical") and comparison.runs[0].findings == []
+
+    markdown = comparison.to_markdown()
+    assert "| `non_finite` | – | 240 (" in markdown and "### broken" in markdown
+    assert comparison.to_html().count('type="checkbox"') == 2 and "gh-run-compare" in comparison._repr_html_()
+    small = client.runs.compare(run_ids, points=20)
+    assert len(small.steps) == 20 and small.bucket_steps == 20 and small.max_points == 20
+
+    async def compare_async() -> RunComparison:
+        async with gradhealth.AsyncClient(base_url=served.base_url, api_key=key) as aclient:
+            return await aclient.compare_runs(run_ids)
+
+    assert asyncio.run(compare_async()) == comparison
+
+
+def test_compare_runs_refuses_bad_ids(client: gradhealth.Client, served: Served, run_ids: list[str]) -> None:
+    with pytest.raises(ValueError, match="2 to 8 runs"):
+        client.compare_runs(run_ids[:1])  # refused before any request
+    with pytest.raises(TypeError, match="list of run ids"):
+        client.compare_runs(run_ids[0])  # type: ignore[arg-type]
+    with pytest.raises(UnprocessableEntityError, match="name each run once"):
+        client.compare_runs([run_ids[0], run_ids[0]])
+    with pytest.raises(UnprocessableEntityError, match="run ids look like"):
+        client.compare_runs([run_ids[0], "1; DROP TABLE training_runs"])
+    other_key = served.admin("create-project", "run-compare-other").strip()
+    with gradhealth.Client(base_url=served.base_url, api_key=other_key) as other:
+        with pytest.raises(NotFoundError, match="no run with id"):
+            other.compare_runs(run_ids)
+
+
+# The page forbids scripts (CSP), so the toggling is exercised on the same fragment in a page of the test's own.
+_TOGGLE = """<pre id="out"></pre><script>
+const shown = i => [...document.querySelectorAll(".gh-compare-charts .gh-run-" + i)].filter(
+  g => getComputedStyle(g).display !== "none" && g.getBBox().width > 0).length;
+const box = document.querySelector(".gh-run-toggle-1");
+const out = {before: [shown(0), shown(1)], tabIndex: box.tabIndex, visible: box.getBoundingClientRect().width > 0};
+box.focus();
+out.focused = document.activeElement === box;
+box.click();
+out.checked = box.checked;
+out.after = [shown(0), shown(1)];
+box.click();
+out.again = [shown(0), shown(1)];
+document.getElementById("out").textContent = JSON.stringify(out);
+</script>"""
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")
+def test_selector_hides_a_runs_lines_in_chromium(
+    client: gradhealth.Client, run_ids: list[str], artifacts_dir: Path, tmp_path: Path
+) -> None:
+    comparison = client.compare_runs(run_ids)
+    charts = 3 + len(comparison.layers)  # loss, global norm, lr, one per layer
+    probe = tmp_path / "toggle.html"
+    probe.write_text(f"<!DOCTYPE html><html><body>{comparison._repr_html_()}{_TOGGLE}</body></html>")
+    found = re.search(r'<pre id="out">(.*?)</pre>', _dom(tmp_path, probe.resolve().as_uri()), re.S)
+    assert found is not None and found.group(1), "the toggling script did not run"
+    state = json.loads(html.unescape(found.group(1)))
+    assert state["before"] == [charts, charts] and state["tabIndex"] == 0 and state["visible"] and state["focused"]
+    assert state["checked"] is False and state["after"] == [charts, 0]  # run 1's lines gone, run 0's kept
+    assert state["again"] == [charts, charts]
+
+    # The real page (CSP, no script): the unticked state is pure CSS, so the pixels of run 1's colour go.
+    page = artifacts_dir / "run_compare.html"
+    page.write_text(comparison.to_html())
+    channels, rows = _screenshot(tmp_path, artifacts_dir / "run_compare.png", page.resolve().as_uri())
+    unticked = tmp_path / "unticked.html"
+    unticked.write_text(
+        comparison.to_html().replace('data-run="' + run_ids[1] + '" checked>', f'data-run="{run_ids[1]}">')
+    )
+    _, hidden = _screenshot(tmp_path, tmp_path / "unticked.png", unticked.resolve().as_uri())
+    second, first = render_run_compare.RUN_COLORS[1], render_run_compare.RUN_COLORS[0]
+    assert _count_color(rows, channels, second) > 300 and _count_color(hidden, channels, second) < 60  # swatches
+    assert _count_color(hidden, channels, first) >= _count_color(rows, channels, first) > 100  # run 0 stays
