@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 LOCK_NAME = ".owner.lock"
+DOWNLOAD_PREFIX = "gradhealth-blobs-"  # a worker's private folder of downloaded inputs, under its temp dir
 STAGING_GRACE_SECONDS = 3600.0  # leftovers whose owner cannot be told (no lock, old layout) go after this
 log = logging.getLogger(__name__)
 _staging: dict[Path, tuple[Path, int, int]] = {}  # tmp dir -> (this process's folder, lock fd, pid)
@@ -220,6 +221,29 @@ def _abandoned(folder: Path) -> bool:
     finally:
         os.close(fd)  # the caller removes the folder at once; a new owner never reuses a folder name
     return True
+
+
+@contextmanager
+def download_folder() -> Iterator[Path]:
+    """A fresh 0700 folder under the temp dir, locked while in use and removed after, whatever happens."""
+    folder = Path(tempfile.mkdtemp(prefix=DOWNLOAD_PREFIX))
+    fd = os.open(folder / LOCK_NAME, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        os.close(fd)
+
+
+def sweep_downloads(root: Path | None = None) -> int:
+    """At worker start: remove download folders a killed worker left (their lock is free); returns how many."""
+    removed = 0
+    for folder in Path(root or tempfile.gettempdir()).glob(DOWNLOAD_PREFIX + "*"):
+        if folder.is_dir() and _abandoned(folder):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed += 1
+    return removed
 
 
 def sweep_partial_uploads(settings: Any) -> None:

@@ -14,15 +14,13 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from .blobs import BlobMissing, BlobStoreUnavailable, StagedBlob, StagingArea, check_key
+from .blobs import BlobMissing, BlobStoreUnavailable, StagedBlob, StagingArea, check_key, download_folder
 
 PART_BYTES = 16 * 2**20  # multipart threshold and part size: 16 MiB x 4 threads in flight at most
 CONCURRENCY = 4
@@ -173,17 +171,14 @@ class S3BlobStore(StagingArea):
 
     @contextmanager
     def local_copies(self, keys: Sequence[str]) -> Iterator[list[Path]]:
-        """Download into a private (0700) temp folder, removed when the block ends, whatever happens."""
-        folder = Path(tempfile.mkdtemp(prefix="gradhealth-blobs-"))
-        try:
+        """Download into a private (0700, locked) temp folder, removed when the block ends, whatever happens."""
+        with download_folder() as folder:
             paths = []
             for index, key in enumerate(keys):
                 path = folder / f"{index}-{check_key(key)}"
                 self.download(key, path)
                 paths.append(path)
             yield paths
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
 
     def delete(self, key: str) -> bool:
         """Remove the object; True when it was there (S3's DELETE itself does not say)."""

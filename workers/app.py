@@ -9,6 +9,7 @@ from typing import Any
 
 from celery.signals import worker_init, worker_ready, worker_shutdown
 from gradhealth.store import analyses, audits
+from gradhealth.store.blobs import sweep_downloads
 from gradhealth.store.celery_app import enqueue, get_celery
 from gradhealth.store.db import migrate
 from gradhealth.store.models import utcnow
@@ -63,6 +64,9 @@ def audit_forever(stop: threading.Event) -> None:
 @worker_init.connect
 def _migrate(**_: Any) -> None:
     migrate(get_settings())
+    removed = sweep_downloads()  # inputs a killed worker had downloaded (S3 blobs) go now
+    if removed:
+        log.info("removed %d download folder(s) left by stopped workers", removed)
 
 
 @worker_ready.connect

@@ -160,3 +160,25 @@ def test_keys_that_are_not_a_sha256_name_nothing(key: str, tmp_path: Path) -> No
         check_key(key)
     with pytest.raises(ValueError, match="not a sha256 blob key"):
         LocalBlobStore(tmp_path, 10).exists(key)
+
+
+def test_download_folders_of_killed_workers_are_swept_and_live_ones_kept(s3_server: S3Server, tmp_path: Path) -> None:
+    import tempfile
+
+    from gradhealth.store.blobs import DOWNLOAD_PREFIX, sweep_downloads
+
+    store = S3BlobStore(f"s3://{s3_server.new_bucket()}", tmp_path / "s", 1 << 20, client=s3_server.client())
+    key = put(store, b"input")
+    left = tmp_path / f"{DOWNLOAD_PREFIX}killed"  # what a SIGKILLed worker leaves: its lock died with it
+    left.mkdir()
+    (left / ".owner.lock").touch()
+    (left / f"0-{key}").write_bytes(b"input")
+    old_tmp, tempfile.tempdir = tempfile.tempdir, str(tmp_path)
+    try:
+        with store.local_copies([key]) as (path,):
+            assert path.parent.parent == tmp_path
+            assert sweep_downloads(tmp_path) == 1  # the killed one, not the one in use
+            assert path.read_bytes() == b"input" and not left.exists()
+    finally:
+        tempfile.tempdir = old_tmp
+    assert list(tmp_path.glob(DOWNLOAD_PREFIX + "*")) == []

@@ -66,6 +66,7 @@ def test_zoo_models_end_to_end(stack: Stack, files: Files) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.blob_backends  # local disk, and S3 with workers that share no disk
 def test_two_workers_share_the_queue(stack: Stack, files: Files) -> None:
     api = stack.client()
     model = api.upload("models", files.models["mlp_dead_relu_negative_bias"])["id"]

@@ -34,6 +34,7 @@ def report_rows(stack: Stack, analysis_id: str) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.blob_backends  # local disk, and S3 with workers that share no disk
 def test_sigkilled_worker_mid_analysis_still_completes_exactly_once(stack: Stack, files: Files) -> None:
     api = stack.client()
     analysis_id = api.analyze(files.models["slow"], files.batches["slow"])["id"]
