@@ -18,5 +18,7 @@ PYTHON="${PYTHON:-python3}"
 "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
 "$VENV/bin/python" -m pip install --quiet "torch==2.13.0"
-"$VENV/bin/python" -m pip install --quiet -e ".[dev,hf]"  # hf: transformers for tests/test_hf_zoo.py
+# hf: transformers + accelerate (tests/test_hf_zoo.py, the Trainer callback); lightning: the Lightning callback;
+# tensorboard: `gradhealth import-tensorboard`. None of them replaces the torch installed above.
+"$VENV/bin/python" -m pip install --quiet -e ".[dev,hf,lightning,tensorboard]"
 echo "ready: $VENV/bin/gradhealth --help"

@@ -1,0 +1,1 @@
+"""Framework callbacks for gradhealth.watch(): PyTorch Lightning (lightning) and Hugging Face (transformers)."""
