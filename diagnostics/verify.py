@@ -15,8 +15,9 @@ from .options import AnalysisOptions, OptimizerSpec
 from .remedies import NOT_APPLICABLE_REASON, REMEDIES, RemedyError, TrialSetup, apply_remedy
 from .verify_trial import TrialOutcome, run_trial
 
-# Re-run the rules on the model as a trial left it: (inputs, targets, optimizer) -> findings.
-Remeasure = Callable[[tuple[Tensor, ...], Tensor, OptimizerSpec], list[Finding]]
+# Re-run the rules on the model as a trial left it: (inputs, targets, optimizer) -> findings and raw metrics.
+Remeasured = tuple[list[Finding], dict[str, float | None]]
+Remeasure = Callable[[tuple[Tensor, ...], Tensor, OptimizerSpec], Remeasured]
 Notify = Callable[[str, float], None]
 
 DEFAULT_OPTIMIZER = OptimizerSpec(name="sgd", lr=0.01, momentum=0.9)  # when the analysis names none
@@ -54,10 +55,11 @@ class _Snapshot:
             p.requires_grad_(self.flags[name])
 
 
-def _evidence(rule: str, findings: list[Finding]) -> dict[str, float | None]:
-    """The rule's numeric evidence after a trial, and whether it still fires."""
+def _evidence(rule: str, remeasured: Remeasured) -> dict[str, float | None]:
+    """The measured metrics after a trial, whether the rule still fires and its numeric evidence if so."""
+    findings, metrics = remeasured
     match = next((f for f in findings if f.rule == rule and severity_at_least(f.severity, "warning")), None)
-    evidence: dict[str, float | None] = {"rule_fires": 0.0 if match is None else 1.0}
+    evidence: dict[str, float | None] = {**metrics, "rule_fires": 0.0 if match is None else 1.0}
     if match is not None:
         for key, value in match.evidence.items():
             if isinstance(value, int | float) and not isinstance(value, bool):
@@ -80,7 +82,7 @@ def judge(base: TrialOutcome, rem: TrialOutcome, finding: Finding, units_changed
         return True
     if same_units and not data_changed and b.evidence.get("rule_fires") == 1.0 and r.evidence.get("rule_fires") == 0.0:
         return r_final <= b_final  # type: ignore[operator]
-    limit = finding.thresholds.get("warning_fraction")
+    limit = finding.thresholds.get("warning_fraction") if finding.rule == "fp16_underflow" else None
     flushed_b, flushed_r = b.evidence.get("fp16_flushed_fraction"), r.evidence.get("fp16_flushed_fraction")
     if isinstance(limit, int | float) and flushed_b is not None and flushed_r is not None:
         return flushed_r < limit <= flushed_b
@@ -102,7 +104,7 @@ class Verifier:
         self.options, self.remeasure = options, remeasure
         self.spec = options.optimizer or DEFAULT_OPTIMIZER
         self.stats = VerifyStats()
-        self.baseline: tuple[TrialOutcome, list[Finding]] | None = None
+        self.baseline: tuple[TrialOutcome, Remeasured] | None = None
         self.cache: dict[str, tuple[Verification, float]] = {}
         self.remedy_trials = 0
 
@@ -123,7 +125,7 @@ class Verifier:
             params["scheme"] = params["init"]
         return params
 
-    def _trial(self, setup: TrialSetup) -> tuple[TrialOutcome, list[Finding]]:
+    def _trial(self, setup: TrialSetup) -> tuple[TrialOutcome, Remeasured]:
         """One trial, then the rules re-run on the trained copy."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(setup.seed)

@@ -1,0 +1,127 @@
+"""The verify check: trials match plain-torch training, pathologies are verified fixed, healthy models cost nothing."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from gradhealth.diagnostics import AnalysisOptions, Analyzer
+from gradhealth.diagnostics.export import PackageMetadata, export_per_sample_loss
+from gradhealth.diagnostics.loading import from_exported_program
+from gradhealth.diagnostics.verify import verify_findings
+from gradhealth.report import Finding, Remediation
+from pydantic import ValidationError
+
+from tests.zoo import by_name
+
+
+def _analyzer(name: str) -> tuple[Analyzer, tuple[torch.Tensor, ...], torch.Tensor, torch.nn.Module]:
+    model, loss, inputs, targets = by_name(name).build()
+    twin = copy.deepcopy(model)
+    ep = export_per_sample_loss(model, loss, inputs, targets)
+    meta = PackageMetadata(returns_loss=True, num_inputs=len(inputs), loss=str(loss))
+    return Analyzer(from_exported_program(ep, meta, None)), inputs, targets, twin
+
+
+def _sgd_losses(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float, steps: int) -> list[float]:
+    """Plain full-batch momentum SGD on the MSE, the loss before each step and after the last."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = F.mse_loss(model(x), y, reduction="none").flatten(1).mean(1).mean()
+        losses.append(float(loss))
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        losses.append(float(F.mse_loss(model(x), y, reduction="none").flatten(1).mean(1).mean()))
+    return losses
+
+
+def test_lr_trial_matches_plain_torch_and_is_verified() -> None:
+    analyzer, inputs, targets, twin = _analyzer("mlp_sgd_lr_above_edge_of_stability")
+    options = AnalysisOptions(
+        optimizer={"name": "sgd", "lr": 1.5, "momentum": 0.9},
+        checks=("standard", "curvature", "verify"),
+        verify_steps=12,
+    )
+    state = {k: v.clone() for k, v in analyzer.loaded.module.state_dict().items()}
+    report = analyzer.run(inputs, targets, options)
+    (finding,) = report.findings_for("lr_too_high")
+    top = finding.remediation[0]
+    v = top.verification
+    assert top.action == "lower_lr" and v is not None and v.baseline and v.remediated
+    expected_base = _sgd_losses(copy.deepcopy(twin), inputs[0], targets, 1.5, 12)
+    finite = [x for x in v.baseline.loss if x is not None]
+    assert finite == pytest.approx(expected_base[: len(finite)], rel=1e-3)  # baseline = the user's set-up
+    expected_rem = _sgd_losses(copy.deepcopy(twin), inputs[0], targets, float(v.optimizer["lr"]), 12)
+    assert v.remediated.loss == pytest.approx(expected_rem, rel=1e-3, abs=1e-6)
+    assert v.status == "verified" and v.improved and v.criterion
+    assert v.remediated.non_finite_steps == 0 and len(v.remediated.grad_norm) == 12
+    assert report.metrics["verify_trials"] == 2 and report.timings["verify"] > 0
+    for key, value in analyzer.loaded.module.state_dict().items():  # the model is restored after the trials
+        torch.testing.assert_close(value, state[key])
+
+
+def test_dead_relu_bias_fix_is_verified_and_ranked_first() -> None:
+    analyzer, inputs, targets, _ = _analyzer("mlp_dead_relu_negative_bias")
+    report = analyzer.run(inputs, targets, AnalysisOptions(checks=("standard", "verify"), verify_steps=20))
+    (finding,) = report.findings_for("dead_relu")
+    first = finding.remediation[0]
+    assert first.action == "fix_bias_and_init"
+    v = first.verification
+    assert v is not None and v.status == "verified" and v.baseline and v.remediated
+    assert v.baseline.evidence["rule_fires"] == 1.0 and v.remediated.evidence["rule_fires"] == 0.0
+    base_dead, rem_dead = v.baseline.evidence["dead_fraction"], v.remediated.evidence["dead_fraction"]
+    assert base_dead is not None and rem_dead is not None and rem_dead < 0.5 < base_dead  # 3/4 dead before
+    assert v.baseline.evidence["worst_fraction"] == base_dead
+    structural = [r for r in finding.remediation if r.action == "add_normalization"]
+    assert structural and structural[0].verification and structural[0].verification.status == "not_applicable"
+
+
+def test_healthy_model_runs_no_trial() -> None:
+    analyzer, inputs, targets, _ = _analyzer("deep_relu_mlp_kaiming")
+    report = analyzer.run(inputs, targets, AnalysisOptions(checks=("standard", "verify")))
+    assert report.health == "healthy"
+    assert "verify" not in report.timings and "verify_trials" not in report.metrics
+    assert all(r.verification is None for f in report.findings for r in f.remediation)
+
+
+def _finding(*remediations: Remediation) -> Finding:
+    return Finding(
+        rule="dead_relu", severity="warning", title="t", message="m", confidence=1.0, remediation=list(remediations)
+    )
+
+
+def test_bad_params_fail_with_a_reason_and_the_budget_is_kept() -> None:
+    analyzer, inputs, targets, _ = _analyzer("mlp_dead_relu_negative_bias")
+    finding = _finding(
+        Remediation(action="reinitialize", detail="", params={"layers": ["ghost.*"], "scheme": "kaiming_normal"}),
+        Remediation(action="standardize_inputs", detail="", params={"mean": [0.0] * 5, "std": [1.0] * 5}),
+        Remediation(action="lower_lr", detail="", params={"lr": -3.0}),
+        Remediation(action="lower_lr", detail="", params={"lr": 1e-3}),
+        Remediation(action="scale_lr", detail="", params={"lr": 0.5}),
+    )
+    options = AnalysisOptions(checks=("standard", "verify"), verify_steps=3, verify_max_trials=1)
+    phases: list[str] = []
+    stats = verify_findings(
+        analyzer.loaded, [finding], inputs, targets, options, lambda *a: ([], {}), lambda p, f: phases.append(p)
+    )
+    results = [(r.action, r.verification) for r in finding.remediation]
+    reasons = " | ".join(v.reason or "" for _, v in results if v is not None)
+    assert "'ghost.*' is not in the model" in reasons and "32 features along dim 1" in reasons
+    assert "params.lr must be > 0" in reasons and "trial budget spent (1 remediation trials" in reasons
+    statuses = [(a, v.status if v else None) for a, v in results]
+    assert statuses[0] in (("lower_lr", "verified"), ("lower_lr", "not_improved"))  # the one trial ranks first
+    assert [s for _, s in statuses].count("failed") == 3
+    assert stats.trials == 2 and stats.steps == 6 and "verify" in phases  # baseline + one remedy, 3 steps each
+
+
+def test_absurd_trial_sizes_are_refused() -> None:
+    with pytest.raises(ValidationError, match="verify_steps"):
+        AnalysisOptions(checks=("verify",), verify_steps=10**9)
+    with pytest.raises(ValidationError, match="verify_max_trials"):
+        AnalysisOptions(checks=("verify",), verify_max_trials=0)
+    assert not AnalysisOptions(checks=("full",)).runs("verify")  # trials only when named
