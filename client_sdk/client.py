@@ -69,7 +69,7 @@ class Client(SyncAPIClient):
 
         Args:
             run_ids: the runs' ids (or Run objects), in the order to show them.
-            points: the most points per series (10 to 2000; the server's default is 400); longer spans are
+            points: the most points per series (10 to 1000; the server's default is 400); longer spans are
                 downsampled into equal-width step buckets (loss and lr averaged, gradient norms maximum).
 
         Returns:

@@ -65,7 +65,7 @@ async def compare_runs(
     principal: ReadAccess,
     settings: SettingsDep,
     ids: Annotated[list[str], Query(description=IDS_HELP)],
-    points: Annotated[int, Query(ge=10, le=2000, description="most points per series (downsampled beyond)")] = (
+    points: Annotated[int, Query(ge=10, le=1000, description="most points per series (downsampled beyond)")] = (
         MAX_POINTS
     ),
     format: CompareFormat = "json",
