@@ -8,6 +8,7 @@ from html import escape
 from .render import format_number as _num
 from .render import step_range
 from .schema import Finding, Report
+from .verify_charts import verification_html
 
 COLORS = {"healthy": "#1a7f37", "info": "#0969da", "warning": "#9a6700", "error": "#cf222e", "critical": "#8b0000"}
 DEAD_COLOR, SATURATED_COLOR, OK_COLOR, FLAGGED_COLOR, SIGNAL_COLOR = (
@@ -97,6 +98,7 @@ def finding_html(report: Report) -> list[str]:
                 out.append(f"<pre>{escape(fix.snippet)}</pre>")
             if fix.references:
                 out.append("<p><small>" + "; ".join(_reference(r) for r in fix.references) + "</small></p>")
+            out.append(verification_html(fix))
         out.append(_evidence(f))
         out.append("</div>")
     return out

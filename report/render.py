@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import TypeGuard
 
-from .schema import Estimate, Finding, Report, Timeline
+from .schema import Estimate, Finding, Report, Timeline, Verification
 
 _ICON = {"healthy": "✅", "info": "ℹ️", "warning": "⚠️", "error": "❌", "critical": "🛑"}
 
@@ -72,7 +72,33 @@ def _finding_lines(finding: Finding) -> list[str]:
         lines += [f"- **{fix.action}**: {fix.detail}"]
         if fix.snippet:
             lines += ["", "  ```python", *("  " + row for row in fix.snippet.splitlines()), "  ```"]
+        if fix.verification is not None:
+            lines += [
+                "",
+                f"  - *{fix.verification.status.replace('_', ' ')}*: {verification_summary(fix.verification)}",
+            ]
+            if fix.verification.criterion:
+                lines += [f"    (criterion: {fix.verification.criterion})"]
     return lines + [""]
+
+
+def _loss_span(loss: list[float | None]) -> str:
+    """First and last loss of a trial, 'diverged' where the last one is non-finite."""
+    first = loss[0] if loss else None
+    last = loss[-1] if loss else None
+    return f"{format_number(first)} → {format_number(last) if finite(last) else 'diverged'}"
+
+
+def verification_summary(v: Verification) -> str:
+    """One sentence: the remedied trial's loss against the baseline's, or why nothing was tried."""
+    if v.baseline is None or v.remediated is None:
+        return v.reason or "not tried"
+    opt = v.optimizer
+    setup = f"{opt.get('name', '?')} lr {format_number(_scalar(opt.get('lr')))}" if opt else "the analysis optimizer"
+    return (
+        f"loss {_loss_span(v.remediated.loss)} in {v.steps} steps of {setup} with the remedy, "
+        f"{_loss_span(v.baseline.loss)} as uploaded; improved: {'yes' if v.improved else 'no'}"
+    )
 
 
 def _findings(report: Report) -> list[str]:
@@ -227,5 +253,9 @@ def run_markdown(report: Report) -> str:
             "| layer | latest grad norm | min | max | non-finite points |",
             "|---|---|---|---|---|",
             *_run_layer_rows(timeline),
+            "",
         ]
+    from .distribution_charts import distribution_markdown  # it imports this module
+
+    lines += distribution_markdown(timeline)
     return "\n".join(lines) + "\n"
