@@ -303,7 +303,8 @@ def _worker(args: argparse.Namespace) -> int:
     from .embedded import exit_with_parent
 
     exit_with_parent()
-    if not _sandbox_ready(args):
+    # Only the gpu queue runs uploaded models (store/celery_app.TASK_QUEUES): a cpu-only worker needs no sandbox.
+    if "gpu" in {q.strip() for q in args.queues.split(",")} and not _sandbox_ready(args):
         return 2
     settings = _settings()
     migrate(settings)
