@@ -151,3 +151,27 @@ def test_selector_hides_a_runs_lines_in_chromium(
     second, first = render_run_compare.RUN_COLORS[1], render_run_compare.RUN_COLORS[0]
     assert _count_color(rows, channels, second) > 300 and _count_color(hidden, channels, second) < 60  # swatches
     assert _count_color(hidden, channels, first) >= _count_color(rows, channels, first) > 100  # run 0 stays
+
+
+def test_hostile_run_names_are_inert_in_html_and_markdown() -> None:
+    """Run names come from whoever created the runs: escaped in HTML, kept to one table cell in Markdown."""
+    from gradhealth.report import Finding
+    from gradhealth.report.render_run_compare import compare_html, compare_markdown
+    from gradhealth.report.run_compare import ComparedRun, rule_timings
+
+    hostile = '<img src=x onerror="alert(1)">| x |\n# heading'
+    finding = Finding(rule="non_finite", severity="error", title="NaN", message="m", step=0, confidence=1.0)
+    runs = [
+        ComparedRun(id=f"{i}" * 8, name=hostile, health="healthy", num_layers=1, run_steps=2, first_step=0,
+                    last_step=1, dropped_steps=0, findings=[finding] if i else [])
+        for i in range(2)
+    ]  # fmt: skip
+    comparison = RunComparison(
+        runs=runs, steps=[0, 1], max_points=400, loss={r.id: [1.0, None] for r in runs}, rules=rule_timings(runs)
+    )
+    page = compare_html(comparison)
+    assert "<img" not in page and "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in page
+    markdown = compare_markdown(comparison)
+    table = [line for line in markdown.splitlines() if line.startswith("| ")]
+    assert [line.count(" | ") for line in table[:3]] == [4, 4, 4]  # the runs table: a name stays in its cell
+    assert "\n# heading" not in markdown and "| `non_finite` | – | 0 (error) |  |" in markdown
