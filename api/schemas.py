@@ -89,6 +89,8 @@ class AnalysisSetup(BaseModel):
     optimizer: OptimizerSpec | None = None
     precision: Precision = "fp32"
     checks: tuple[Check, ...] = ("standard",)
+    verify_steps: int = Field(default=30, ge=1, le=200, description="optimizer steps per verify trial")
+    verify_max_trials: int = Field(default=8, ge=1, le=32, description="remediation trials per analysis (verify)")
 
     @field_validator("loss")
     @classmethod
@@ -99,7 +101,14 @@ class AnalysisSetup(BaseModel):
 
     def options(self) -> AnalysisOptions:
         """The engine options this request stands for."""
-        return AnalysisOptions(loss=self.loss, optimizer=self.optimizer, precision=self.precision, checks=self.checks)
+        return AnalysisOptions(
+            loss=self.loss,
+            optimizer=self.optimizer,
+            precision=self.precision,
+            checks=self.checks,
+            verify_steps=self.verify_steps,
+            verify_max_trials=self.verify_max_trials,
+        )
 
 
 MAX_BATCHES = 16  # the engine's bound too (diagnostics.multi_batch.MAX_BATCHES)

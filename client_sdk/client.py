@@ -144,7 +144,8 @@ class Client(SyncAPIClient):
             optimizer: 'sgd'|'adam'|'adamw' with lr (momentum, weight_decay, betas), an OptimizerSpec,
                 or a torch.optim SGD/Adam/AdamW instance; enables the lr and update-size rules.
             precision: fp32, fp16 or bf16 (the precision you train in).
-            checks: 'standard' and optionally 'curvature' (Hessian eigenvalue for lr_too_high).
+            checks: 'standard' and optionally 'curvature' (Hessian eigenvalue for lr_too_high), 'noise', and
+                'verify' (short training trials with each remediation applied; docs/verify.md).
             wait: False returns an AnalysisHandle at once.
             progress: show a progress bar (only on a terminal or in Jupyter).
             timeout: seconds to wait for the report.

@@ -45,7 +45,8 @@ def add_analysis_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--checks",
         default="standard",
-        help="comma-separated: standard, noise (per-sample gradient noise), curvature, or full (all three)",
+        help="comma-separated: standard, noise (per-sample gradient noise), curvature, full (all three), "
+        "verify (train short trials with each remediation applied, docs/verify.md)",
     )
 
 
