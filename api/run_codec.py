@@ -20,6 +20,7 @@ import numpy as np
 from gradhealth.diagnostics.run_rules.metrics import METRICS
 from gradhealth.store.run_segments import LogBatch
 
+from . import run_extras_codec
 from .errors import ApiError
 from .paging import INT64_MAX
 from .run_schemas import MAX_LAYERS
@@ -28,7 +29,7 @@ JSON_TYPES = {"application/json"}
 MSGPACK_TYPES = {"application/msgpack", "application/x-msgpack", "application/vnd.msgpack"}
 MAX_STEPS_PER_BATCH = 100_000
 MAX_VALUES_PER_BATCH = 16 * 2**20  # float32 values: what a 64 MiB batch of msgpack bins carries
-FIELDS = {"seq", "steps", "loss", "lr", "metrics", "dropped", "stride"}
+FIELDS = {"seq", "steps", "loss", "lr", "metrics", "dropped", "stride", "distributions", "activations"}
 MAX_STRIDE = 2**31 - 1
 # Lists and maps, and the items in them, in one parsed batch: a row per step per metric, plus a few.
 MAX_CONTAINERS = MAX_STEPS_PER_BATCH * len(METRICS) + 64
@@ -233,8 +234,8 @@ def _matrix(name: str, value: Any, n: int, num_layers: int) -> np.ndarray:
     return matrix
 
 
-def to_log_batch(body: dict[str, Any], metric_names: list[str], num_layers: int) -> LogBatch:
-    """Validate a parsed body against the run's layers and metrics."""
+def to_log_batch(body: dict[str, Any], metric_names: list[str], num_layers: int, num_activations: int = 0) -> LogBatch:
+    """Validate a parsed body against the run's layers, metrics and declared activations."""
     unknown = sorted(set(body) - FIELDS)
     if unknown:
         raise ApiError(422, f"unknown field(s) {unknown}; a batch has {sorted(FIELDS)}", code="validation_error")
@@ -258,4 +259,7 @@ def to_log_batch(body: dict[str, Any], metric_names: list[str], num_layers: int)
         if name in metrics:
             values[index] = _matrix(name, metrics[name], n, num_layers)
     stride = _stride(body.get("stride"), n)
-    return LogBatch(seq, steps, loss, loss_logged, lr, values, _int(body, "dropped", 0), stride)
+    batch = LogBatch(seq, steps, loss, loss_logged, lr, values, _int(body, "dropped", 0), stride)
+    batch.distributions = run_extras_codec.distributions(body, steps, num_layers)
+    batch.activations = run_extras_codec.activations(body, steps, num_activations)
+    return batch

@@ -9,6 +9,7 @@ from gradhealth.report import Finding
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 
 from .paging import INT64_MAX
+from .run_extras_codec import check_declared
 from .schemas import UtcDatetime, WebhookUrl
 
 MAX_LAYERS = 100_000
@@ -55,7 +56,8 @@ class RunCreate(BaseModel):
     @field_validator("config")
     @classmethod
     def _small_config(cls, value: dict[str, Any]) -> dict[str, Any]:
-        if len(str(value)) > 16_384:
+        check_declared(value)
+        if len(str({k: v for k, v in value.items() if k != "activations"})) > 16_384:
             raise ValueError("config is limited to 16 KiB; keep it to settings, not data")
         return value
 

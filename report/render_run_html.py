@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from html import escape
 
 from .chart_scale import nice_step, value_range, wants_log
+from .distribution_charts import distribution_html
 from .html_parts import (
     COLORS,
     CSS,
@@ -305,6 +306,7 @@ def _run_charts(report: Report) -> list[str]:
         "<p><small>One shared log scale for every layer: a layer far below the others barely learns, one far "
         "above dominates the update. Red: named by a finding.</small></p>",
         layer_charts(report, timeline) if timeline.layers else "<p>No layers were charted.</p>",
+        *distribution_html(report),
     ]
 
 

@@ -44,6 +44,8 @@ RUN_RULE_IDS: tuple[str, ...] = (
     "loss_plateau",
     "oscillating_loss",
     "loss_spike",
+    "dead_relu",
+    "saturated_activation",
 )
 
 
@@ -174,6 +176,33 @@ class LayerTimeline(BaseModel):
     nonfinite: list[float | None] = Field(default_factory=list)
 
 
+class LayerDistribution(BaseModel):
+    """One layer's gradient and weight distributions over time (watch()'s sketches): TensorBoard's distributions.
+
+    `grad` and `weight` hold, per sketched step, the values at the `quantiles` levels (of the finite
+    values; None when none was finite or the kind was not sketched); the counts are per step too.
+    """
+
+    steps: list[int] = Field(default_factory=list)
+    quantiles: list[float] = Field(default_factory=list)
+    grad: list[list[float | None]] = Field(default_factory=list)
+    weight: list[list[float | None]] = Field(default_factory=list)
+    grad_zeros: list[float | None] = Field(default_factory=list)
+    grad_nonfinite: list[float | None] = Field(default_factory=list)
+    weight_zeros: list[float | None] = Field(default_factory=list)
+    weight_nonfinite: list[float | None] = Field(default_factory=list)
+    count: list[float | None] = Field(default_factory=list)
+
+
+class ActivationSeries(BaseModel):
+    """One activation module's dead and saturated fractions at the steps watch(activations=...) read them."""
+
+    kind: str = ""
+    steps: list[int] = Field(default_factory=list)
+    dead: list[float | None] = Field(default_factory=list)
+    saturated: list[float | None] = Field(default_factory=list)
+
+
 class Timeline(BaseModel):
     """A run's history for charts: one point per bucket of steps, at most a few hundred points."""
 
@@ -182,6 +211,8 @@ class Timeline(BaseModel):
     lr: list[float | None] = Field(default_factory=list)
     global_grad_norm: list[float | None] = Field(default_factory=list)
     layers: dict[str, LayerTimeline] = Field(default_factory=dict)
+    distributions: dict[str, LayerDistribution] = Field(default_factory=dict)  # the charted layers' sketches
+    activations: dict[str, ActivationSeries] = Field(default_factory=dict)
 
 
 class ModelInfo(BaseModel):

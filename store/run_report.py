@@ -12,6 +12,7 @@ from gradhealth.report import Finding, LayerStats, LayerTimeline, ModelInfo, Rep
 from sqlalchemy.orm import Session
 
 from .models import TrainingRun
+from .run_extras_report import add_extras
 from .run_segments import read_layer, read_run_records
 from .runs import layer_names
 
@@ -99,10 +100,12 @@ def build_timeline(session: Session, run: TrainingRun, findings: list[Finding]) 
         global_grad_norm=_finite_or_none(bucket_max(buckets, records["global_grad_norm"], size)[used]),
     )
     names, metrics = layer_names(run), json.loads(run.metrics)
-    for layer in charted_layers(names, findings):
+    charted = charted_layers(names, findings)
+    for layer in charted:
         layer_steps, values = read_layer(session, run.id, layer, len(metrics))
         layer_buckets = bucket_index(layer_steps, first, last)
         timeline.layers[names[layer]] = _layer_timeline(values, layer_buckets, size, used, metrics)
+    add_extras(session, run, timeline, names, charted)
     return timeline
 
 

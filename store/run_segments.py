@@ -29,6 +29,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from .models import RunSegment
+from .run_extra_segments import extra_rows
 
 RUN_SERIES = -1
 RUN_RECORD = np.dtype(
@@ -48,6 +49,9 @@ class LogBatch:
     values: np.ndarray  # float32 (M, n, L); NaN = not measured, inf = measured non-finite
     dropped: int = 0
     stride: np.ndarray | None = None  # int64 (n,): optimizer steps each record stands for; None: not sent (1)
+    # sparse extras (api/run_extras_codec.py): (steps (k,), float32 (k, 2, L, 12)) and (steps (j,), float32 (j, 2, A))
+    distributions: tuple[np.ndarray, np.ndarray] | None = None
+    activations: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def num_steps(self) -> int:
@@ -82,6 +86,7 @@ def segment_rows(run_id: str, batch: LogBatch, grad_norm_index: int | None) -> l
     ]
     per_layer = np.ascontiguousarray(batch.values.transpose(2, 0, 1))  # (L, M, n)
     rows.extend({**common, "series": layer, "data": per_layer[layer].tobytes()} for layer in range(per_layer.shape[0]))
+    rows.extend(extra_rows(run_id, batch))
     return rows
 
 

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from .models import RunBatch, RunSegment, RunWebhookDelivery, TrainingRun, new_id, utcnow
 from .rows import Page, page
+from .run_extra_segments import activation_rows, run_activations
 from .run_segments import LogBatch, segment_rows
 
 INT64_MAX = 2**63 - 1
@@ -54,9 +55,10 @@ def layer_names(run: TrainingRun) -> list[str]:
     return [layer["name"] for layer in json.loads(run.layers)]
 
 
-def _chunk(batch: LogBatch, metrics: list[str]) -> LogChunk:
+def _chunk(batch: LogBatch, metrics: list[str], num_activations: int = 0) -> LogChunk:
     values = {name: batch.values[index].astype(np.float64) for index, name in enumerate(metrics)}
-    return LogChunk(batch.steps, batch.loss, batch.loss_logged, batch.lr, values, batch.stride)
+    acts = activation_rows(batch, num_activations)
+    return LogChunk(batch.steps, batch.loss, batch.loss_logged, batch.lr, values, batch.stride, acts)
 
 
 def _latest(previous: dict[str, list[float | None]], batch: LogBatch, metrics: list[str]) -> dict[str, Any]:
@@ -78,8 +80,9 @@ def _latest(previous: dict[str, list[float | None]], batch: LogBatch, metrics: l
 def _evaluate(run: TrainingRun, batch: LogBatch, metrics: list[str]) -> list[Finding]:
     """Advance the run's rule state by one batch and return the current findings."""
     state = json.loads(run.rule_state) or None
-    evaluator = RunEvaluator(layer_names(run), state)
-    evaluator.update(_chunk(batch, metrics))
+    activations = run_activations(run.config)
+    evaluator = RunEvaluator(layer_names(run), state, activations)
+    evaluator.update(_chunk(batch, metrics, len(activations)))
     run.rule_state = json.dumps(evaluator.state(), allow_nan=False)
     return evaluator.findings()
 

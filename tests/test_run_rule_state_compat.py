@@ -15,7 +15,7 @@ from .test_run_rules import random_stream
 
 FIXTURE = Path(__file__).parent / "fixtures" / "run_rule_state_v1.json.gz"
 # Rules added after the fixture was written: a state without theirs loads them fresh (additive, still version 1).
-NEW_RULES = {"loss_spike"}
+NEW_RULES = {"loss_spike", "dead_relu", "saturated_activation"}
 # Keys added to a rule's state since: absent, they load with their defaults.
 NEW_KEYS = {
     "stalled_layer": {"last_moved"},

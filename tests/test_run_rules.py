@@ -242,7 +242,8 @@ def test_every_finding_is_complete() -> None:
             assert f.evidence and f.thresholds and f.remediation and all(r.detail for r in f.remediation)
             assert 0 < f.confidence <= 1 and f.step is not None and f.step <= f.last_step
             json.dumps(f.model_dump(mode="json"), allow_nan=False)
-    assert seen == set(RUN_RULE_IDS)
+    # the activation rules read watch(activations=...) fractions, which these streams lack: tests/test_run_activation_rules.py
+    assert seen == set(RUN_RULE_IDS) - {"dead_relu", "saturated_activation"}
 
 
 # --- streaming: exactness, late data, absent data, cost ----------------------------------------

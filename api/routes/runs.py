@@ -14,6 +14,7 @@ from gradhealth.store.celery_app import Send
 from gradhealth.store.db import session_factory
 from gradhealth.store.keys import Principal
 from gradhealth.store.models import RunWebhookDelivery, TrainingRun
+from gradhealth.store.run_extra_segments import run_activations
 from gradhealth.store.run_report import build_report
 from gradhealth.store.run_segments import read_layer
 from gradhealth.store.runs import ingest, layer_names
@@ -120,7 +121,8 @@ def _append(
     body = parse_body(raw, ctype, cenc, settings.max_log_batch_bytes)  # gzip inflates to the batch limit, no more
     with session_factory(settings)() as session:
         run = get_owned(session, TrainingRun, run_id, principal, "run")
-        batch = to_log_batch(body, json.loads(run.metrics), len(json.loads(run.layers)))
+        declared = run_activations(run.config)
+        batch = to_log_batch(body, json.loads(run.metrics), len(json.loads(run.layers)), len(declared))
         session.rollback()  # release the read; ingest takes the row lock itself
         result = ingest(session, run_id, principal.project_id, batch, outbox.first_due(settings))
     if result is None:

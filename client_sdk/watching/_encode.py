@@ -36,4 +36,27 @@ def pack_batch(seq: int, records: list[Record], num_layers: int, dropped: int) -
         "dropped": dropped,
         "stride": strides[0] if len(set(strides)) == 1 else strides,  # one number when it did not change
     }
+    body.update(_extras(records))
     return msgpack.packb(body, use_bin_type=True)
+
+
+def _bins(records: list[Record], arrays: list[np.ndarray], names: tuple[str, str]) -> dict[str, object]:
+    """Sparse rows: the steps that have them, and each of the two kinds as one float32 bin, row-major."""
+    stacked = np.stack(arrays)
+    out: dict[str, object] = {"steps": [record.step for record in records]}
+    for k, name in enumerate(names):
+        out[name] = np.ascontiguousarray(stacked[:, k], dtype="<f4").tobytes()
+    return out
+
+
+def _extras(records: list[Record]) -> dict[str, object]:
+    """`distributions` and `activations` (docs/runs.md), present only when some record carries them."""
+    body: dict[str, object] = {}
+    sketched = [record for record in records if record.sketch is not None]
+    if sketched:
+        body["distributions"] = _bins(sketched, [r.sketch.numpy() for r in sketched if r.sketch], ("grad", "weight"))
+    read = [record for record in records if record.activations is not None]
+    if read:
+        arrays = [r.activations.numpy() for r in read if r.activations]
+        body["activations"] = _bins(read, arrays, ("dead", "saturated"))
+    return body

@@ -79,4 +79,4 @@ class SketchSchedule:
         if self.fixed is not None or self.share is None or not plain_step:
             return
         cost = sorted(self._costs)[len(self._costs) // 2]
-        self.stride = max(FLOOR, min(CEILING, math.ceil(cost / (self.share * plain_step))))
+        self.stride = max(FLOOR, min(CEILING, math.ceil(cost / (self.share * plain_step) - 1e-9)))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -20,6 +20,7 @@ class LogChunk:
     lr: np.ndarray  # float64 (n,), NaN = not logged
     metrics: dict[str, np.ndarray]  # name -> float64 (n, L)
     stride: np.ndarray | None = None  # int64 (n,): optimizer steps each row stands for (the client's stride); None: 1
+    activations: np.ndarray | None = None  # float64 (n, 2, A): dead, saturated fractions per activation; NaN unread
 
     @classmethod
     def of(
@@ -77,6 +78,9 @@ class ChunkView:
     # (n,) int64 >= 1: optimizer steps each row stands for (the client's stride, 1 when not sent). A patience
     # counted in logged steps sums these, so a throttled run reaches it after as many steps as a full one.
     stride: np.ndarray
+    # (n, 2, A) dead and saturated fractions of the run's activations (NaN: not read), and their kinds
+    activations: np.ndarray = field(default_factory=lambda: np.zeros((0, 2, 0)))
+    activation_kinds: tuple[str, ...] = ()
 
     @property
     def n(self) -> int:
@@ -109,6 +113,10 @@ def new_rows(chunk: LogChunk, last_step: int | None, num_layers: int) -> dict[st
         if len(stride) != n or (stride < 1).any():
             raise ValueError(f"stride needs {n} values >= 1, got {len(stride)}")
         cols["stride"] = stride[keep]
+    acts = np.zeros((n, 2, 0)) if chunk.activations is None else np.asarray(chunk.activations, dtype=np.float64)
+    if acts.ndim != 3 or acts.shape[:2] != (n, 2):
+        raise ValueError(f"activations has shape {acts.shape}, expected ({n}, 2, A)")
+    cols["activations"] = acts[keep]
     for name in METRICS:
         given = chunk.metrics.get(name)
         if given is None:

@@ -43,6 +43,7 @@ class RunContext:
     last_step: int | None
     last_lr: float | None
     max_norm: float | None  # suggested clip threshold: ~p90 of the global gradient norms seen
+    activations: tuple[str, ...] = ()  # the run's activation modules (watch(activations=...)), in column order
 
 
 def label(name: str) -> str:

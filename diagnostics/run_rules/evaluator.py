@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from gradhealth.report import SEVERITY_ORDER, Finding
 
+from .activation_rules import DeadReluRunRule, SaturatedActivationRunRule
 from .chunk import ChunkView, LogChunk, forward_fill, global_norm, new_rows, update_ratios
 from .common import RunContext
 from .gradient_spike import GradientSpikeRule
@@ -39,6 +40,8 @@ RULES: tuple[type[RunRule], ...] = (
     LossPlateauRule,
     OscillatingLossRule,
     LossSpikeRule,
+    DeadReluRunRule,
+    SaturatedActivationRunRule,
 )
 RUN_RULE_IDS: tuple[str, ...] = tuple(rule.rule_id for rule in RULES)
 
@@ -46,8 +49,12 @@ RUN_RULE_IDS: tuple[str, ...] = tuple(rule.rule_id for rule in RULES)
 class RunEvaluator:
     """Incremental diagnosis of a training run: update() per chunk, findings() at any time."""
 
-    def __init__(self, layers: list[str], state: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, layers: list[str], state: dict[str, Any] | None = None, activations: list[dict[str, str]] | None = None
+    ) -> None:
         self.layers = list(layers)
+        self.activations = tuple(a["name"] for a in activations or [])  # watch(activations=...): name, kind
+        self.activation_kinds = tuple(a["kind"] for a in activations or [])
         L = len(self.layers)
         if L == 0:
             raise ValueError("a run needs at least one layer")
@@ -112,6 +119,8 @@ class RunEvaluator:
             loss_med_long=med_long,
             loss_mad_long=mad_long,
             stride=cols["stride"],
+            activations=cols["activations"],
+            activation_kinds=self.activation_kinds,
         )
 
     def _summarise(self, v: ChunkView) -> None:
@@ -145,6 +154,7 @@ class RunEvaluator:
             last_step=self.last_step,
             last_lr=opt_float(self.last_lr),
             max_norm=float(f"{p90:.2g}") if p90 else None,
+            activations=self.activations,
         )
 
     def findings(self) -> list[Finding]:

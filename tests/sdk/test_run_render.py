@@ -306,7 +306,7 @@ def test_junit_has_a_testcase_per_rule_and_the_step_range() -> None:
     root = ET.fromstring(run_report().to_junit("warning"))
     cases = {case.get("name"): case for case in root.iter("testcase")}
     assert {f.rule for f in FINDINGS} <= set(cases)
-    assert "dead_relu" not in cases  # checkpoint-only rules are not a run's checks
+    assert "unused_parameters" not in cases  # checkpoint-only rules are not a run's checks
     failure = cases["nonfinite_gradient"].find("failure")
     assert failure is not None and "steps 320–396" in (failure.get("message") or "")
     assert "Steps: 320–396" in (failure.text or "")
