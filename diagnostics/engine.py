@@ -232,6 +232,9 @@ class Analyzer:
             if weight_name is not None and weight is not None:
                 measure.weight_std = param_stats.param_std[weight_name]
                 describe_weight(measure, weight, infos.get(path))
+            bias_name = next((n for n in names if n.endswith("bias") and n in param_stats.param_mean), None)
+            if bias_name is not None:
+                measure.bias_mean = param_stats.param_mean[bias_name]
             describe_structure(measure, infos.get(path), self.loaded.display_name)
             if self.graph is not None and path in self.graph.layer_probe:
                 probe = self.graph.layer_probe[path]
@@ -371,5 +374,23 @@ def _input_measures(inputs: tuple[Tensor, ...]) -> list[InputMeasure]:
             [finite.mean(), finite.std() if finite.numel() > 1 else finite.new_zeros(()), finite.min(), finite.max()]
         ).tolist()
         channel_means = data.transpose(0, 1).reshape(data.shape[1], -1).mean(1).tolist() if data.dim() == 4 else None
-        result.append(InputMeasure(index, list(tensor.shape), row[0], row[1], row[2], row[3], channel_means))
+        measure = InputMeasure(index, list(tensor.shape), row[0], row[1], row[2], row[3], channel_means)
+        _feature_stats(measure, data)
+        result.append(measure)
     return result
+
+
+# Per-feature statistics (standardize_inputs' vectors) are kept for up to this many features.
+MAX_FEATURES = 1024
+
+
+def _feature_stats(measure: InputMeasure, data: Tensor) -> None:
+    """Mean and std per feature: columns of [B, F], channels of [B, C, ...], the last axis of [B, T, F]."""
+    if data.dim() < 2 or not bool(torch.isfinite(data).all()):
+        return
+    dim = -1 if data.dim() == 3 else 1
+    features = data.movedim(dim, 0).reshape(data.shape[dim], -1)
+    if features.shape[0] > MAX_FEATURES or features.shape[1] < 2:
+        return
+    stats = torch.stack([features.mean(1), features.std(1)]).tolist()
+    measure.feature_dim, measure.feature_means, measure.feature_stds = dim, stats[0], stats[1]

@@ -38,6 +38,7 @@ class LayerMeasure:
     kind: str | None = None  # linear | conv | embedding | norm | other, from the graph's ops
     tied_with: list[str] = field(default_factory=list)  # modules sharing this layer's parameters
     serial_inputs: list[str] | None = None  # linear/conv layers feeding it serially; None: no graph
+    bias_mean: float | None = None  # mean of the layer's bias vector (a dead ReLU's cause); None: no bias
 
     @property
     def grad_rms(self) -> float | None:
@@ -100,6 +101,9 @@ class InputMeasure:
     min: float
     max: float
     channel_means: list[float] | None = None
+    feature_dim: int | None = None  # the feature axis: 1 for [B, F] and [B, C, ...], -1 for [B, T, F]
+    feature_means: list[float] | None = None  # per feature along feature_dim (None past MAX_FEATURES)
+    feature_stds: list[float] | None = None
 
 
 @dataclass
@@ -120,6 +124,8 @@ class TargetMeasure:
     mean: float
     std: float
     output_rms: float | None  # RMS of the model's prediction; None when no layer feeds the loss directly
+    column_means: list[float] | None = None  # per target column ([B] targets: one column)
+    column_stds: list[float] | None = None
 
     @property
     def scale(self) -> float:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -107,10 +107,11 @@ def _fp16_counts(grads: list[Tensor]) -> Tensor:
 
 @dataclass
 class ParamStats:
-    """Per-layer sums, plus each parameter's std (init rules read the weight's)."""
+    """Per-layer sums, plus each parameter's std (init rules read the weight's) and mean (the bias's)."""
 
     layers: dict[str, ParamLayerStats]
     param_std: dict[str, float]
+    param_mean: dict[str, float] = field(default_factory=dict)
 
 
 @torch.no_grad()
@@ -120,14 +121,14 @@ def layer_param_stats(
     """Reduce parameters to per-layer sums with fused per-list ops and one host read."""
     names = [n for members in groups.values() for n in members if n in params]
     if not names:
-        return ParamStats({}, {})
+        return ParamStats({}, {}, {})
     weights = [params[n].detach() for n in names]
     weight_norms = torch.stack(torch._foreach_norm([w.float() if w.dtype != torch.float32 else w for w in weights]))
     # std^2 = ||W||^2/n - mean^2 with the exact norm; the mean (near 0 for weight matrices) from a sample.
     sample_means = torch.stack([_sample(w.reshape(-1)).float().mean() for w in weights])
     numels = torch.tensor([float(w.numel()) for w in weights], device=weight_norms.device)
     weight_std = (weight_norms.square() / numels - sample_means.square()).clamp_min(0).sqrt()
-    moments = torch.stack([weight_norms, weight_std], dim=1)
+    moments = torch.stack([weight_norms, weight_std, sample_means], dim=1)
     grads_or_none = [params[n].grad for n in names]
     with_grad = [i for i, g in enumerate(grads_or_none) if g is not None]
     grads = [g.detach() for g in grads_or_none if g is not None]
@@ -145,8 +146,8 @@ def layer_param_stats(
                 ]
             )
     host = torch.cat([moments.reshape(-1), grad_norms, fp16.reshape(-1), updates]).cpu().tolist()
-    k = 2 * len(names)
-    norm_std = {n: (host[2 * i], host[2 * i + 1]) for i, n in enumerate(names)}
+    k = 3 * len(names)
+    norm_std = {n: (host[3 * i], host[3 * i + 1]) for i, n in enumerate(names)}
     grad_norm = dict(zip((names[i] for i in with_grad), host[k : k + len(grads)], strict=True))
     k += len(grads)
     fp16_rows = {names[i]: host[k + 5 * j : k + 5 * j + 5] for j, i in enumerate(with_grad)}
@@ -157,7 +158,9 @@ def layer_param_stats(
     for layer, members in groups.items():
         members = [m for m in members if m in params]
         result[layer] = _layer_sums(members, params, norm_std, grad_norm, fp16_rows, update, nonfinite, optimizer)
-    return ParamStats(result, {n: std for n, (_, std) in norm_std.items()})
+    return ParamStats(
+        result, {n: std for n, (_, std) in norm_std.items()}, {n: host[3 * i + 2] for i, n in enumerate(names)}
+    )
 
 
 def _count_nonfinite(grad: Tensor | None) -> int:

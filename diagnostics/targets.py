@@ -90,6 +90,10 @@ def _output_rms(prediction: fx.Node | None, infos: Sequence[LayerInfo], layers: 
     return None
 
 
+# Per-column target statistics are kept for up to this many columns.
+MAX_COLUMNS = 1024
+
+
 def measure_targets(
     targets: Tensor,
     gm: fx.GraphModule | None,
@@ -106,4 +110,9 @@ def measure_targets(
     kind, prediction = found
     data = targets.detach().float()
     mean, std = torch.stack([data.mean(), data.std()]).tolist()
-    return TargetMeasure(kind, mean, std, _output_rms(prediction, infos, layers))
+    measure = TargetMeasure(kind, mean, std, _output_rms(prediction, infos, layers))
+    columns = data.reshape(data.shape[0], -1) if data.dim() > 1 else data.reshape(-1, 1)
+    if columns.shape[1] <= MAX_COLUMNS and columns.shape[0] >= 2:  # standardize_targets' per-column vectors
+        stats = torch.stack([columns.mean(0), columns.std(0)]).tolist()
+        measure.column_means, measure.column_stds = stats[0], stats[1]
+    return measure

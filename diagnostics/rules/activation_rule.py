@@ -20,9 +20,12 @@ def fraction_findings(
     warning: float,
     error: float,
     describe: str,
-    remediation: list[Remediation],
+    remediation: list[Remediation] | Callable[[list[ActivationMeasure]], list[Remediation]],
 ) -> list[Finding]:
-    """One finding per rule listing every activation whose fraction crosses the warning level."""
+    """One finding per rule listing every activation whose fraction crosses the warning level.
+
+    `remediation` may be a function of the flagged activations: params name their feeding layers.
+    """
     hits = [(a, value(a)) for a in m.activations if a.kind in kinds and value(a) is not None]
     flagged = [(a, v) for a, v in hits if v is not None and v >= warning]
     if not flagged:
@@ -49,7 +52,7 @@ def fraction_findings(
                 **{f"fraction:{a.name}": v for a, v in flagged[:20]},
             },
             thresholds={"warning_fraction": warning, "error_fraction": error},
-            remediation=remediation,
+            remediation=remediation([a for a, _ in flagged]) if callable(remediation) else remediation,
             confidence=batch_confidence(m.batch_size, full_at=16),
         )
     ]

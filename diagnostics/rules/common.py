@@ -23,6 +23,9 @@ REFS = {
     "cs231n": "CS231n notes: the update/weight ratio should be about 1e-3",
     "xiong2020": "Xiong et al. 2020, On Layer Normalization in the Transformer Architecture (Pre-LN)",
     "zhang2019": "Zhang et al. 2019, Fixup Initialization",
+    "jozefowicz2015": "Jozefowicz et al. 2015, An Empirical Exploration of Recurrent Network Architectures "
+    "(forget-gate bias 1)",
+    "le2015": "Le et al. 2015, A Simple Way to Initialize Recurrent Networks of Rectified Linear Units",
 }
 
 

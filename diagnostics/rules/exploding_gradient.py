@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-import statistics
-
 from gradhealth.report import Finding, Remediation
 
 from ..measurements import Measurements, RecurrentMeasure
-from .common import REFS, batch_confidence, clip_remediation, fmt, label_span, layer_label, orders_of_magnitude
+from .advice import (
+    clip_detail,
+    initialisable,
+    off_scale,
+    orthogonal_remediation,
+    reinit_remediation,
+    sane_max_norm,
+    std_ratio,
+)
+from .common import REFS, batch_confidence, clip_remediation, fmt, label_span, layer_label, orders_of_magnitude, span
 from .gradient_profile import Profile, depth_profiles
 
 RULE_ID = "exploding_gradient"
@@ -16,14 +23,14 @@ RULE_ID = "exploding_gradient"
 # ~10x (our healthy zoo), so we warn at 100x and call it an error at 1000x.
 WARNING_RATIO = 1e2
 ERROR_RATIO = 1e3
+# A layer amplifies when its std is 2x the variance-preserving one or more (4x the variance per layer);
+# 25% (poor_initialization's MISMATCH) is a drift, not what makes a gradient explode.
+MISMATCH = 2.0
 
 
 def suggested_max_norm(m: Measurements) -> float | None:
-    """The global norm the model would have if every layer had the median layer's gradient norm."""
-    norms = [layer.grad_norm for layer in m.layers_with_grad() if layer.grad_norm]
-    if not norms:
-        return None
-    return float(f"{statistics.median(norms) * len(norms) ** 0.5:.2g}")
+    """The clip norm: the global norm the model would have at a sane scale (advice.sane_max_norm)."""
+    return sane_max_norm(m)
 
 
 def _time_finding(m: Measurements, rnn: RecurrentMeasure) -> Finding | None:
@@ -48,17 +55,13 @@ def _time_finding(m: Measurements, rnn: RecurrentMeasure) -> Finding | None:
         },
         thresholds={"warning_ratio": WARNING_RATIO, "error_ratio": ERROR_RATIO},
         remediation=[
-            clip_remediation(
-                max_norm,
-                f"Clip the global gradient norm (max_norm≈{fmt(max_norm)}), the standard fix for recurrent nets.",
+            orthogonal_remediation(
+                "orthogonal_recurrent_init",
+                [rnn.name],
+                f"Initialise the weights of {rnn.name} orthogonally (spectral radius 1): recurrent weights with "
+                "a spectral radius above 1 multiply the gradient at every step back in time.",
             ),
-            Remediation(
-                action="orthogonal_recurrent_init",
-                detail="Initialise the recurrent weights orthogonally (spectral radius 1) or use an LSTM/GRU.",
-                snippet="nn.init.orthogonal_(rnn.weight_hh_l0)",
-                references=[REFS["pascanu2013"], REFS["hochreiter1997"]],
-                params={"init": "orthogonal"},
-            ),
+            clip_remediation(max_norm, clip_detail(max_norm) + " The standard guard for recurrent nets."),
         ],
         confidence=min(0.9, batch_confidence(m.batch_size)),
     )
@@ -114,34 +117,62 @@ def _depth_finding(m: Measurements, profile: Profile) -> Finding | None:
             **located,
         },
         thresholds={"warning_ratio": WARNING_RATIO, "error_ratio": ERROR_RATIO},
-        remediation=_remediation(label_span(flagged), max_norm),
+        remediation=_remediation(m, profile, flagged, max_norm),
         confidence=batch_confidence(m.batch_size),
     )
 
 
-def _remediation(where: str, max_norm: float | None) -> list[Remediation]:
-    """Re-initialise what amplifies, clip, normalise."""
-    return [
-        Remediation(
-            action="fix_initialization",
-            detail=f"{where} amplify the gradient: re-initialise with Kaiming/LeCun "
-            "scaling so each layer preserves variance.",
-            snippet="nn.init.kaiming_normal_(layer.weight, nonlinearity='relu')",
-            references=[REFS["he2015"], REFS["lecun1998"]],
-            params={"init": "kaiming_normal"},
-        ),
-        clip_remediation(
-            max_norm,
-            f"Clip the global gradient norm; max_norm≈{fmt(max_norm)} is the norm this model "
-            "would have if every layer had its median layer's gradient.",
-        ),
+def _branch_rescale(profile: Profile) -> Remediation | None:
+    """In a residual trunk at the right init scale, the sum of branches grows: scale each branch's last layer down."""
+    if profile.trunk is None or len(profile.layers) < 2:
+        return None
+    names = [layer.name for layer in profile.layers if initialisable(layer)]
+    if not names:
+        return None
+    factor = float(f"{len(profile.layers) ** -0.5:.2g}")
+    return Remediation(
+        action="rescale_weights",
+        detail=f"The layers are at the variance-preserving scale, but {len(profile.layers)} residual branches add up "
+        f"without normalisation: scale the last layer of each branch by 1/sqrt(blocks) = {fmt(factor)} "
+        "(Fixup's branch down-scaling).",
+        snippet=f"with torch.no_grad():\n    for name in {names[:12]!r}:\n        model.get_submodule(name).weight.mul_({factor})",
+        references=[REFS["zhang2019"], REFS["he2016"]],
+        params={"layers": names, "factor": factor},
+    )
+
+
+def _remediation(m: Measurements, profile: Profile, flagged: list[str], max_norm: float | None) -> list[Remediation]:
+    """Re-draw the layers that are off scale (only those); else scale residual branches; clip; normalise."""
+    off = [layer.name for layer in off_scale(m, MISMATCH) if (std_ratio(layer) or 0.0) > 1.0]  # too big
+    activation = next(
+        (layer.next_activation for layer in m.layers if layer.name in off and layer.next_activation), None
+    )
+    remediation: list[Remediation] = []
+    if off:
+        remediation.append(
+            reinit_remediation(
+                "fix_initialization",
+                f"{label_span(flagged)} amplify the gradient; {span(off)} are off the variance-preserving scale: "
+                "re-initialise them with std = gain/sqrt(fan_in) (Kaiming/LeCun).",
+                off,
+                activation or "relu",
+                references=[REFS["he2015"], REFS["lecun1998"]],
+            )
+        )
+    else:
+        rescale = _branch_rescale(profile)
+        if rescale is not None:
+            remediation.append(rescale)
+    remediation.append(clip_remediation(max_norm, clip_detail(max_norm)))
+    remediation.append(
         Remediation(
             action="add_normalization",
-            detail="Add normalisation (BatchNorm/LayerNorm, Pre-LN in transformers) or scale residual "
-            "branches down (Fixup).",
+            detail="Add normalisation (BatchNorm/LayerNorm, Pre-LN in transformers) in the model's code, or scale "
+            "residual branches down (Fixup).",
             references=[REFS["ioffe2015"], REFS["xiong2020"], REFS["zhang2019"]],
-        ),
-    ]
+        )
+    )
+    return remediation
 
 
 def evaluate(m: Measurements) -> list[Finding]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from gradhealth.report import Finding, Remediation, Severity
 
 from ..measurements import Measurements
@@ -14,6 +16,24 @@ RULE_ID = "fp16_underflow"
 # it an error when >= 1% still flush after GradScaler's default 2^16 scale (scaling cannot help).
 WARNING_FRACTION = 0.05
 SCALED_ERROR_FRACTION = 0.01
+
+
+# fp16's largest finite value; a scaled gradient element must stay below it.
+FP16_MAX = 65504.0
+MAX_SCALE = 2.0**24  # GradScaler grows its scale no further in practice
+
+
+def loss_scale_for(m: Measurements) -> float:
+    """The largest power of two with scale x (largest layer gradient norm) x 2 below fp16's max.
+
+    No element exceeds its layer's norm, so this scale cannot overflow, and it lifts the small
+    elements as far as that allows (at least 1, at most 2^24).
+    """
+    norms = [layer.grad_norm for layer in m.layers_with_grad() if layer.grad_norm]
+    if not norms:
+        return 2.0**16
+    exponent = math.floor(math.log2(FP16_MAX / (2.0 * max(norms))))
+    return float(min(MAX_SCALE, max(1.0, 2.0**exponent)))
 
 
 def evaluate(m: Measurements) -> list[Finding]:
@@ -35,6 +55,7 @@ def evaluate(m: Measurements) -> list[Finding]:
         for layer in layers
         if layer.nonzero_grads and layer.flushed / layer.nonzero_grads >= WARNING_FRACTION
     ]
+    loss_scale = loss_scale_for(m)
     scale_note = (
         f"{fmt(100 * flushed_scaled)}% still flush with GradScaler's 2^16 scale"
         if flushed_scaled
@@ -58,12 +79,15 @@ def evaluate(m: Measurements) -> list[Finding]:
             remediation=[
                 Remediation(
                     action="use_loss_scaling",
-                    detail="Use dynamic loss scaling (GradScaler) and unscale before clipping or logging.",
-                    snippet="scaler = torch.amp.GradScaler('cuda')\nscaler.scale(loss).backward()\n"
+                    detail=f"Scale the loss by {loss_scale:g} before backward (GradScaler's init_scale; the largest "
+                    "power of two that cannot overflow fp16 with this gradient norm) and unscale before "
+                    "clipping or logging.",
+                    snippet=f"scaler = torch.amp.GradScaler('cuda', init_scale={loss_scale:g})\n"
+                    "scaler.scale(loss).backward()\n"
                     "scaler.unscale_(optimizer); torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)\n"
                     "scaler.step(optimizer); scaler.update()",
                     references=[REFS["micikevicius2018"]],
-                    params={"init_scale": 65536},
+                    params={"loss_scale": loss_scale},
                 ),
                 Remediation(
                     action="use_bf16",

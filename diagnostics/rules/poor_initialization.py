@@ -7,6 +7,7 @@ import math
 from gradhealth.report import Finding, Remediation
 
 from ..measurements import LayerMeasure, Measurements
+from .advice import nonlinearity, off_scale, reinit_remediation
 from .common import REFS, fmt, orders_of_magnitude, span
 
 RULE_ID = "poor_initialization"
@@ -155,15 +156,7 @@ def evaluate(m: Measurements) -> list[Finding]:
                     "error_drift": ERROR_DRIFT,
                     "min_layers": MIN_RUN,
                 },
-                remediation=[
-                    Remediation(
-                        action="reinitialize",
-                        detail=f"Initialise these layers with {init} for {activation} (std = gain/sqrt(fan_in)).",
-                        snippet=_snippet(init, activation),
-                        references=[REFS["he2015"], REFS["glorot2010"], REFS["lecun1998"]],
-                        params={"init": init, "activation": activation},
-                    )
-                ],
+                remediation=[_remediation(m, activation, init)],
                 confidence=0.85,
             )
         )
@@ -184,10 +177,18 @@ def _message(names: list[str], activation: str, ratios: list[float], drift: floa
     return text + "."
 
 
-def _snippet(init: str, activation: str) -> str:
-    """The one-line re-initialisation for the layers' activation."""
-    if init == "kaiming_normal":
-        nonlinearity = activation if activation in ("relu", "leaky_relu") else "relu"
-        return f"nn.init.kaiming_normal_(layer.weight, nonlinearity='{nonlinearity}')"
-    gain = activation if activation in ("tanh", "sigmoid") else "linear"
-    return f"nn.init.xavier_normal_(layer.weight, gain=nn.init.calculate_gain('{gain}'))"
+def _remediation(m: Measurements, activation: str, init: str) -> Remediation:
+    """Re-draw every off-scale layer of the model (not only this run's), none already at the right scale."""
+    layers = [layer.name for layer in off_scale(m, MISMATCH)]
+    scheme = "kaiming_normal"  # std = gain/sqrt(fan_in): the scale this rule measures against
+    nonlin = nonlinearity(activation)
+    return reinit_remediation(
+        "reinitialize",
+        f"Re-initialise the {len(layers)} off-scale layers ({span(layers)}) with std = gain/sqrt(fan_in), "
+        f"gain {fmt(GAINS.get(activation, 1.0))} for {activation} (calculate_gain('{nonlin}')); {init} is the "
+        "usual name for it. Layers already at that scale are left alone.",
+        layers,
+        activation,
+        scheme=scheme,
+        references=[REFS["he2015"], REFS["glorot2010"], REFS["lecun1998"]],
+    )

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import statistics
+
 from gradhealth.report import Finding, Remediation
 
 from ..activations import gaussian_flat_share
-from ..measurements import Measurements
+from ..measurements import ActivationMeasure, LayerMeasure, Measurements
 from .activation_rule import fraction_findings
-from .common import REFS, fmt
+from .advice import GAIN, initialisable, off_scale, reinit_remediation
+from .common import REFS, fmt, span
 
 RULE_ID = "saturated_activation"
 
@@ -48,26 +51,7 @@ def _saturating(m: Measurements) -> list[Finding]:
         warning=WARNING_FRACTION,
         error=ERROR_FRACTION,
         describe="Outputs in the flat region (derivative < 1% of its maximum)",
-        remediation=[
-            Remediation(
-                action="normalize_preactivations",
-                detail="Keep pre-activations near zero: standardise inputs, add LayerNorm/BatchNorm before the activation.",
-                references=[REFS["ioffe2015"], REFS["ba2016"]],
-            ),
-            Remediation(
-                action="reinitialize",
-                detail="Re-initialise with Xavier (Glorot) scaling, gain from nn.init.calculate_gain, and lower the learning rate.",
-                snippet="nn.init.xavier_normal_(layer.weight, gain=nn.init.calculate_gain('tanh'))",
-                references=[REFS["glorot2010"]],
-                params={"init": "xavier_normal"},
-            ),
-            Remediation(
-                action="use_non_saturating_activation",
-                detail="For hidden layers, prefer ReLU/GELU, which do not saturate for positive inputs.",
-                references=[REFS["he2015"]],
-                params={"activation": "gelu"},
-            ),
-        ],
+        remediation=lambda flagged: _saturating_remediation(m, flagged),
     )
 
 
@@ -83,20 +67,81 @@ def _rectifying(m: Measurements, kind: str) -> list[Finding]:
         error=gaussian_flat_share(kind, ERROR_SCALE),
         describe=f"{kind} units with derivative < 1% of its maximum (inputs far below zero), "
         f"more than pre-activations {fmt(WARNING_SCALE)}x the unit scale would give",
-        remediation=[
-            Remediation(
-                action="rescale_preactivations",
-                detail="The layer feeding the activation produces inputs far off unit scale: re-initialise its "
-                "weights to a variance-preserving std (gain/sqrt(fan_in), or the std 0.02 transformers use) and "
-                "check for weights that grew during training (lower the learning rate, clip gradients).",
-                snippet="nn.init.normal_(layer.weight, std=0.02); nn.init.zeros_(layer.bias)",
-                references=[REFS["he2015"], REFS["glorot2010"]],
-                params={"init": "normal", "std": 0.02},
-            ),
-            Remediation(
-                action="normalize_preactivations",
-                detail="Normalise the feeding layer's input (LayerNorm/RMSNorm before it, as in pre-LN blocks).",
-                references=[REFS["ba2016"], REFS["xiong2020"]],
-            ),
-        ],
+        remediation=lambda flagged: _rectifying_remediation(m, flagged),
     )
+
+
+def _feeders(m: Measurements, flagged: list[ActivationMeasure]) -> tuple[list[LayerMeasure], float | None]:
+    """The Linear/conv layers computing the flagged activations' inputs, and the median RMS of those inputs."""
+    by_name = {layer.name: layer for layer in m.layers}
+    named = dict.fromkeys(a.feeding_layer for a in flagged if a.feeding_layer in by_name)
+    feeders = [by_name[name] for name in named if name is not None and initialisable(by_name[name])]
+    spreads = [a.input_std for a in flagged if a.input_std] or [
+        layer.output_rms for layer in feeders if layer.output_rms
+    ]
+    return feeders, statistics.median(spreads) if spreads else None
+
+
+def _rescale(feeders: list[LayerMeasure], spread: float | None) -> Remediation | None:
+    """Scale the feeding layers' weights so the pre-activations come back to unit RMS."""
+    if not feeders or spread is None or spread <= 1.0:
+        return None
+    names = [layer.name for layer in feeders]
+    factor = float(f"{1.0 / spread:.2g}")
+    return Remediation(
+        action="rescale_preactivations",
+        detail=f"The pre-activations have RMS {fmt(spread)} (unit scale keeps units off their flat region): "
+        f"multiply the weights of {span(names)} by {fmt(factor)}.",
+        snippet=f"with torch.no_grad():\n    for name in {names[:12]!r}:\n"
+        f"        model.get_submodule(name).weight.mul_({factor})",
+        references=[REFS["glorot2010"], REFS["he2015"]],
+        params={"layers": names, "factor": factor},
+    )
+
+
+def _structural(feeders: list[LayerMeasure], activation: str) -> list[Remediation]:
+    """Normalisation before the activation and a non-saturating activation: code changes, not params."""
+    names = [layer.name for layer in feeders]
+    return [
+        Remediation(
+            action="normalize_preactivations",
+            detail="Add LayerNorm/BatchNorm before the activation (a change to the model's code) so "
+            "pre-activations stay near zero whatever the weights do.",
+            references=[REFS["ioffe2015"], REFS["ba2016"], REFS["xiong2020"]],
+            params={"layers": names, "norm": "LayerNorm"},
+        ),
+        Remediation(
+            action="use_non_saturating_activation",
+            detail=f"For hidden layers, prefer {activation} in the model's code: it does not saturate for positive inputs.",
+            references=[REFS["he2015"]],
+            params={"activation": activation},
+        ),
+    ]
+
+
+def _saturating_remediation(m: Measurements, flagged: list[ActivationMeasure]) -> list[Remediation]:
+    """Off-scale feeders: re-draw them with the activation's gain; at-scale ones: rescale the pre-activations."""
+    feeders, spread = _feeders(m, flagged)
+    kind = flagged[0].kind if flagged[0].kind in ("sigmoid", "tanh") else "tanh"
+    off = off_scale(m, 1.25, [layer.name for layer in feeders])
+    remediation = [r for r in (_rescale(feeders, spread),) if r is not None]
+    if off:
+        names = [layer.name for layer in off]
+        remediation.insert(
+            0,
+            reinit_remediation(
+                "reinitialize",
+                f"Re-initialise {span(names)} with std = gain/sqrt(fan_in), gain {fmt(GAIN[kind])} for {kind} "
+                f"(calculate_gain('{kind}')), so their outputs stay in the activation's linear range.",
+                names,
+                kind,
+            ),
+        )
+    return remediation + _structural(feeders, "gelu")
+
+
+def _rectifying_remediation(m: Measurements, flagged: list[ActivationMeasure]) -> list[Remediation]:
+    """Rescale the feeders' weights to unit-scale pre-activations; else normalise before the activation."""
+    feeders, spread = _feeders(m, flagged)
+    rescale = _rescale(feeders, spread)
+    return ([rescale] if rescale else []) + _structural(feeders, flagged[0].kind)[:1]

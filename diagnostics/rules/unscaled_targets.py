@@ -8,6 +8,7 @@ rules then advise a tiny learning rate or clipping. Findings it explains get ``c
 from __future__ import annotations
 
 from gradhealth.report import Finding, Remediation
+from gradhealth.report.schema import RemediationParam
 
 from ..measurements import Measurements, TargetMeasure
 from .common import REFS, fmt
@@ -77,9 +78,16 @@ def evaluate(m: Measurements) -> list[Finding]:
                     "and map predictions back with * std + mean at inference.",
                     snippet=_SNIPPET,
                     references=[REFS["lecun1998"]],
-                    params={"target_mean": t.mean, "target_std": t.std},
+                    params=_params(t),
                 )
             ],
             confidence=0.9,
         )
     ]
+
+
+def _params(t: TargetMeasure) -> dict[str, RemediationParam]:
+    """Per-column mean/std vectors (docs/verify.md), the whole-target ones when columns were not measured."""
+    means = t.column_means if t.column_means is not None else [t.mean]
+    stds = t.column_stds if t.column_stds is not None else [t.std]
+    return {"mean": [float(v) for v in means], "std": [float(v) if v > 0 else 1.0 for v in stds]}

@@ -42,7 +42,9 @@ def evaluate(m: Measurements) -> list[Finding]:
                         action="remove_or_connect",
                         detail="Delete the unused modules, connect them to the output, or freeze them explicitly "
                         "(requires_grad_(False)); under DDP unused parameters also need find_unused_parameters=True.",
-                        snippet="for p in model.unused_head.parameters():\n    p.requires_grad_(False)",
+                        snippet=f"for name in {names[:12]!r}:\n"
+                        "    model.get_submodule(name).requires_grad_(False)  # or delete / connect the module",
+                        params={"layers": names},
                     )
                 ],
                 confidence=0.95,
@@ -65,7 +67,8 @@ def evaluate(m: Measurements) -> list[Finding]:
                     Remediation(
                         action="check_gradient_path",
                         detail="Something between these layers and the loss blocks the gradient (a detach(), "
-                        "a dead activation, an argmax/round, or a zero multiplier).",
+                        "a dead activation, an argmax/round, or a zero multiplier): an inspection of the model's code.",
+                        params={"layers": names},
                     )
                 ],
                 confidence=0.8,

@@ -5,7 +5,8 @@ from __future__ import annotations
 from gradhealth.report import Finding, Remediation
 
 from ..measurements import Measurements, RecurrentMeasure
-from .common import REFS, batch_confidence, fmt, label_span, layer_label, orders_of_magnitude
+from .advice import GAIN, forget_gate_remediation, initialisable, orthogonal_remediation, reinit_remediation
+from .common import REFS, batch_confidence, fmt, label_span, layer_label, orders_of_magnitude, span
 from .gradient_profile import Profile, depth_profiles
 
 RULE_ID = "vanishing_gradient"
@@ -17,6 +18,8 @@ WARNING_RATIO = 1e-2
 ERROR_RATIO = 1e-3
 
 _SATURATING = {"sigmoid", "tanh", "hardsigmoid", "hardtanh"}
+# A layer within 25% of the Kaiming std (poor_initialization's MISMATCH) is already at that scale.
+KAIMING_TOLERANCE = 1.25
 
 
 def _where(profile: Profile) -> tuple[str, dict[str, float | str | list[str]]]:
@@ -39,35 +42,73 @@ def _where(profile: Profile) -> tuple[str, dict[str, float | str | list[str]]]:
     }
 
 
-def _remediation(kinds: set[str]) -> list[Remediation]:
-    """ReLU + Kaiming, normalisation or residuals; first, replacing saturating activations if present."""
-    remediation = [
-        Remediation(
-            action="use_relu_and_kaiming_init",
-            detail="Use ReLU-family activations with Kaiming-normal init so each layer keeps the gradient scale.",
-            snippet="for m in model.modules():\n    if isinstance(m, (nn.Linear, nn.Conv2d)):\n"
-            "        nn.init.kaiming_normal_(m.weight, nonlinearity='relu'); nn.init.zeros_(m.bias)",
-            references=[REFS["he2015"], REFS["glorot2010"]],
-            params={"init": "kaiming_normal", "activation": "relu"},
-        ),
+def _kaiming_candidates(m: Measurements, trunk: str | None) -> list[str]:
+    """Hidden Linear/conv layers (an activation follows) off the Kaiming (ReLU) scale: what a re-draw changes.
+
+    The output layer (nothing follows it) and embeddings, norms and recurrent cells are never offered
+    a ReLU Kaiming init.
+    """
+    names = []
+    for layer in m.layers:
+        if layer.next_activation is None or (trunk and not layer.name.startswith(trunk + ".")):
+            continue
+        target = GAIN["relu"] / layer.fan_in**0.5 if layer.fan_in else None
+        if not initialisable(layer) or target is None or not layer.weight_std:
+            continue
+        if not 1 / KAIMING_TOLERANCE <= layer.weight_std / target <= KAIMING_TOLERANCE:
+            names.append(layer.name)
+    return names
+
+
+def _remediation(m: Measurements, profile: Profile) -> list[Remediation]:
+    """Type-correct advice: forget-gate bias for LSTMs, orthogonal recurrence, ReLU + Kaiming for Linear/Conv."""
+    kinds = {layer.next_activation for layer in profile.layers if layer.next_activation is not None}
+    lstms = [layer.name for layer in m.layers if layer.type == "LSTM"]
+    plain_rnns = [layer.name for layer in m.layers if layer.type in ("GRU", "RNN")]
+    kaiming = _kaiming_candidates(m, profile.trunk)
+    remediation: list[Remediation] = []
+    if lstms:
+        remediation.append(forget_gate_remediation(lstms))
+    if plain_rnns:
+        remediation.append(
+            orthogonal_remediation(
+                "orthogonal_recurrent_init",
+                plain_rnns,
+                f"Initialise the weights of {', '.join(plain_rnns)} orthogonally (spectral radius 1) so the "
+                "recurrence neither shrinks nor grows the gradient.",
+            )
+        )
+    if kinds & _SATURATING:
+        saturating = [a.name for a in m.activations if a.kind in kinds & _SATURATING]
+        remediation.append(
+            Remediation(
+                action="replace_saturating_activation",
+                detail=f"Layers use {', '.join(sorted(kinds & _SATURATING))}: each passes at most 1/4 (sigmoid) or 1 "
+                "(tanh) of the gradient and nothing once saturated, so depth multiplies the loss. Replace them "
+                "with ReLU/GELU in the model's code (a structural change: no init fixes it), then use Kaiming init.",
+                snippet="nn.ReLU()  # in place of nn.Sigmoid()/nn.Tanh() between the Linear/Conv layers",
+                references=[REFS["glorot2010"], REFS["he2015"]],
+                params={"activation": "relu", "layers": saturating[:32]},
+            )
+        )
+    if kaiming:
+        remediation.append(
+            reinit_remediation(
+                "use_relu_and_kaiming_init",
+                f"Re-initialise the {len(kaiming)} Linear/Conv layers not at the Kaiming scale ({span(kaiming)}) "
+                "with Kaiming-normal (gain √2, bias 0), with ReLU-family activations after them, so each layer "
+                "keeps the gradient scale.",
+                kaiming,
+                "relu",
+            )
+        )
+    remediation.append(
         Remediation(
             action="add_normalization_or_residuals",
             detail="Add BatchNorm/LayerNorm between layers, or residual connections, so the gradient has a short path.",
             references=[REFS["ioffe2015"], REFS["ba2016"], REFS["he2016"]],
-        ),
-    ]
-    if kinds & _SATURATING:
-        remediation.insert(
-            0,
-            Remediation(
-                action="replace_saturating_activation",
-                detail=f"Layers use {', '.join(sorted(kinds & _SATURATING))}: each passes at most 1/4 (sigmoid) of the "
-                "gradient and nothing once saturated. If they must stay, use Xavier (Glorot) init.",
-                snippet="nn.init.xavier_normal_(layer.weight, gain=nn.init.calculate_gain('tanh'))",
-                references=[REFS["glorot2010"]],
-                params={"init": "xavier_normal"},
-            ),
         )
+    )
     return remediation
 
 
@@ -86,7 +127,7 @@ def _depth_finding(m: Measurements, profiles: list[Profile]) -> Finding | None:
     last = profile.values[-1]
     weak = [profile.label(i) for i, value in enumerate(profile.values) if value < last * WARNING_RATIO]
     where, located = _where(profile)
-    remediation = _remediation({layer.next_activation for layer in profile.layers if layer.next_activation is not None})
+    remediation = _remediation(m, profile)
     scope = f"Across the {len(profile.values)} blocks of {profile.trunk}, the" if profile.trunk else "The"
     return Finding(
         rule=RULE_ID,
@@ -109,6 +150,36 @@ def _depth_finding(m: Measurements, profiles: list[Profile]) -> Finding | None:
         remediation=remediation,
         confidence=batch_confidence(m.batch_size),
     )
+
+
+def _time_remediation(rnn: RecurrentMeasure) -> list[Remediation]:
+    """LSTM: forget-gate bias 1; GRU/RNN: orthogonal recurrence; a plain RNN: also a gated cell."""
+    kind = rnn.op.split(".")[-2] if "." in rnn.op else rnn.op
+    orthogonal = orthogonal_remediation(
+        "orthogonal_recurrent_init",
+        [rnn.name],
+        f"Initialise the weights of {rnn.name} orthogonally (spectral radius 1): the default uniform init "
+        "shrinks the gradient at every step back in time.",
+    )
+    bptt = Remediation(
+        action="shorten_bptt",
+        detail="Shorten the back-propagation window (truncated BPTT) or add attention over the sequence.",
+        references=[REFS["pascanu2013"]],
+    )
+    if "lstm" in kind:
+        return [forget_gate_remediation([rnn.name]), orthogonal, bptt]
+    if "gru" in kind:
+        return [orthogonal, bptt]
+    gated = Remediation(
+        action="use_gated_recurrence",
+        detail=f"{rnn.name} is a plain RNN: replace it with nn.LSTM or nn.GRU (gates keep a near-constant error "
+        "flow), a change to the model's code.",
+        snippet=f"# in the model's __init__, in place of the nn.RNN at {rnn.name!r}:\n"
+        "nn.LSTM(input_size, hidden_size, batch_first=True)",
+        references=[REFS["hochreiter1997"], REFS["pascanu2013"]],
+        params={"layers": [rnn.name], "cell": "LSTM"},
+    )
+    return [orthogonal, gated, bptt]
 
 
 def _time_finding(m: Measurements, rnn: RecurrentMeasure) -> Finding | None:
@@ -134,21 +205,7 @@ def _time_finding(m: Measurements, rnn: RecurrentMeasure) -> Finding | None:
             "peak_norm": peak,
         },
         thresholds={"warning_ratio": WARNING_RATIO, "error_ratio": ERROR_RATIO},
-        remediation=[
-            Remediation(
-                action="use_gated_recurrence",
-                detail="Use an LSTM or GRU (gates keep a near-constant error flow) or attention over the sequence.",
-                snippet="self.rnn = nn.LSTM(input_size, hidden_size, batch_first=True)",
-                references=[REFS["hochreiter1997"], REFS["pascanu2013"]],
-                params={"layer": "LSTM"},
-            ),
-            Remediation(
-                action="shorten_or_orthogonal_init",
-                detail="Shorten the back-propagation window (truncated BPTT) or initialise the recurrent weights orthogonally.",
-                snippet="nn.init.orthogonal_(rnn.weight_hh_l0)",
-                references=[REFS["pascanu2013"]],
-            ),
-        ],
+        remediation=_time_remediation(rnn),
         confidence=min(0.9, batch_confidence(m.batch_size)),
     )
 
