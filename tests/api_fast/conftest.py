@@ -21,6 +21,7 @@ pytest.importorskip("fastapi", reason="server extra not installed")
 from fastapi.testclient import TestClient  # noqa: E402
 from gradhealth.api.main import create_app  # noqa: E402
 from gradhealth.store import keys  # noqa: E402
+from gradhealth.store.blobs import blob_store
 from gradhealth.store.db import migrate, session_scope  # noqa: E402
 from gradhealth.store.models import Batch, ModelPackage  # noqa: E402
 from gradhealth.store.settings import Settings  # noqa: E402
@@ -70,17 +71,25 @@ class Project:
         """POST a JSON body with a key of this scope (plus any extra headers)."""
         return self.http.post(path, json=body, headers={**self.headers(scope), **(headers or {})})
 
+    def stored_blob(self) -> str:
+        """The sha256 of 16 random bytes committed to the blob store: an analysis is queued only when its inputs are stored."""
+        store = blob_store(self.settings)
+        staged = store.stage()
+        staged.write(secrets.token_bytes(16))
+        return store.commit(staged)
+
     def seed_inputs(self, returns_loss: bool = True) -> tuple[str, str]:
         """A model and a batch row as an upload would leave them (no torch needed: nothing runs them here)."""
+        shas = [self.stored_blob(), self.stored_blob()]
         with session_scope(self.settings) as session:
             model = ModelPackage(
                 project_id=self.id,
-                sha256=secrets.token_hex(32),
+                sha256=shas[0],
                 size_bytes=1,
                 format="torch.export",
                 returns_loss=returns_loss,
             )
-            batch = Batch(project_id=self.id, sha256=secrets.token_hex(32), size_bytes=1, shapes="{}")
+            batch = Batch(project_id=self.id, sha256=shas[1], size_bytes=16, shapes="{}")
             session.add_all([model, batch])
             session.flush()
             return model.id, batch.id

@@ -19,7 +19,7 @@ SHAPES = {"inputs": [8, 4], "targets": [8]}
 def seed_batch(project: Project, shapes: dict[str, list[int]] = SHAPES) -> str:
     """A batch row as an upload would leave it, with these shapes."""
     with session_scope(project.settings) as session:
-        batch = Batch(project_id=project.id, sha256=secrets.token_hex(32), size_bytes=1, shapes=json.dumps(shapes))
+        batch = Batch(project_id=project.id, sha256=project.stored_blob(), size_bytes=16, shapes=json.dumps(shapes))
         session.add(batch)
         session.flush()
         return batch.id
