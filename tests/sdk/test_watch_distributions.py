@@ -76,7 +76,9 @@ def _train(client: gradhealth.Client, steps: int = 30) -> tuple[Any, dict[int, l
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     x, y = torch.randn(64, 6), torch.randn(64, 1)
     expected: dict[int, list[list[float]]] = {}
-    with watch(model, opt, run="dist", client=client, budget=None, distributions=5, flush_interval=0.2) as handle:
+    with watch(
+        model, opt, run="dist", client=client, budget=None, distributions=5, activations=5, flush_interval=0.2
+    ) as handle:
         for step in range(steps):
             opt.zero_grad()
             F.mse_loss(model(x), y).backward()
@@ -101,6 +103,9 @@ def test_sketches_reach_the_report_as_band_charts_and_markdown(client: gradhealt
     assert html.count("gh-dist-chart") >= 4 and html.count('class="gh-band"') >= 16  # 2 layers x 2 kinds x 4 bands
     markdown = report.to_markdown()
     assert "## Distributions" in markdown and "| `0` | 6 |" in markdown
+    relu = report.timeline.activations["1"]
+    assert relu.kind == "relu" and relu.steps == dist.steps and all(0 <= v <= 1 for v in relu.dead)
+    assert "## Activations" in markdown and "| `1` | relu |" in markdown
 
 
 BAD_EXTRAS = [
