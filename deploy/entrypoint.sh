@@ -39,7 +39,7 @@ gpu-workers)
         pids="$pids $!"
         i=$((i + 1))
     done
-    echo "$n" > /tmp/gradhealth-gpu-workers
+    echo "$n" > "${GRADHEALTH_RUN_DIR:-/tmp}/gradhealth-gpu-workers"  # the health check reads how many to ping
     trap 'kill -TERM $pids 2>/dev/null; wait; exit 143' TERM INT
     # One worker exiting takes the container down, so the orchestrator restarts it whole.
     while :; do

@@ -11,7 +11,7 @@ worker)
     exec gradhealth worker --healthcheck --name "${GRADHEALTH_WORKER_NAME:-worker}@${host}"
     ;;
 gpu-workers)
-    n="$(cat /tmp/gradhealth-gpu-workers 2>/dev/null || echo 0)"
+    n="$(cat "${GRADHEALTH_RUN_DIR:-/tmp}/gradhealth-gpu-workers" 2>/dev/null || echo 0)"
     [ "$n" -ge 1 ] || exit 1
     i=0
     while [ "$i" -lt "$n" ]; do
