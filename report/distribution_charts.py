@@ -2,7 +2,7 @@
 
 Each chart shades the bands between symmetric quantile pairs of the layer's sketches (min-max,
 6.68-93.32%, 15.87-84.13%, 30.85-69.15%: the extremes and +-1.5, 1, 0.5 sigma of a normal), darker
-towards the middle, with the median as a line. Steps whose sketch has no finite value break the bands.
+towards the middle, with the median as a line. A step whose sketch has no finite value is left out (bands join its neighbours).
 """
 
 from __future__ import annotations
