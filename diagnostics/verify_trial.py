@@ -29,21 +29,39 @@ class TrialOutcome:
 def make_optimizer(spec: OptimizerSpec, params: list[Tensor], lr: float) -> torch.optim.Optimizer:
     """The user's optimizer over the trial's trainable parameters, at the trial's lr."""
     if spec.name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=spec.momentum, weight_decay=spec.weight_decay, foreach=True)
     if spec.name == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=spec.betas, eps=spec.eps, weight_decay=spec.weight_decay)
-    return torch.optim.AdamW(params, lr=lr, betas=spec.betas, eps=spec.eps, weight_decay=spec.weight_decay)
+        return torch.optim.Adam(
+            params, lr=lr, betas=spec.betas, eps=spec.eps, weight_decay=spec.weight_decay, foreach=True
+        )
+    return torch.optim.AdamW(
+        params, lr=lr, betas=spec.betas, eps=spec.eps, weight_decay=spec.weight_decay, foreach=True
+    )
 
 
-def _round_through_fp16(grads: list[Tensor], scale: float) -> float:
-    """Replace each (scaled) gradient by its fp16 value, unscaled; return the fraction flushed to zero."""
-    flushed = nonzero = 0.0
+def global_norm(grads: list[Tensor], norm_type: float) -> Tensor:
+    """The gradients' global norm in one fused pass (what clip_grad_norm_ computes)."""
+    if not grads:
+        return torch.zeros(())
+    norms = torch._foreach_norm(grads, norm_type)
+    total: Tensor = torch.linalg.vector_norm(torch.stack([n.float() for n in norms]), norm_type)
+    return total
+
+
+def _round_through_fp16(grads: list[Tensor], scale: float, count: bool) -> float | None:
+    """Replace each (scaled) gradient by its fp16 value, unscaled; with count, the fraction flushed to zero."""
+    flushed: Tensor | None = None
+    nonzero: Tensor | None = None
     for g in grads:
         half = g.half()
-        nonzero += float((g != 0).sum())
-        flushed += float(((g != 0) & (half == 0)).sum())
+        if count:
+            lost, kept = ((g != 0) & (half == 0)).sum(), (g != 0).sum()
+            flushed = lost if flushed is None else flushed + lost
+            nonzero = kept if nonzero is None else nonzero + kept
         g.copy_(half.float() / scale)
-    return flushed / nonzero if nonzero else 0.0
+    if flushed is None or nonzero is None:
+        return None
+    return float(flushed) / max(float(nonzero), 1.0)
 
 
 def run_trial(loaded: LoadedModel, setup: TrialSetup, spec: OptimizerSpec, steps: int, precision: str) -> TrialOutcome:
@@ -54,8 +72,8 @@ def run_trial(loaded: LoadedModel, setup: TrialSetup, spec: OptimizerSpec, steps
     for name, p in setup.params.items():
         p.requires_grad_(name in setup.trainable)
     optimizer = make_optimizer(spec, trained, setup.lr)
-    flushed = 0.0
-    for _ in range(steps):
+    flushed: float | None = None
+    for step in range(steps):
         optimizer.zero_grad(set_to_none=True)
         loss = loaded.per_sample_loss(setup.inputs, setup.targets).float().mean()
         value = float(loss.detach())
@@ -68,12 +86,15 @@ def run_trial(loaded: LoadedModel, setup: TrialSetup, spec: OptimizerSpec, steps
         grads = [p.grad for p in trained if p.grad is not None]
         if precision == "fp16":
             with torch.no_grad():
-                flushed = _round_through_fp16(grads, setup.loss_scale)
+                counted = _round_through_fp16(grads, setup.loss_scale, count=step in (0, steps - 1))
+                flushed = counted if counted is not None else flushed
         elif setup.loss_scale != 1.0:
             for g in grads:
                 g.div_(setup.loss_scale)
-        max_norm = setup.max_norm if setup.max_norm is not None else math.inf
-        norm = float(torch.nn.utils.clip_grad_norm_(trained, max_norm, norm_type=setup.norm_type)) if grads else 0.0
+        if setup.max_norm is not None:
+            norm = float(torch.nn.utils.clip_grad_norm_(trained, setup.max_norm, norm_type=setup.norm_type))
+        else:
+            norm = float(global_norm(grads, setup.norm_type))
         outcome.steps_run += 1
         if not math.isfinite(norm):
             traj.grad_norm.append(None)
