@@ -22,7 +22,12 @@ little more than reading the weights and gradients, so any extra pass over them 
 Budget (DESIGN.md §6): watch() adds <= 3% step time at default settings.
 
     python benchmarks/watch_overhead.py [--rounds 7] [--steps 15] [--warmup 40] [--models transformer,cnn,mlp]
-                                        [--sink serve|stub] [--no-wandb]
+                                        [--sink serve|stub] [--no-wandb] [--distributed ddp,fsdp]
+
+"no dist." is watch() at its defaults with distributions=False: the difference to "watch()" is the
+cost of the distribution sketches at the stride watch() chose for them ("sketch stride" column).
+--distributed adds, per model, the overhead of watch() under DDP and FSDP2 on 2 CPU processes
+(benchmarks/watch_distributed.py).
 
 wandb is not a dependency of gradhealth: `pip install wandb` into the environment to compare.
 """
@@ -228,11 +233,15 @@ def measure(
     pair with its own plain loop, so its service process never runs during gradhealth's rounds.
     """
     x, y = case.batch(torch.Generator().manual_seed(1))
-    copies = _copies(case, 3)
+    copies = _copies(case, 4)
     variants = [Variant("plain", *copies[0], lambda loss: None)]
     handles = {}
-    for name, budget, (model, opt) in zip(("default", "budget=None"), (BUDGET, None), copies[1:], strict=True):
-        handle = gradhealth.watch(model, opt, run=f"bench-{case.name}-{name}", client=client, budget=budget)
+    for name, budget, (model, opt) in zip(
+        ("default", "budget=None", "no dist."), (BUDGET, None, BUDGET), copies[1:], strict=True
+    ):
+        sketches = name != "no dist."
+        run = f"bench-{case.name}-{name}"
+        handle = gradhealth.watch(model, opt, run=run, client=client, budget=budget, distributions=sketches)
         handles[name] = handle
         variants.append(Variant(name, model, opt, lambda loss, h=handle: h.log(loss=loss), handle.close))
     _interleave(variants, x, y, rounds, steps, warmup)
@@ -257,6 +266,7 @@ def measure(
     ratios["plain"] = statistics.median(variants[0].times)
     ratios["stride"] = handles["default"].stride
     ratios["measured"] = handles["default"].overhead or math.nan
+    ratios["sketch stride"] = handles["default"]._extras.sketches.stride
     return ratios
 
 
@@ -291,6 +301,7 @@ def main() -> None:
     parser.add_argument("--models", default="transformer,cnn,mlp")
     parser.add_argument("--sink", choices=["serve", "stub"], default="serve")
     parser.add_argument("--no-wandb", action="store_true")
+    parser.add_argument("--distributed", default="", help="also ddp and/or fsdp on 2 CPU processes: ddp,fsdp")
     args = parser.parse_args()
     use_wandb = not args.no_wandb
     warnings.filterwarnings("ignore", category=WatchWarning)  # the throttle's note: the "stride" column shows it
@@ -313,18 +324,29 @@ def main() -> None:
             )
             print(
                 f"{'model':38s} {'plain':>9s} {'watch()':>9s} {'stride (measured)':>18s} "
-                f"{'budget=None':>12s} {'wandb.watch':>12s}"
+                f"{'budget=None':>12s} {'wandb.watch':>12s} {'no dist.':>9s} {'sketch stride':>14s}"
             )
             worst = 0.0
             for name in args.models.split(","):
                 ratios = measure(CASES[name], client, args.rounds, args.steps, args.warmup, use_wandb)
                 worst = max(worst, ratios["default"])
-                cells = [f"{ratios[k]:+.1%}" if k in ratios else "-" for k in ("default", "budget=None", "wandb")]
+                keys = ("default", "budget=None", "wandb", "no dist.")
+                cells = [f"{ratios[k]:+.1%}" if k in ratios else "-" for k in keys]
                 stride = f"{ratios['stride']:.0f} ({ratios['measured']:.1%})"
                 print(
                     f"{CASES[name].name:38s} {ratios['plain'] * 1e3:6.1f} ms {cells[0]:>9s} {stride:>18s} "
-                    f"{cells[1]:>12s} {cells[2]:>12s}"
+                    f"{cells[1]:>12s} {cells[2]:>12s} {cells[3]:>9s} {ratios['sketch stride']:>14.0f}"
                 )
+            for mode in filter(None, args.distributed.split(",")):
+                from watch_distributed import measure as measure_distributed
+
+                for name in args.models.split(","):
+                    got = measure_distributed(mode, name, (url, key), args.rounds, args.steps, args.warmup)
+                    worst = max(worst, got["overhead"])
+                    print(
+                        f"{mode.upper()} x2 {CASES[name].name:31s} {got['plain'] * 1e3:6.1f} ms "
+                        f"{got['overhead']:>+9.1%} stride {got['stride']}, sketch stride {got['sketch_stride']}"
+                    )
             verdict = "within" if worst <= BUDGET else "OVER"
             print(f"\nworst watch() overhead at default settings {worst:+.1%}: {verdict} the {BUDGET:.0%} budget")
 
