@@ -10,6 +10,7 @@ squared. Weight decay is left out of both operators.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -19,8 +20,9 @@ from torch import Tensor
 from .attention import math_attention, unfused_copy
 from .curvature import LanczosResult, lanczos_top_eigenvalue
 from .curvature_stats import (
+    CHECK_TRACE_PROBES,
+    LAMBDA_TOL,
     TOP_K,
-    TRACE_PROBES,
     CurvatureStats,
     condition_ratio,
     slq_density,
@@ -93,7 +95,12 @@ def _preconditioned(op: HessianOperator, options: AnalysisOptions, outcome: Curv
     scale = adam_scale(op.gradient, opt.eps)
     try:
         pre = lanczos_top_eigenvalue(
-            lambda v: scale * op(scale * v), op.dim, op.gradient, max_steps=options.curvature_iterations
+            lambda v: scale * op(scale * v),
+            op.dim,
+            op.gradient,
+            max_steps=options.curvature_iterations,
+            rel_tol=LAMBDA_TOL,
+            start=scale * op.gradient,  # P^-1/2 g: the gradient in the coordinates y = P^1/2 theta
         )
     except FAILURES as exc:
         outcome.skipped.append((PRECONDITIONED_CHECK, explain_failure(exc)))
@@ -111,11 +118,15 @@ def _spectrum(op: HessianOperator, top: LanczosResult, options: AnalysisOptions,
     stats = outcome.stats
     lam = top_eigenvalue_interval(top)
     stats.estimates["hessian_max_eigenvalue"] = lam
-    stats.top_eigenvalues = top.top(TOP_K)
+    pairs = zip(top.ritz_values, top.ritz_residuals, strict=True)
+    # the converged run from the top ("full" converges TOP_K); one past an unconverged value may skip an eigenvalue
+    converged = [v for v, _ in itertools.takewhile(lambda p: p[1] <= LAMBDA_TOL * abs(p[0]), pairs)]
+    stats.top_eigenvalues = converged[:TOP_K] or top.top(1)
     if "full" in options.checks:
         stats.density_grid, stats.density = slq_density(top)
     try:
-        trace = trace_interval(op, op.dim, op.gradient, TRACE_PROBES, top)
+        probes = CHECK_TRACE_PROBES["full" if "full" in options.checks else "curvature"]
+        trace = trace_interval(op, op.dim, op.gradient, probes, top)
     except FAILURES as exc:
         outcome.skipped.append((TRACE_CHECK, explain_failure(exc)))
         return
@@ -141,7 +152,10 @@ def _sharpness(
     if op is None:
         outcome.skipped.append((CHECK, "no trainable parameter reaches the loss, so there is no Hessian to measure"))
         return outcome
-    top = lanczos_top_eigenvalue(op, op.dim, op.gradient, max_steps=options.curvature_iterations, k=TOP_K)
+    k = TOP_K if "full" in options.checks else 1  # "curvature" stops once lambda_max alone is within 1%
+    top = lanczos_top_eigenvalue(
+        op, op.dim, op.gradient, max_steps=options.curvature_iterations, rel_tol=LAMBDA_TOL, start=op.gradient, k=k
+    )
     if not math.isfinite(top.eigenvalue):
         raise FloatingPointError("the top eigenvalue is NaN/Inf")
     outcome.sharpness, outcome.steps = top.eigenvalue, top.steps

@@ -24,7 +24,9 @@ from .hvp import hessian_operator
 
 LEVEL = 0.95
 TOP_K = 5
-TRACE_PROBES = 20
+TRACE_PROBES = 20  # the standalone hessian_trace's default
+CHECK_TRACE_PROBES = {"curvature": 4, "full": 8}  # the checks': the Lanczos basis already holds the top of tr(H)
+LAMBDA_TOL = 1e-2  # the checks stop Lanczos once lambda_max's residual bound is 1% of it
 DENSITY_POINTS = 100
 DENSITY_WIDTH = 0.02  # Gaussian sigma as a fraction of the Ritz values' span
 
@@ -163,7 +165,7 @@ def lanczos_top_eigenvalues(
 ) -> LanczosResult:
     """Top-k algebraic Hessian eigenvalues of loss_fn() standalone (benchmarks); result.steps = products used."""
     op, dim, like = _operator(loss_fn, params)
-    return lanczos_top_eigenvalue(op, dim, like, max_steps=max_iterations, rel_tol=tol, seed=seed, k=k)
+    return lanczos_top_eigenvalue(op, dim, like, max_steps=max_iterations, rel_tol=tol, seed=seed, k=k, start=like)
 
 
 def hessian_trace(
@@ -179,5 +181,7 @@ def hessian_trace(
     op, dim, like = _operator(loss_fn, params)
     run = None
     if lanczos_iterations > 0:
-        run = lanczos_top_eigenvalue(op, dim, like, max_steps=lanczos_iterations, rel_tol=tol, seed=seed, k=TOP_K)
+        run = lanczos_top_eigenvalue(
+            op, dim, like, max_steps=lanczos_iterations, rel_tol=tol, seed=seed, k=TOP_K, start=like
+        )
     return trace_interval(op, dim, like, probes, run, seed, level)
