@@ -7,6 +7,7 @@ import sys
 
 from gradhealth.sdk.commands import add_analyze_parser, add_check_parser
 
+from .integrations.tensorboard import add_import_parser
 from .server_cli import add_server_parsers
 
 # What `pip install "gradhealth[server]"` adds; without it only the client commands work.
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_analyze_parser(subparsers)
     add_check_parser(subparsers)
+    add_import_parser(subparsers)
     add_server_parsers(subparsers)
     return parser
 
