@@ -182,3 +182,51 @@ def test_download_folders_of_killed_workers_are_swept_and_live_ones_kept(s3_serv
     finally:
         tempfile.tempdir = old_tmp
     assert list(tmp_path.glob(DOWNLOAD_PREFIX + "*")) == []
+
+
+def queued_analysis(settings: Settings, model: bytes, batch: bytes) -> tuple[str, list[str]]:
+    """Rows and blobs as the API leaves them after two uploads and POST /v1/analyses; returns (id, [shas])."""
+    from gradhealth.store import keys
+    from gradhealth.store.blobs import blob_store
+    from gradhealth.store.db import session_scope
+    from gradhealth.store.models import Analysis, Batch, ModelPackage
+
+    shas = [put(blob_store(settings), data) for data in (model, batch)]
+    with session_scope(settings) as session:
+        project = keys.create_project(session, f"p-{shas[0][:8]}")
+        m = ModelPackage(project_id=project.id, sha256=shas[0], size_bytes=1, format="torch.export")
+        b = Batch(project_id=project.id, sha256=shas[1], size_bytes=1, shapes="{}")
+        session.add_all([m, b])
+        session.flush()
+        row = Analysis(project_id=project.id, model_id=m.id, batch_id=b.id, options="{}")
+        session.add(row)
+        session.flush()
+        return row.id, shas
+
+
+def test_worker_fails_clearly_when_an_input_is_gone_or_storage_refuses(
+    s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gradhealth.store.blobs import blob_store
+    from gradhealth.store.db import migrate, session_scope
+    from gradhealth.store.models import Analysis
+    from gradhealth.workers.runner import execute_analysis
+
+    for name, value in s3_server.env("").items():
+        if name.startswith("AWS_"):
+            monkeypatch.setenv(name, value)
+    bucket = s3_server.new_bucket()
+    settings = Settings(data_dir=tmp_path, blob_url=f"s3://{bucket}/ok", max_attempts=1)
+    migrate(settings)
+    gone, shas = queued_analysis(settings, b"model bytes", b"batch bytes")
+    assert blob_store(settings).delete(shas[1])  # deleted after the analysis was queued
+    assert execute_analysis(settings, gone, "w@test") == "failed"
+    refused, _ = queued_analysis(settings, b"other model", b"other batch")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
+    wrong = settings.model_copy(update={"blob_url": f"s3://{bucket}/ok/"})  # another URL: a fresh client
+    assert execute_analysis(wrong, refused, "w@test") == "failed"
+    with session_scope(settings) as session:
+        missing, denied = session.get(Analysis, gone), session.get(Analysis, refused)
+        assert missing is not None and denied is not None
+        assert missing.error_code == "blob_missing" and shas[1] in (missing.error_message or "")
+        assert denied.error_code == "storage_unavailable" and "AWS_SECRET_ACCESS_KEY" in (denied.error_message or "")
