@@ -21,7 +21,15 @@ NEW_KEYS = {
     "stalled_layer": {"last_moved"},
     "loss_plateau": {"first_logged"},
     "loss_divergence": {"best_diff_sigma", "recent"},
+    "gradient_spike": {"calm", "calm_done"},
 }
+# Keys an old state derives from what it holds instead of taking the fresh default: a stored run has
+# seen norms its calm histogram never kept, so its calm part is unknown (done), and the clip norm stays
+# the all-norm p90 it was.
+DERIVED_KEYS = {"gradient_spike": {"calm_done"}}
+# Fields compared with the stored findings. Advice (remediation) is re-derived from the state on read and
+# changed with issue 14 (calm clip norms, unfreeze, no guard_op from a stream); the verdicts must carry over.
+COMPARED_OUT = {"remediation"}
 
 
 @cache
@@ -36,9 +44,14 @@ def as_json(value: Any) -> Any:
 
 def findings(ev: RunEvaluator, stored: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The findings of the rules the fixture knows, with the fields it knows (later Finding fields are additive)."""
-    keys = set().union(*stored) if stored else set()
+    keys = (set().union(*stored) if stored else set()) - COMPARED_OUT
     found = as_json([f.model_dump(mode="json") for f in ev.findings() if f.rule not in NEW_RULES])
     return [{k: v for k, v in f.items() if k in keys} for f in found] if keys else found
+
+
+def stored(expected: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The stored findings without the fields not compared."""
+    return [{k: v for k, v in f.items() if k not in COMPARED_OUT} for f in expected]
 
 
 def known_state(ev: RunEvaluator) -> dict[str, Any]:
@@ -56,15 +69,17 @@ def test_stored_state_loads_and_continues(index: int) -> None:
     fresh = RunEvaluator(case["layers"]).state()["rules"]
     assert {k: ev.state()["rules"][k] for k in NEW_RULES} == {k: fresh[k] for k in NEW_RULES}  # absent: fresh
     for rule, keys in NEW_KEYS.items():
-        assert {k: ev.state()["rules"][rule][k] for k in keys} == {k: fresh[rule][k] for k in keys}
-    assert findings(ev, case["findings_at_cut"]) == case["findings_at_cut"]
+        fresh_keys = keys - DERIVED_KEYS.get(rule, set())
+        assert {k: ev.state()["rules"][rule][k] for k in fresh_keys} == {k: fresh[rule][k] for k in fresh_keys}
+    assert ev.state()["rules"]["gradient_spike"]["calm_done"] == bool(case["state"]["rules"]["gradient_spike"]["hist"])
+    assert findings(ev, case["findings_at_cut"]) == stored(case["findings_at_cut"])
     assert as_json(ev.summary()) == case["summary_at_cut"]
     assert known_state(ev) == case["state"]  # the stored format is unchanged: a loaded state writes back the same
     if "final_state" not in case:
         return  # a recorded training run: its remaining rows are not stored
     s = random_stream(int(case["name"].split("_")[1]))
     ev.update(s.chunk(case["cut"], len(s.steps)))
-    assert findings(ev, case["findings"]) == case["findings"]
+    assert findings(ev, case["findings"]) == stored(case["findings"])
     assert as_json(ev.summary()) == case["summary"]
     assert known_state(ev) == case["final_state"]
 

@@ -42,8 +42,10 @@ class RunContext:
     layers: list[str]
     last_step: int | None
     last_lr: float | None
-    max_norm: float | None  # suggested clip threshold: ~p90 of the global gradient norms seen
+    max_norm: float | None  # suggested clip threshold: p90 of the calm norms (before the first spike/NaN/climb)
     activations: tuple[str, ...] = ()  # the run's activation modules (watch(activations=...)), in column order
+    norm_p90: float | None = None  # p90 of all global norms seen, diverged steps included
+    calm_clip: bool = False  # max_norm is the calm part's p90 (False: all norms', a state stored before calm)
 
 
 def label(name: str) -> str:
@@ -72,12 +74,15 @@ def round2(x: float) -> float:
 
 
 def clip_remediation(ctx: RunContext) -> Remediation:
-    """clip_grad_norm_ at ~the 90th percentile of the global norms seen (Pascanu et al. 2013)."""
+    """clip_grad_norm_ at the 90th percentile of the calm global norms (Pascanu et al. 2013)."""
     value = "1.0" if ctx.max_norm is None else f"{ctx.max_norm}"
-    detail = (
-        f"Clip the global gradient norm at max_norm≈{value}, the 90th percentile of the norms this run has "
-        "logged: ordinary steps pass untouched, the outliers are scaled down."
+    basis = (
+        "the 90th percentile of the norms this run logged before it first spiked, overflowed or climbed "
+        "(exploded steps would set a clip that never binds)"
+        if ctx.calm_clip
+        else "the 90th percentile of the norms this run has logged"
     )
+    detail = f"Clip the global gradient norm at max_norm≈{value}, {basis}: ordinary steps pass untouched, the outliers are scaled down."
     return clip_gradients(ctx.max_norm, detail, default=1.0)
 
 

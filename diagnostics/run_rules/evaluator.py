@@ -148,13 +148,17 @@ class RunEvaluator:
         return {key: value for rule in self.rules for key, value in rule.summary().items()}
 
     def _context(self) -> RunContext:
-        p90 = self._published()["global_grad_norm_p90"]
+        published = self._published()
+        p90, calm = published["global_grad_norm_p90"], published["calm_grad_norm_p90"]
+        clip = calm if calm else p90  # the calm part's p90; all norms' only for a state stored before it existed
         return RunContext(
             layers=self.layers,
             last_step=self.last_step,
             last_lr=opt_float(self.last_lr),
-            max_norm=float(f"{p90:.2g}") if p90 else None,
+            max_norm=float(f"{clip:.2g}") if clip else None,
             activations=self.activations,
+            norm_p90=float(f"{p90:.2g}") if p90 else None,
+            calm_clip=bool(calm),
         )
 
     def findings(self) -> list[Finding]:

@@ -29,6 +29,10 @@ MIN_Z = 6.0
 # logged steps count each record at its stride (docs/runs.md), not one each.
 RELEASE = 25
 QUANTILE = 0.9  # clip at the 90th percentile: nine steps in ten pass unclipped
+# The clip norm comes from the calm part of the run: the norms logged before the first spike, the
+# first NaN/Inf, or the first norm CLIMB times its rolling median (a divergence climbing too smoothly
+# to spike). A quantile over all norms includes the exploded ones (1e10 after a blow-up) and never binds.
+CLIMB = 10.0
 
 
 def top_contributors(grad: np.ndarray, share: float = 0.8, limit: int = 10) -> list[int]:
@@ -63,12 +67,14 @@ class SpikePeak:
 
 @dataclass
 class GradientSpikeState:
-    """The last 51 log global norms, a histogram of all norms, the episodes and their peaks."""
+    """The last 51 log global norms, histograms of all and of the calm norms, the episodes and their peaks."""
 
     hist: np.ndarray
     quant: LogHistogram
     episodes: Episodes
     peaks: dict[str, SpikePeak]  # keyed by the episode's start step (a JSON key: a string)
+    calm: LogHistogram  # the norms before the run first spiked, overflowed or climbed CLIMB x
+    calm_done: bool  # calm has ended (or is unknown: a state stored before it existed)
 
     @classmethod
     def from_json(cls, st: dict[str, Any] | None) -> GradientSpikeState:
@@ -79,6 +85,9 @@ class GradientSpikeState:
             quant=LogHistogram(st.get("quant")),
             episodes=Episodes(1, RELEASE, higher_is_worse=True, state=st.get("episodes")),
             peaks={k: SpikePeak.from_json(v) for k, v in st.get("extra", {}).items()},
+            calm=LogHistogram(st.get("calm")),
+            # a state stored before the calm histogram existed has seen norms it never kept: unknown, not calm
+            calm_done=bool(st.get("calm_done", "calm" not in st and len(st.get("hist", [])) > 0)),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -88,6 +97,8 @@ class GradientSpikeState:
             "quant": self.quant.state(),
             "episodes": self.episodes.state(),
             "extra": {k: v.to_json() for k, v in self.peaks.items()},
+            "calm": self.calm.state(),
+            "calm_done": self.calm_done,
         }
 
 
@@ -107,12 +118,16 @@ class GradientSpikeRule:
         st.quant.add(norms[ok])
         x = np.log(norms[ok])
         if not len(x):
+            if not st.calm_done:  # a chunk of only NaN/Inf (or zero) norms ends calm too
+                self._feed_calm(norms, np.flatnonzero(ok), np.zeros(0, bool), np.zeros(0, bool))
             return
         level, mad = rolling_median_mad(st.hist, x, WINDOW, include_current=False, min_count=MIN_HISTORY)
         rows = np.flatnonzero(ok)
         sigma = MAD_TO_SIGMA * mad
         excess = x - level
         spike = np.isfinite(level) & (excess > np.maximum(math.log(MIN_RATIO), MIN_Z * sigma))
+        if not st.calm_done:
+            self._feed_calm(norms, rows, spike, np.isfinite(level) & (excess > math.log(CLIMB)))
         episodes = st.episodes
         for i in range(len(x)):
             if not spike[i] and episodes.idle:
@@ -128,13 +143,31 @@ class GradientSpikeRule:
         keep = {str(ep.start) for ep in episodes.episodes()}
         st.peaks = {k: val for k, val in st.peaks.items() if k in keep}
 
+    def _feed_calm(self, norms: np.ndarray, rows: np.ndarray, spike: np.ndarray, climbed: np.ndarray) -> None:
+        """Add this chunk's norms up to the first spike, NaN/Inf or climb; then calm is over (chunking-invariant)."""
+        st = self.st
+        end = len(norms)
+        bad = np.flatnonzero(~np.isfinite(norms))
+        if len(bad):
+            end = int(bad[0])
+        over = spike | climbed
+        if over.any():
+            end = min(end, int(rows[np.argmax(over)]))
+        st.calm.add(norms[:end])
+        st.calm_done = end < len(norms)
+
     def quantile(self, q: float) -> float | None:
         """Any quantile of the global norms seen so far."""
         return self.st.quant.quantile(q)
 
     def summary(self) -> dict[str, float | int | None]:
-        """The run-level numbers this rule keeps: the median and 90th percentile of the global norms seen."""
-        return {"global_grad_norm_p50": self.quantile(0.5), "global_grad_norm_p90": self.quantile(QUANTILE)}
+        """The run-level numbers this rule keeps: median and p90 of all global norms, and p90 of the calm ones."""
+        calm = self.st.calm.quantile(QUANTILE) if self.st.calm.total else None
+        return {
+            "global_grad_norm_p50": self.quantile(0.5),
+            "global_grad_norm_p90": self.quantile(QUANTILE),
+            "calm_grad_norm_p90": calm,
+        }
 
     def state(self) -> dict[str, Any]:
         """JSON state: the last 51 log-norms, the histogram and the episodes."""
@@ -172,7 +205,7 @@ class GradientSpikeRule:
                 "ratio_to_rolling_median": ratio,
                 "robust_z": info.z if info else None,
                 "spiking_steps": count,
-                "global_grad_norm_p90": ctx.max_norm,
+                "global_grad_norm_p90": ctx.norm_p90,
             },
             thresholds={"min_ratio": MIN_RATIO, "min_robust_z": MIN_Z, "window": WINDOW, "clip_quantile": QUANTILE},
             remediation=[

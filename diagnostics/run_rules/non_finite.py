@@ -272,8 +272,9 @@ def _norm_note(prev: float | None, ctx: RunContext) -> str:
     if exploded(prev, ctx):
         assert prev is not None and ctx.max_norm is not None
         return (
-            f" Just before, the global gradient norm had grown to {fmt(prev)} ({fmt(prev / ctx.max_norm)}x its 90th "
-            "percentile): the overflow ends a divergence rather than pointing at one op."
+            f" Just before, the global gradient norm had grown to {fmt(prev)} ({fmt(prev / ctx.max_norm)}x "
+            f"{'the 90th percentile of the norms before it first spiked' if ctx.calm_clip else 'its 90th percentile'}"
+            "): the overflow ends a divergence rather than pointing at one op."
         )
     return f" The global gradient norm before it was {fmt(prev)}." if prev is not None else ""
 
@@ -362,14 +363,16 @@ def _restore(start: int) -> Remediation:
     )
 
 
-def _guard_op(layer: str) -> Remediation:
-    return Remediation(
-        action="guard_op",
-        detail=f"The first NaN/Inf gradient is in {label(layer)}: look there for log/sqrt/div/pow of values "
-        "at 0 or negative, and exp overflow; clamp the input or add an epsilon.",
-        snippet="y = torch.log(x.clamp_min(1e-12))  # or torch.sqrt(x + 1e-12), x / (d + 1e-12)",
-        params={"layer": layer},
+def _analyze_layer(start: int, layer: str) -> Remediation:
+    """The stream shows the layer, not the op: the checkpoint analysis names the op (guard_op only follows that)."""
+    advice = _analyze(start)
+    advice.detail = (
+        f"The first NaN/Inf gradient is in {label(layer)}, with no blow-up before it. The stream shows where, not "
+        f"which op: save the model and the batch of step {start} and run `gradhealth analyze` on them; it names "
+        "the op, and says whether a log/sqrt/div needs a guard."
     )
+    advice.params = {"step": start, "layer": layer}
+    return advice
 
 
 def _advice(ep: Incident, severity: Severity, ctx: RunContext) -> list[Remediation]:
@@ -388,6 +391,5 @@ def _advice(ep: Incident, severity: Severity, ctx: RunContext) -> list[Remediati
     if blew_up:
         return advice
     if not ep.all_layers and ep.layers:
-        advice.append(_guard_op(ctx.layers[ep.layers[0]]))
-        advice.append(_analyze(start))
+        advice.append(_analyze_layer(start, ctx.layers[ep.layers[0]]))
     return advice + [clip_remediation(ctx), lower]

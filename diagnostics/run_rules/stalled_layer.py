@@ -168,8 +168,31 @@ class StalledLayerRule:
         return [stall_finding(group, ctx, self.st.dropped) for group in self.st.groups]
 
 
-def _advice(start: int) -> list[Remediation]:
+def _unfreeze(layers: list[str], kind: str) -> Remediation:
+    """Re-enable gradients (and updates) for the stalled layers' parameters, named as patterns."""
+    patterns = [f"{name}.*" if name else "*" for name in layers]
+    lines = "\n".join(
+        f"for name, p in model.named_parameters():\n    if fnmatch.fnmatch(name, {pattern!r}):\n        p.requires_grad_(True)"
+        for pattern in patterns[:4]
+    )
+    return Remediation(
+        action="unfreeze",
+        detail=f"If the freeze is a mistake, re-enable gradients for {span(layers)} and make sure their parameters "
+        "are in an optimizer group with a non-zero lr"
+        + (
+            " (the gradient is there but the weights do not move: check the optimizer first)."
+            if kind != "grad"
+            else "."
+        ),
+        snippet="import fnmatch\n" + lines,
+        references=[RUN_REFS["torch_freeze"]],
+        params={"parameters": patterns},
+    )
+
+
+def _advice(start: int, layers: list[str], kind: str) -> list[Remediation]:
     return [
+        _unfreeze(layers, kind),
         Remediation(
             action="check_freezing",
             detail="If the freeze is intentional (fine-tuning schedule), nothing to do. Otherwise look for code "
@@ -223,6 +246,6 @@ def stall_finding(group: StallGroup, ctx: RunContext, dropped: int) -> Finding:
             "min_span_steps": MIN_SPAN,
             "active_steps_before": ACTIVE_MIN,
         },
-        remediation=_advice(start),
+        remediation=_advice(start, layers, group.kind),
         confidence=0.9 if group.kind == "grad" else 0.7,
     )

@@ -9,7 +9,8 @@ from typing import Any, ClassVar
 import numpy as np
 from gradhealth.report import Finding, Remediation, Severity
 
-from ..rules.update_ratio import DIVERGING, TARGET, TOO_FAST, TOO_SLOW
+from ..rules.lr_advice import TARGET, TOO_FAST, TOO_SLOW
+from ..rules.update_ratio import DIVERGING
 from .chunk import ChunkView, row_median
 from .common import REFS, RunContext, fmt, round2, span
 from .rolling import Episode, Episodes
