@@ -26,7 +26,8 @@ CRITERION = (
     "no non-finite step, and one of: the baseline diverged while the remedy trains (loss falls); the relative "
     "loss decrease 1-L_K/L_0 is >= 10 points larger than the baseline's; the final loss is >= 10% lower than the "
     "baseline's (same units); the finding's rule fires after the baseline trial and not after the remedy's "
-    "(final loss not higher); fp16: the share of gradients flushed to zero falls under the rule's threshold"
+    "(final loss not higher); fp16: the share of gradients flushed to zero falls under the rule's threshold (no loss "
+    "condition: a converged model's loss need not fall)"
 )
 
 
@@ -70,7 +71,18 @@ def _evidence(rule: str, remeasured: Remeasured) -> dict[str, float | None]:
 def judge(base: TrialOutcome, rem: TrialOutcome, finding: Finding, units_changed: bool, data_changed: bool) -> bool:
     """The stated criterion (CRITERION) for `improved`."""
     b, r = base.trajectory, rem.trajectory
-    if r.non_finite_steps or rem.relative_decrease is None or rem.relative_decrease <= 0:
+    if r.non_finite_steps:
+        return False
+    limit = finding.thresholds.get("warning_fraction") if finding.rule == "fp16_underflow" else None
+    flushed_b, flushed_r = b.evidence.get("fp16_flushed_fraction"), r.evidence.get("fp16_flushed_fraction")
+    if (
+        isinstance(limit, int | float)
+        and flushed_b is not None
+        and flushed_r is not None
+        and flushed_r < limit <= flushed_b
+    ):
+        return True  # fp16: the gradients get through; a converged model's loss need not fall
+    if rem.relative_decrease is None or rem.relative_decrease <= 0:
         return False  # a remedy must at least train: finite, and the loss falls
     if b.non_finite_steps:
         return rem.relative_decrease > 0
@@ -82,10 +94,6 @@ def judge(base: TrialOutcome, rem: TrialOutcome, finding: Finding, units_changed
         return True
     if same_units and not data_changed and b.evidence.get("rule_fires") == 1.0 and r.evidence.get("rule_fires") == 0.0:
         return r_final <= b_final  # type: ignore[operator]
-    limit = finding.thresholds.get("warning_fraction") if finding.rule == "fp16_underflow" else None
-    flushed_b, flushed_r = b.evidence.get("fp16_flushed_fraction"), r.evidence.get("fp16_flushed_fraction")
-    if isinstance(limit, int | float) and flushed_b is not None and flushed_r is not None:
-        return flushed_r < limit <= flushed_b
     return False
 
 

@@ -81,6 +81,20 @@ def test_dead_relu_bias_fix_is_verified_and_ranked_first() -> None:
     assert structural and structural[0].verification and structural[0].verification.status == "not_applicable"
 
 
+def test_fp16_loss_scale_lets_the_gradients_through() -> None:
+    analyzer, inputs, targets, twin = _analyzer("mlp_fp16_underflow_converged")
+    loss = F.mse_loss(twin(inputs[0]), targets, reduction="none").flatten(1).mean(1).mean()
+    grads = torch.autograd.grad(loss, list(twin.parameters()))
+    assert all(bool((g.half() == 0).all()) for g in grads)  # plain fp16 rounding flushes every gradient
+    report = analyzer.run(inputs, targets, AnalysisOptions(precision="fp16", checks=("verify",), verify_steps=5))
+    (finding,) = report.findings_for("fp16_underflow")
+    top = finding.remediation[0]
+    v = top.verification
+    assert top.action == "use_loss_scaling" and v is not None and v.baseline and v.remediated
+    assert v.baseline.grad_norm == [0.0] * 5 and v.baseline.evidence["fp16_flushed_fraction"] == 1.0
+    assert v.remediated.evidence["fp16_flushed_fraction"] == 0.0 and v.status == "verified"
+
+
 def test_healthy_model_runs_no_trial() -> None:
     analyzer, inputs, targets, _ = _analyzer("deep_relu_mlp_kaiming")
     report = analyzer.run(inputs, targets, AnalysisOptions(checks=("standard", "verify")))
