@@ -113,7 +113,8 @@ class Verifier:
         self.spec = options.optimizer or DEFAULT_OPTIMIZER
         self.stats = VerifyStats()
         self.baseline: tuple[TrialOutcome, Remeasured] | None = None
-        self.cache: dict[str, tuple[Verification, float]] = {}
+        self.baseline_error: str | None = None
+        self.trials: dict[str, tuple[TrialOutcome, Remeasured, TrialSetup] | str] = {}  # by action and params
         self.remedy_trials = 0
 
     def _setup(self) -> TrialSetup:
@@ -144,61 +145,82 @@ class Verifier:
         self.stats.steps += outcome.steps_run
         return outcome, found
 
-    def verify(self, finding: Finding, remediation: Remediation, snapshot: _Snapshot) -> tuple[Verification, float]:
-        """The verification of one remediation and its measured effect (for ranking)."""
-        key = json.dumps([finding.rule, remediation.action, remediation.params], sort_keys=True, default=str)
-        if key in self.cache:
-            return self.cache[key]
-        if self.remedy_trials >= self.options.verify_max_trials:
-            reason = f"trial budget spent ({self.options.verify_max_trials} remediation trials per analysis)"
-            return Verification(status="not_applicable", reason=reason), -1.0
-        optimizer: dict[str, float | str | None] = {
-            "name": self.spec.name,
-            "lr": self.spec.lr,
-            "momentum": self.spec.momentum,
-            "weight_decay": self.spec.weight_decay,
-        }
-        params = self._params_for(finding, remediation)
-        setup = self._setup()
-        try:
-            apply_remedy(remediation.action, params, setup)
-        except RemedyError as exc:
-            snapshot.restore(self.loaded.module)
-            return Verification(status="failed", reason=str(exc), optimizer=optimizer), -1.0
-        if self.baseline is None:  # the first applicable remedy: run the shared baseline now
+    def _optimizer(self, lr: float) -> dict[str, float | str | None]:
+        """The trial's optimizer, as the report shows it."""
+        spec = self.spec
+        return {"name": spec.name, "lr": lr, "momentum": spec.momentum, "weight_decay": spec.weight_decay}
+
+    def _run_baseline(self, snapshot: _Snapshot) -> str | None:
+        """Run the shared baseline once; the reason when it cannot run (every verification then fails)."""
+        if self.baseline is None and self.baseline_error is None:
             snapshot.restore(self.loaded.module)
             try:
                 self.baseline = self._trial(self._setup())
+            except Exception as exc:  # the model cannot train as uploaded: say so, keep the analysis
+                self.baseline_error = f"the baseline trial failed: {type(exc).__name__}: {str(exc)[:300]}"
             finally:
                 snapshot.restore(self.loaded.module)
-            setup = self._setup()
-            apply_remedy(remediation.action, params, setup)
-        base, base_found = self.baseline
-        self.remedy_trials += 1
-        try:
-            rem, found = self._trial(setup)
-        except Exception as exc:  # a remedy can make the model fail (e.g. a dtype it cannot take)
-            return Verification(status="failed", reason=f"{type(exc).__name__}: {str(exc)[:300]}"), -1.0
-        finally:
-            snapshot.restore(self.loaded.module)
+        return self.baseline_error
+
+    def verify(self, finding: Finding, remediation: Remediation, snapshot: _Snapshot) -> tuple[Verification, float]:
+        """The verification of one remediation and its measured effect (for ranking)."""
+        params = self._params_for(finding, remediation)
+        key = json.dumps([remediation.action, params], sort_keys=True, default=str)
+        if key not in self.trials:
+            if self.remedy_trials >= self.options.verify_max_trials:
+                reason = f"trial budget spent ({self.options.verify_max_trials} remediation trials per analysis)"
+                return Verification(status="not_applicable", reason=reason), -1.0
+            self.trials[key] = self._remedy_trial(remediation.action, params, snapshot)
+        ran = self.trials[key]
+        if isinstance(ran, str):
+            return Verification(status="failed", reason=ran, optimizer=self._optimizer(self.spec.lr)), -1.0
+        assert self.baseline is not None
+        (base, base_found), (rem, found, setup) = self.baseline, ran
         base_traj = base.trajectory.model_copy(deep=True)
         base_traj.evidence.update(_evidence(finding.rule, base_found))
-        rem.trajectory.evidence.update(_evidence(finding.rule, found))
-        base_for_judging = TrialOutcome(base_traj, base.steps_run, base.relative_decrease)
-        improved = judge(base_for_judging, rem, finding, setup.loss_units_changed, setup.data_changed)
-        optimizer["lr"] = setup.lr
+        rem_traj = rem.trajectory.model_copy(deep=True)
+        rem_traj.evidence.update(_evidence(finding.rule, found))
+        improved = judge(
+            TrialOutcome(base_traj, base.steps_run, base.relative_decrease),
+            TrialOutcome(rem_traj, rem.steps_run, rem.relative_decrease),
+            finding,
+            setup.loss_units_changed,
+            setup.data_changed,
+        )
         result = Verification(
             status="verified" if improved else "not_improved",
             steps=self.options.verify_steps,
-            optimizer=optimizer,
+            optimizer=self._optimizer(setup.lr),
             baseline=base_traj,
-            remediated=rem.trajectory,
+            remediated=rem_traj,
             improved=improved,
             criterion=CRITERION,
         )
-        effect = rem.relative_decrease if rem.relative_decrease is not None else -1.0
-        self.cache[key] = (result, effect)
-        return result, effect
+        return result, rem.relative_decrease if rem.relative_decrease is not None else -1.0
+
+    def _remedy_trial(
+        self, action: str, params: dict[str, RemediationParam], snapshot: _Snapshot
+    ) -> tuple[TrialOutcome, Remeasured, TrialSetup] | str:
+        """Apply the remedy to a fresh copy and train; the reason instead when it cannot be applied or run."""
+        try:
+            apply_remedy(action, params, self._setup())  # validate before paying for the baseline
+        except RemedyError as exc:
+            return str(exc)
+        finally:
+            snapshot.restore(self.loaded.module)
+        error = self._run_baseline(snapshot)
+        if error is not None:
+            return error
+        setup = self._setup()
+        apply_remedy(action, params, setup)
+        self.remedy_trials += 1
+        try:
+            outcome, found = self._trial(setup)
+        except Exception as exc:  # a remedy can make the model fail (e.g. a dtype it cannot take)
+            return f"the trial failed: {type(exc).__name__}: {str(exc)[:300]}"
+        finally:
+            snapshot.restore(self.loaded.module)
+        return outcome, found, setup
 
 
 _STATUS_RANK = {"verified": 0, "not_improved": 1, "failed": 2, "not_applicable": 3}
