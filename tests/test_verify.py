@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +15,7 @@ from gradhealth.diagnostics import AnalysisOptions, Analyzer
 from gradhealth.diagnostics.export import PackageMetadata, export_per_sample_loss
 from gradhealth.diagnostics.loading import from_exported_program
 from gradhealth.diagnostics.verify import verify_findings
-from gradhealth.report import Finding, Remediation
+from gradhealth.report import Finding, Remediation, Report
 from pydantic import ValidationError
 
 from tests.zoo import by_name
@@ -139,3 +143,24 @@ def test_absurd_trial_sizes_are_refused() -> None:
     with pytest.raises(ValidationError, match="verify_max_trials"):
         AnalysisOptions(checks=("verify",), verify_max_trials=0)
     assert not AnalysisOptions(checks=("full",)).runs("verify")  # trials only when named
+
+
+def test_cli_runs_verify(tmp_path: Path) -> None:
+    import gradhealth
+
+    model, loss, inputs, targets = by_name("mlp_dead_relu_negative_bias").build()
+    package = gradhealth.package(model, loss, inputs, targets, tmp_path / "model.pt2")
+    batch = gradhealth.save_batch(tmp_path / "batch.safetensors", inputs, targets)
+    args = ["analyze", "--model", str(package), "--batch", str(batch), "--checks", "standard,verify"]
+    done = subprocess.run([sys.executable, "-m", "gradhealth.cli", *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = Report.model_validate(json.loads(done.stdout))
+    top = report.findings_for("dead_relu")[0].remediation[0]
+    assert top.verification is not None and top.verification.status == "verified"
+    bad = subprocess.run(
+        [sys.executable, "-m", "gradhealth.cli", *args[:-1], "standard,verify,forever"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert bad.returncode == 2 and "checks" in bad.stderr
