@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 if TYPE_CHECKING:
     from gradhealth.diagnostics import AnalysisOptions
+    from gradhealth.report import Report
 
 EXIT_OK = 0
 EXIT_INPUT = 2
@@ -66,6 +67,13 @@ def add_analyze_parser(subparsers: argparse._SubParsersAction) -> None:  # type:
     p.add_argument("--format", choices=["json", "markdown"], default="json", help="output format (default json)")
     p.add_argument("--output", type=Path, help="write the report here instead of stdout")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.add_argument(
+        "--verify-report",
+        type=Path,
+        metavar="REPORT.json",
+        help="instead of analysing, verify this report's findings (e.g. a run report from watch()) on MODEL "
+        "and BATCH, a checkpoint of that run: prints the report with each remediation's verification",
+    )
     p.set_defaults(handler=run_analyze)
 
 
@@ -102,6 +110,22 @@ def _options(args: argparse.Namespace) -> AnalysisOptions:
     )
 
 
+def _verify_report(args: argparse.Namespace, options: AnalysisOptions) -> Report:
+    """`--verify-report`: the given report's findings verified on the model and the (first) batch."""
+    from gradhealth.diagnostics import InputError
+    from gradhealth.diagnostics.verify_engine import verify_report_files
+    from gradhealth.report import Report  # noqa: F811  # the runtime import; the one above is for types
+
+    path: Path = args.verify_report
+    if not path.is_file():
+        raise InputError(f"--verify-report {path}: no such file")
+    try:
+        given = Report.model_validate_json(path.read_bytes())
+    except ValidationError as exc:
+        raise InputError(f"--verify-report {path} is not a gradhealth report: {str(exc)[:400]}") from None
+    return verify_report_files(args.model, args.batch[0], given, options.model_copy(update={"checks": ("verify",)}))
+
+
 def run_analyze(args: argparse.Namespace) -> int:
     """Load, analyse, print; map every input problem to exit code 2 with a clear message."""
     from gradhealth.diagnostics import InputError, analyze_files
@@ -120,7 +144,10 @@ def run_analyze(args: argparse.Namespace) -> int:
             print(f"\r[{fraction:4.0%}] {phase:<20}", end="", file=sys.stderr, flush=True)
 
     try:
-        report = analyze_files(args.model, args.batch, options, progress=progress)
+        if getattr(args, "verify_report", None) is not None:
+            report = _verify_report(args, options)
+        else:
+            report = analyze_files(args.model, args.batch, options, progress=progress)
     except InputError as exc:
         return _fail(str(exc))
     if not args.quiet and sys.stderr.isatty():

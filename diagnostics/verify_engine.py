@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from gradhealth.report import Finding
+import torch
+from gradhealth.report import Finding, Report
 from torch import Tensor
 
+from .loading import LoadedModel
 from .measurements import Measurements
 from .options import AnalysisOptions, OptimizerSpec
 from .rules import evaluate_rules
@@ -69,3 +73,42 @@ def measured_metrics(m: Measurements) -> dict[str, float | None]:
         "saturated_fraction": max(saturated) if saturated else None,
         "grad_rms_first_to_last": rms[0] / rms[-1] if len(rms) > 1 and rms[-1] > 0 else None,
     }
+
+
+def verify_report(
+    loaded: LoadedModel,
+    report: Report,
+    inputs: tuple[Tensor, ...],
+    targets: Tensor,
+    options: AnalysisOptions,
+) -> Report:
+    """Verify another report's findings (e.g. a run report from watch()) on a checkpoint of that model."""
+    from .engine import Analyzer  # the engine imports this module
+
+    result = report.model_copy(deep=True)
+    analyzer = Analyzer(loaded)
+    device = (
+        torch.device(options.device)
+        if options.device
+        else next((p.device for p in loaded.module.parameters()), torch.device("cpu"))
+    )
+    loaded.module.to(device)
+    inputs = tuple(t.to(device) for t in inputs)
+    targets = targets.to(device)
+    start = time.perf_counter()
+    stats = verify_analysis(analyzer, result.findings, inputs, targets, options, lambda phase, fraction: None)
+    if stats.trials:
+        result.timings["verify"] = round(time.perf_counter() - start, 6)
+        result.metrics.update(verify_trials=stats.trials, verify_steps=stats.steps)
+    return result
+
+
+def verify_report_files(
+    model_path: str | os.PathLike[str], batch_path: str | os.PathLike[str], report: Report, options: AnalysisOptions
+) -> Report:
+    """verify_report on a model package and a batch file, as `gradhealth analyze --verify-report` runs it."""
+    from .batch import read_batch
+    from .loading import load_package
+
+    inputs, targets = read_batch(batch_path)
+    return verify_report(load_package(model_path, loss=options.loss), report, inputs, targets, options)

@@ -164,3 +164,47 @@ def test_cli_runs_verify(tmp_path: Path) -> None:
         timeout=300,
     )
     assert bad.returncode == 2 and "checks" in bad.stderr
+
+
+def test_cli_verifies_a_run_reports_findings_on_a_checkpoint(tmp_path: Path) -> None:
+    from gradhealth.report import ModelInfo
+
+    import gradhealth
+
+    model, loss, inputs, targets = by_name("mlp_sgd_lr_above_edge_of_stability").build()
+    package = gradhealth.package(model, loss, inputs, targets, tmp_path / "model.pt2")
+    batch = gradhealth.save_batch(tmp_path / "batch.safetensors", inputs, targets)
+    diverged = Finding(
+        rule="loss_divergence",
+        severity="error",
+        title="Loss diverged",
+        message="m",
+        step=120,
+        confidence=1.0,
+        remediation=[
+            Remediation(action="lower_lr", detail="lower the lr", params={"lr": 0.15}),
+            Remediation(action="restore_and_skip", detail="restore a checkpoint"),
+        ],
+    )
+    info = ModelInfo(format="run", num_parameters=0, num_layers=0, dtype="float32", device="cpu")
+    run = Report(id="run1", kind="run", health="error", summary="s", model=info, findings=[diverged])
+    (tmp_path / "run.json").write_text(run.model_dump_json())
+    args = ["analyze", "--model", str(package), "--batch", str(batch), "--optimizer", "sgd", "--lr", "1.5"]
+    args += ["--momentum", "0.9", "--verify-report", str(tmp_path / "run.json")]
+    done = subprocess.run([sys.executable, "-m", "gradhealth.cli", *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    verified = Report.model_validate(json.loads(done.stdout))
+    assert verified.kind == "run" and verified.id == "run1"
+    first, second = verified.findings[0].remediation
+    assert first.action == "lower_lr" and first.verification and first.verification.status == "verified"
+    assert first.verification.optimizer["lr"] == 0.15 and first.verification.baseline
+    assert first.verification.baseline.non_finite_steps == 1  # lr 1.5 with momentum diverges on this model
+    assert second.verification and second.verification.status == "not_applicable"
+    (tmp_path / "bad.json").write_text('{"id": 3}')
+    bad = subprocess.run(
+        [sys.executable, "-m", "gradhealth.cli", *args[:-1], str(tmp_path / "bad.json")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert bad.returncode == 2 and "is not a gradhealth report" in bad.stderr
