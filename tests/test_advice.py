@@ -290,3 +290,33 @@ def test_zoo_has_a_case_per_applicable_family() -> None:
     actions = {r.action for case in PATHOLOGICAL for r in _all(_report(case.name))}
     assert {"reinitialize", "clip_gradients", "standardize_inputs", "fix_bias_and_init", "use_loss_scaling"} <= actions
     assert zoo.by_name("deep_relu_mlp_normal_init").healthy is False
+
+
+def _trained(model: nn.Module, x: Tensor, y: Tensor, steps: int = 30) -> float:
+    """Relative loss decrease after `steps` of SGD(0.01, momentum 0.9): what the verify check's default trial runs."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    first = None
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        first = float(loss.detach()) if first is None else first
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        return 1 - float(F.cross_entropy(model(x), y)) / (first or 1.0)
+
+
+def test_deep_sigmoid_vanishing_gets_an_applicable_backward_gain_that_trains() -> None:
+    """Applied by hand from action + params: gain 4 = 1/sigmoid'(0) on the layers reading sigmoids, bias 0."""
+    fix = next(r for r in _report("deep_sigmoid_mlp").findings[0].remediation if r.action == "reinitialize")
+    assert fix.params["nonlinearity"] == "sigmoid" and fix.params["gain"] == 4.0 and fix.params["bias"] == 0.0
+    assert fix.params["layers"] == [f"net.{i}" for i in range(2, 21, 2)]  # the layers reading a sigmoid, head included
+    model, _, (x,), y = by_name("deep_sigmoid_mlp").build()
+    baseline = _trained(model, x, y)
+    model, _, (x,), y = by_name("deep_sigmoid_mlp").build()
+    torch.manual_seed(0)
+    for name in fix.params["layers"]:  # type: ignore[union-attr]
+        layer = model.get_submodule(name)
+        nn.init.normal_(layer.weight, std=4.0 / layer.weight[0].numel() ** 0.5)
+        nn.init.zeros_(layer.bias)
+    assert _trained(model, x, y) > 3 * baseline > 0

@@ -55,14 +55,16 @@ def _names_literal(layers: list[str]) -> str:
     return f"[{shown}{', ...' if len(layers) > 12 else ''}]"
 
 
-def init_snippet(layers: list[str], scheme: str, nonlin: str, bias: float | None) -> str:
-    """Re-draw the named modules' weights with the scheme, real paths, one loop."""
+def init_snippet(layers: list[str], scheme: str, nonlin: str, bias: float | None, gain: float | None = None) -> str:
+    """Re-draw the named modules' weights with the scheme, real paths, one loop (an explicit gain as a std)."""
     call = {
         "kaiming_normal": f"nn.init.kaiming_normal_(layer.weight, nonlinearity='{nonlin}')",
         "kaiming_uniform": f"nn.init.kaiming_uniform_(layer.weight, nonlinearity='{nonlin}')",
         "xavier_normal": f"nn.init.xavier_normal_(layer.weight, gain=nn.init.calculate_gain('{nonlin}'))",
         "orthogonal": f"nn.init.orthogonal_(layer.weight, gain=nn.init.calculate_gain('{nonlin}'))",
     }[scheme]
+    if gain is not None and scheme == "kaiming_normal" and abs(gain - GAIN[nonlin]) > 1e-9:
+        call = f"nn.init.normal_(layer.weight, std={gain:.4g} / layer.weight[0].numel() ** 0.5)  # gain/sqrt(fan_in)"
     lines = [f"for name in {_names_literal(layers)}:", "    layer = model.get_submodule(name)", f"    {call}"]
     if bias is not None:
         lines.append(f"    nn.init.constant_(layer.bias, {bias})" if bias else "    nn.init.zeros_(layer.bias)")
@@ -78,15 +80,20 @@ def reinit_remediation(
     scheme: str = "kaiming_normal",
     bias: float | None = 0.0,
     references: list[str] | None = None,
+    gain: float | None = None,
 ) -> Remediation:
-    """A re-initialisation with layers, scheme, nonlinearity, gain and bias as docs/verify.md defines them."""
+    """A re-initialisation with layers, scheme, nonlinearity, gain and bias as docs/verify.md defines them.
+
+    The gain defaults to calculate_gain(nonlinearity); an explicit one (sigmoid's backward gain 4) is a std.
+    """
     nonlin = nonlinearity(activation)
+    chosen = GAIN[nonlin] if gain is None else gain
     return Remediation(
         action=action,
         detail=detail,
-        snippet=init_snippet(layers, scheme, nonlin, bias),
+        snippet=init_snippet(layers, scheme, nonlin, bias, chosen),
         references=references or [REFS["he2015"], REFS["glorot2010"]],
-        params={"layers": layers, "scheme": scheme, "nonlinearity": nonlin, "gain": GAIN[nonlin], "bias": bias},
+        params={"layers": layers, "scheme": scheme, "nonlinearity": nonlin, "gain": chosen, "bias": bias},
     )
 
 
@@ -124,14 +131,19 @@ def off_scale(m: Measurements, mismatch: float, among: list[str] | None = None) 
     return result
 
 
+def feeders(m: Measurements, layer: LayerMeasure) -> list[LayerMeasure]:
+    """The layers whose outputs this one reads: its serial inputs (graph), else the previous layer."""
+    by_name = {other.name: other for other in m.layers}
+    found = [by_name[name] for name in layer.serial_inputs or [] if name in by_name]
+    if not found and layer.serial_inputs is None:
+        index = m.layers.index(layer)
+        found = m.layers[index - 1 : index] if index > 0 else []
+    return found
+
+
 def _input_rms(m: Measurements, layer: LayerMeasure) -> float | None:
     """RMS of the layer's input: its serial feeder's output, else the previous layer's."""
-    by_name = {other.name: other for other in m.layers}
-    feeders = [by_name[name] for name in layer.serial_inputs or [] if name in by_name]
-    if not feeders:
-        index = m.layers.index(layer)
-        feeders = m.layers[index - 1 : index] if index > 0 else []
-    values = [f.output_rms for f in feeders if f.output_rms]
+    values = [f.output_rms for f in feeders(m, layer) if f.output_rms]
     return max(values) if values else None
 
 

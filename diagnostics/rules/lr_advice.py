@@ -45,7 +45,8 @@ def ratio_lr(m: Measurements) -> float | None:
     Too slow: scale so the fastest layer moves 1e-3, not the median, and never lower the lr. In a
     vanishing net the median layer is starved; scaling the lr for it would push the healthy layers
     (and the sharpest direction) far past stability, and when the fastest layer already moves 1e-3
-    the slow ones lack gradient, not lr. Too fast: scale so the median moves 1e-3.
+    the slow ones lack gradient, not lr. Too fast, or Adam (whose step does not scale with the
+    gradient): scale so the median moves 1e-3.
     """
     opt = m.options.optimizer
     values = [r for _, r in ratios(m)]
@@ -54,8 +55,8 @@ def ratio_lr(m: Measurements) -> float | None:
     median = statistics.median(values)
     if TOO_SLOW <= median <= TOO_FAST:
         return None
-    if median > TOO_FAST:
-        return opt.lr * TARGET / median
+    if median > TOO_FAST or opt.name in ("adam", "adamw"):
+        return opt.lr * TARGET / median  # Adam's step ignores the gradient's scale: no layer is starved
     return max(opt.lr, opt.lr * TARGET / max(values))
 
 

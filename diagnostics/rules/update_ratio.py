@@ -18,14 +18,14 @@ RULE_ID = "update_ratio"
 DIVERGING = 1.0
 
 
-def _basis(advice: LrAdvice, fast: bool, opt_lr: float) -> str:
+def _basis(advice: LrAdvice, by_median: bool, opt_lr: float) -> str:
     """How the suggested lr was chosen, for the message."""
     if advice.capped and advice.stable_lr is not None:
         return (
             f"lr≈{fmt(advice.lr)}: the lr giving 1e-3 ({fmt(advice.ratio_lr)}) is above half the stability "
             f"limit the measured curvature sets ({fmt(advice.stable_lr)}), so that limit caps it"
         )
-    if fast:
+    if by_median:
         return f"lr≈{fmt(advice.lr)} would give the median layer 1e-3"
     if advice.ratio_lr is not None and advice.lr <= opt_lr:
         return (
@@ -55,7 +55,7 @@ def evaluate(m: Measurements) -> list[Finding]:
             title="Update size far from 1e-3 of the weights",
             message=f"With {opt.name} lr={fmt(opt.lr)} the first step changes the weights by a median "
             f"{fmt(median)} of their norm ({'too fast' if fast else 'too slow'}; ~1e-3 is typical) in {label_span(flagged)}. "
-            f"{_basis(advice, fast, opt.lr)}.",
+            f"{_basis(advice, fast or opt.name != 'sgd', opt.lr)}.",
             layers=flagged,
             evidence={
                 "median_update_to_weight": median,

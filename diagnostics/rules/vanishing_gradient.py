@@ -5,7 +5,7 @@ from __future__ import annotations
 from gradhealth.report import Finding, Remediation
 
 from ..measurements import Measurements, RecurrentMeasure
-from .advice import GAIN, forget_gate_remediation, initialisable, orthogonal_remediation, reinit_remediation
+from .advice import GAIN, feeders, forget_gate_remediation, initialisable, orthogonal_remediation, reinit_remediation
 from .common import REFS, batch_confidence, fmt, label_span, layer_label, orders_of_magnitude, span
 from .gradient_profile import Profile, depth_profiles
 
@@ -60,6 +60,46 @@ def _kaiming_candidates(m: Measurements, trunk: str | None) -> list[str]:
     return names
 
 
+# The gain that preserves the back-propagated signal through an activation: 1/f'(0). For tanh it is
+# torch's calculate_gain('tanh') = 5/3 (LeCun's scaled tanh); for sigmoid f'(0) = 1/4, so 4, not
+# calculate_gain('sigmoid') = 1, which preserves only the forward variance (Glorot & Bengio 2010; the
+# LISA Deep Learning Tutorials draw sigmoid weights 4x the tanh ones).
+BACKWARD_GAIN = {"sigmoid": 4.0, "tanh": 5.0 / 3.0}
+
+
+def _backward_gain_remediation(m: Measurements, kinds: set[str]) -> Remediation | None:
+    """Re-draw the layers reading sigmoid/tanh outputs with the gain that keeps the backward signal's scale.
+
+    Back-propagation multiplies by W_l^T and then by f'(z) of the activation that feeds W_l: the factor
+    1/f'(0) belongs to the layer reading the activation (the output layer included), not the one feeding it.
+    """
+    kind = "sigmoid" if "sigmoid" in kinds else ("tanh" if "tanh" in kinds else None)
+    if kind is None:
+        return None
+    gain = BACKWARD_GAIN[kind]
+    layers = []
+    for layer in m.layers:
+        if not initialisable(layer) or not layer.fan_in or not layer.weight_std:
+            continue
+        if not any(source.next_activation == kind for source in feeders(m, layer)):
+            continue
+        if not 1 / KAIMING_TOLERANCE <= layer.weight_std * layer.fan_in**0.5 / gain <= KAIMING_TOLERANCE:
+            layers.append(layer.name)
+    if not layers:
+        return None
+    return reinit_remediation(
+        "reinitialize",
+        f"If the {kind} units stay: each passes back at most {'1/4' if kind == 'sigmoid' else '1'} of the gradient "
+        f"at zero, so re-draw the {len(layers)} layers reading them ({span(layers)}) with std = {fmt(gain)}/sqrt(fan_in) "
+        f"(1/{kind}'(0){'; calculate_gain(' + repr(kind) + ') = 1 keeps only the forward variance' if kind == 'sigmoid' else ''}), "
+        "bias 0: the backward signal then keeps its scale across depth.",
+        layers,
+        kind,
+        gain=gain,
+        references=[REFS["glorot2010"], REFS["lecun1998"]],
+    )
+
+
 def _remediation(m: Measurements, profile: Profile) -> list[Remediation]:
     """Type-correct advice: forget-gate bias for LSTMs, orthogonal recurrence, ReLU + Kaiming for Linear/Conv."""
     kinds = {layer.next_activation for layer in profile.layers if layer.next_activation is not None}
@@ -91,6 +131,9 @@ def _remediation(m: Measurements, profile: Profile) -> list[Remediation]:
                 params={"activation": "relu", "layers": saturating[:32]},
             )
         )
+    backward = _backward_gain_remediation(m, kinds & _SATURATING)
+    if backward is not None:
+        remediation.append(backward)
     if kaiming:
         remediation.append(
             reinit_remediation(
