@@ -12,7 +12,7 @@ from torch import Tensor
 
 from .loading import LoadedModel
 from .options import AnalysisOptions, OptimizerSpec
-from .remedies import NOT_APPLICABLE_REASON, REMEDIES, RemedyError, TrialSetup, apply_remedy
+from .remedies import NOT_APPLICABLE_REASON, PARTIAL, REMEDIES, RemedyError, TrialSetup, apply_remedy
 from .verify_trial import TrialOutcome, run_trial
 
 # Re-run the rules on the model as a trial left it: (inputs, targets, optimizer) -> findings and raw metrics.
@@ -189,6 +189,7 @@ class Verifier:
         )
         result = Verification(
             status="verified" if improved else "not_improved",
+            reason=PARTIAL.get(remediation.action),
             steps=self.options.verify_steps,
             optimizer=self._optimizer(setup.lr),
             baseline=base_traj,

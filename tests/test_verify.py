@@ -208,3 +208,14 @@ def test_cli_verifies_a_run_reports_findings_on_a_checkpoint(tmp_path: Path) -> 
         timeout=300,
     )
     assert bad.returncode == 2 and "is not a gradhealth report" in bad.stderr
+
+
+def test_a_partly_applicable_action_says_what_was_left_out() -> None:
+    analyzer, inputs, targets, _ = _analyzer("mlp_dead_relu_negative_bias")
+    fix = Remediation(
+        action="use_relu_and_kaiming_init", detail="", params={"layers": ["net.0"], "scheme": "kaiming_normal"}
+    )
+    options = AnalysisOptions(checks=("verify",), verify_steps=3)
+    verify_findings(analyzer.loaded, [_finding(fix)], inputs, targets, options, lambda *a: ([], {}), lambda *a: None)
+    assert fix.verification is not None and fix.verification.status in ("verified", "not_improved")
+    assert "only the Kaiming initialisation was applied" in (fix.verification.reason or "")

@@ -38,7 +38,22 @@ NOT_APPLICABLE_REASON = (
     "schedule, not its parameters): it cannot be applied to an exported graph, so it is not verified"
 )
 
-__all__ = ["REMEDIES", "NOT_APPLICABLE_REASON", "Params", "Remedy", "RemedyError", "TrialSetup", "apply_remedy"]
+# Actions of which only the parameter part can be applied: the verification says what was left out.
+PARTIAL: dict[str, str] = {
+    "use_relu_and_kaiming_init": "only the Kaiming initialisation was applied: the activation change is structural",
+    "shorten_or_orthogonal_init": "only the orthogonal initialisation was applied: shortening sequences changes the data",
+}
+
+__all__ = [
+    "PARTIAL",
+    "REMEDIES",
+    "NOT_APPLICABLE_REASON",
+    "Params",
+    "Remedy",
+    "RemedyError",
+    "TrialSetup",
+    "apply_remedy",
+]
 
 
 def apply_remedy(action: str, params: Params, setup: TrialSetup) -> None:
