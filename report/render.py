@@ -98,6 +98,7 @@ def verification_summary(v: Verification) -> str:
     return (
         f"loss {_loss_span(v.remediated.loss)} in {v.steps} steps of {setup} with the remedy, "
         f"{_loss_span(v.baseline.loss)} as uploaded; improved: {'yes' if v.improved else 'no'}"
+        + (f" ({v.reason})" if v.reason else "")
     )
 
 
