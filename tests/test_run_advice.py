@@ -60,3 +60,10 @@ def test_a_stalled_layer_gets_unfreeze_with_its_parameters() -> None:
     assert unfreeze.action == "unfreeze"
     assert unfreeze.params["parameters"] == [f"{fx.FREEZE_LAYER}.*"]
     assert f"'{fx.FREEZE_LAYER}.*'" in (unfreeze.snippet or "")
+
+
+def test_a_run_report_gives_one_lower_lr() -> None:
+    """diverge_sgd: the divergence knows the stable lr (0.05), the NaN after it only the last (3): one answer, 0.05."""
+    advised = {r.params["lr"] for f in findings("diverge_sgd") for r in f.remediation if r.action == "lower_lr"}
+    assert advised == {0.05}
+    assert len({f.rule for f in findings("diverge_sgd") if any(r.action == "lower_lr" for r in f.remediation)}) >= 2

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gradhealth.report import Remediation
+from gradhealth.report import Finding, Remediation
 
 from ..rules.common import REFS, fmt
 from ..rules.common import clip_remediation as clip_gradients
@@ -19,6 +19,7 @@ __all__ = [
     "label",
     "lower_lr_remediation",
     "merged_note",
+    "one_lower_lr",
     "span",
     "steps_where",
 ]
@@ -102,3 +103,26 @@ def lower_lr_remediation(lr: float | None, factor: float, why: str) -> Remediati
         references=[REFS["cohen2021"]],
         params={"lr": target, "factor": 1 / factor},
     )
+
+
+def one_lower_lr(findings: list[Finding]) -> None:
+    """One lr answer per run report: every lower_lr takes the lowest lr any finding advises.
+
+    A divergence knows the lr the run was stable at (0.05 before a jump to 3); a NaN at its end only
+    knows the last lr (3, so lr/3 = 1): both must not be advised side by side.
+    """
+    advised = [
+        float(lr)
+        for f in findings
+        for r in f.remediation
+        if r.action == "lower_lr" and isinstance(lr := r.params.get("lr"), float | int)
+    ]
+    if len(set(advised)) < 2:
+        return
+    lowest = min(advised)
+    for finding in findings:
+        for r in finding.remediation:
+            if r.action == "lower_lr" and isinstance(r.params.get("lr"), float | int) and r.params["lr"] != lowest:
+                r.params = {"lr": lowest}
+                r.detail = f"Lower the learning rate to ≈{fmt(lowest)}, the lowest lr this report advises."
+                r.snippet = f"for group in optimizer.param_groups:\n    group['lr'] = {lowest}"

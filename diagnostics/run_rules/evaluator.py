@@ -12,7 +12,7 @@ from gradhealth.report import SEVERITY_ORDER, Finding
 
 from .activation_rules import DeadReluRunRule, SaturatedActivationRunRule
 from .chunk import ChunkView, LogChunk, forward_fill, global_norm, new_rows, update_ratios
-from .common import RunContext
+from .common import RunContext, one_lower_lr
 from .gradient_spike import GradientSpikeRule
 from .loss_divergence import LossDivergenceRule
 from .loss_plateau import LossPlateauRule
@@ -169,6 +169,7 @@ class RunEvaluator:
         found = [f for rule in self.rules for f in rule.findings(ctx)]
         if any(f.rule == "loss_divergence" and f.severity == "error" for f in found):
             found = [f for f in found if f.rule != "loss_plateau"]  # a diverged loss is not a plateau
+        one_lower_lr(found)
         return sorted(found, key=lambda f: (-SEVERITY_ORDER[f.severity], f.step if f.step is not None else -1))
 
     def summary(self) -> dict[str, float | int | None]:
