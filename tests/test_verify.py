@@ -36,7 +36,7 @@ def _sgd_losses(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, lr: fl
     for _ in range(steps):
         opt.zero_grad()
         loss = F.mse_loss(model(x), y, reduction="none").flatten(1).mean(1).mean()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         loss.backward()
         opt.step()
     with torch.no_grad():
