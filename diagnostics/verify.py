@@ -24,10 +24,10 @@ DEFAULT_OPTIMIZER = OptimizerSpec(name="sgd", lr=0.01, momentum=0.9)  # when the
 MARGIN = 0.10
 CRITERION = (
     "no non-finite step, and one of: the baseline diverged while the remedy trains (loss falls); the relative "
-    "loss decrease 1-L_K/L_0 is >= 10 points larger than the baseline's; the final loss is >= 10% lower than the "
-    "baseline's (same units); the finding's rule fires after the baseline trial and not after the remedy's "
-    "(final loss not higher); fp16: the share of gradients flushed to zero falls under the rule's threshold (no loss "
-    "condition: a converged model's loss need not fall)"
+    "loss decrease 1-L_K/L_0 is >= 10 points larger than the baseline's and the final loss is not higher; the "
+    "final loss is >= 10% lower than the baseline's (same units); the finding's rule fires after the baseline "
+    "trial and not after the remedy's (final loss not higher); fp16: the share of gradients flushed to zero "
+    "falls under the rule's threshold (no loss condition: a converged model's loss need not fall)"
 )
 
 
@@ -86,10 +86,11 @@ def judge(base: TrialOutcome, rem: TrialOutcome, finding: Finding, units_changed
         return False  # a remedy must at least train: finite, and the loss falls
     if b.non_finite_steps:
         return rem.relative_decrease > 0
-    if base.relative_decrease is not None and rem.relative_decrease >= base.relative_decrease + MARGIN:
-        return True
     b_final, r_final = b.loss[-1], r.loss[-1]
     same_units = not units_changed and b_final is not None and r_final is not None
+    not_worse = not same_units or r_final <= b_final  # type: ignore[operator]  # a higher start must not buy it
+    if base.relative_decrease is not None and rem.relative_decrease >= base.relative_decrease + MARGIN and not_worse:
+        return True
     if same_units and r_final <= (1 - MARGIN) * b_final:  # type: ignore[operator]  # both checked above
         return True
     if same_units and not data_changed and b.evidence.get("rule_fires") == 1.0 and r.evidence.get("rule_fires") == 0.0:
