@@ -10,7 +10,7 @@ rounds interleaved (the order rotates every round) so machine noise hits every r
   as benchmarks/engine_overhead.py runs it (statistics, rules and report included); export and
   instrumentation happen once and are printed apart. A check this engine does not know yet reads
   "not available yet". "gradhealth λmax (Lanczos, direct)" is lanczos_top_eigenvalue on the HVP
-  operator alone, at its defaults.
+  operator alone, as the check runs it (gradient start, 1% residual bound).
 - Cockpit economy / business / full: a real Cockpit step (BackPACK extensions, create_graph where a
   quantity asks, SGD step with lr=0 so the weights stay put), every quantity of the preset tracked at
   every step except Alpha, which needs a line search across real updates.
@@ -46,57 +46,17 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-Values = dict[str, float]
-Step = Callable[[], Values | None]
-
-
-class Unavailable(Exception):
-    """A row that cannot run in this environment; the message says why (not installed, not available yet)."""
-
-
-# ---------------------------------------------------------------------------------------------- models
-
-
-def c3d(batch: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    """DeepOBS 3c3d (Schneider et al. 2019) on CIFAR-10 shapes; TF 'same' max-pooling as padding=1."""
-    model = nn.Sequential(
-        nn.Conv2d(3, 64, 5),  # valid: 32 -> 28
-        nn.ReLU(),
-        nn.MaxPool2d(3, 2, padding=1),  # 28 -> 14
-        nn.Conv2d(64, 96, 3),  # valid: 14 -> 12
-        nn.ReLU(),
-        nn.MaxPool2d(3, 2, padding=1),  # 12 -> 6
-        nn.Conv2d(96, 128, 3, padding=1),  # same: 6 -> 6
-        nn.ReLU(),
-        nn.MaxPool2d(3, 2, padding=1),  # 6 -> 3
-        nn.Flatten(),
-        nn.Linear(3 * 3 * 128, 512),
-        nn.ReLU(),
-        nn.Linear(512, 256),
-        nn.ReLU(),
-        nn.Linear(256, 10),
-    )
-    return model, torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
-
-
-def mlp(batch: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    """DeepOBS MNIST MLP: 784-1000-500-100-10 with ReLU."""
-    model = nn.Sequential(
-        nn.Flatten(),
-        nn.Linear(784, 1000),
-        nn.ReLU(),
-        nn.Linear(1000, 500),
-        nn.ReLU(),
-        nn.Linear(500, 100),
-        nn.ReLU(),
-        nn.Linear(100, 10),
-    )
-    return model, torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
-
-
-MODELS = {"3c3d": ("DeepOBS CIFAR-10 3c3d CNN", c3d), "mlp": ("DeepOBS MNIST MLP 784-1000-500-100-10", mlp)}
-
+from peers.models import MODELS
+from peers.steps import (
+    Step,
+    Unavailable,
+    Values,
+    cockpit_step,
+    exact_trace_step,
+    plain_step,
+    pyhessian_step,
+    reference_step,
+)
 
 # ------------------------------------------------------------------------------------------------ rows
 
@@ -134,28 +94,6 @@ def _row(name: str, build: Callable[[], Step], repeats: int = 1, samples: int = 
         return Row(name, reason=str(exc))
     except Exception as exc:  # a peer or an engine piece that breaks in set-up: say so, keep going
         return Row(name, reason=f"set-up failed: {type(exc).__name__}: {str(exc)[:160]}")
-
-
-def _import(module: str, package: str) -> Any:
-    """Import an optional peer; a missing one is 'not installed' (pip install -e '.[bench]', see README)."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # cockpit imports pkg_resources, which warns on import
-            return importlib.import_module(module)
-    except ImportError as exc:
-        raise Unavailable(f"not installed ({package}: {exc})") from None
-
-
-def _flat(tensors: list[torch.Tensor]) -> torch.Tensor:
-    return torch.cat([t.reshape(-1) for t in tensors])
-
-
-def plain_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Step:
-    def step() -> None:
-        model.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
-
-    return step
 
 
 def _estimate(report: Any, key: str) -> float | None:
@@ -227,100 +165,8 @@ def lanczos_direct_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> S
     def step() -> Values:
         op = hessian_operator(F.cross_entropy(model(x), y), list(model.parameters()))
         assert op is not None
-        top = lanczos_top_eigenvalue(op, op.dim, op.gradient)
+        top = lanczos_top_eigenvalue(op, op.dim, op.gradient, rel_tol=1e-2, start=op.gradient)  # as the check
         return {"lmax": float(top.eigenvalue), "hvps": float(top.steps)}
-
-    return step
-
-
-def cockpit_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, preset: str) -> Step:
-    backpack = _import("backpack", "backpack-for-pytorch")
-    cockpit = _import("cockpit", "cockpit-for-pytorch")
-    from cockpit.utils.configuration import configuration
-
-    model = backpack.extend(copy.deepcopy(model))
-    loss_fn = backpack.extend(nn.CrossEntropyLoss())
-    individual_loss_fn = nn.CrossEntropyLoss(reduction="none")
-    quantities = [q for q in configuration(preset) if not isinstance(q, cockpit.quantities.Alpha)]
-    tracker = cockpit.Cockpit(model.parameters(), quantities=quantities)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # a real step that leaves the weights where they are
-    max_ev = [q for q in quantities if isinstance(q, cockpit.quantities.HessMaxEV)]
-    global_step = [0]
-
-    def step() -> Values:
-        n = global_step[0]
-        optimizer.zero_grad()
-        outputs = model(x)
-        loss = loss_fn(outputs, y)
-        losses = individual_loss_fn(outputs, y)
-        info = {"batch_size": x.shape[0], "individual_losses": losses, "loss": loss, "optimizer": optimizer}
-        with tracker(n, info=info):
-            loss.backward(create_graph=tracker.create_graph(n))
-        optimizer.step()
-        global_step[0] += 1
-        if max_ev and n in max_ev[0].output:
-            return {"lmax": float(max_ev[0].output[n])}
-        return None
-
-    return step
-
-
-def pyhessian_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, what: str) -> Step:
-    pyhessian = _import("pyhessian", "pyhessian")
-    model = copy.deepcopy(model)
-    criterion = nn.CrossEntropyLoss()
-
-    def step() -> Values:
-        model.zero_grad(set_to_none=True)  # hessian() reads p.grad: drop the last call's (and its graph)
-        h = pyhessian.hessian(model, criterion, data=(x, y), cuda=False)  # its gradient pass, create_graph
-        if what == "lmax":
-            eigenvalues, _ = h.eigenvalues()  # power iteration, maxIter=100, tol=1e-3
-            return {"lmax": float(eigenvalues[0])}
-        return {"trace": float(statistics.mean(h.trace()))}  # Hutchinson, maxIter=100, tol=1e-3
-
-    return step
-
-
-def reference_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Step:
-    sparse = _import("scipy.sparse.linalg", "scipy")
-    np = _import("numpy", "numpy")
-    model = copy.deepcopy(model)
-    params = [p for p in model.parameters() if p.requires_grad]
-    dim = sum(p.numel() for p in params)
-    v0 = np.random.default_rng(0).standard_normal(dim)
-
-    def step() -> Values:
-        grads = torch.autograd.grad(F.cross_entropy(model(x), y), params, create_graph=True)
-        products = [0]
-
-        def matvec(v: Any) -> Any:
-            products[0] += 1
-            vector = torch.from_numpy(np.asarray(v, dtype=np.float32).reshape(-1))
-            chunks = [
-                c.view_as(p) for c, p in zip(torch.split(vector, [p.numel() for p in params]), params, strict=True)
-            ]
-            hv = torch.autograd.grad(grads, params, grad_outputs=chunks, retain_graph=True)
-            return _flat([h.detach() for h in hv]).double().numpy()
-
-        operator = sparse.LinearOperator((dim, dim), matvec=matvec, dtype=np.float64)
-        top = sparse.eigsh(operator, k=1, which="LA", tol=1e-6, v0=v0, return_eigenvectors=False)
-        return {"lmax": float(top[0]), "hvps": float(products[0])}
-
-    return step
-
-
-def exact_trace_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Step:
-    """The Hessian's exact diagonal by BackPACK (ReLU, max-pool, conv, linear, cross-entropy), summed."""
-    backpack = _import("backpack", "backpack-for-pytorch")
-    model = backpack.extend(copy.deepcopy(model))
-    loss_fn = backpack.extend(nn.CrossEntropyLoss())
-
-    def step() -> Values:
-        model.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
-        with backpack.backpack(backpack.extensions.DiagHessian()):
-            loss.backward()
-        return {"trace": float(sum(p.diag_h.sum() for p in model.parameters()))}
 
     return step
 

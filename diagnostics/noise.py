@@ -1,7 +1,9 @@
-"""The noise check: one extra forward, per-sample gradients from its backward, then noise_stats.
+"""The noise check: one extra forward, per-sample gradient moments from its backward, then noise_stats.
 
-Per-sample gradients are the gradients of each entry of the per-sample loss vector: one forward,
-then backward passes vmapped over rows of the identity (autograd's is_grads_batched), in chunks;
+Linear and conv2d layers give their per-sample Gram matrices and moments from the one backward of
+sum_i loss_i (noise_layers, Goodfellow's trick). The other parameters' per-sample gradients are the
+gradients of each entry of the per-sample loss vector: backward passes vmapped over rows of the
+identity (autograd's is_grads_batched), in chunks;
 where an op has no batching rule, one backward per sample on the same graph. Samples that interact
 in the forward (BatchNorm in train mode) get the gradient of their own loss term, batch statistics
 included. Parameters shared by several modules are one tensor, so their gradient sums every use.
@@ -9,6 +11,7 @@ included. Parameters shared by several modules are one tensor, so their gradient
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 
@@ -17,6 +20,7 @@ from torch import Tensor
 
 from .errors import is_out_of_memory
 from .loading import LoadedModel
+from .noise_layers import LayerSamples, ParamSamples, Recording, Tap, tap_samples, tapped_module
 from .noise_stats import NoiseMeasure, noise_statistics
 
 CHECK = "noise"
@@ -75,7 +79,7 @@ def per_sample_gradients(
 
 
 def _refusal(n: int, numel: int) -> str | None:
-    """Why the check cannot run on this batch, or None."""
+    """Why the check cannot run on this batch, or None; numel counts the per-sample gradients kept."""
     if n < 2:
         return "the batch has one sample: the gradient noise needs at least two (use a batch of 16 or more)"
     if n * numel * 4 > MEMORY_BUDGET:
@@ -85,6 +89,52 @@ def _refusal(n: int, numel: int) -> str | None:
             f"analyse a batch of at most {limit} samples for the noise check"
         )
     return None
+
+
+def _kept_numel(taps: Sequence[Tap], named: Mapping[str, Tensor], names: Sequence[str]) -> int:
+    """Parameters whose per-sample gradients are materialised: all but 2-D linear taps' (Gram form)."""
+    factored = {t.weight for t in taps if t.kind == "linear"} | {t.bias for t in taps if t.kind == "linear"}
+    return sum(named[name].numel() for name in names if name not in factored)
+
+
+def _layer_samples(
+    loaded: LoadedModel,
+    inputs: tuple[Tensor, ...],
+    targets: Tensor,
+    named: Mapping[str, Tensor],
+    kept: Sequence[LayerGroup],
+    taps: Sequence[Tap],
+) -> dict[str, LayerSamples] | None:
+    """Tapped layers' moments from one backward, the rest by per-sample backward; None if the loss is constant."""
+    module = loaded.module
+    if taps and loaded.graph_module is not None:
+        module, _ = tapped_module(loaded.graph_module, named)
+    with Recording() as store:
+        loss_vec = dataclasses.replace(loaded, module=module).per_sample_loss(inputs, targets).float()
+    if not loss_vec.requires_grad:
+        return None
+    n = loss_vec.shape[0]
+    # a tap whose input does not lead with the batch (flattened or batch-second tokens) goes the per-sample way
+    taps = [t for t in taps if t.key not in store or store[t.key][0].shape[:1] == store[t.key][1].shape[:1] == (n,)]
+    tapped = {name: tap for tap in taps for name in (tap.weight, tap.bias) if name is not None}
+    rest = [(layer, [m for m in members if m not in tapped]) for layer, members in kept]
+    rest = [(layer, members) for layer, members in rest if members]
+    live = [tap for tap in taps if tap.key in store and store[tap.key][1].requires_grad]
+    samples: dict[str, ParamSamples] = {}
+    if live:
+        outs = torch.autograd.grad(
+            loss_vec.sum(), [store[t.key][1] for t in live], retain_graph=bool(rest), allow_unused=True
+        )
+        for tap, grad_out in zip(live, outs, strict=True):
+            if grad_out is not None:
+                samples.update(tap_samples(tap, store[tap.key][0], grad_out))
+    for name in tapped:
+        if name not in samples:  # a tap the loss never reaches: zero per-sample gradients
+            samples[name] = ParamSamples.from_matrix(torch.zeros(n, named[name].numel()))
+    if rest:
+        for name, x in per_sample_gradients(loss_vec, named, [(m, [m]) for _, ms in rest for m in ms]).items():
+            samples[name] = ParamSamples.from_matrix(x)
+    return {layer: LayerSamples.combine([samples[m] for m in members]) for layer, members in kept}
 
 
 def measure_noise(
@@ -98,19 +148,21 @@ def measure_noise(
     named = {name: p for name, p in loaded.module.named_parameters() if p.requires_grad}
     kept = [(display(path), [name for name in members if name in named]) for path, members in groups]
     kept = [(path, members) for path, members in kept if members]
-    refusal = _refusal(targets.shape[0], sum(named[name].numel() for _, members in kept for name in members))
+    taps = [] if loaded.graph_module is None else tapped_module(loaded.graph_module, named)[1]
+    names = [name for _, members in kept for name in members]
+    refusal = _refusal(targets.shape[0], _kept_numel(taps, named, names))
     if refusal is not None or not kept:
         return None, [(CHECK, refusal or "no trainable parameter reaches the loss: there is no gradient noise")]
     try:
-        loss_vec = loaded.per_sample_loss(inputs, targets).float()
-        if not loss_vec.requires_grad:
+        per_layer = _layer_samples(loaded, inputs, targets, named, kept, taps)
+        if per_layer is None:
             return None, [(CHECK, "the loss does not depend on any parameter: there is no gradient noise")]
-        per_layer = per_sample_gradients(loss_vec, named, kept)
     except (RuntimeError, NotImplementedError) as exc:
         if is_out_of_memory(exc):
             raise
         return None, [(CHECK, f"per-sample gradients failed: {type(exc).__name__}: {str(exc)[:300]}")]
-    if not all(bool(torch.isfinite(x).all()) for x in per_layer.values()):
+    finite = (bool(torch.isfinite(x.col_sq).all() and torch.isfinite(x.gram).all()) for x in per_layer.values())
+    if not all(finite):
         return None, [(CHECK, "some per-sample gradients are NaN/Inf: fix non_finite first")]
     measure = noise_statistics(per_layer)
     if measure.grad_sq == 0 or not math.isfinite(measure.grad_sq):

@@ -21,10 +21,13 @@ weighted first and second moments per parameter, so 200 resamples cost little be
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
+
+from .noise_layers import LayerSamples
 
 NORM_THETA = 0.9  # Bollapragada et al. 2018 run both the norm-style and inner-product tests at theta = 0.9
 INNER_THETA = 0.9
@@ -125,35 +128,68 @@ def gsnr_sums(x: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
     return total, count
 
 
+def gsnr_moments(col_sum: Tensor, col_sq: Tensor, n: int) -> tuple[float, float]:
+    """gsnr_sums for the batch itself, from sum_i g_i and sum_i g_i^2 per parameter."""
+    mean = col_sum.double() / n
+    var = (col_sq.double() - n * mean**2) / (n - 1)
+    scale = (col_sq.double() / n).clamp_min(torch.finfo(torch.float64).tiny)
+    live = var > 1e-12 * scale
+    ratio = torch.where(live, mean**2 / torch.where(live, var, torch.ones_like(var)), torch.zeros_like(var))
+    return float(ratio.sum()), float(live.sum())
+
+
+def _scaled(resampled: Tensor, value: float) -> Interval:
+    """The subset's bootstrap interval, scaled by value / subset value (the interval is multiplicative)."""
+    base = float(resampled[0])
+    if not (base > 0 and value > 0) or not all(map(math.isfinite, (base, value))):
+        return Interval(value, None, None)
+    interval, factor = _interval(resampled), value / base
+    low = None if interval.low is None else interval.low * factor
+    high = None if interval.high is None else interval.high * factor
+    return Interval(value, low, high)
+
+
 def _ratio(total: Tensor, count: Tensor) -> Tensor:
     """Mean GSNR per row; NaN (unbounded in the interval) where no parameter had variance."""
     return torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, math.nan))
 
 
-def noise_statistics(per_layer: dict[str, Tensor], resamples: int = RESAMPLES, seed: int = SEED) -> NoiseMeasure:
-    """All estimates from per-layer per-sample gradient matrices [n, P_l] (n >= 2)."""
-    n = next(iter(per_layer.values())).shape[0]
+def noise_statistics(
+    per_layer: Mapping[str, Tensor | LayerSamples], resamples: int = RESAMPLES, seed: int = SEED
+) -> NoiseMeasure:
+    """All estimates from per-layer per-sample gradients [n, P_l] or their moments (n >= 2).
+
+    The GSNR values use every parameter; their bootstrap resamples a seeded subset of at most SUBSET
+    parameters per layer (all of them in small layers), scaled to the value (see _scaled).
+    """
+    layers = {
+        name: x if isinstance(x, LayerSamples) else LayerSamples.from_matrix(x, seed) for name, x in per_layer.items()
+    }
+    n = next(iter(layers.values())).gram.shape[0]
     weights = resample_weights(n, resamples, seed)
     measure = NoiseMeasure(batch_size=n)
     gram = torch.zeros(n, n, dtype=torch.float64)
     total = torch.zeros(weights.shape[0], dtype=torch.float64)
     count = torch.zeros_like(total)
-    for name, x in per_layer.items():
-        x64 = x.double()
-        layer_gram = x64 @ x64.T
-        gram += layer_gram
-        stats = gram_statistics(layer_gram, weights[:1])
+    full_total = full_count = 0.0
+    for name, layer in layers.items():
+        gram += layer.gram
+        stats = gram_statistics(layer.gram, weights[:1])
         measure.layer_grad_sq[name] = float(stats["grad_sq"][0])
         measure.layer_trace[name] = float(stats["trace"][0])
-        layer_total, layer_count = gsnr_sums(x, weights)
-        total += layer_total
-        count += layer_count
-        if bool(layer_count[0] > 0):
-            measure.layer_gsnr[name] = _interval(_ratio(layer_total, layer_count))
+        value_total, value_count = gsnr_moments(layer.col_sum, layer.col_sq, n)
+        layer_total, layer_count = gsnr_sums(layer.subset, weights)
+        share = layer.size / max(1, layer.subset.shape[1])  # the subset stands for the whole layer
+        total += share * layer_total
+        count += share * layer_count
+        full_total += value_total
+        full_count += value_count
+        if value_count > 0:
+            measure.layer_gsnr[name] = _scaled(_ratio(layer_total, layer_count), value_total / value_count)
     stats = gram_statistics(gram, weights)
     measure.grad_sq, measure.trace = float(stats["grad_sq"][0]), float(stats["trace"][0])
     for key in ("gradient_noise_scale", "norm_test_ratio", "inner_product_test_ratio", "orthogonality_test_ratio"):
         measure.estimates[key] = _interval(stats[key])
-    if bool(count[0] > 0):
-        measure.estimates["gsnr"] = _interval(_ratio(total, count))
+    if full_count > 0:
+        measure.estimates["gsnr"] = _scaled(_ratio(total, count), full_total / full_count)
     return measure

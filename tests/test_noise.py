@@ -8,10 +8,11 @@ from collections.abc import Iterator
 import pytest
 import torch
 import torch.nn.functional as F
-from gradhealth.diagnostics import AnalysisOptions, analyze_module
+from gradhealth.diagnostics import AnalysisOptions, analyze_module, noise_layers
 from gradhealth.diagnostics.engine import Analyzer
 from gradhealth.diagnostics.export import PackageMetadata, export_per_sample_loss
 from gradhealth.diagnostics.loading import from_exported_program
+from gradhealth.diagnostics.noise_layers import SUBSET, find_taps
 from gradhealth.diagnostics.noise_stats import INNER_THETA, NORM_THETA, ORTHO_NU, noise_statistics
 from gradhealth.report import Report
 from torch import Tensor, nn
@@ -180,3 +181,35 @@ def test_one_sample_is_skipped_with_a_reason(one_torch_thread: None) -> None:
     report = Analyzer(loaded).run((x[:1],), y[:1], AnalysisOptions(checks=("noise",)))
     assert not report.estimates and [s.check for s in report.skipped] == ["noise"]
     assert "at least two" in report.skipped[0].reason
+
+
+def test_linear_and_conv_layers_are_tapped_and_a_shared_layer_is_not(one_torch_thread: None) -> None:
+    """Goodfellow's trick covers every parameter of the mlp and cnn; the twice-used Linear goes the per-sample way."""
+    covered = {}
+    for name, build in CASES.items():
+        model, x, y = build()
+        ep = export_per_sample_loss(model, "cross_entropy", (x,), y)
+        loaded = from_exported_program(ep, PackageMetadata(returns_loss=True, num_inputs=1, loss="cross_entropy"), None)
+        assert loaded.graph_module is not None
+        named = dict(loaded.graph_module.named_parameters())
+        taps = find_taps(loaded.graph_module, named)
+        covered[name] = {p for t in taps for p in (t.weight, t.bias) if p is not None}
+        assert covered[name] <= set(named)
+        if name != "shared":
+            assert covered[name] == set(named), name
+    assert covered["shared"] and not any(".shared." in p for p in covered["shared"])
+
+
+def test_gsnr_of_a_wide_layer_uses_every_parameter_and_a_scaled_subset_interval(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Above SUBSET parameters the value is exact and the subset's scaled interval is close to the full bootstrap's."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.linspace(0.1, 1.0, 3 * SUBSET, dtype=torch.float64) + torch.randn(64, 3 * SUBSET, generator=gen)
+    interval = noise_statistics({"wide": x}).layer_gsnr["wide"]
+    assert interval.value == pytest.approx(_gsnr(x), rel=1e-9)
+    monkeypatch.setattr(noise_layers, "SUBSET", 4 * SUBSET)
+    full = noise_statistics({"wide": x}).layer_gsnr["wide"]
+    assert full.value == pytest.approx(interval.value, rel=1e-9)
+    assert interval.low is not None and interval.high is not None and full.low is not None and full.high is not None
+    assert interval.low == pytest.approx(full.low, rel=0.1) and interval.high == pytest.approx(full.high, rel=0.1)

@@ -1,0 +1,1 @@
+"""Models and peer methods for benchmarks/full_vs_peers.py."""
