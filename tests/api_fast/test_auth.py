@@ -76,6 +76,7 @@ def test_another_projects_ids_read_as_unknown(project: Project, other: Project) 
         f"/v1/runs/{run['id']}",
         f"/v1/runs/{run['id']}/report",
         f"/v1/runs/{run['id']}/deliveries",
+        f"/v1/runs/{run['id']}/findings",
         f"/v1/analyses/{analysis['id']}",
         f"/v1/analyses/{analysis['id']}/report",
         f"/v1/models/{model_id}",
@@ -87,3 +88,10 @@ def test_another_projects_ids_read_as_unknown(project: Project, other: Project) 
     borrowed = other.post("/v1/analyses", {"model_id": model_id, "batch_id": batch_id})
     assert borrowed.status_code == 404 and model_id in borrowed.json()["error"]["message"]
     assert other.get("/v1/runs").json()["count"] == 0
+    assert project.get(f"/v1/runs/{run['id']}/findings").json() == {
+        "data": [],
+        "count": 0,
+        "health": "healthy",
+        "run_steps": 0,
+    }
+    assert project.get(f"/v1/runs/{run['id']}/findings?severity=fatal").status_code == 422
