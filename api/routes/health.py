@@ -1,10 +1,11 @@
-"""Liveness, readiness (database and broker answer) and Prometheus metrics."""
+"""Liveness, readiness (database, broker and blob storage answer) and Prometheus metrics."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
 from fastapi.concurrency import run_in_threadpool
 from gradhealth.store import analyses, ops_metrics
+from gradhealth.store.blobs import blob_store
 from gradhealth.store.celery_app import ping_broker
 from gradhealth.store.db import ping, session_factory
 from gradhealth.store.settings import Settings
@@ -24,9 +25,14 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
+def _ping_blobs(settings: Settings) -> None:
+    """Ask the blob store about a key nobody has: S3 answers 404 when reachable with valid credentials."""
+    blob_store(settings).exists("0" * 64)
+
+
 def _check(settings: Settings) -> dict[str, str]:
     checks: dict[str, str] = {}
-    for name, probe in (("database", ping), ("broker", ping_broker)):
+    for name, probe in (("database", ping), ("broker", ping_broker), ("blobs", _ping_blobs)):
         try:
             probe(settings)
             checks[name] = "ok"
@@ -37,7 +43,7 @@ def _check(settings: Settings) -> dict[str, str]:
 
 @router.get("/readyz", responses=error_responses(503))
 async def readyz(settings: SettingsDep) -> dict[str, object]:
-    """Ready to take work: the database and the broker both answer (503 otherwise)."""
+    """Ready to take work: the database, the broker and blob storage answer (503 otherwise)."""
     checks = await run_in_threadpool(_check, settings)
     if any(value != "ok" for value in checks.values()):
         failing = ", ".join(f"{k}: {v}" for k, v in checks.items() if v != "ok")

@@ -185,7 +185,7 @@ def test_duplicate_upload_is_deduplicated_per_project(stack: Stack, files: Files
 def test_health_ready_metrics_docs(stack: Stack) -> None:
     assert httpx.get(stack.base_url + "/healthz").json() == {"status": "ok"}
     ready = httpx.get(stack.base_url + "/readyz").json()
-    assert ready["checks"] == {"database": "ok", "broker": "ok"}
+    assert ready["checks"] == {"database": "ok", "broker": "ok", "blobs": "ok"}
     metrics = httpx.get(stack.base_url + "/metrics").text
     assert "gradhealth_http_requests_total" in metrics and 'gradhealth_analyses{status="succeeded"}' in metrics
     assert httpx.get(stack.base_url + "/docs").status_code == 200

@@ -59,7 +59,7 @@ def test_data_lives_in_the_data_dir(served: Served) -> None:
     assert (served.data_dir / "gradhealth.db").is_file()
     assert (served.data_dir / "blobs").is_dir() and (served.data_dir / "broker").is_dir()
     ready = Api(served.base_url, None).http.get("/readyz").json()
-    assert ready["checks"] == {"database": "ok", "broker": "ok"}
+    assert ready["checks"] == {"database": "ok", "broker": "ok", "blobs": "ok"}
 
 
 @pytest.mark.slow

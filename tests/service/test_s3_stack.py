@@ -101,8 +101,11 @@ def test_api_with_bad_credentials_answers_503_and_loses_nothing(stack: Stack, fi
     proc = Proc("api_bad_s3_key", ["api", "--host", "127.0.0.1", "--port", str(port)], env, stack.root)
     new = fresh_batch()
     try:
-        wait_ready(f"http://127.0.0.1:{port}", proc)
+        wait_ready(f"http://127.0.0.1:{port}", proc, path="/healthz")
         bad = Api(f"http://127.0.0.1:{port}", stack.key)
+        ready = bad.http.get("/readyz")  # a load balancer takes this API out of rotation
+        assert ready.status_code == 503 and ready.json()["error"]["code"] == "not_ready", ready.text
+        assert "blobs" in ready.json()["error"]["message"]
         upload = bad.http.post("/v1/batches", files={"file": ("b.safetensors", new)})
         assert upload.status_code == 503, upload.text
         error = upload.json()["error"]
