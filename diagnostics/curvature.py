@@ -88,13 +88,13 @@ def start_vector(dim: int, like: Tensor, seed: int, start: Tensor | None) -> Ten
     """
     generator = torch.Generator(device="cpu").manual_seed(seed)
     q = torch.randn(dim, generator=generator, dtype=torch.float64)
-    q = q / q.norm()
+    q.div_(q.norm())  # in place: each float64 temporary costs about as much as a small model's fwd+bwd
     if start is not None:
-        s = start.detach().double().cpu().reshape(-1)
+        s = start.detach().reshape(-1).to("cpu", torch.float64)
         norm = float(s.norm())
         if norm > 0 and math.isfinite(norm):
-            q = q + s / norm
-    unit: Tensor = (q / q.norm()).to(like)
+            q.add_(s, alpha=1.0 / norm)
+    unit: Tensor = q.div_(q.norm()).to(like)
     return unit
 
 
@@ -124,7 +124,8 @@ def lanczos_top_eigenvalue(
     steps = max(1, min(max_steps, dim))
     full = steps * dim * like.element_size() <= max_basis_bytes
     rows = steps if full else 2
-    basis = like.new_zeros((rows, dim))
+    # full: rows past i are never read, so no zero-fill (it touched steps x dim numbers up front)
+    basis = like.new_empty((rows, dim)) if full else like.new_zeros((rows, dim))
     basis[0] = start_vector(dim, like, seed, start)
     alphas: list[float] = []
     betas: list[float] = []
@@ -132,14 +133,16 @@ def lanczos_top_eigenvalue(
     for i in range(steps):
         current = basis[i % rows]
         w = operator(current)
-        alpha = float(torch.dot(w.double(), current.double()))
-        if not math.isfinite(alpha) or not bool(torch.isfinite(w).all()):
+        block = basis[: i + 1] if full else basis
+        coefficients = block @ w  # Q^T w: its row for `current` is alpha, so no separate dot product
+        alpha = float(coefficients[i % rows])
+        w = torch.addmv(w, block.T, coefficients, alpha=-1)  # Gram-Schmidt twice is enough (Giraud et al. 2005)
+        w.addmv_(block.T, block @ w, alpha=-1)  # in place on the fresh w, never on the operator's output
+        beta = float(w.norm())
+        if not (math.isfinite(alpha) and math.isfinite(beta)):  # NaN/Inf anywhere in H v reaches both
             raise FloatingPointError("a Hessian-vector product is NaN/Inf")
         alphas.append(alpha)
-        block = basis[: i + 1] if full else basis
-        for _ in range(2):  # Gram-Schmidt twice is enough (Giraud et al. 2005)
-            w = w - block.T @ (block @ w)
-        betas.append(float(w.double().norm()))
+        betas.append(beta)
         result = _result(alphas, betas, basis[: i + 1] if full else None, rel_tol, unit)
         if (i + 1 >= min(k, steps) and _converged(result, k, rel_tol)) or i + 1 == steps or betas[-1] == 0.0:
             return result

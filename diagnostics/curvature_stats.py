@@ -90,7 +90,7 @@ def _probe_values(
             for _ in range(2):  # twice, as in the Lanczos run, so z stays orthogonal to Q in float32
                 z = z - basis.T @ (basis @ z)
         hz = operator(z)
-        values.append(float(torch.dot(z.double(), hz.double())))
+        values.append(float(torch.dot(z, hz)))  # in the products' dtype: a float64 copy of both cost more than H z
     if not all(math.isfinite(v) for v in values):
         raise FloatingPointError("a Hessian-vector product is NaN/Inf")
     return values

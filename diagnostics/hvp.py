@@ -63,9 +63,11 @@ class HessianOperator:
         pieces = []
         for slot, g in zip(self.slots, self.slot_grads, strict=True):
             parts = [by_member[i] for i in slot if by_member[i] is not None]
-            total = torch.stack(parts).sum(0) if parts else torch.zeros_like(g)
-            pieces.append(total.detach().reshape(-1).to(vector.dtype))
-        return torch.cat(pieces)
+            if not parts:
+                parts = [torch.zeros_like(g)]
+            total = parts[0] if len(parts) == 1 else torch.stack(parts).sum(0)  # untied: no stack-and-sum copy
+            pieces.append(total.detach().reshape(-1))
+        return torch.cat(pieces).to(vector.dtype)
 
 
 def hessian_operator(loss: Tensor, params: Sequence[Tensor]) -> HessianOperator | None:
