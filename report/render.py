@@ -259,4 +259,6 @@ def run_markdown(report: Report) -> str:
     from .distribution_charts import distribution_markdown  # it imports this module
 
     lines += distribution_markdown(timeline)
+    while lines and not lines[-1]:  # one final newline, as reports without distributions always had
+        lines.pop()
     return "\n".join(lines) + "\n"

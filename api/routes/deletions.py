@@ -20,6 +20,7 @@ from ..metrics import DELETED
 from ..openapi import error_responses
 from ..paging import Paging
 from ..resources import get_owned
+from ..schemas import UtcDatetime
 
 router = APIRouter()
 _TABLES: dict[str, tuple[type[Analysis] | type[TrainingRun] | type[Batch] | type[ModelPackage], str]] = {
@@ -119,7 +120,7 @@ class DeletionPublic(BaseModel):
     sha256: str | None
     actor: str
     reason: str
-    deleted_at: datetime
+    deleted_at: UtcDatetime  # SQLite keeps naive datetimes: always sent with its UTC offset
 
 
 class DeletionsPublic(BaseModel):
