@@ -17,12 +17,14 @@ from torch import Tensor
 
 from gradhealth.report.schema import SEVERITY_ORDER
 
+from ._settings import WatchCallbackSettings
+
 if TYPE_CHECKING:
     from gradhealth.report import Finding
-    from gradhealth.sdk import Report, Watch
+    from gradhealth.sdk import Watch
 
 
-class GradHealthCallback(pl.Callback):
+class GradHealthCallback(WatchCallbackSettings, pl.Callback):
     """Watch a Lightning fit: one record per optimizer step; the run id and findings go to the trainer's loggers.
 
     Args:
@@ -44,14 +46,7 @@ class GradHealthCallback(pl.Callback):
         on_finding_severity: str = "error",
         **watch_options: Any,
     ) -> None:
-        if on_finding_severity not in SEVERITY_ORDER:
-            raise ValueError(f"on_finding_severity is one of {list(SEVERITY_ORDER)}; got {on_finding_severity!r}")
-        self.run, self.client = run, client
-        self.on_finding, self.on_finding_severity = on_finding, on_finding_severity
-        self.watch_options = watch_options
-        self.watch: Watch | None = None  # the handle (kept after the fit: run_id, skipped_steps, steps_recorded)
-        self.report: Report | None = None  # the run's report, read when the fit ends
-        self.findings: list[Finding] = []  # findings handed to on_finding during the fit
+        WatchCallbackSettings.__init__(self, run, client, on_finding, on_finding_severity, watch_options)
         self._trainer: pl.Trainer | None = None
         self._stepped = False
 

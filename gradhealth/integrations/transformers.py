@@ -15,16 +15,16 @@ from typing import TYPE_CHECKING, Any
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.utils import logging
 
-from gradhealth.report.schema import SEVERITY_ORDER
+from ._settings import WatchCallbackSettings
 
 if TYPE_CHECKING:
     from gradhealth.report import Finding
-    from gradhealth.sdk import Report, Watch
+    from gradhealth.sdk import Watch
 
 logger = logging.get_logger(__name__)
 
 
-class GradHealthCallback(TrainerCallback):  # type: ignore[misc]
+class GradHealthCallback(WatchCallbackSettings, TrainerCallback):  # type: ignore[misc]
     """Watch a Trainer run: `Trainer(..., callbacks=[GradHealthCallback("my-run")])`.
 
     Args:
@@ -46,14 +46,7 @@ class GradHealthCallback(TrainerCallback):  # type: ignore[misc]
         on_finding_severity: str = "error",
         **watch_options: Any,
     ) -> None:
-        if on_finding_severity not in SEVERITY_ORDER:
-            raise ValueError(f"on_finding_severity is one of {list(SEVERITY_ORDER)}; got {on_finding_severity!r}")
-        self.run, self.client = run, client
-        self.on_finding, self.on_finding_severity = on_finding, on_finding_severity
-        self.watch_options = watch_options
-        self.watch: Watch | None = None  # the handle (kept after training: run_id, skipped_steps, steps_recorded)
-        self.report: Report | None = None  # the run's report, read when training ends
-        self.findings: list[Finding] = []  # findings handed to on_finding during training
+        WatchCallbackSettings.__init__(self, run, client, on_finding, on_finding_severity, watch_options)
         self._stop: Finding | None = None
 
     def on_train_begin(
