@@ -7,7 +7,14 @@ from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from gradhealth.diagnostics.losses import NAMED_LOSSES
-from gradhealth.diagnostics.options import AnalysisOptions, Check, OptimizerSpec, Precision
+from gradhealth.diagnostics.options import (
+    AnalysisOptions,
+    Check,
+    OptimizerSpec,
+    Precision,
+    TopEigenvalues,
+    TraceProbes,
+)
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
@@ -91,6 +98,12 @@ class AnalysisSetup(BaseModel):
     checks: tuple[Check, ...] = ("standard",)
     verify_steps: int = Field(default=30, ge=1, le=200, description="optimizer steps per verify trial")
     verify_max_trials: int = Field(default=8, ge=1, le=32, description="remediation trials per analysis (verify)")
+    top_eigenvalues: TopEigenvalues = Field(
+        default=1, description="curvature: how many of the largest Hessian eigenvalues to converge within 1%"
+    )
+    trace_probes: TraceProbes = Field(
+        default=4, description="curvature: Hutch++ probes for the Hessian trace; 0 leaves it out, 1 is refused"
+    )
 
     @field_validator("loss")
     @classmethod
@@ -108,6 +121,8 @@ class AnalysisSetup(BaseModel):
             checks=self.checks,
             verify_steps=self.verify_steps,
             verify_max_trials=self.verify_max_trials,
+            top_eigenvalues=self.top_eigenvalues,
+            trace_probes=self.trace_probes,
         )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 import httpx
@@ -26,6 +26,10 @@ REPORT_RETRY_STATUSES = RETRY_STATUSES - {409}
 TRANSIENT_WAIT_ERRORS = (APIConnectionError, InternalServerError, RateLimitError)
 OptimizerArg = OptimizerSpec | dict[str, Any] | None
 ProgressCallback = Callable[[Analysis], None]
+# Per-check settings sent as they are (the server validates them): top_eigenvalues, trace_probes (curvature),
+# verify_steps, verify_max_trials (verify); see docs/api.md.
+CheckSettings = Mapping[str, int]
+CHECK_SETTINGS = ("top_eigenvalues", "trace_probes", "verify_steps", "verify_max_trials")
 
 
 def create_body(
@@ -36,6 +40,7 @@ def create_body(
     precision: str,
     checks: Sequence[str],
     batch_ids: Sequence[str] | None = None,
+    check_settings: CheckSettings | None = None,
 ) -> dict[str, Any]:
     """The POST /v1/analyses body; unset options are left to the server's defaults; one batch as batch_id."""
     if (batch_id is None) == (batch_ids is None):
@@ -44,6 +49,10 @@ def create_body(
     body: dict[str, Any] = {"model_id": model_id, "precision": precision}
     body.update({"batch_id": ids[0]} if len(ids) == 1 else {"batch_ids": ids})
     body["checks"] = [checks] if isinstance(checks, str) else list(checks)
+    unknown = sorted(set(check_settings or {}) - set(CHECK_SETTINGS))
+    if unknown:
+        raise ValueError(f"unknown check setting(s) {', '.join(unknown)}; use: {', '.join(CHECK_SETTINGS)}")
+    body.update(check_settings or {})
     if loss is not None:
         body["loss"] = loss
     if isinstance(optimizer, OptimizerSpec):
@@ -104,10 +113,11 @@ class Analyses:
         optimizer: OptimizerArg = None,
         precision: str = "fp32",
         checks: Sequence[str] = ("standard",),
+        check_settings: CheckSettings | None = None,
         idempotency_key: str | None = None,
     ) -> Analysis:
         """Queue an analysis of one batch (batch_id) or several (batch_ids, merged); follow it with wait()."""
-        body = create_body(model_id, batch_id, loss, optimizer, precision, checks, batch_ids)
+        body = create_body(model_id, batch_id, loss, optimizer, precision, checks, batch_ids, check_settings)
         options = RequestOptions("POST", "/v1/analyses", json=body, idempotency_key=idempotency_key)
         return Analysis.model_validate(self._client.request(options).json())
 
@@ -176,10 +186,11 @@ class AsyncAnalyses:
         optimizer: OptimizerArg = None,
         precision: str = "fp32",
         checks: Sequence[str] = ("standard",),
+        check_settings: CheckSettings | None = None,
         idempotency_key: str | None = None,
     ) -> Analysis:
         """Queue an analysis of one batch (batch_id) or several (batch_ids, merged); follow it with wait()."""
-        body = create_body(model_id, batch_id, loss, optimizer, precision, checks, batch_ids)
+        body = create_body(model_id, batch_id, loss, optimizer, precision, checks, batch_ids, check_settings)
         options = RequestOptions("POST", "/v1/analyses", json=body, idempotency_key=idempotency_key)
         return Analysis.model_validate((await self._client.request(options)).json())
 

@@ -152,6 +152,7 @@ def _analyze(args: argparse.Namespace) -> Report:
                 optimizer=options.optimizer,
                 precision=options.precision,
                 checks=options.checks,
+                check_settings=options.model_dump(include={"top_eigenvalues", "trace_probes", "verify_steps"}),
                 progress=not args.quiet,
                 timeout=args.timeout,
             )

@@ -14,7 +14,7 @@ from ._base import AsyncAPIClient, SyncAPIClient, TimeoutArg
 from ._constants import DEFAULT_MAX_RETRIES, DEFAULT_WAIT_TIMEOUT
 from ._prepare import DataArg, LossArg, ModelArg, OptimizerArg, optimizer_spec, prepare, split_data
 from ._progress import ProgressBar
-from .analyses import Analyses, AsyncAnalyses
+from .analyses import Analyses, AsyncAnalyses, CheckSettings
 from .audits import AsyncAudits, Audits
 from .errors import NotFoundError
 from .handles import AnalysisHandle, AsyncAnalysisHandle, follow, follow_async
@@ -92,6 +92,7 @@ class Client(SyncAPIClient):
         betas: tuple[float, float] | None = None,
         precision: str = "fp32",
         checks: Sequence[str] = ("standard",),
+        check_settings: CheckSettings | None = None,
         wait: Literal[True] = True,
         progress: bool = True,
         timeout: float = DEFAULT_WAIT_TIMEOUT,
@@ -111,6 +112,7 @@ class Client(SyncAPIClient):
         betas: tuple[float, float] | None = None,
         precision: str = "fp32",
         checks: Sequence[str] = ("standard",),
+        check_settings: CheckSettings | None = None,
         wait: Literal[False],
         progress: bool = True,
         timeout: float = DEFAULT_WAIT_TIMEOUT,
@@ -129,6 +131,7 @@ class Client(SyncAPIClient):
         betas: tuple[float, float] | None = None,
         precision: str = "fp32",
         checks: Sequence[str] = ("standard",),
+        check_settings: CheckSettings | None = None,
         wait: bool = True,
         progress: bool = True,
         timeout: float = DEFAULT_WAIT_TIMEOUT,
@@ -146,6 +149,8 @@ class Client(SyncAPIClient):
             precision: fp32, fp16 or bf16 (the precision you train in).
             checks: 'standard' and optionally 'curvature' (Hessian eigenvalue for lr_too_high), 'noise', and
                 'verify' (short training trials with each remediation applied; docs/verify.md).
+            check_settings: per-check settings, e.g. {"trace_probes": 0, "top_eigenvalues": 5, "verify_steps": 20}
+                (names in CHECK_SETTINGS; unset ones keep the server's defaults).
             wait: False returns an AnalysisHandle at once.
             progress: show a progress bar (only on a terminal or in Jupyter).
             timeout: seconds to wait for the report.
@@ -171,6 +176,7 @@ class Client(SyncAPIClient):
                     optimizer=spec,
                     precision=precision,
                     checks=checks,
+                    check_settings=check_settings,
                 )
 
             try:
@@ -244,6 +250,7 @@ class AsyncClient(AsyncAPIClient):
         betas: tuple[float, float] | None = None,
         precision: str = "fp32",
         checks: Sequence[str] = ("standard",),
+        check_settings: CheckSettings | None = None,
         wait: Literal[True] = True,
         progress: bool = True,
         timeout: float = DEFAULT_WAIT_TIMEOUT,
@@ -263,6 +270,7 @@ class AsyncClient(AsyncAPIClient):
         betas: tuple[float, float] | None = None,
         precision: str = "fp32",
         checks: Sequence[str] = ("standard",),
+        check_settings: CheckSettings | None = None,
         wait: Literal[False],
         progress: bool = True,
         timeout: float = DEFAULT_WAIT_TIMEOUT,
@@ -281,6 +289,7 @@ class AsyncClient(AsyncAPIClient):
         betas: tuple[float, float] | None = None,
         precision: str = "fp32",
         checks: Sequence[str] = ("standard",),
+        check_settings: CheckSettings | None = None,
         wait: bool = True,
         progress: bool = True,
         timeout: float = DEFAULT_WAIT_TIMEOUT,
@@ -305,6 +314,7 @@ class AsyncClient(AsyncAPIClient):
                     optimizer=spec,
                     precision=precision,
                     checks=checks,
+                    check_settings=check_settings,
                 )
 
             try:

@@ -49,6 +49,21 @@ def add_analysis_arguments(p: argparse.ArgumentParser) -> None:
         help="comma-separated: standard, noise (per-sample gradient noise), curvature, full (all three), "
         "verify (train short trials with each remediation applied, docs/verify.md)",
     )
+    p.add_argument(
+        "--top-eigenvalues",
+        type=int,
+        default=1,
+        metavar="K",
+        help="curvature: converge the K largest Hessian eigenvalues within 1%% (default 1; more costs products)",
+    )
+    p.add_argument(
+        "--trace-probes",
+        type=int,
+        default=4,
+        metavar="M",
+        help="curvature: Hutch++ probes for the Hessian trace (default 4; 0 leaves the trace out)",
+    )
+    p.add_argument("--verify-steps", type=int, default=30, metavar="K", help="verify: steps per trial (default 30)")
 
 
 def add_analyze_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -106,7 +121,14 @@ def _options(args: argparse.Namespace) -> AnalysisOptions:
         raise ValueError("--lr needs --optimizer (sgd, adam or adamw)")
     checks = tuple(c.strip() for c in args.checks.split(",") if c.strip())
     return AnalysisOptions(
-        loss=args.loss, optimizer=optimizer, precision=args.precision, checks=checks, device=args.device
+        loss=args.loss,
+        optimizer=optimizer,
+        precision=args.precision,
+        checks=checks,
+        device=args.device,
+        top_eigenvalues=args.top_eigenvalues,
+        trace_probes=args.trace_probes,
+        verify_steps=args.verify_steps,
     )
 
 

@@ -20,7 +20,6 @@ from torch import Tensor
 from .attention import math_attention, unfused_copy
 from .curvature import LanczosResult, lanczos_top_eigenvalue
 from .curvature_stats import (
-    CHECK_TRACE_PROBES,
     LAMBDA_TOL,
     TOP_K,
     CurvatureStats,
@@ -119,14 +118,17 @@ def _spectrum(op: HessianOperator, top: LanczosResult, options: AnalysisOptions,
     lam = top_eigenvalue_interval(top)
     stats.estimates["hessian_max_eigenvalue"] = lam
     pairs = zip(top.ritz_values, top.ritz_residuals, strict=True)
-    # the converged run from the top ("full" converges TOP_K); one past an unconverged value may skip an eigenvalue
+    # the converged run from the top (the asked-for k, plus any that converged on the way, up to TOP_K);
+    # one past an unconverged value may skip an eigenvalue
     converged = [v for v, _ in itertools.takewhile(lambda p: p[1] <= LAMBDA_TOL * abs(p[0]), pairs)]
-    stats.top_eigenvalues = converged[:TOP_K] or top.top(1)
+    stats.top_eigenvalues = converged[: max(options.top_eigenvalues, TOP_K)] or top.top(1)
     if "full" in options.checks:
         stats.density_grid, stats.density = slq_density(top)
+    if options.trace_probes == 0:
+        outcome.skipped.append((TRACE_CHECK, "left out: trace_probes=0 (set 2 or more for the trace and its interval)"))
+        return
     try:
-        probes = CHECK_TRACE_PROBES["full" if "full" in options.checks else "curvature"]
-        trace = trace_interval(op, op.dim, op.gradient, probes, top)
+        trace = trace_interval(op, op.dim, op.gradient, options.trace_probes, top)
     except FAILURES as exc:
         outcome.skipped.append((TRACE_CHECK, explain_failure(exc)))
         return
@@ -152,9 +154,14 @@ def _sharpness(
     if op is None:
         outcome.skipped.append((CHECK, "no trainable parameter reaches the loss, so there is no Hessian to measure"))
         return outcome
-    k = TOP_K if "full" in options.checks else 1  # "curvature" stops once lambda_max alone is within 1%
     top = lanczos_top_eigenvalue(
-        op, op.dim, op.gradient, max_steps=options.curvature_iterations, rel_tol=LAMBDA_TOL, start=op.gradient, k=k
+        op,
+        op.dim,
+        op.gradient,
+        max_steps=options.curvature_iterations,
+        rel_tol=LAMBDA_TOL,
+        start=op.gradient,
+        k=options.top_eigenvalues,  # default 1: stop once lambda_max alone is within 1%
     )
     if not math.isfinite(top.eigenvalue):
         raise FloatingPointError("the top eigenvalue is NaN/Inf")

@@ -24,8 +24,7 @@ from .hvp import hessian_operator
 
 LEVEL = 0.95
 TOP_K = 5
-TRACE_PROBES = 20  # the standalone hessian_trace's default
-CHECK_TRACE_PROBES = {"curvature": 4, "full": 8}  # the checks': the Lanczos basis already holds the top of tr(H)
+TRACE_PROBES = 20  # the standalone hessian_trace's default; the checks' is AnalysisOptions.trace_probes
 LAMBDA_TOL = 1e-2  # the checks stop Lanczos once lambda_max's residual bound is 1% of it
 DENSITY_POINTS = 100
 DENSITY_WIDTH = 0.02  # Gaussian sigma as a fraction of the Ritz values' span

@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 Precision = Literal["fp32", "fp16", "bf16"]
 Check = Literal["standard", "noise", "curvature", "verify", "full"]  # what AnalysisOptions.checks may name
 # "full" is shorthand for every measuring check; "verify" (training trials, docs/verify.md) is only run when named.
 FULL_CHECKS: tuple[Check, ...] = ("standard", "noise", "curvature")
+
+
+def _probes_for_an_interval(value: int) -> int:
+    """One probe gives a trace with no spread to build an interval from."""
+    if value == 1:
+        raise ValueError("trace_probes must be 0 (no trace) or at least 2 (one probe gives no interval)")
+    return value
+
+
+# How many of the largest Hessian eigenvalues Lanczos converges within 1% (each one more costs products)
+TopEigenvalues = Annotated[int, Field(ge=1, le=20)]
+# Hutch++ remainder probes for the Hessian trace; 0 leaves the trace out
+TraceProbes = Annotated[int, Field(ge=0, le=100), AfterValidator(_probes_for_an_interval)]
 
 
 class OptimizerSpec(BaseModel):
@@ -36,6 +49,8 @@ class AnalysisOptions(BaseModel):
     checks: tuple[Check, ...] = ("standard",)
     device: str | None = None
     curvature_iterations: int = Field(default=30, ge=2, le=500)  # most Hessian-vector products per Lanczos run
+    top_eigenvalues: TopEigenvalues = 1
+    trace_probes: TraceProbes = 4
     verify_steps: int = Field(default=30, ge=1, le=200)  # optimizer steps per verify trial (K)
     verify_max_trials: int = Field(default=8, ge=1, le=32)  # remediation trials per analysis (baseline not counted)
 

@@ -60,12 +60,15 @@ def test_markdown_to_file_with_optimizer_and_curvature(files: dict[str, Path]) -
         "0.9",
         "--checks",
         "standard,curvature",
+        "--trace-probes",
+        "0",
         "--output",
         str(out),
     )
     assert done.returncode == 0, done.stderr
     text = out.read_text()
     assert text.startswith("# gradhealth report") and "vanishing_gradient" in text and "| layer |" in text
+    assert "`curvature.trace`: left out: trace_probes=0" in text  # the flag reached the engine
 
 
 @pytest.mark.parametrize(
@@ -76,6 +79,8 @@ def test_markdown_to_file_with_optimizer_and_curvature(files: dict[str, Path]) -
         (["--lr", "0.1"], "--lr needs --optimizer"),
         (["--optimizer", "sgd"], "--optimizer needs --lr"),
         (["--loss", "hinge"], "unknown loss"),
+        (["--trace-probes", "1"], "trace_probes must be 0"),
+        (["--top-eigenvalues", "0"], "top_eigenvalues"),
     ],
 )
 def test_usage_and_input_errors_exit_2(files: dict[str, Path], args: list[str], message: str) -> None:

@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from gradhealth.diagnostics import AnalysisOptions, OptimizerSpec, analyze_module
 from gradhealth.diagnostics.curvature import lanczos_top_eigenvalue, stability_limit
 from gradhealth.diagnostics.curvature_stats import (
-    CHECK_TRACE_PROBES,
     condition_ratio,
     hessian_trace,
     lanczos_top_eigenvalues,
@@ -21,6 +20,7 @@ from gradhealth.diagnostics.curvature_stats import (
     trace_interval,
 )
 from gradhealth.diagnostics.hvp import HessianOperator, hessian_operator
+from pydantic import ValidationError
 from torch import Tensor, nn
 
 from .dense_hessian import LossOf, flat_loss
@@ -180,15 +180,31 @@ def test_engine_reports_estimates_and_spectrum() -> None:
     assert lam.samples <= 30 and lam.method == "lanczos residual bound"
     # one seeded draw of a 95% interval: seed 0 happens to miss (37 of 40 seeds cover), so allow 3 half-widths
     assert tr.low is not None and tr.high is not None and abs(tr.value - trace) <= 1.5 * (tr.high - tr.low)
-    assert tr.samples == CHECK_TRACE_PROBES["curvature"] and tr.method.startswith("hutch++")
+    assert tr.samples == AnalysisOptions().trace_probes and tr.method.startswith("hutch++")
     assert trace < 0 and ("hessian_condition_ratio" in report.estimates) == (tr.value > 0)  # only for a trace > 0
     assert report.spectrum is not None and report.spectrum.density == []
     top = report.spectrum.top_eigenvalues  # "curvature" converges lambda_max; the others reported are converged too
     assert 1 <= len(top) <= 5 and top == pytest.approx(eigenvalues[: len(top)].tolist(), rel=1e-2)
-    full = analyze_module(model, "mse", x, y, AnalysisOptions(checks=("full",)))
+    full = analyze_module(model, "mse", x, y, AnalysisOptions(checks=("full",), top_eigenvalues=5))
     assert full.spectrum is not None and full.spectrum.top_eigenvalues == pytest.approx(
         eigenvalues[:5].tolist(), rel=1e-2
     )
+
+
+def test_trace_probes_set_the_trace_and_zero_leaves_it_out() -> None:
+    model, x, y = _regressor()
+    _, trace = dense(copy.deepcopy(model).double(), lambda f: F.mse_loss(f(x.double()), y.double()))
+    eight = analyze_module(model, "mse", x, y, AnalysisOptions(checks=("curvature",), trace_probes=8))
+    tr = eight.estimates["hessian_trace"]
+    assert tr.samples == 8 and tr.low is not None and tr.high is not None
+    assert abs(tr.value - trace) <= 1.5 * (tr.high - tr.low)  # one seeded draw of a 95% interval, as above
+    none = analyze_module(model, "mse", x, y, AnalysisOptions(checks=("curvature",), trace_probes=0))
+    assert "hessian_trace" not in none.estimates and "hessian_condition_ratio" not in none.estimates
+    assert "hessian_max_eigenvalue" in none.estimates
+    [skipped] = [s for s in none.skipped if s.check == "curvature.trace"]
+    assert "trace_probes=0" in skipped.reason
+    with pytest.raises(ValidationError, match="at least 2"):
+        AnalysisOptions(trace_probes=1)
 
 
 def _lr_too_high(lr: float) -> tuple[float, bool, str]:

@@ -44,6 +44,9 @@ def test_unknown_model_references_say_what_to_do(project: Project) -> None:
         ({"model_id": "m", "batch_id": "b", "loss": "hinge"}, "loss: unknown loss 'hinge'"),
         ({"model_id": "m", "batch_id": "b", "precision": "fp4"}, "precision:"),
         ({"model_id": "m", "batch_id": "b", "surprise": 1}, "surprise: Extra inputs are not permitted"),
+        ({"model_id": "m", "batch_id": "b", "trace_probes": 1}, "trace_probes: trace_probes must be 0"),
+        ({"model_id": "m", "batch_id": "b", "trace_probes": 10**6}, "trace_probes: Input should be less than"),
+        ({"model_id": "m", "batch_id": "b", "top_eigenvalues": 0}, "top_eigenvalues: Input should be greater"),
     ],
 )
 def test_bad_analysis_bodies_are_422_naming_the_field(project: Project, body: dict[str, Any], where: str) -> None:
@@ -149,3 +152,11 @@ def test_a_report_before_the_analysis_finished_is_409_with_retry_after(project: 
     response = project.get(f"/v1/analyses/{analysis['id']}/report")
     assert error(response, 409, "not_ready")["message"].startswith("the analysis is queued")
     assert response.headers["retry-after"] == "1"
+
+
+def test_curvature_settings_reach_the_engine_options() -> None:
+    from gradhealth.api.schemas import AnalysisSetup
+
+    options = AnalysisSetup.model_validate({"checks": ["curvature"], "trace_probes": 0, "top_eigenvalues": 3}).options()
+    assert (options.checks, options.trace_probes, options.top_eigenvalues) == (("curvature",), 0, 3)
+    assert AnalysisSetup().options().trace_probes == 4  # the engine's default when the request leaves it out

@@ -192,10 +192,15 @@ def test_create_body_and_optimizer_spec() -> None:
         optimizer=OptimizerSpec(name="sgd", lr=0.1, momentum=0.9),
         precision="bf16",
         checks=("standard", "curvature"),
+        check_settings={"trace_probes": 0, "top_eigenvalues": 3},
     )
     body = json.loads(recorder.bodies[0])
     assert body["model_id"] == "m1" and body["loss"] == "mse" and body["precision"] == "bf16"
     assert body["checks"] == ["standard", "curvature"]
+    assert body["trace_probes"] == 0 and body["top_eigenvalues"] == 3
+    with pytest.raises(ValueError, match="unknown check setting"):
+        client.analyses.create(model_id="m1", batch_id="b1", check_settings={"trace_probe": 0})
+    assert len(recorder.bodies) == 1  # refused before sending
     assert body["optimizer"]["name"] == "sgd" and body["optimizer"]["momentum"] == 0.9
 
 
