@@ -43,6 +43,7 @@ from .options import AnalysisOptions
 from .param_stats import layer_param_stats
 from .probes import InstrumentedGraph, instrument
 from .rules import evaluate_rules
+from .sketch import layer_sketches
 from .targets import measure_targets
 from .verify_engine import verify_analysis
 
@@ -155,6 +156,10 @@ class Analyzer:
         notify("statistics", 0.6)
         with timer.phase("statistics"):
             measurements = self._measure(params, inputs, targets, loss, batch_size, options)
+        if "full" in options.checks:  # Cockpit full's gradient histograms, as TensorBoard-style quantile sketches
+            with timer.phase("distributions"):
+                groups = [(path, names) for path, _, names in self._layer_groups()]
+                measurements.distributions = layer_sketches(params, groups)
         if options.runs("curvature"):
             notify("curvature", 0.7)
             with timer.phase("curvature"):

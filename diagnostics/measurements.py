@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from .curvature_stats import CurvatureStats
 from .noise_stats import NoiseMeasure
 from .options import AnalysisOptions
+from .sketch import LayerSketch
 
 
 @dataclass
@@ -152,6 +153,7 @@ class Measurements:
     graph_available: bool = True
     targets: TargetMeasure | None = None  # regression losses only
     noise: NoiseMeasure | None = None  # per-sample gradient statistics (noise check)
+    distributions: dict[str, LayerSketch] = field(default_factory=dict)  # per-layer quantile sketches ("full")
 
     @property
     def global_grad_norm(self) -> float | None:

@@ -18,12 +18,13 @@ from gradhealth.report import (
     SkippedCheck,
     health_of,
 )
-from gradhealth.report.schema import CurvatureSpectrum, Estimate
+from gradhealth.report.schema import CurvatureSpectrum, Estimate, LayerDistribution
 from torch import Tensor
 
 from .curvature import adam_stability_limit, stability_limit
 from .measurements import ActivationMeasure, LayerMeasure, Measurements
 from .noise_report import attach_gsnr, noise_estimates
+from .sketch import QUANTILES, LayerSketch
 
 
 def _finite(value: float | None) -> float | None:
@@ -226,4 +227,20 @@ def build(
     )
     curvature_estimates, report.spectrum = curvature_report(measurements)
     report.estimates.update(curvature_estimates)
+    report.distributions = {path: _distribution(s) for path, s in measurements.distributions.items()}
     return report
+
+
+def _distribution(s: LayerSketch) -> LayerDistribution:
+    """One analysed batch's sketch as a one-step LayerDistribution (step 0), the run reports' shape."""
+    return LayerDistribution(
+        steps=[0],
+        quantiles=list(QUANTILES),
+        grad=[s.grad],
+        weight=[s.weight],
+        grad_zeros=[s.grad_zeros],
+        grad_nonfinite=[s.grad_nonfinite],
+        weight_zeros=[s.weight_zeros],
+        weight_nonfinite=[s.weight_nonfinite],
+        count=[s.count],
+    )

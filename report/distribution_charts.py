@@ -7,6 +7,8 @@ towards the middle, with the median as a line. A step whose sketch has no finite
 
 from __future__ import annotations
 
+from html import escape
+
 from .chart_scale import nice_step, value_range
 from .html_parts import layer_label, svg_open
 from .render import finite
@@ -24,8 +26,10 @@ def _complete(rows: list[list[float | None]]) -> list[int]:
     return [i for i, row in enumerate(rows) if len(row) == 9 and all(finite(v) for v in row)]
 
 
-def band_chart(steps: list[int], rows: list[list[float | None]], label: str) -> str:
-    """One layer's quantile bands over steps; an empty string when no sketch has finite values."""
+def band_chart(
+    steps: list[int], rows: list[list[float | None]], label: str, ends: tuple[str, str] | None = None
+) -> str:
+    """Quantile bands over steps (or, with `ends` naming the first and last, over layers); "" without finite values."""
     kept = _complete(rows)
     if not kept:
         return ""
@@ -39,7 +43,8 @@ def band_chart(steps: list[int], rows: list[list[float | None]], label: str) -> 
     def y(value: float) -> float:
         return HEIGHT - BOTTOM - (HEIGHT - BOTTOM - TOP) * (value - low) / ((high - low) or 1.0)
 
-    parts = [svg_open(WIDTH, HEIGHT, "gh-dist-chart", f"{label}: quantile bands per step")]
+    per = "layer" if ends else "step"
+    parts = [svg_open(WIDTH, HEIGHT, "gh-dist-chart", f"{label}: quantile bands per {per}")]
     for (lo, hi), opacity in zip(PAIRS, OPACITY, strict=True):
         upper = [f"{x(steps[i]):.1f},{y(rows[i][hi] or 0.0):.1f}" for i in kept]
         lower = [f"{x(steps[i]):.1f},{y(rows[i][lo] or 0.0):.1f}" for i in reversed(kept)]
@@ -58,8 +63,9 @@ def band_chart(steps: list[int], rows: list[list[float | None]], label: str) -> 
             f'<text x="{LEFT - 4}" y="{y(level) + 3:.1f}" text-anchor="end" font-size="10">{_num(level)}</text>'
         )
         level += tick
-    parts.append(f'<text x="{LEFT}" y="{HEIGHT - 4}" font-size="10">step {first}</text>')
-    parts.append(f'<text x="{WIDTH - RIGHT}" y="{HEIGHT - 4}" text-anchor="end" font-size="10">step {last}</text>')
+    left, right = ends or (f"step {first}", f"step {last}")
+    parts.append(f'<text x="{LEFT}" y="{HEIGHT - 4}" font-size="10">{escape(left)}</text>')
+    parts.append(f'<text x="{WIDTH - RIGHT}" y="{HEIGHT - 4}" text-anchor="end" font-size="10">{escape(right)}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
@@ -81,6 +87,28 @@ def distribution_html(report: Report) -> list[str]:
         "<h2>Distributions</h2>",
         "<p><small>Per layer, the gradient and weight values at each sketched step: shaded from the min-max band "
         "to the 30.85-69.15% band, the line is the median (TensorBoard's distributions).</small></p>",
+        *figures,
+    ]
+
+
+def layer_distribution_html(report: Report) -> list[str]:
+    """An analysis's distributions: the gradient and the weight quantile bands across layers, in data-flow order."""
+    names = [n for n, d in report.distributions.items() if d.grad]
+    if len(names) < 2:  # bands need two layers to span
+        return []
+    figures = []
+    for kind in ("gradient", "weight"):
+        rows = [(d.grad if kind == "gradient" else d.weight)[-1] for d in (report.distributions[n] for n in names)]
+        chart = band_chart(list(range(len(names))), rows, f"{kind} per layer", (names[0], names[-1]))
+        if chart:
+            figures.append(f"<figure class='gh-dist'><figcaption>{kind} values per layer</figcaption>{chart}</figure>")
+    if not figures:
+        return []
+    return [
+        "<h2>Distributions</h2>",
+        "<p><small>Across layers (input side on the left), the values of each layer's gradient and weights on "
+        "this batch: shaded from the min-max band to the 30.85-69.15% band, the line is the median "
+        "(Cockpit's gradient histograms, as TensorBoard's distributions). The Markdown report lists them.</small></p>",
         *figures,
     ]
 
@@ -111,23 +139,28 @@ def _pct(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.1f}%"
 
 
+def distribution_table(distributions: dict[str, LayerDistribution]) -> list[str]:
+    """The Markdown table of each layer's latest sketch; [] without distributions."""
+    if not distributions:
+        return []
+    lines = [
+        "## Distributions",
+        "",
+        "| layer | sketches | grad min | grad median | grad max | grad zeros | weight median | weight 15.87–84.13% |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, dist in distributions.items():
+        grad, weight = _latest(dist, dist.grad), _latest(dist, dist.weight)
+        lines.append(
+            f"| `{name}` | {len(dist.steps)} | {_num(grad[0])} | {_num(grad[4])} | {_num(grad[8])} | "
+            f"{_share(dist.grad_zeros, dist.count)} | {_num(weight[4])} | {_num(weight[2])} – {_num(weight[6])} |"
+        )
+    return [*lines, ""]
+
+
 def distribution_markdown(timeline: Timeline | None) -> list[str]:
     """Markdown tables: each charted layer's latest sketch, and each activation's dead/saturated fractions."""
-    lines: list[str] = []
-    if timeline is not None and timeline.distributions:
-        lines += [
-            "## Distributions",
-            "",
-            "| layer | sketches | grad min | grad median | grad max | grad zeros | weight median | weight 15.87–84.13% |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for name, dist in timeline.distributions.items():
-            grad, weight = _latest(dist, dist.grad), _latest(dist, dist.weight)
-            lines.append(
-                f"| `{name}` | {len(dist.steps)} | {_num(grad[0])} | {_num(grad[4])} | {_num(grad[8])} | "
-                f"{_share(dist.grad_zeros, dist.count)} | {_num(weight[4])} | {_num(weight[2])} – {_num(weight[6])} |"
-            )
-        lines.append("")
+    lines = distribution_table(timeline.distributions if timeline is not None else {})
     if timeline is not None and timeline.activations:
         lines += [
             "## Activations",

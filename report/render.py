@@ -202,6 +202,10 @@ def to_markdown(report: Report, max_layers: int = 60) -> str:
         "",
         *_layer_lines(report, max_layers),
     ]
+    if report.distributions:
+        from .distribution_charts import distribution_table  # it imports this module
+
+        lines += ["", *distribution_table(report.distributions)[:-1]]
     return "\n".join(lines) + "\n"
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from html import escape
 
+from .distribution_charts import layer_distribution_html
 from .html_parts import (
     COLORS,
     CSS,
@@ -218,6 +219,7 @@ def to_html_fragment(report: Report) -> str:
         *finding_html(report),
         _skipped_html(report),
         estimates_html(report),
+        *layer_distribution_html(report),
         "<h2>Layers</h2>",
         _layer_table(report),
         "</div>",

@@ -246,6 +246,8 @@ class Report(BaseModel):
     skipped: list[SkippedCheck] = Field(default_factory=list)
     estimates: dict[str, Estimate] = Field(default_factory=dict)  # noise/curvature statistics with intervals
     spectrum: CurvatureSpectrum | None = None
+    # analyses under "full": each layer's gradient and weight quantiles on the batch (one step, 0); runs: timeline
+    distributions: dict[str, LayerDistribution] = Field(default_factory=dict)
 
     def findings_for(self, rule: str) -> list[Finding]:
         """Return the findings of one rule id."""

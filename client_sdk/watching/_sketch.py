@@ -1,13 +1,5 @@
-"""Gradient and weight distributions: a 12-number sketch per layer, taken at a stride the overhead budget allows.
-
-A sketch is TensorBoard's compressed histogram: the 0, 6.68, 15.87, 30.85, 50, 69.15, 84.13, 93.32
-and 100th percentiles (the median and +-0.5, 1, 1.5 sigma of a normal distribution, and the extremes)
-of the layer's finite values, then its counts of exact zeros, of non-finite values, and of all values.
-Quantiles interpolate linearly, as torch.quantile: exact for a layer of at most MAX_EXACT values; a
-larger layer is read through a uniform sample of MAX_EXACT values (drawn with replacement), whose
-quantiles are within 0.0026 in rank of the full tensor's with probability 1 - 1e-6 (the
-Dvoretzky-Kiefer-Wolfowitz bound, sqrt(ln(2/1e-6) / (2 * 2^20))). Counts are always exact.
-"""
+"""Gradient and weight distributions: a 12-number sketch per layer (gradhealth.diagnostics.sketch), at a stride
+the overhead budget allows."""
 
 from __future__ import annotations
 
@@ -15,34 +7,14 @@ import math
 from collections import deque
 
 import torch
+from gradhealth.diagnostics.sketch import MAX_EXACT, QUANTILES, WIDTH, sketch
 from torch import Tensor
 
-QUANTILES = (0.0, 0.0668, 0.1587, 0.3085, 0.5, 0.6915, 0.8413, 0.9332, 1.0)
-WIDTH = len(QUANTILES) + 3  # the quantiles, zeros, non-finite, count
-MAX_EXACT = 2**20
+__all__ = ["MAX_EXACT", "QUANTILES", "WIDTH", "SketchSchedule", "layer_sketches", "sketch"]
+
 FLOOR = 10  # at most one sketch in FLOOR optimizer steps
 CEILING = 10_000
 SHARE = 1 / 3  # sketches may cost this share of the budget, on top of recording (which keeps its own)
-
-
-def sketch(tensors: list[Tensor], generator: torch.Generator | None = None) -> Tensor:
-    """The WIDTH numbers of one layer's values (float32, on their device); no host sync."""
-    flat = torch.cat([t.detach().reshape(-1).float() for t in tensors]) if tensors else torch.zeros(0)
-    out = torch.full((WIDTH,), math.nan, device=flat.device)
-    out[-1] = flat.numel()
-    if not flat.numel():
-        out[-3:-1] = 0.0
-        return out
-    finite = torch.isfinite(flat)
-    out[-3] = torch.count_nonzero(flat == 0)
-    out[-2] = flat.numel() - torch.count_nonzero(finite)
-    values = torch.where(finite, flat, math.nan)
-    if values.numel() > MAX_EXACT:
-        index = torch.randint(values.numel(), (MAX_EXACT,), device=values.device, generator=generator)
-        values = values[index]
-    q = torch.tensor(QUANTILES, device=values.device)
-    out[: len(QUANTILES)] = torch.nanquantile(values, q)  # all non-finite: NaN, "no finite value"
-    return out
 
 
 def layer_sketches(grads: list[list[Tensor]], weights: list[list[Tensor]]) -> Tensor:

@@ -176,7 +176,7 @@ def test_run_report_renders_in_chromium(artifacts_dir: Path, tmp_path: Path) -> 
 
 
 _MEASURE = """<pre id="boxes"></pre><script>
-const marks = ".gh-whisker,.gh-gsnr-point,.gh-stem,.gh-eigenvalue,.gh-density";
+const marks = ".gh-whisker,.gh-gsnr-point,.gh-stem,.gh-eigenvalue,.gh-density,.gh-band,.gh-median";
 const out = {};
 for (const svg of document.querySelectorAll("svg.gh-chart")) {
   const r = svg.getBoundingClientRect();
@@ -210,6 +210,7 @@ def test_estimate_charts_render_in_chromium(artifacts_dir: Path, tmp_path: Path)
     charts = json.loads(html.unescape(boxes.group(1)))
     kinds = {"gh-gsnr-chart": {"gh-whisker", "gh-gsnr-point"}, "gh-spectrum-chart": {"gh-stem", "gh-eigenvalue"}}
     kinds["gh-density-chart"] = {"gh-density"}
+    kinds["gh-dist-chart"] = {"gh-band", "gh-median"}  # the distributions across layers (the last of the two)
     for css, wanted in kinds.items():
         chart = charts[f"gh-chart {css}"]
         assert chart["width"] > 100 and chart["height"] > 50, css

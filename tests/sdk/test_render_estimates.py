@@ -11,6 +11,7 @@ from html.parser import HTMLParser
 
 import pytest
 from gradhealth.report import CurvatureSpectrum, Estimate, LayerStats, ModelInfo, estimate_charts
+from gradhealth.report.schema import LayerDistribution
 
 import gradhealth
 
@@ -34,6 +35,19 @@ ESTIMATES = {
     "gsnr": Estimate(value=0.8, samples=64, method="plug-in"),
 }
 TOP = [120.0, 45.0, 12.0, 3.1, 0.8]
+LEVELS = [0.0, 0.0668, 0.1587, 0.3085, 0.5, 0.6915, 0.8413, 0.9332, 1.0]
+
+
+def _sketch(scale: float) -> LayerDistribution:
+    """A one-step sketch of a normal-looking layer whose spread is `scale` (the quantiles at ±k sigma)."""
+    grad: list[float | None] = [scale * z for z in (-4.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 4.0)]
+    weight: list[float | None] = [0.1 * z for z in (-3.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 3.0)]
+    return LayerDistribution(
+        steps=[0], quantiles=LEVELS, grad=[grad], weight=[weight], grad_zeros=[25.0], count=[100.0]
+    )
+
+
+DISTRIBUTIONS = {name: _sketch(0.01 * (i + 1)) for i, name in enumerate(GSNR)}
 
 
 def _layer(name: str, gsnr: Estimate | None) -> LayerStats:
@@ -58,6 +72,7 @@ def estimates_report(
         spectrum=CurvatureSpectrum(top_eigenvalues=TOP, density_grid=grid, density=density)
         if spectrum is None
         else spectrum,
+        distributions=DISTRIBUTIONS,
     )
 
 
@@ -73,7 +88,7 @@ def test_markdown_estimates_table_gsnr_column_and_eigenvalues() -> None:
     assert "| `hessian_max_eigenvalue` | 123 | [118, 130] at 95% | 30 | lanczos residual bound |" in md
     assert "| `hessian_trace` | 2.50e+05 | [2.10e+05, 2.90e+05] at 90% | 100 | hutchinson |" in md
     assert "| `gsnr` | 0.8 | – | 64 | plug-in |" in md
-    names = re.findall(r"^\| `([^`]+)` \| [^|]+ \| [^|]+ \| \d+ \|", md, re.M)
+    names = re.findall(r"^\| `([^`]+)` \| [^|]+ \| [^|]+ \| \d+ \|", md.split("## Distributions")[0], re.M)
     assert names == [*(n for n in ESTIMATES if n != "across_batches.gsnr"), "across_batches.gsnr"]  # one batch first
     assert "Top Hessian eigenvalues: 120, 45, 12, 3.1, 0.8." in md
     assert "GSNR [interval] |" in md
@@ -239,3 +254,22 @@ def test_edge_cases_render() -> None:
     assert [c.get("data-layer") for c in chart.iter(f"{SVG}circle")] == ["only"]  # inf is written, not plotted
     assert len(_chart(page, "gh-spectrum-chart").findall(f"{SVG}circle")) == 1
     assert "gh-density-chart" not in page  # grid and density disagree in length
+
+
+def test_analysis_distributions_as_a_table_and_bands_across_layers() -> None:
+    report = estimates_report()
+    md = report.to_markdown()
+    assert md.endswith("|\n") and "## Distributions" in md
+    assert "| `fc` | 1 | -0.2 | 0 | 0.2 | 25.0% | 0 | -0.1 – 0.1 |" in md  # the 5th layer: scale 0.05
+    page = report.to_html()
+    charts = re.findall(r'<svg[^>]*class="gh-chart gh-dist-chart".*?</svg>', page, re.S)
+    assert len(charts) == 2  # gradient and weight
+    for chart in charts:
+        svg = ET.fromstring(chart)
+        assert len(svg.findall(f"{SVG}polygon")) == 4 and len(svg.findall(f"{SVG}polyline")) == 1
+        labels = [t.text for t in svg.findall(f"{SVG}text")]
+        assert labels[-2:] == ["embed", "fc"]  # the x axis runs over layers, input side first
+        # the median line passes through one point per layer
+        (median,) = svg.findall(f"{SVG}polyline")
+        assert len(median.get("points", "").split()) == len(GSNR)
+    assert "<h2>Distributions</h2>" not in estimates_report().model_copy(update={"distributions": {}}).to_html()
