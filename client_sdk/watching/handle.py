@@ -255,7 +255,8 @@ class Watch:
         (it may raise gradhealth.StopTraining out of optimizer.step()). While a callback is set, a batch is not
         handed over before the previous one's answer is in (waiting at most FINDINGS_WAIT seconds), so a
         finding is acted on within one shipping interval (flush_interval, or batch_steps records) of the batch
-        that shows it. See gradhealth.actions for ready-made callbacks.
+        that shows it. Findings in the answer to the batches close() ships are handed over in close().
+        See gradhealth.actions for ready-made callbacks.
         """
         if severity not in SEVERITY_ORDER:
             raise ValueError(f"severity is one of {list(SEVERITY_ORDER)}; got {severity!r}")
@@ -271,7 +272,11 @@ class Watch:
         return self._shipper.flush(timeout)
 
     def close(self, timeout: float = 10.0) -> None:
-        """Stop watching and deliver what is left, waiting at most `timeout` seconds."""
+        """Stop watching and deliver what is left, waiting at most `timeout` seconds.
+
+        With on_finding set, the findings the service reports for the last batches are handed to it here,
+        after everything else (a StopTraining raised by the callback then leaves close(), and the with block).
+        """
         if self._hooks is None:
             return
         if self._sharded is not None and self._sharded.failure is not None and not self._closed:
@@ -289,6 +294,7 @@ class Watch:
             if not self._warned - {"throttle"}:  # a problem already reported (service down, refused) explains this
                 reason = self._shipper.last_error or "no answer in time"
                 self._warn("delivery", f"gradhealth.watch: {left} recorded steps were not delivered ({reason})")
+        self._hand_over()  # the answer to the last batch may hold findings: on_finding still sees them
 
     def report(self, timeout: float = 30.0) -> Report:
         """The service's diagnosis of this run so far (flushes first; a service that is down fails it at once)."""
@@ -490,8 +496,14 @@ class Watch:
             return
         if self._shipper.behind():
             self._shipper.await_answer(FINDINGS_WAIT)
+        self._hand_over()
+
+    def _hand_over(self) -> None:
+        """New findings to on_finding, each once; the user's code: its exceptions (StopTraining) are theirs to see."""
+        if self._on_finding is None or not isinstance(self._shipper, Shipper):
+            return
         for finding in self._shipper.take_findings():
-            self._on_finding(finding, self)  # the user's code: its exceptions (StopTraining) are theirs to see
+            self._on_finding(finding, self)
 
     def _unhook(self) -> None:
         for handle in self._hooks or ():
@@ -523,4 +535,7 @@ class Watch:
         warnings.warn(message, WatchWarning, stacklevel=3)
 
     def _at_exit(self) -> None:
-        self.close(timeout=5.0)
+        try:
+            self.close(timeout=5.0)
+        except Exception as exc:  # on_finding raised at close, with the interpreter going down: say so, once
+            self._warn("at_exit", f"gradhealth.watch: on_finding raised at exit ({exc!r})")

@@ -108,6 +108,29 @@ def test_lower_lr_and_checkpoint_act_once_per_finding_and_training_goes_on(
         assert set(saved) == {"model", "optimizer", "finding"} and saved["finding"]["rule"] == finding.rule
 
 
+def test_findings_in_the_answer_to_the_batch_shipped_at_close_reach_on_finding(client: gradhealth.Client) -> None:
+    # nothing ships before close(): one batch holds the whole run, and its answer is the first to show the finding
+    model, opt, x, y = _setup()
+    calls: list[tuple[str, int | None]] = []
+    handle = gradhealth.watch(
+        model, opt, run="at-close", client=client, budget=None, flush_interval=3600.0, batch_steps=10_000,
+        on_finding=lambda f, w: calls.append((f.rule, f.step)),
+    )  # fmt: skip
+    with handle:
+        for step in range(DIVERGE_AT + 40):
+            if step == DIVERGE_AT:
+                opt.param_groups[0]["lr"] = 3.0
+            batch = torch.randint(0, 256, (32,), generator=torch.Generator().manual_seed(step))
+            loss = nn.functional.mse_loss(model(x[batch]), y[batch])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            handle.log(loss=loss)
+        assert not calls  # no batch is delivered before close()
+    reported = {(f.rule, f.step) for f in handle.report().findings_at_least("error")}
+    assert reported and sorted(calls) == sorted(reported)  # each once, all of them, by the end of the with block
+
+
 def test_actions_refuse_bad_arguments() -> None:
     model, opt, _, _ = _setup()
     with pytest.raises(ValueError, match="0 < factor < 1"):
