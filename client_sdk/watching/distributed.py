@@ -9,7 +9,10 @@ sum ONE float64 vector with all_reduce: per-layer squared gradient norms, per-te
 flags, the sample group's squared weight and update norms, each rank's max |g| in its own row
 (a sum of one-hot rows is a gather, so max-abs needs no second collective), and rank 0's stride.
 The squares' sum is the full parameter's squared norm. Ranks agree on which steps they record
-because rank 0's stride travels in that vector: every rank uses the last agreed one.
+because rank 0's stride travels in that vector: every rank uses the last agreed one. At a sketch
+step the vector also carries each rank's shard summaries (_shard_sketch), merged on rank 0, and
+rank 0's sketch stride; it always ends with one failure flag per rank, so an internal error on one
+rank stops watch() on every rank at the same step instead of leaving the others in the collective.
 """
 
 from __future__ import annotations
