@@ -308,8 +308,17 @@ class Watch:
     def __enter__(self) -> Watch:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        try:  # an exception is on its way out (StopTraining among them): on_finding at close must not replace it
+            self.close()
+        except Exception as exc:
+            from gradhealth.actions import StopTraining
+
+            if not isinstance(exc, StopTraining):
+                self._warn("close", f"gradhealth.watch: on_finding raised at close ({exc!r}) while the block raised")
 
     def __repr__(self) -> str:
         return (
@@ -330,7 +339,7 @@ class Watch:
             self._pre_step(optimizer, args, kwargs)
 
     def _pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        self._pending = None
+        self._pending, self._collect = None, False  # a step GradScaler skipped left them set
         if not self._records(self._step):
             return
         if self._sharded is not None:  # decided before anything can fail: the all_reduce's shape depends on it
