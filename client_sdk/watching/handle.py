@@ -351,7 +351,7 @@ class Watch:
             grads = self._stats.grads(grad_scale)
             sample = self._stats.sample(self.steps_recorded, optimizer is not None, grad_scale)
             sketch = self._extras.sketch(self._step, self._budget.step_time, self._budget.overhead)
-            self._spent -= self._extras.sketch_seconds  # the sketch's own share of the budget, not recording's
+            self._spent -= self._extras.sketch_seconds  # not recording's cost: sketches take what recording leaves
             if lr is not None and not (isinstance(lr, Tensor) and not lr.is_cpu):
                 lr = float(lr)  # a CPU tensor lr is read now: copying it to the device would sync the stream
             self._pending = Pending(grads, sample, lr, sketch)
