@@ -3,7 +3,8 @@
 Each rank trains two copies of the model with the same initial weights, both wrapped the same way
 (DistributedDataParallel, or fully_shard per child module and the root): the plain loop and the loop
 under `gradhealth.watch(model, optimizer)` at its defaults (rank 0 ships to the benchmark's sink;
-under FSDP every rank takes part in watch()'s one all_reduce per recorded step). Rounds are
+under FSDP every rank takes part in watch()'s one all_reduce per recorded step, which also carries
+the shard summaries of the distributions at the sketch stride). Rounds are
 interleaved as in watch_overhead.py, every round starting with a barrier; rank 0 reports the median
 step time of each copy. With 2 processes on a machine of few cores, the processes contend with each
 other and with anything else running: read the machine's load (uptime) with the numbers.
@@ -84,7 +85,7 @@ def _rank(
         for index in (r % 2, 1 - r % 2):
             dist.barrier()
             times[index].append(_step_time(*copies[index], x, y, steps))
-    sketch_stride = handle._extras.sketches.stride if handle._extras.sketches.enabled else None
+    sketch_stride = handle.sketch_stride  # under FSDP: the stride rank 0 chose, agreed by every rank
     result = {
         "plain": statistics.median(times[0]),
         "watched": statistics.median(times[1]),

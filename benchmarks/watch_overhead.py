@@ -25,7 +25,8 @@ Budget (DESIGN.md §6): watch() adds <= 3% step time at default settings.
                                         [--sink serve|stub] [--no-wandb] [--distributed ddp,fsdp]
 
 "no dist." is watch() at its defaults with distributions=False: the difference to "watch()" is the
-cost of the distribution sketches at the stride watch() chose for them ("sketch stride" column).
+cost of the distribution sketches at the stride watch() chose for them ("sketch stride" column: from
+the sketches' measured cost and what recording leaves of the same 3% budget, docs/runs.md).
 --distributed adds, per model, the overhead of watch() under DDP and FSDP2 on 2 CPU processes
 (benchmarks/watch_distributed.py).
 
@@ -266,7 +267,7 @@ def measure(
     ratios["plain"] = statistics.median(variants[0].times)
     ratios["stride"] = handles["default"].stride
     ratios["measured"] = handles["default"].overhead or math.nan
-    ratios["sketch stride"] = handles["default"]._extras.sketches.stride
+    ratios["sketch stride"] = handles["default"].sketch_stride or math.nan  # NaN: none chosen (step time unmeasured)
     return ratios
 
 

@@ -23,10 +23,15 @@ WIDTH = len(QUANTILES) + 3  # the quantiles, zeros, non-finite, count
 MAX_EXACT = 2**20
 
 
-def sketch(tensors: list[Tensor], generator: torch.Generator | None = None) -> Tensor:
-    """The WIDTH numbers of one layer's values (float32, on their device); no host sync."""
+def sketch(
+    tensors: list[Tensor], generator: torch.Generator | None = None, levels: tuple[float, ...] = QUANTILES
+) -> Tensor:
+    """The quantiles at `levels` of one layer's values, then zeros, non-finite, count (float32, on their device).
+
+    No host sync; WIDTH numbers at the default levels (watch() under FSDP asks for finer ones to merge).
+    """
     flat = torch.cat([t.detach().reshape(-1).float() for t in tensors]) if tensors else torch.zeros(0)
-    out = torch.full((WIDTH,), math.nan, device=flat.device)
+    out = torch.full((len(levels) + 3,), math.nan, device=flat.device)
     out[-1] = flat.numel()
     if not flat.numel():
         out[-3:-1] = 0.0
@@ -38,8 +43,8 @@ def sketch(tensors: list[Tensor], generator: torch.Generator | None = None) -> T
     if values.numel() > MAX_EXACT:
         index = torch.randint(values.numel(), (MAX_EXACT,), device=values.device, generator=generator)
         values = values[index]
-    q = torch.tensor(QUANTILES, device=values.device)
-    out[: len(QUANTILES)] = torch.nanquantile(values, q)  # all non-finite: NaN, "no finite value"
+    q = torch.tensor(levels, device=values.device)
+    out[: len(levels)] = torch.nanquantile(values, q)  # all non-finite: NaN, "no finite value"
     return out
 
 

@@ -142,9 +142,11 @@ def watch(
         flush_interval: seconds between batches.
         batch_steps: the most records per batch (a full batch is sent at once).
         distributions: per-layer gradient and weight distributions (9 quantiles, zeros, non-finite,
-            count) on some recorded steps: True, at the stride a third of `budget` allows (at least
-            every 10 steps; every 10 with budget=None), an int for a fixed stride in optimizer steps,
-            False for none. Not under FSDP (local shards' quantiles do not combine).
+            count) on some recorded steps: True, at the stride that keeps recording and sketches
+            together within `budget` (at least every 10 steps, none before the step time is measured;
+            every 10 with budget=None), an int for a fixed stride in optimizer steps, False for none.
+            Under FSDP2 merged on rank 0 from each rank's shard summary, within a stated rank error
+            (docs/runs.md).
         activations: dead and saturated fractions of every activation module (nn.ReLU, nn.GELU,
             nn.Sigmoid, nn.Tanh, ...) from forward hooks: True for every 10th step, an int for that
             stride in optimizer steps (on recorded steps), False (default) for none. Functional

@@ -9,7 +9,10 @@ sum ONE float64 vector with all_reduce: per-layer squared gradient norms, per-te
 flags, the sample group's squared weight and update norms, each rank's max |g| in its own row
 (a sum of one-hot rows is a gather, so max-abs needs no second collective), and rank 0's stride.
 The squares' sum is the full parameter's squared norm. Ranks agree on which steps they record
-because rank 0's stride travels in that vector: every rank uses the last agreed one.
+because rank 0's stride travels in that vector: every rank uses the last agreed one. At a sketch
+step the vector also carries each rank's shard summaries (_shard_sketch), merged on rank 0, and
+rank 0's sketch stride; it always ends with one failure flag per rank, so an internal error on one
+rank stops watch() on every rank at the same step instead of leaving the others in the collective.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from torch import Tensor
 from ._budget import Budget
 from ._layers import Layer
 from ._records import Record, RecordBuffer
+from ._shard_sketch import SUMMARY
 from ._stats import INF, METRICS, NAN, Pending, Sample, StatsEngine, _grad, _max_abs, _norms
 
 
@@ -44,6 +48,21 @@ def _replicas(param: Tensor, world: int) -> int:
     return math.prod(mesh.size(dim) for dim, p in enumerate(placements) if p.is_replicate())
 
 
+def owns(param: Tensor, rank: int) -> bool:
+    """Whether this rank counts `param`'s local values in a distribution: one rank per replica group.
+
+    A plain tensor (on every rank) counts on rank 0; a DTensor on the ranks at coordinate 0 of each
+    mesh dimension it is replicated over (each shard exactly once).
+    """
+    if not _is_dtensor(param):
+        return rank == 0
+    coordinate = param.device_mesh.get_coordinate()  # type: ignore[attr-defined]
+    if coordinate is None:
+        return False
+    placements = param.placements  # type: ignore[attr-defined]
+    return all(coordinate[dim] == 0 for dim, p in enumerate(placements) if p.is_replicate())
+
+
 def is_sharded(layers: list[Layer]) -> bool:
     """Whether any watched parameter is a DTensor (FSDP2's fully_shard, or tensor parallelism)."""
     return any(_is_dtensor(p) for layer in layers for p in layer.params)
@@ -56,7 +75,11 @@ class ShardedStats(StatsEngine):
         super().__init__(layers, param_every)
         self.rank, self.world = rank, world
         self.agreed_stride: int | None = None
+        self.agreed_sketch = 0  # rank 0's sketch stride (SketchSchedule.offer) as of the last all_reduce
         self.stride_source: Callable[[], int] = lambda: 1
+        self.sketch_source: Callable[[], int] = lambda: 0
+        self.failure: str | None = None  # this rank's internal error, flagged in the next all_reduce
+        self.gathered: Tensor | None = None
         self._inverse = torch.tensor(
             [1.0 / _replicas(p, world) for p in self._params], dtype=torch.float64, device=self.device
         )
@@ -89,6 +112,8 @@ class ShardedStats(StatsEngine):
             return None
         self._slot = recorded % len(self._groups)
         layer_ids, params, local_ids, index = self._groups[self._slot]
+        if not params:  # more groups than layers (param_every > L): an empty turn
+            return None
         size = len(layer_ids)
         grad_max = torch.zeros(size, device=self.device)
         grads = [(k, _grad(p)) for k, p in enumerate(params)]
@@ -105,9 +130,70 @@ class ShardedStats(StatsEngine):
         copies = list(torch._foreach_mul(weights, 1.0)) if snapshot else None
         return Sample(layer_ids, weights, index, grad_max, norms, copies)
 
-    def finish(self, pending: Pending) -> Tensor:
-        """Sum the ranks' parts in one all_reduce, then lay the record out as StatsEngine.finish does."""
-        L, P = self.num_layers, len(self._params)
+    def collect(self, pending: Pending | None, recorded: int, sketched: bool) -> Tensor:
+        """Sum the ranks' parts in one all_reduce, then lay the record out as StatsEngine.finish does.
+
+        Every rank takes part whatever happened to it: a rank whose watch() failed (now or since the last
+        recorded step) sends zeros and its flag, and every rank then raises WatchStopped (docs/runs.md).
+        """
+        L, P, W = self.num_layers, len(self._params), self.world
+        slot = recorded % len(self._groups) if self._groups else 0
+        size = len(self._groups[slot][0]) if self._groups else 0
+        lengths = (L + P, (2 + W) * size, W * 2 * L * SUMMARY if sketched else 0)
+        length = sum(lengths)
+        body = None
+        if self.failure is None:
+            try:
+                body = self._parts(pending, sketched)
+                if body.numel() != length:
+                    raise RuntimeError(f"{body.numel()} values to all_reduce, {length} expected")
+            except Exception as exc:
+                self.failure = repr(exc)
+        if body is None:
+            body = torch.zeros(length, dtype=torch.float64, device=self.device)
+        tail = torch.zeros(2 + W, dtype=torch.float64, device=self.device)
+        if self.rank == 0:
+            tail[0], tail[1] = float(self.stride_source()), float(self.sketch_source())
+        tail[2 + self.rank] = float(self.failure is not None)
+        vector = torch.cat([body, tail])
+        torch.distributed.all_reduce(vector)
+        self.agreed_stride = max(1, int(vector[length]))
+        self.agreed_sketch = int(vector[length + 1])
+        failed = [r for r in range(W) if vector[length + 2 + r] > 0]
+        if failed:
+            raise WatchStopped(failed, self.rank, self.failure)
+        assert pending is not None  # no failure: this rank measured
+        at = lengths[0] + lengths[1]
+        if sketched and self.rank == 0:
+            self.gathered = vector[at : at + lengths[2]].view(W, 2 * L, SUMMARY)
+        out = torch.full((len(METRICS), L), NAN, device=self.device)
+        out[0] = torch.nan_to_num(vector[:L].sqrt(), nan=INF, posinf=INF).float()
+        flags = (vector[L : L + P] > 0).float()
+        out[2] = torch.zeros(L, device=self.device).index_add_(
+            0, torch.tensor(self._owner, dtype=torch.long, device=self.device), flags
+        )
+        sample = pending.sample
+        if sample is not None:
+            at = L + P
+            out[3].index_copy_(0, sample.layer_ids, vector[at : at + size].sqrt().float())
+            if not torch.isnan(vector[at + size : at + 2 * size]).all():
+                out[4].index_copy_(0, sample.layer_ids, vector[at + size : at + 2 * size].sqrt().float())
+            rows = vector[at + 2 * size : at + 2 * size + W * size].view(W, size)
+            out[1].index_copy_(0, sample.layer_ids, rows.amax(dim=0).float())
+        result = [out.view(-1)]
+        if isinstance(pending.lr, Tensor):
+            result.append(pending.lr.detach().to(self.device, torch.float32).reshape(1))
+        return torch.cat(result)
+
+    def take_gathered(self) -> Tensor | None:
+        """Rank 0: every rank's shard summaries (R, 2L, SUMMARY) from the last sketched step's all_reduce."""
+        gathered, self.gathered = self.gathered, None
+        return gathered
+
+    def _parts(self, pending: Pending | None, sketched: bool) -> Tensor:
+        """This rank's float64 contribution: grad squares and flags, the sample group's parts, its shard summaries."""
+        if pending is None:
+            raise RuntimeError("the step was not measured on this rank")
         sample = pending.sample
         parts = [pending.grads]
         if sample is not None:
@@ -123,28 +209,24 @@ class ShardedStats(StatsEngine):
             gathered = torch.zeros(self.world, size, dtype=torch.float64, device=self.device)
             gathered[self.rank] = sample.grad_max.double()
             parts += [sample.norms, updates, gathered.view(-1)]
-        stride = float(self.stride_source()) if self.rank == 0 else 0.0
-        parts.append(torch.tensor([stride], dtype=torch.float64, device=self.device))
-        vector = torch.cat(parts)
-        torch.distributed.all_reduce(vector)
-        self.agreed_stride = max(1, int(vector[-1]))
-        out = torch.full((len(METRICS), L), NAN, device=self.device)
-        out[0] = torch.nan_to_num(vector[:L].sqrt(), nan=INF, posinf=INF).float()
-        flags = (vector[L : L + P] > 0).float()
-        out[2] = torch.zeros(L, device=self.device).index_add_(
-            0, torch.tensor(self._owner, dtype=torch.long, device=self.device), flags
-        )
-        if sample is not None:
-            size, at = len(sample.layer_ids), L + P
-            out[3].index_copy_(0, sample.layer_ids, vector[at : at + size].sqrt().float())
-            if not torch.isnan(vector[at + size : at + 2 * size]).all():
-                out[4].index_copy_(0, sample.layer_ids, vector[at + size : at + 2 * size].sqrt().float())
-            rows = vector[at + 2 * size : at + 2 * size + self.world * size].view(self.world, size)
-            out[1].index_copy_(0, sample.layer_ids, rows.amax(dim=0).float())
-        result = [out.view(-1)]
-        if isinstance(pending.lr, Tensor):
-            result.append(pending.lr.detach().to(self.device, torch.float32).reshape(1))
-        return torch.cat(result)
+        if sketched:
+            if pending.sketch is None:
+                raise RuntimeError("a sketch is due and this rank has none")
+            rows = torch.zeros(self.world, pending.sketch.numel(), dtype=torch.float64, device=self.device)
+            rows[self.rank] = pending.sketch.reshape(-1).to(self.device, torch.float64)
+            parts.append(rows.view(-1))
+        return torch.cat(parts)
+
+
+class WatchStopped(Exception):
+    """Raised on every rank after an all_reduce whose flags show that watch() failed on some rank."""
+
+    def __init__(self, failed: list[int], rank: int, own: str | None) -> None:
+        ranks = ", ".join(map(str, failed))
+        cause = f": {own}" if own is not None else ""
+        where = f"rank {rank}'s own error{cause}" if rank in failed else f"an internal error on rank {ranks}"
+        super().__init__(f"stopped on every rank together after {where}")
+        self.failed = failed
 
 
 class AgreedBudget(Budget):

@@ -27,7 +27,7 @@ from ._records import HostArray, LossValue, Record, RecordBuffer
 from ._shipper import Shipper
 from ._sketch import SketchSchedule
 from ._stats import Pending, StatsEngine
-from .distributed import AgreedBudget, ShardedStats, SilentBuffer, SilentShipper, is_sharded
+from .distributed import AgreedBudget, ShardedStats, SilentBuffer, SilentShipper, WatchStopped, is_sharded
 
 if TYPE_CHECKING:
     from ..report import Report
@@ -105,6 +105,9 @@ class Watch:
         self.checkpoint_hook: Callable[[str], None] | None = None  # integrations: the framework's own checkpoint
         self._on_finding: Callable[[Finding, Watch], None] | None = None
         self._manual_pre_step = False
+        self._sharded: ShardedStats | None = None  # FSDP2: every rank takes part in each recorded step's all_reduce
+        self._collect = False  # this step is recorded on every rank: its post-step hook joins the all_reduce
+        self._sketched = False  # ... and carries the shard summaries of a sketch
         sharded = world > 1 and is_sharded(layers)
         self._extras = extras or Extras(layers, SketchSchedule(False, None), None)
         if client is None and not sharded:
@@ -112,9 +115,12 @@ class Watch:
             return
         self._closed = False
         if sharded:
-            self._stats: StatsEngine = ShardedStats(layers, param_every, rank, world)
-            self._budget = AgreedBudget(budget, every, self._stats.slots, self._stats)
-            self._extras.sketches.enabled = False  # quantiles of local shards do not combine (docs/runs.md)
+            self._sharded = ShardedStats(layers, param_every, rank, world)
+            self._stats: StatsEngine = self._sharded
+            self._budget = AgreedBudget(budget, every, self._stats.slots, self._sharded)
+            self._extras.shard(rank)
+            schedule = self._extras.sketches
+            self._sharded.sketch_source = lambda: schedule.offer(self._budget.step_time)
         else:
             self._stats = StatsEngine(layers, param_every)
             self._budget = Budget(budget, every, self._stats.slots)
@@ -162,6 +168,17 @@ class Watch:
     def stride(self) -> int:
         """The recording interval in optimizer steps now: `every`, or a multiple of it while over the budget."""
         return self._budget.stride
+
+    @property
+    def sketch_stride(self) -> int | None:
+        """Optimizer steps between distribution sketches now (None: none, or not chosen yet: see docs/runs.md)."""
+        schedule = self._extras.sketches
+        if not schedule.enabled:
+            return None
+        chosen = schedule.agreed if schedule.agreed is not None and schedule.fixed is None else schedule.fixed
+        if chosen is None:
+            chosen = schedule.offer(self._budget.step_time)
+        return chosen or None
 
     @property
     def overhead(self) -> float | None:
@@ -238,7 +255,8 @@ class Watch:
         (it may raise gradhealth.StopTraining out of optimizer.step()). While a callback is set, a batch is not
         handed over before the previous one's answer is in (waiting at most FINDINGS_WAIT seconds), so a
         finding is acted on within one shipping interval (flush_interval, or batch_steps records) of the batch
-        that shows it. See gradhealth.actions for ready-made callbacks.
+        that shows it. Findings in the answer to the batches close() ships are handed over in close().
+        See gradhealth.actions for ready-made callbacks.
         """
         if severity not in SEVERITY_ORDER:
             raise ValueError(f"severity is one of {list(SEVERITY_ORDER)}; got {severity!r}")
@@ -254,9 +272,15 @@ class Watch:
         return self._shipper.flush(timeout)
 
     def close(self, timeout: float = 10.0) -> None:
-        """Stop watching and deliver what is left, waiting at most `timeout` seconds."""
+        """Stop watching and deliver what is left, waiting at most `timeout` seconds.
+
+        With on_finding set, the findings the service reports for the last batches are handed to it here,
+        after everything else (a StopTraining raised by the callback then leaves close(), and the with block).
+        """
         if self._hooks is None:
             return
+        if self._sharded is not None and self._sharded.failure is not None and not self._closed:
+            self._warn("error", f"gradhealth.watch failed on this rank ({self._sharded.failure}); no step flagged it")
         self._closed = True
         self._unhook()
         self._extras.close()
@@ -270,6 +294,7 @@ class Watch:
             if not self._warned - {"throttle"}:  # a problem already reported (service down, refused) explains this
                 reason = self._shipper.last_error or "no answer in time"
                 self._warn("delivery", f"gradhealth.watch: {left} recorded steps were not delivered ({reason})")
+        self._hand_over()  # the answer to the last batch may hold findings: on_finding still sees them
 
     def report(self, timeout: float = 30.0) -> Report:
         """The service's diagnosis of this run so far (flushes first; a service that is down fails it at once)."""
@@ -283,8 +308,17 @@ class Watch:
     def __enter__(self) -> Watch:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        try:  # an exception is on its way out (StopTraining among them): on_finding at close must not replace it
+            self.close()
+        except Exception as exc:
+            from gradhealth.actions import StopTraining
+
+            if not isinstance(exc, StopTraining):
+                self._warn("close", f"gradhealth.watch: on_finding raised at close ({exc!r}) while the block raised")
 
     def __repr__(self) -> str:
         return (
@@ -305,45 +339,70 @@ class Watch:
             self._pre_step(optimizer, args, kwargs)
 
     def _pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        self._pending = None
+        self._pending, self._collect = None, False  # a step GradScaler skipped left them set
         if not self._records(self._step):
             return
+        if self._sharded is not None:  # decided before anything can fail: the all_reduce's shape depends on it
+            self._collect = True
+            self._sketched = self._extras.sketches.due(self._step, self._budget.step_time)
         with torch.no_grad():
             lr = optimizer.param_groups[0]["lr"] if optimizer is not None else None
             grad_scale = getattr(optimizer, "grad_scale", None)
             grads = self._stats.grads(grad_scale)
             sample = self._stats.sample(self.steps_recorded, optimizer is not None, grad_scale)
-            sketch = self._extras.sketch(self._step, self._budget.step_time)
-            self._spent -= self._extras.sketch_seconds  # the sketch's own share of the budget, not recording's
+            sketch = self._extras.sketch(self._step, self._budget.step_time, self._budget.overhead)
+            self._spent -= self._extras.sketch_seconds  # not recording's cost: sketches take what recording leaves
             if lr is not None and not (isinstance(lr, Tensor) and not lr.is_cpu):
                 lr = float(lr)  # a CPU tensor lr is read now: copying it to the device would sync the stream
             self._pending = Pending(grads, sample, lr, sketch)
 
     def _post_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self._stepped = True
+        pending, self._pending = self._pending, None
+        collect, self._collect = self._collect, False
         record = None
-        if self._pending is not None:
-            with torch.no_grad():
-                values = self._stats.finish(self._pending)
-            lr = self._pending.lr
-            stride = self._budget.stride
-            if isinstance(lr, Tensor):
-                record = Record(self._step, HostArray(values), None, lr_in_values=True, stride=stride)
+        try:  # the step is counted whatever fails: under FSDP every rank must agree on the steps recorded
+            if pending is not None or collect:
+                record = self._finish(pending)
             else:
-                record = Record(self._step, HostArray(values), lr, stride=stride)
-            self._extras.attach(record, self._pending.sketch, self._stats.device)
-            self._pending = None
-        else:
-            self._extras.attach(None, None, torch.device("cpu"))
-        self._complete(record)
+                self._extras.attach(None, None, torch.device("cpu"))
+        finally:
+            self._complete(record, recorded=pending is not None or collect)
 
-    def _complete(self, record: Record | None) -> None:
-        """A step finished (or was skipped): the previous record is sealed, this one takes its losses."""
+    def _finish(self, pending: Pending | None) -> Record:
+        """The recorded step's record (under FSDP after the all_reduce, which runs even if this rank failed)."""
+        sketch = pending.sketch if pending is not None else None
+        with torch.no_grad():
+            if self._sharded is not None:
+                values = self._sharded.collect(pending, self.steps_recorded, self._sketched)
+                gathered = self._sharded.take_gathered()
+                sketch = None
+                if gathered is not None:
+                    sketch = self._extras.merge(gathered, self._budget.step_time, self._budget.overhead)
+                    self._spent -= self._extras.sketch_seconds
+            else:
+                assert pending is not None
+                values = self._stats.finish(pending)
+        assert pending is not None  # collect() raised if any rank failed
+        lr, stride = pending.lr, self._budget.stride
+        if isinstance(lr, Tensor):
+            record = Record(self._step, HostArray(values), None, lr_in_values=True, stride=stride)
+        else:
+            record = Record(self._step, HostArray(values), lr, stride=stride)
+        self._extras.attach(record, sketch, self._stats.device)
+        return record
+
+    def _complete(self, record: Record | None, recorded: bool = False) -> None:
+        """A step finished (or was skipped): the previous record is sealed, this one takes its losses.
+
+        `recorded`: the step was recorded though its record was lost to an error (the schedule counts it).
+        """
         self._seal()
         self._ended, self._ended_slot = True, None
         if record is not None:
             record.losses, record.auto_losses = self._upcoming, self._upcoming_auto
             self._open = record
+        if record is not None or recorded:
             self._ended_slot = self.steps_recorded  # the sample group it measured (see StatsEngine.sample)
             self._last_recorded = self._step
             self.steps_recorded += 1
@@ -427,9 +486,17 @@ class Watch:
         """An internal error: stop recording (what is buffered still ships), warn once, never raise.
 
         Hooks are not removed here (this may run inside the optimizer's hook loop); they are inert
-        from now on and close() removes them.
+        from now on and close() removes them. Under FSDP a rank stops only with all the others: its
+        error is flagged in the next recorded step's all_reduce, after which every rank raises
+        WatchStopped and stops (no rank is left waiting in a collective the failed one skips).
         """
+        if self._sharded is not None and not isinstance(exc, WatchStopped):
+            self._sharded.failure = self._sharded.failure or repr(exc)
+            return
         self._closed = True
+        if isinstance(exc, WatchStopped):
+            self._warn("error", f"gradhealth.watch {exc}; training goes on")
+            return
         self._warn("error", f"gradhealth.watch stopped recording after an internal error ({exc!r}); training goes on")
 
     def _act(self) -> None:
@@ -438,8 +505,14 @@ class Watch:
             return
         if self._shipper.behind():
             self._shipper.await_answer(FINDINGS_WAIT)
+        self._hand_over()
+
+    def _hand_over(self) -> None:
+        """New findings to on_finding, each once; the user's code: its exceptions (StopTraining) are theirs to see."""
+        if self._on_finding is None or not isinstance(self._shipper, Shipper):
+            return
         for finding in self._shipper.take_findings():
-            self._on_finding(finding, self)  # the user's code: its exceptions (StopTraining) are theirs to see
+            self._on_finding(finding, self)
 
     def _unhook(self) -> None:
         for handle in self._hooks or ():
@@ -457,7 +530,9 @@ class Watch:
         )
 
     def _on_problem(self, kind: str, message: str) -> None:
-        if kind == "fatal":
+        if kind == "fatal" and self._sharded is not None:  # the other ranks stop with this one (see _fail)
+            self._sharded.failure = self._sharded.failure or message
+        elif kind == "fatal":
             self._closed = True  # hooks go inert; close() removes them
         self._warn(kind, f"gradhealth.watch: {message}")
 
@@ -469,4 +544,7 @@ class Watch:
         warnings.warn(message, WatchWarning, stacklevel=3)
 
     def _at_exit(self) -> None:
-        self.close(timeout=5.0)
+        try:
+            self.close(timeout=5.0)
+        except Exception as exc:  # on_finding raised at close, with the interpreter going down: say so, once
+            self._warn("at_exit", f"gradhealth.watch: on_finding raised at exit ({exc!r})")

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from gradhealth.sdk.watching import WatchWarning
 from torch import nn
 
 import gradhealth
@@ -106,6 +108,44 @@ def test_lower_lr_and_checkpoint_act_once_per_finding_and_training_goes_on(
     for finding in seen:
         saved = torch.load(tmp_path / f"ckpt-{finding.rule}-{finding.step}.pt", weights_only=True)
         assert set(saved) == {"model", "optimizer", "finding"} and saved["finding"]["rule"] == finding.rule
+
+
+def _diverge_unshipped(client: gradhealth.Client, name: str, on_finding: Any, fail: bool = False) -> gradhealth.Watch:
+    """A diverging loop of which nothing ships before close(): one batch holds the whole run."""
+    model, opt, x, y = _setup()
+    handle = gradhealth.watch(
+        model, opt, run=name, client=client, budget=None, flush_interval=3600.0, batch_steps=10_000,
+        on_finding=on_finding,
+    )  # fmt: skip
+    with handle:
+        for step in range(DIVERGE_AT + 40):
+            if step == DIVERGE_AT:
+                opt.param_groups[0]["lr"] = 3.0
+            batch = torch.randint(0, 256, (32,), generator=torch.Generator().manual_seed(step))
+            loss = nn.functional.mse_loss(model(x[batch]), y[batch])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            handle.log(loss=loss)
+        assert handle.buffered == DIVERGE_AT + 39  # nothing delivered before close() (the last record is still open)
+        if fail:
+            raise KeyError("the loop's own error")
+    return handle
+
+
+def test_findings_in_the_answer_to_the_batch_shipped_at_close_reach_on_finding(client: gradhealth.Client) -> None:
+    calls: list[tuple[str, int | None]] = []
+    handle = _diverge_unshipped(client, "at-close", lambda f, w: calls.append((f.rule, f.step)))
+    reported = {(f.rule, f.step) for f in handle.report().findings_at_least("error")}
+    assert reported and sorted(calls) == sorted(reported)  # each once, all of them, by the end of the with block
+
+
+def test_at_close_a_raising_on_finding_does_not_replace_the_blocks_own_exception(client: gradhealth.Client) -> None:
+    with pytest.warns(WatchWarning, match="on_finding raised at close"):
+        with pytest.raises(KeyError, match="the loop's own error"):
+            _diverge_unshipped(client, "at-close-raising", lambda f, w: 1 / 0, fail=True)
+    with pytest.raises(StopTraining):  # no exception in the block: the callback's own is the user's to see
+        _diverge_unshipped(client, "at-close-stop", stop_training)
 
 
 def test_actions_refuse_bad_arguments() -> None:

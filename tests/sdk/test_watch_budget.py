@@ -12,13 +12,14 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from gradhealth.sdk.watching import WatchWarning, handle, watch
+from gradhealth.sdk.watching import WatchWarning, _extras, handle, watch
 from gradhealth.sdk.watching._budget import Budget
 
 from .test_watch_support import Net, Reference, assert_matches, batches, recording_client, twin
@@ -250,3 +251,60 @@ def test_the_budget_is_checked_and_sent_in_the_run_config() -> None:
     watch(Net(), client=client, budget=0.05).close()
     watch(Net(), client=client, budget=0).close()
     assert [c["config"]["budget"] for c in client.runs.created] == [0.05, None]
+
+
+# ---- distributions share the budget --------------------------------------------------------
+
+
+def _sketched_loop(
+    monkeypatch: pytest.MonkeyPatch, plain: float, cost: float, sketch_cost: float, steps: int
+) -> tuple[Any, list[int], int]:
+    """A watched loop on scripted times: the budget's (Script) and each sketch's (`sketch_cost` s on a fake clock).
+
+    Returns the handle, the sketched steps and the first step after which the handle had measured its overhead.
+    """
+    Script(lambda k: plain, lambda k: cost).install(monkeypatch)
+    clock = [0.0]
+
+    def sketches(*args: Any, **kwargs: Any) -> torch.Tensor:
+        clock[0] += sketch_cost
+        return real_sketches(*args, **kwargs)
+
+    real_sketches = _extras.layer_sketches
+    monkeypatch.setattr(_extras, "layer_sketches", sketches)
+    monkeypatch.setattr(_extras, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    model = Net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.02)
+    client = recording_client()
+    measured_at = None
+    with watch(model, opt, run="t", client=client) as watched:
+        for k, (x, y) in enumerate(batches(steps)):
+            F.mse_loss(model(x), y).backward()
+            opt.step()
+            opt.zero_grad()
+            if measured_at is None and watched.overhead is not None:
+                measured_at = k
+    sketched = [s for batch in client.runs.batches for s in batch.get("distributions", {}).get("steps", [])]
+    assert measured_at is not None
+    return watched, sketched, measured_at
+
+
+@pytest.mark.parametrize(
+    ("plain", "cost", "sketch_cost"),
+    [
+        (43 * MS, 6 * MS, 40 * MS),  # the memory-bound MLP: recording throttled to ~2% of the step, a dear sketch
+        (200 * MS, 1 * MS, 30 * MS),  # recording cheap (0.5%): sketches take what is left, at the 10-step floor
+        (50 * MS, 0.5 * MS, 400 * MS),  # a sketch dearer than several steps
+    ],
+)
+def test_sketches_and_recording_together_stay_within_the_budget(
+    monkeypatch: pytest.MonkeyPatch, plain: float, cost: float, sketch_cost: float
+) -> None:
+    warnings.simplefilter("ignore", WatchWarning)  # the throttle's note
+    watched, sketched, measured_at = _sketched_loop(monkeypatch, plain, cost, sketch_cost, steps=1500)
+    assert sketched and sketched[0] > measured_at  # no sketch before the step time is measured
+    recording = watched.overhead * plain  # seconds per step at the stride in force
+    assert watched.sketch_stride == watched._extras.sketches.stride
+    gaps = np.diff(sketched)  # each gap follows the sketches' measured cost
+    assert len(gaps) and gaps.min() >= watched.sketch_stride >= 10
+    assert recording + sketch_cost / gaps.min() <= 0.03 * plain + 1e-12

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from gradhealth.sdk.watching import watch
-from gradhealth.sdk.watching._sketch import MAX_EXACT, QUANTILES, SketchSchedule, sketch
+from gradhealth.sdk.watching._sketch import CEILING, MAX_EXACT, QUANTILES, SketchSchedule, sketch
 from torch import nn
 
 import gradhealth
@@ -52,12 +52,20 @@ def test_a_large_layer_is_sampled_within_the_stated_rank_error() -> None:
     assert got[9:].tolist() == [0.0, 0.0, float(values.numel())]
 
 
-def test_the_stride_follows_the_cost_within_its_share_of_the_budget() -> None:
+def test_the_stride_follows_the_cost_within_what_recording_leaves_of_the_budget() -> None:
     schedule = SketchSchedule(True, 0.03)
-    schedule.took(0, 0.002, plain_step=0.010)  # 2 ms per sketch, 10 ms steps: 1% of 10 ms is 0.1 ms -> 20 steps
-    assert schedule.stride == 20 and not schedule.due(19) and schedule.due(20)
+    assert not schedule.due(0, plain_step=None)  # nothing measured yet: no sketch
+    assert schedule.due(0, plain_step=0.1)
+    # 2 ms per sketch, 100 ms steps, recording takes 2% of them: 1 ms per step is left -> 2 steps, the floor is 10
+    schedule.took(0, 0.002, plain_step=0.100, recording=0.02)
+    assert schedule.stride == 10
+    schedule.took(10, 0.05, plain_step=0.100, recording=0.02)
+    schedule.took(20, 0.05, plain_step=0.100, recording=0.02)  # median of (2, 50, 50) ms: 50 ms / 1 ms -> 50 steps
+    assert schedule.stride == 50 and not schedule.due(69, 0.1) and schedule.due(70, 0.1)
+    schedule.took(70, 0.05, plain_step=0.100, recording=0.03)  # recording takes the whole budget: nothing is left
+    assert schedule.stride == CEILING
     schedule = SketchSchedule(7, 0.03)
-    schedule.took(0, 1.0, plain_step=0.010)
+    schedule.took(0, 1.0, plain_step=0.010, recording=0.0)
     assert schedule.stride == 7  # a fixed stride stays
     with pytest.raises(ValueError, match="stride"):
         SketchSchedule(0, 0.03)
