@@ -254,10 +254,29 @@ def verify_findings(
                 remediation.verification, effects[id(remediation)] = verifier.verify(finding, remediation, snapshot)
                 done += 1
             finding.remediation.sort(key=lambda r: _order(r, effects))
+        findings[:] = rank_by_verification(findings)
     finally:
         if snapshot is not None:
             snapshot.restore(loaded.module)
     return verifier.stats
+
+
+def refuted(finding: Finding) -> bool:
+    """Its remediations were tried and none verified: the measurement says it is not the fix to do first."""
+    statuses = {r.verification.status for r in finding.remediation if r.verification is not None}
+    return bool(statuses & {"not_improved", "failed"}) and "verified" not in statuses
+
+
+def rank_by_verification(findings: list[Finding]) -> list[Finding]:
+    """Among the findings at warning or above, those whose tried remedies all failed move behind the rest.
+
+    The rules rank a root cause before its symptoms; when the cause's remediation was measured not to
+    help and a symptom's was verified, the verified fix is what a reader (or a tool applying the first
+    remediation) must see first. Findings with only structural advice keep their place; order is stable.
+    """
+    serious = [f for f in findings if severity_at_least(f.severity, "warning")]
+    rest = [f for f in findings if not severity_at_least(f.severity, "warning")]
+    return sorted(serious, key=refuted) + rest
 
 
 def _order(remediation: Remediation, effects: dict[int, float]) -> tuple[int, float]:

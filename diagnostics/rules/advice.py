@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 from gradhealth.report import Remediation
+from gradhealth.report.schema import RemediationParam
 
 from ..measurements import LayerMeasure, Measurements
 from .common import REFS, fmt
@@ -81,19 +82,34 @@ def reinit_remediation(
     bias: float | None = 0.0,
     references: list[str] | None = None,
     gain: float | None = None,
+    input_mean: float | None = None,
 ) -> Remediation:
     """A re-initialisation with layers, scheme, nonlinearity, gain and bias as docs/verify.md defines them.
 
     The gain defaults to calculate_gain(nonlinearity); an explicit one (sigmoid's backward gain 4) is a std.
+    input_mean (the mean of the activation the layers read, 1/2 for sigmoid) centres their biases.
     """
     nonlin = nonlinearity(activation)
     chosen = GAIN[nonlin] if gain is None else gain
+    params: dict[str, RemediationParam] = {
+        "layers": layers,
+        "scheme": scheme,
+        "nonlinearity": nonlin,
+        "gain": chosen,
+        "bias": bias,
+    }
+    snippet = init_snippet(layers, scheme, nonlin, bias, chosen)
+    if input_mean is not None:  # centre: bias = -mean(input) x each unit's weight sum
+        params["input_mean"] = input_mean
+        snippet += (
+            f"\n    layer.bias.data = -{input_mean} * layer.weight.flatten(1).sum(1)  # zero-mean pre-activations"
+        )
     return Remediation(
         action=action,
         detail=detail,
-        snippet=init_snippet(layers, scheme, nonlin, bias, chosen),
+        snippet=snippet,
         references=references or [REFS["he2015"], REFS["glorot2010"]],
-        params={"layers": layers, "scheme": scheme, "nonlinearity": nonlin, "gain": chosen, "bias": bias},
+        params=params,
     )
 
 
