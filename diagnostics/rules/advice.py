@@ -163,11 +163,22 @@ def _input_rms(m: Measurements, layer: LayerMeasure) -> float | None:
     return max(values) if values else None
 
 
+def own_input_rms(layer: LayerMeasure) -> float | None:
+    """RMS of a layer's input read off its own output: y = Wx gives rms(y) ~ rms(W) sqrt(fan_in) rms(x).
+
+    Needs no graph: a residual stream's sum reaches the head although its serial feeder is one branch.
+    """
+    if not layer.output_rms or not layer.weight_rms or not layer.fan_in or not initialisable(layer):
+        return None
+    return layer.output_rms / (layer.weight_rms * math.sqrt(layer.fan_in))
+
+
 def sane_max_norm(m: Measurements) -> float | None:
     """The global gradient norm the model would have at a sane scale: a clip norm that binds and is sane.
 
     The output layer's gradient is dL/d(output) times its input. Divide out what inflates each: an
-    input far above unit RMS (a forward signal grown through the layers) and, for MSE, a residual far
+    input far above unit RMS (a forward signal grown through the layers; the larger of its feeder's
+    output RMS and the one its own output implies) and, for MSE, a residual far
     above unit scale (raw targets or exploded outputs). Every layer of a variance-preserving network
     gets about that gradient, so the global norm is about it times sqrt(number of layers). Clipping
     at the exploded norm (or a quantile of it) never binds.
@@ -176,7 +187,7 @@ def sane_max_norm(m: Measurements) -> float | None:
     if not layers:
         return None
     last = layers[-1]
-    inflation = max(1.0, _input_rms(m, last) or 1.0)
+    inflation = max(1.0, _input_rms(m, last) or 1.0, own_input_rms(last) or 1.0)
     if m.targets is not None and m.targets.loss_kind == "mse" and math.isfinite(m.loss) and m.loss > 1.0:
         inflation *= math.sqrt(m.loss)
     estimate = (last.grad_norm or 0.0) / inflation * math.sqrt(len(layers))
