@@ -26,7 +26,8 @@ CRITERION = (
     "no non-finite step, and one of: the baseline diverged while the remedy trains (loss falls); the relative "
     "loss decrease 1-L_K/L_0 is >= 10 points larger than the baseline's and the final loss is not higher; the "
     "final loss is >= 10% lower than the baseline's (same units); the finding's rule fires after the baseline "
-    "trial and not after the remedy's (final loss not higher); fp16: the share of gradients flushed to zero "
+    "trial and not after the remedy's (final loss not higher; for a remedy that changes the data, whose own rule "
+    "then stops firing trivially: the findings it causes instead); fp16: the share of gradients flushed to zero "
     "falls under the rule's threshold (no loss condition: a converged model's loss need not fall)"
 )
 
@@ -56,11 +57,14 @@ class _Snapshot:
             p.requires_grad_(self.flags[name])
 
 
-def _evidence(rule: str, remeasured: Remeasured) -> dict[str, float | None]:
-    """The measured metrics after a trial, whether the rule still fires and its numeric evidence if so."""
+def _evidence(rule: str, remeasured: Remeasured, symptoms: frozenset[str] = frozenset()) -> dict[str, float | None]:
+    """The measured metrics after a trial, whether the rule (and the symptoms it explains) still fire, its evidence."""
     findings, metrics = remeasured
-    match = next((f for f in findings if f.rule == rule and severity_at_least(f.severity, "warning")), None)
+    serious = [f for f in findings if severity_at_least(f.severity, "warning")]
+    match = next((f for f in serious if f.rule == rule), None)
     evidence: dict[str, float | None] = {**metrics, "rule_fires": 0.0 if match is None else 1.0}
+    if symptoms:
+        evidence["symptoms_fire"] = 1.0 if any(f.rule in symptoms for f in serious) else 0.0
     if match is not None:
         for key, value in match.evidence.items():
             if isinstance(value, int | float) and not isinstance(value, bool):
@@ -95,6 +99,8 @@ def judge(base: TrialOutcome, rem: TrialOutcome, finding: Finding, units_changed
         return True
     if same_units and not data_changed and b.evidence.get("rule_fires") == 1.0 and r.evidence.get("rule_fires") == 0.0:
         return r_final <= b_final  # type: ignore[operator]
+    if same_units and b.evidence.get("symptoms_fire") == 1.0 and r.evidence.get("symptoms_fire") == 0.0:
+        return r_final <= b_final  # type: ignore[operator]  # a data fix: its rule stops trivially, its symptoms do not
     return False
 
 
@@ -163,8 +169,10 @@ class Verifier:
                 snapshot.restore(self.loaded.module)
         return self.baseline_error
 
-    def verify(self, finding: Finding, remediation: Remediation, snapshot: _Snapshot) -> tuple[Verification, float]:
-        """The verification of one remediation and its measured effect (for ranking)."""
+    def verify(
+        self, finding: Finding, remediation: Remediation, snapshot: _Snapshot, symptoms: frozenset[str] = frozenset()
+    ) -> tuple[Verification, float]:
+        """The verification of one remediation and its measured effect (for ranking); symptoms: rules it causes."""
         params = self._params_for(finding, remediation)
         key = json.dumps([remediation.action, params], sort_keys=True, default=str)
         if key not in self.trials:
@@ -178,9 +186,9 @@ class Verifier:
         assert self.baseline is not None
         (base, base_found), (rem, found, setup) = self.baseline, ran
         base_traj = base.trajectory.model_copy(deep=True)
-        base_traj.evidence.update(_evidence(finding.rule, base_found))
+        base_traj.evidence.update(_evidence(finding.rule, base_found, symptoms))
         rem_traj = rem.trajectory.model_copy(deep=True)
-        rem_traj.evidence.update(_evidence(finding.rule, found))
+        rem_traj.evidence.update(_evidence(finding.rule, found, symptoms))
         improved = judge(
             TrialOutcome(base_traj, base.steps_run, base.relative_decrease),
             TrialOutcome(rem_traj, rem.steps_run, rem.relative_decrease),
@@ -251,7 +259,10 @@ def verify_findings(
                     remediation.verification = Verification(status="not_applicable", reason=NOT_APPLICABLE_REASON)
                     continue
                 notify("verify", 0.96 + 0.03 * done / max(applicable, 1))
-                remediation.verification, effects[id(remediation)] = verifier.verify(finding, remediation, snapshot)
+                symptoms = frozenset(f.rule for f in todo if finding.rule in f.caused_by)
+                remediation.verification, effects[id(remediation)] = verifier.verify(
+                    finding, remediation, snapshot, symptoms
+                )
                 done += 1
             finding.remediation.sort(key=lambda r: _order(r, effects))
         findings[:] = rank_by_verification(findings)
