@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -11,7 +12,7 @@ from gradhealth.report.schema import Finding, Remediation, RemediationParam, Ver
 from torch import Tensor
 
 from .loading import LoadedModel
-from .options import AnalysisOptions, OptimizerSpec
+from .options import DEFAULT_OPTIMIZER, AnalysisOptions, OptimizerSpec
 from .remedies import NOT_APPLICABLE_REASON, PARTIAL, REMEDIES, RemedyError, TrialSetup, apply_remedy
 from .verify_trial import TrialOutcome, run_trial
 
@@ -19,8 +20,8 @@ from .verify_trial import TrialOutcome, run_trial
 Remeasured = tuple[list[Finding], dict[str, float | None]]
 Remeasure = Callable[[tuple[Tensor, ...], Tensor, OptimizerSpec], Remeasured]
 Notify = Callable[[str, float], None]
+__all__ = ["DEFAULT_OPTIMIZER", "CRITERION", "effect", "judge", "rank_by_verification", "refuted", "verify_findings"]
 
-DEFAULT_OPTIMIZER = OptimizerSpec(name="sgd", lr=0.01, momentum=0.9)  # when the analysis names none
 MARGIN = 0.10
 CRITERION = (
     "no non-finite step, and one of: the baseline diverged while the remedy trains (loss falls); the relative "
@@ -104,6 +105,20 @@ def judge(base: TrialOutcome, rem: TrialOutcome, finding: Finding, units_changed
     return False
 
 
+def effect(base: TrialOutcome, rem: TrialOutcome, units_changed: bool) -> float:
+    """How far a remedy brought the loss down, in e-folds: log(L_0 / L_K) from the baseline's starting loss.
+
+    Measured from the common start, a remedy that raises the starting loss pays for it, and one ending
+    10^4 lower ranks above one that fell as far in relative terms from a loss 10^8 higher. A remedy whose
+    loss is in other units (standardised targets) is measured from its own start. -inf: it did not train.
+    """
+    start = rem.trajectory.loss[0] if units_changed or not base.trajectory.loss else base.trajectory.loss[0]
+    final = rem.trajectory.loss[-1] if rem.trajectory.loss else None
+    if rem.relative_decrease is None or start is None or final is None or start <= 0 or final <= 0:
+        return -math.inf
+    return math.log(start / final)
+
+
 class Verifier:
     """Runs the baseline once and one trial per applicable remediation, within the trial budget."""
 
@@ -178,11 +193,11 @@ class Verifier:
         if key not in self.trials:
             if self.remedy_trials >= self.options.verify_max_trials:
                 reason = f"trial budget spent ({self.options.verify_max_trials} remediation trials per analysis)"
-                return Verification(status="not_applicable", reason=reason), -1.0
+                return Verification(status="not_applicable", reason=reason), -math.inf
             self.trials[key] = self._remedy_trial(remediation.action, params, snapshot)
         ran = self.trials[key]
         if isinstance(ran, str):
-            return Verification(status="failed", reason=ran, optimizer=self._optimizer(self.spec.lr)), -1.0
+            return Verification(status="failed", reason=ran, optimizer=self._optimizer(self.spec.lr)), -math.inf
         assert self.baseline is not None
         (base, base_found), (rem, found, setup) = self.baseline, ran
         base_traj = base.trajectory.model_copy(deep=True)
@@ -206,7 +221,7 @@ class Verifier:
             improved=improved,
             criterion=CRITERION,
         )
-        return result, rem.relative_decrease if rem.relative_decrease is not None else -1.0
+        return result, effect(base, rem, setup.loss_units_changed)
 
     def _remedy_trial(
         self, action: str, params: dict[str, RemediationParam], snapshot: _Snapshot
@@ -291,6 +306,6 @@ def rank_by_verification(findings: list[Finding]) -> list[Finding]:
 
 
 def _order(remediation: Remediation, effects: dict[int, float]) -> tuple[int, float]:
-    """Verified first, by measured effect; then not improved, failed, not applicable (stable otherwise)."""
+    """Verified first, by measured effect (lowest final loss); then not improved, failed, not applicable."""
     status = remediation.verification.status if remediation.verification else "not_applicable"
     return _STATUS_RANK[status], -effects.get(id(remediation), 0.0) if status == "verified" else 0.0

@@ -468,3 +468,33 @@ def test_saturation_from_oversized_embeddings_is_traced_to_the_tables() -> None:
 def test_healthy_embedding_models_get_no_table_rescale() -> None:
     for name in ("embedding_transformer_classifier", "padded_transformer_classifier", "preln_transformer_encoder"):
         assert not [r for r in _all(_report(name)) if r.action == "rescale_weights"], name
+
+
+def test_exploded_transformer_gets_the_branch_rescale_with_a_step_bounding_clip() -> None:
+    """max_norm = 1e-3 ||W|| (1 - momentum) / lr: a clipped SGD step moves the weights by <= 1e-3 of their norm.
+    The rescale alone still blows up under SGD(0.01, 0.9); with that clip the model trains (plain torch)."""
+    name = "transformer_no_norm_exploding"
+    fixes = [r for r in _first(_report(name), "exploding_gradient").remediation if r.action == "rescale_weights"]
+    assert [("max_norm" in r.params) for r in fixes] == [False, True]
+    plain, clipped = fixes
+    model, _, inputs, y = by_name(name).build()
+    weight_norm = math.sqrt(sum(float(p.detach().pow(2).sum()) for p in model.parameters()))
+    max_norm = float(clipped.params["max_norm"])  # type: ignore[arg-type]
+    assert max_norm == pytest.approx(1e-3 * weight_norm * (1 - 0.9) / 0.01, rel=0.05)  # two digits, no optimizer
+    assert f"max_norm={max_norm}" in (clipped.snippet or "")
+    finals = []
+    for clip in (None, max_norm):
+        model, _, inputs, y = by_name(name).build()
+        with torch.no_grad():
+            for layer in plain.params["layers"]:  # type: ignore[union-attr]
+                model.get_submodule(layer).weight.mul_(float(plain.params["factor"]))  # type: ignore[arg-type]
+            start = float(F.cross_entropy(model(*inputs), y))
+        finals.append(_sgd_final(model, F.cross_entropy, inputs, y, clip))
+    assert finals[0] == math.inf and finals[1] < 0.5 * start
+
+
+def test_adam_gets_no_step_bounding_clip() -> None:
+    """Adam's step ignores the gradient's norm: the bound does not exist, only the sane-scale clip is offered."""
+    report = _analyze("transformer_no_norm_exploding", optimizer={"name": "adam", "lr": 1e-3})
+    fixes = [r for f in report.findings_for("exploding_gradient") for r in f.remediation]
+    assert fixes and not [r for r in fixes if r.action != "clip_gradients" and "max_norm" in r.params]

@@ -169,3 +169,12 @@ def test_reinitialize_centres_biases_on_the_input_mean() -> None:
         pre = linear(torch.rand(4096, 64))
     assert float(pre.mean(dim=0).abs().max()) < 0.1 * float(pre.std())  # every unit, not only on average
     assert torch.all(model[0].bias != 0)  # layer 0 was not named: untouched
+
+
+def test_a_fix_carrying_max_norm_also_clips() -> None:
+    s = _setup(_mlp())
+    apply_remedy("rescale_weights", {"layers": ["0"], "factor": 0.5, "max_norm": 0.7}, s)
+    assert s.max_norm == 0.7 and s.norm_type == 2.0
+    plain = _setup(_mlp())
+    apply_remedy("rescale_weights", {"layers": ["0"], "factor": 0.5}, plain)
+    assert plain.max_norm is None

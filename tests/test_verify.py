@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 from gradhealth.diagnostics import AnalysisOptions, Analyzer
 from gradhealth.diagnostics.export import PackageMetadata, export_per_sample_loss
 from gradhealth.diagnostics.loading import from_exported_program
-from gradhealth.diagnostics.verify import judge, rank_by_verification, refuted, verify_findings
+from gradhealth.diagnostics.verify import effect, judge, rank_by_verification, refuted, verify_findings
 from gradhealth.diagnostics.verify_trial import TrialOutcome
 from gradhealth.report import Finding, Remediation, Report
 from gradhealth.report.schema import TrialTrajectory, Verification
@@ -286,3 +287,18 @@ def test_the_verified_symptom_fix_ranks_above_the_refuted_cause() -> None:
         baseline_final = float(F.cross_entropy(twin(x), targets))
     assert v.baseline.loss[-1] == pytest.approx(baseline_final, rel=1e-3)
     assert v.remediated.loss[-1] > baseline_final  # the cause's remedy ends higher: refuted by the measurement
+
+
+def test_remedies_rank_by_the_loss_they_reach_from_the_common_start() -> None:
+    """A clip that takes an exploded loss from 1e10 to 1e3 falls further in relative terms than a rescale that
+    starts at 24 and ends at 0.13, but ends 10^4 higher: the loss reached decides."""
+    base = _outcome([1.4e10, None])
+    clip_only = _outcome([1.4e10, 1318.0])
+    rescale_and_clip = _outcome([24.0, 0.13])
+    assert clip_only.relative_decrease is not None and rescale_and_clip.relative_decrease is not None
+    assert clip_only.relative_decrease > rescale_and_clip.relative_decrease
+    assert effect(base, rescale_and_clip, False) > effect(base, clip_only, False)
+    assert effect(base, rescale_and_clip, False) == pytest.approx(math.log(1.4e10 / 0.13))
+    other_units = _outcome([3.0, 0.3])  # standardised targets: measured from its own start
+    assert effect(base, other_units, True) == pytest.approx(math.log(10.0))
+    assert effect(base, _outcome([24.0, None]), False) == -math.inf

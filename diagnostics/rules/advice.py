@@ -13,7 +13,9 @@ from gradhealth.report import Remediation
 from gradhealth.report.schema import RemediationParam
 
 from ..measurements import LayerMeasure, Measurements
+from ..options import DEFAULT_OPTIMIZER
 from .common import REFS, fmt
+from .lr_advice import TARGET, two_digits
 
 # torch.nn.init.calculate_gain per activation; rectifiers without an entry there (GELU, SiLU, ...)
 # are close to ReLU's half-linear variance and take its gain (He et al. 2015).
@@ -194,6 +196,35 @@ def sane_max_norm(m: Measurements) -> float | None:
     if m.global_grad_norm is not None and math.isfinite(m.global_grad_norm):
         estimate = min(estimate, m.global_grad_norm)
     return float(f"{estimate:.2g}") if estimate > 0 else None
+
+
+def update_bound_max_norm(m: Measurements) -> float | None:
+    """The clip norm at which one clipped SGD step moves the weights by the healthy 1e-3 of their norm.
+
+    Clipped momentum SGD moves at most lr x max_norm / (1 - momentum) per step; bounding that by
+    lr_advice.TARGET x ||W|| (the update size update_ratio calls healthy) gives max_norm. Under the
+    analysis optimizer, or verify's default when none was given; None for Adam, whose step ignores the
+    gradient's norm.
+    """
+    opt = m.options.optimizer or DEFAULT_OPTIMIZER
+    weight_norm = math.sqrt(sum(layer.weight_norm**2 for layer in m.layers if math.isfinite(layer.weight_norm)))
+    if opt.name != "sgd" or weight_norm <= 0:
+        return None
+    return two_digits(TARGET * weight_norm * (1.0 - opt.momentum) / opt.lr)
+
+
+def with_clip(fix: Remediation, max_norm: float, lr: float) -> Remediation:
+    """The same fix, and clipping at max_norm while the model settles: one remediation, one trial."""
+    return Remediation(
+        action=fix.action,
+        detail=f"{fix.detail} And clip the global gradient norm at max_norm≈{fmt(max_norm)} while the model settles: "
+        f"at lr {fmt(lr)} a clipped step then moves the weights by at most ~1e-3 of their norm (an un-normalised "
+        "stack can blow up again after the fix, at gradient norms still far above that).",
+        snippet=f"{fix.snippet or ''}\n# in the training loop, after loss.backward():\n"
+        f"torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm={max_norm})".lstrip("\n"),
+        references=[*fix.references, REFS["pascanu2013"]],
+        params={**fix.params, "max_norm": max_norm},
+    )
 
 
 def clip_detail(max_norm: float | None) -> str:
