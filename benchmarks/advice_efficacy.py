@@ -2,7 +2,8 @@
 
 For every pathological zoo case (tests/zoo.py) the analysis runs with `checks=(..., "verify")` under the
 case's own optimizer and precision. The *top remediation* is the first remediation of the report's first
-finding at warning or above (the root cause ranks first; verify puts the best measured remedy first).
+finding at warning or above (the root cause ranks first, unless verify measured every remedy it offers
+not to help; verify puts the remedy reaching the lowest loss first).
 It **works** when its verification is `verified` and its trial trains like the healthy control: relative
 loss decrease `d = 1 - L_K/L_0` within 2x of the control's (`d >= d_ctrl - |d_ctrl|/2`), and no NaN.
 

@@ -38,6 +38,11 @@ class OptimizerSpec(BaseModel):
     eps: float = Field(default=1e-8, gt=0)
 
 
+# The optimizer verify trains with when the analysis names none (and the one advice that depends on the
+# optimizer assumes then).
+DEFAULT_OPTIMIZER = OptimizerSpec(name="sgd", lr=0.01, momentum=0.9)
+
+
 class AnalysisOptions(BaseModel):
     """What to check and under which training set-up."""
 

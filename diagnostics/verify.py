@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -11,7 +12,7 @@ from gradhealth.report.schema import Finding, Remediation, RemediationParam, Ver
 from torch import Tensor
 
 from .loading import LoadedModel
-from .options import AnalysisOptions, OptimizerSpec
+from .options import DEFAULT_OPTIMIZER, AnalysisOptions, OptimizerSpec
 from .remedies import NOT_APPLICABLE_REASON, PARTIAL, REMEDIES, RemedyError, TrialSetup, apply_remedy
 from .verify_trial import TrialOutcome, run_trial
 
@@ -19,14 +20,15 @@ from .verify_trial import TrialOutcome, run_trial
 Remeasured = tuple[list[Finding], dict[str, float | None]]
 Remeasure = Callable[[tuple[Tensor, ...], Tensor, OptimizerSpec], Remeasured]
 Notify = Callable[[str, float], None]
+__all__ = ["DEFAULT_OPTIMIZER", "CRITERION", "effect", "judge", "rank_by_verification", "refuted", "verify_findings"]
 
-DEFAULT_OPTIMIZER = OptimizerSpec(name="sgd", lr=0.01, momentum=0.9)  # when the analysis names none
 MARGIN = 0.10
 CRITERION = (
     "no non-finite step, and one of: the baseline diverged while the remedy trains (loss falls); the relative "
     "loss decrease 1-L_K/L_0 is >= 10 points larger than the baseline's and the final loss is not higher; the "
     "final loss is >= 10% lower than the baseline's (same units); the finding's rule fires after the baseline "
-    "trial and not after the remedy's (final loss not higher); fp16: the share of gradients flushed to zero "
+    "trial and not after the remedy's (final loss not higher; for a remedy that changes the data, whose own rule "
+    "then stops firing trivially: the findings it causes instead); fp16: the share of gradients flushed to zero "
     "falls under the rule's threshold (no loss condition: a converged model's loss need not fall)"
 )
 
@@ -56,11 +58,14 @@ class _Snapshot:
             p.requires_grad_(self.flags[name])
 
 
-def _evidence(rule: str, remeasured: Remeasured) -> dict[str, float | None]:
-    """The measured metrics after a trial, whether the rule still fires and its numeric evidence if so."""
+def _evidence(rule: str, remeasured: Remeasured, symptoms: frozenset[str] = frozenset()) -> dict[str, float | None]:
+    """The measured metrics after a trial, whether the rule (and the symptoms it explains) still fire, its evidence."""
     findings, metrics = remeasured
-    match = next((f for f in findings if f.rule == rule and severity_at_least(f.severity, "warning")), None)
+    serious = [f for f in findings if severity_at_least(f.severity, "warning")]
+    match = next((f for f in serious if f.rule == rule), None)
     evidence: dict[str, float | None] = {**metrics, "rule_fires": 0.0 if match is None else 1.0}
+    if symptoms:
+        evidence["symptoms_fire"] = 1.0 if any(f.rule in symptoms for f in serious) else 0.0
     if match is not None:
         for key, value in match.evidence.items():
             if isinstance(value, int | float) and not isinstance(value, bool):
@@ -95,7 +100,23 @@ def judge(base: TrialOutcome, rem: TrialOutcome, finding: Finding, units_changed
         return True
     if same_units and not data_changed and b.evidence.get("rule_fires") == 1.0 and r.evidence.get("rule_fires") == 0.0:
         return r_final <= b_final  # type: ignore[operator]
+    if same_units and b.evidence.get("symptoms_fire") == 1.0 and r.evidence.get("symptoms_fire") == 0.0:
+        return r_final <= b_final  # type: ignore[operator]  # a data fix: its rule stops trivially, its symptoms do not
     return False
+
+
+def effect(base: TrialOutcome, rem: TrialOutcome, units_changed: bool) -> float:
+    """How far a remedy brought the loss down, in e-folds: log(L_0 / L_K) from the baseline's starting loss.
+
+    Measured from the common start, a remedy that raises the starting loss pays for it, and one ending
+    10^4 lower ranks above one that fell as far in relative terms from a loss 10^8 higher. A remedy whose
+    loss is in other units (standardised targets) is measured from its own start. -inf: it did not train.
+    """
+    start = rem.trajectory.loss[0] if units_changed or not base.trajectory.loss else base.trajectory.loss[0]
+    final = rem.trajectory.loss[-1] if rem.trajectory.loss else None
+    if rem.relative_decrease is None or start is None or final is None or start <= 0 or final <= 0:
+        return -math.inf
+    return math.log(start / final)
 
 
 class Verifier:
@@ -163,24 +184,26 @@ class Verifier:
                 snapshot.restore(self.loaded.module)
         return self.baseline_error
 
-    def verify(self, finding: Finding, remediation: Remediation, snapshot: _Snapshot) -> tuple[Verification, float]:
-        """The verification of one remediation and its measured effect (for ranking)."""
+    def verify(
+        self, finding: Finding, remediation: Remediation, snapshot: _Snapshot, symptoms: frozenset[str] = frozenset()
+    ) -> tuple[Verification, float]:
+        """The verification of one remediation and its measured effect (for ranking); symptoms: rules it causes."""
         params = self._params_for(finding, remediation)
         key = json.dumps([remediation.action, params], sort_keys=True, default=str)
         if key not in self.trials:
             if self.remedy_trials >= self.options.verify_max_trials:
                 reason = f"trial budget spent ({self.options.verify_max_trials} remediation trials per analysis)"
-                return Verification(status="not_applicable", reason=reason), -1.0
+                return Verification(status="not_applicable", reason=reason), -math.inf
             self.trials[key] = self._remedy_trial(remediation.action, params, snapshot)
         ran = self.trials[key]
         if isinstance(ran, str):
-            return Verification(status="failed", reason=ran, optimizer=self._optimizer(self.spec.lr)), -1.0
+            return Verification(status="failed", reason=ran, optimizer=self._optimizer(self.spec.lr)), -math.inf
         assert self.baseline is not None
         (base, base_found), (rem, found, setup) = self.baseline, ran
         base_traj = base.trajectory.model_copy(deep=True)
-        base_traj.evidence.update(_evidence(finding.rule, base_found))
+        base_traj.evidence.update(_evidence(finding.rule, base_found, symptoms))
         rem_traj = rem.trajectory.model_copy(deep=True)
-        rem_traj.evidence.update(_evidence(finding.rule, found))
+        rem_traj.evidence.update(_evidence(finding.rule, found, symptoms))
         improved = judge(
             TrialOutcome(base_traj, base.steps_run, base.relative_decrease),
             TrialOutcome(rem_traj, rem.steps_run, rem.relative_decrease),
@@ -198,7 +221,7 @@ class Verifier:
             improved=improved,
             criterion=CRITERION,
         )
-        return result, rem.relative_decrease if rem.relative_decrease is not None else -1.0
+        return result, effect(base, rem, setup.loss_units_changed)
 
     def _remedy_trial(
         self, action: str, params: dict[str, RemediationParam], snapshot: _Snapshot
@@ -251,16 +274,38 @@ def verify_findings(
                     remediation.verification = Verification(status="not_applicable", reason=NOT_APPLICABLE_REASON)
                     continue
                 notify("verify", 0.96 + 0.03 * done / max(applicable, 1))
-                remediation.verification, effects[id(remediation)] = verifier.verify(finding, remediation, snapshot)
+                symptoms = frozenset(f.rule for f in todo if finding.rule in f.caused_by)
+                remediation.verification, effects[id(remediation)] = verifier.verify(
+                    finding, remediation, snapshot, symptoms
+                )
                 done += 1
             finding.remediation.sort(key=lambda r: _order(r, effects))
+        findings[:] = rank_by_verification(findings)
     finally:
         if snapshot is not None:
             snapshot.restore(loaded.module)
     return verifier.stats
 
 
+def refuted(finding: Finding) -> bool:
+    """Its remediations were tried and none verified: the measurement says it is not the fix to do first."""
+    statuses = {r.verification.status for r in finding.remediation if r.verification is not None}
+    return bool(statuses & {"not_improved", "failed"}) and "verified" not in statuses
+
+
+def rank_by_verification(findings: list[Finding]) -> list[Finding]:
+    """Among the findings at warning or above, those whose tried remedies all failed move behind the rest.
+
+    The rules rank a root cause before its symptoms; when the cause's remediation was measured not to
+    help and a symptom's was verified, the verified fix is what a reader (or a tool applying the first
+    remediation) must see first. Findings with only structural advice keep their place; order is stable.
+    """
+    serious = [f for f in findings if severity_at_least(f.severity, "warning")]
+    rest = [f for f in findings if not severity_at_least(f.severity, "warning")]
+    return sorted(serious, key=refuted) + rest
+
+
 def _order(remediation: Remediation, effects: dict[int, float]) -> tuple[int, float]:
-    """Verified first, by measured effect; then not improved, failed, not applicable (stable otherwise)."""
+    """Verified first, by measured effect (lowest final loss); then not improved, failed, not applicable."""
     status = remediation.verification.status if remediation.verification else "not_applicable"
     return _STATUS_RANK[status], -effects.get(id(remediation), 0.0) if status == "verified" else 0.0

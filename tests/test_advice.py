@@ -292,31 +292,209 @@ def test_zoo_has_a_case_per_applicable_family() -> None:
     assert zoo.by_name("deep_relu_mlp_normal_init").healthy is False
 
 
-def _trained(model: nn.Module, x: Tensor, y: Tensor, steps: int = 30) -> float:
-    """Relative loss decrease after `steps` of SGD(0.01, momentum 0.9): what the verify check's default trial runs."""
+def _final_loss(model: nn.Module, x: Tensor, y: Tensor, steps: int = 30) -> float:
+    """Cross-entropy after `steps` of SGD(0.01, momentum 0.9), the verify check's default trial."""
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    first = None
     for _ in range(steps):
         opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        first = float(loss.detach()) if first is None else first
-        loss.backward()
+        F.cross_entropy(model(x), y).backward()
         opt.step()
     with torch.no_grad():
-        return 1 - float(F.cross_entropy(model(x), y)) / (first or 1.0)
+        return float(F.cross_entropy(model(x), y))
 
 
-def test_deep_sigmoid_vanishing_gets_an_applicable_backward_gain_that_trains() -> None:
-    """Applied by hand from action + params: gain 4 = 1/sigmoid'(0) on the layers reading sigmoids, bias 0."""
-    fix = next(r for r in _report("deep_sigmoid_mlp").findings[0].remediation if r.action == "reinitialize")
-    assert fix.params["nonlinearity"] == "sigmoid" and fix.params["gain"] == 4.0 and fix.params["bias"] == 0.0
-    assert fix.params["layers"] == [f"net.{i}" for i in range(2, 21, 2)]  # the layers reading a sigmoid, head included
-    model, _, (x,), y = by_name("deep_sigmoid_mlp").build()
-    baseline = _trained(model, x, y)
-    model, _, (x,), y = by_name("deep_sigmoid_mlp").build()
+def _first_to_last_grad(model: nn.Sequential, x: Tensor, y: Tensor) -> float:
+    """Gradient RMS of the first Linear's weight over the last one's, by plain autograd."""
+    F.cross_entropy(model(x), y).backward()
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    rms = [float(m.weight.grad.pow(2).mean().sqrt()) for m in linears]  # type: ignore[union-attr]
+    model.zero_grad()
+    return rms[0] / rms[-1]
+
+
+@pytest.mark.parametrize("name", ["deep_sigmoid_mlp"])
+def test_deep_sigmoid_vanishing_gets_an_applicable_backward_gain_that_trains(name: str) -> None:
+    """Applied by hand from action + params: gain 4 = 1/sigmoid'(0) on the hidden layers reading sigmoids, biases
+    centred on the sigmoid's mean 1/2; the output layer keeps its scale (4x logits would start far higher)."""
+    fix = next(r for r in _report(name).findings[0].remediation if r.action == "reinitialize")
+    assert fix.params["nonlinearity"] == "sigmoid" and fix.params["gain"] == 4.0 and fix.params["input_mean"] == 0.5
+    assert fix.params["layers"] == [f"net.{i}" for i in range(2, 19, 2)]  # reading a sigmoid, the head net.20 not
+    model, _, (x,), y = by_name(name).build()
+    base_ratio, baseline = _first_to_last_grad(model, x, y), _final_loss(model, x, y)
+    model, _, (x,), y = by_name(name).build()
     torch.manual_seed(0)
-    for name in fix.params["layers"]:  # type: ignore[union-attr]
-        layer = model.get_submodule(name)
-        nn.init.normal_(layer.weight, std=4.0 / layer.weight[0].numel() ** 0.5)
-        nn.init.zeros_(layer.bias)
-    assert _trained(model, x, y) > 3 * baseline > 0
+    with torch.no_grad():
+        for layer_name in fix.params["layers"]:  # type: ignore[union-attr]
+            layer = model.get_submodule(layer_name)
+            nn.init.normal_(layer.weight, std=4.0 / layer.weight[0].numel() ** 0.5)
+            layer.bias.copy_(-0.5 * layer.weight.sum(dim=1))
+    ratio = _first_to_last_grad(model, x, y)
+    assert base_ratio < 1e-6 and ratio > 1e3 * base_ratio  # the gradient reaches the first layer
+    assert _final_loss(model, x, y) < baseline  # and the model trains further in the trial's 30 steps
+
+
+def _input_rms(model: nn.Module, layer: str, inputs: tuple[Tensor, ...]) -> tuple[float, float]:
+    """(RMS of the named layer's input, RMS of its output), by a forward hook on the plain model."""
+    seen: list[tuple[float, float]] = []
+    hook = model.get_submodule(layer).register_forward_hook(
+        lambda _m, args, out: seen.append((float(args[0].pow(2).mean().sqrt()), float(out.pow(2).mean().sqrt())))
+    )
+    with torch.no_grad():
+        model(*inputs)
+    hook.remove()
+    return seen[0]
+
+
+@pytest.mark.parametrize(
+    ("name", "layer"),
+    [
+        ("deep_residual_mlp_no_norm", "head"),
+        ("transformer_no_norm_exploding", "head"),
+        ("transformer_tanh_ffn_saturated", "blocks.0.ffn.fc1"),
+        ("deep_relu_mlp_kaiming", "net.48"),
+    ],
+)
+def test_a_layers_input_rms_is_read_off_its_own_output(name: str, layer: str) -> None:
+    """rms(Wx) ~ rms(W) sqrt(fan_in) rms(x): the residual stream reaching a layer, with no graph needed."""
+    from gradhealth.diagnostics.measurements import LayerMeasure
+    from gradhealth.diagnostics.rules.advice import own_input_rms
+
+    model, _, inputs, _ = by_name(name).build()
+    true_in, out = _input_rms(model, layer, inputs)
+    module = model.get_submodule(layer)
+    params = list(module.parameters())
+    measure = LayerMeasure(
+        name=layer,
+        type="Linear",
+        depth=0,
+        numel=sum(p.numel() for p in params),
+        grad_norm=None,
+        weight_norm=math.sqrt(sum(float(p.detach().pow(2).sum()) for p in params)),
+        update_norm=None,
+        nonfinite=0,
+        flushed=0,
+        flushed_scaled=0,
+        subnormal=0,
+        nonzero_grads=0,
+        missing_grads=0,
+        fan_in=module.in_features,
+        output_rms=out,
+        kind="linear",
+    )
+    estimate = own_input_rms(measure)
+    assert estimate is not None and true_in / 1.5 <= estimate <= true_in * 1.5, (estimate, true_in)
+
+
+def _sgd_final(
+    model: nn.Module, loss_fn: object, inputs: tuple[Tensor, ...], y: Tensor, max_norm: float | None
+) -> float:
+    """The loss after 30 steps of SGD(0.01, momentum 0.9), optionally clipped: the verify check's default trial."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    for _ in range(30):
+        opt.zero_grad()
+        loss = loss_fn(model(*inputs), y)  # type: ignore[operator]
+        if not torch.isfinite(loss):
+            return math.inf
+        loss.backward()
+        if max_norm is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        opt.step()
+    with torch.no_grad():
+        final = float(loss_fn(model(*inputs), y))  # type: ignore[operator]
+    return final if math.isfinite(final) else math.inf
+
+
+def test_exploded_residual_mlp_gets_a_clip_norm_that_binds_and_trains() -> None:
+    """The head reads the whole residual stream: its own output gives that scale, the clip binds and trains."""
+    report = _report("deep_residual_mlp_no_norm")
+    exploded = report.metrics["global_grad_norm"]
+    clip = next(r for r in _first(report, "exploding_gradient").remediation if r.action == "clip_gradients")
+    max_norm = float(clip.params["max_norm"])  # type: ignore[arg-type]
+    assert isinstance(exploded, float) and max_norm < 1e-6 * exploded
+    model, _, inputs, y = by_name("deep_residual_mlp_no_norm").build()
+    with torch.no_grad():
+        start = float(F.mse_loss(model(*inputs), y))
+    assert _sgd_final(model, F.mse_loss, inputs, y, None) == math.inf  # unclipped, the user's set-up diverges
+    model, _, inputs, y = by_name("deep_residual_mlp_no_norm").build()
+    assert _sgd_final(model, F.mse_loss, inputs, y, max_norm) < 0.5 * start
+
+
+@pytest.mark.parametrize("name", ["transformer_adam_lr_1e9", "lstm_sgd_lr_1e9"])
+def test_a_raised_lr_comes_with_a_10x_bracket(name: str) -> None:
+    """Too slow: the 1e-3 update target and 10x it (1e-2, inside the healthy band) are both offered."""
+    fixes = [r for r in _first(_report(name), "update_ratio").remediation if r.action == "scale_lr"]
+    assert len(fixes) == 2
+    low, high = (float(r.params["lr"]) for r in fixes)  # type: ignore[arg-type]
+    assert high == pytest.approx(10 * low, rel=0.06)  # two significant digits each
+
+
+def test_the_bracket_trains_further_for_adam_by_plain_torch() -> None:
+    """Adam's step ignores the gradient's scale: the 1e-3 target lr trains a transformer far less than 10x it."""
+    fixes = _first(_report("transformer_adam_lr_1e9"), "update_ratio").remediation
+    finals = []
+    for fix in fixes:
+        model, _, inputs, y = by_name("transformer_adam_lr_1e9").build()
+        opt = torch.optim.Adam(model.parameters(), lr=float(fix.params["lr"]))  # type: ignore[arg-type]
+        for _ in range(30):
+            opt.zero_grad()
+            F.cross_entropy(model(*inputs), y).backward()
+            opt.step()
+        with torch.no_grad():
+            finals.append(float(F.cross_entropy(model(*inputs), y)))
+    assert finals[1] < 0.5 * finals[0]
+
+
+def test_a_too_fast_lr_gets_no_bracket() -> None:
+    fixes = _first(_report("mlp_sgd_update_ratio_too_big"), "update_ratio").remediation
+    assert [r.action for r in fixes] == ["scale_lr"]
+
+
+def test_saturation_from_oversized_embeddings_is_traced_to_the_tables() -> None:
+    """N(0,1) tables times sqrt(d) feed an un-normalised tanh FFN: scale the tables by 1/stream RMS (by hand)."""
+    name = "transformer_tanh_ffn_saturated"
+    fix = next(r for r in _first(_report(name), "saturated_activation").remediation if r.action == "rescale_weights")
+    assert fix.params["layers"] == ["embed", "pos"]
+    model, _, inputs, y = by_name(name).build()
+    stream, _ = _input_rms(model, "blocks.0.ffn.fc1", inputs)
+    assert float(fix.params["factor"]) == pytest.approx(1 / stream, rel=0.2)  # type: ignore[arg-type]
+    baseline = _sgd_final(model, F.cross_entropy, inputs, y, None)
+    model, _, inputs, y = by_name(name).build()
+    with torch.no_grad():
+        for table in ("embed", "pos"):
+            model.get_submodule(table).weight.mul_(float(fix.params["factor"]))  # type: ignore[arg-type]
+    assert _sgd_final(model, F.cross_entropy, inputs, y, None) < 0.9 * baseline
+
+
+def test_healthy_embedding_models_get_no_table_rescale() -> None:
+    for name in ("embedding_transformer_classifier", "padded_transformer_classifier", "preln_transformer_encoder"):
+        assert not [r for r in _all(_report(name)) if r.action == "rescale_weights"], name
+
+
+def test_exploded_transformer_gets_the_branch_rescale_with_a_step_bounding_clip() -> None:
+    """max_norm = 1e-3 ||W|| (1 - momentum) / lr: a clipped SGD step moves the weights by <= 1e-3 of their norm.
+    The rescale alone still blows up under SGD(0.01, 0.9); with that clip the model trains (plain torch)."""
+    name = "transformer_no_norm_exploding"
+    fixes = [r for r in _first(_report(name), "exploding_gradient").remediation if r.action == "rescale_weights"]
+    assert [("max_norm" in r.params) for r in fixes] == [False, True]
+    plain, clipped = fixes
+    model, _, inputs, y = by_name(name).build()
+    weight_norm = math.sqrt(sum(float(p.detach().pow(2).sum()) for p in model.parameters()))
+    max_norm = float(clipped.params["max_norm"])  # type: ignore[arg-type]
+    assert max_norm == pytest.approx(1e-3 * weight_norm * (1 - 0.9) / 0.01, rel=0.05)  # two digits, no optimizer
+    assert f"max_norm={max_norm}" in (clipped.snippet or "")
+    finals = []
+    for clip in (None, max_norm):
+        model, _, inputs, y = by_name(name).build()
+        with torch.no_grad():
+            for layer in plain.params["layers"]:  # type: ignore[union-attr]
+                model.get_submodule(layer).weight.mul_(float(plain.params["factor"]))  # type: ignore[arg-type]
+            start = float(F.cross_entropy(model(*inputs), y))
+        finals.append(_sgd_final(model, F.cross_entropy, inputs, y, clip))
+    assert finals[0] == math.inf and finals[1] < 0.5 * start
+
+
+def test_adam_gets_no_step_bounding_clip() -> None:
+    """Adam's step ignores the gradient's norm: the bound does not exist, only the sane-scale clip is offered."""
+    report = _analyze("transformer_no_norm_exploding", optimizer={"name": "adam", "lr": 1e-3})
+    fixes = [r for f in report.findings_for("exploding_gradient") for r in f.remediation]
+    assert fixes and not [r for r in fixes if r.action != "clip_gradients" and "max_norm" in r.params]

@@ -154,3 +154,27 @@ def test_registry_matches_the_documented_contract() -> None:
     doc = (Path(__file__).resolve().parents[1] / "docs" / "verify.md").read_text()
     for action in REMEDIES:
         assert f"`{action}`" in doc
+
+
+def test_reinitialize_centres_biases_on_the_input_mean() -> None:
+    """input_mean m: bias = -m x each unit's weight sum, so inputs of mean m give zero-mean pre-activations."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 64), nn.Sigmoid(), nn.Linear(64, 64), nn.Sigmoid(), nn.Conv1d(64, 8, 3))
+    params = {"layers": ["2", "4"], "scheme": "kaiming_normal", "gain": 4.0, "bias": 0.0, "input_mean": 0.5}
+    apply_remedy("reinitialize", params, _setup(model))
+    linear, conv = model[2], model[4]
+    torch.testing.assert_close(linear.bias.detach(), -0.5 * linear.weight.detach().sum(dim=1))
+    torch.testing.assert_close(conv.bias.detach(), -0.5 * conv.weight.detach().sum(dim=(1, 2)))
+    with torch.no_grad():  # sigmoid-like inputs (mean 1/2): the centred layer's pre-activations average ~0
+        pre = linear(torch.rand(4096, 64))
+    assert float(pre.mean(dim=0).abs().max()) < 0.1 * float(pre.std())  # every unit, not only on average
+    assert torch.all(model[0].bias != 0)  # layer 0 was not named: untouched
+
+
+def test_a_fix_carrying_max_norm_also_clips() -> None:
+    s = _setup(_mlp())
+    apply_remedy("rescale_weights", {"layers": ["0"], "factor": 0.5, "max_norm": 0.7}, s)
+    assert s.max_norm == 0.7 and s.norm_type == 2.0
+    plain = _setup(_mlp())
+    apply_remedy("rescale_weights", {"layers": ["0"], "factor": 0.5}, plain)
+    assert plain.max_norm is None

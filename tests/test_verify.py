@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +15,10 @@ import torch.nn.functional as F
 from gradhealth.diagnostics import AnalysisOptions, Analyzer
 from gradhealth.diagnostics.export import PackageMetadata, export_per_sample_loss
 from gradhealth.diagnostics.loading import from_exported_program
-from gradhealth.diagnostics.verify import verify_findings
+from gradhealth.diagnostics.verify import effect, judge, rank_by_verification, refuted, verify_findings
+from gradhealth.diagnostics.verify_trial import TrialOutcome
 from gradhealth.report import Finding, Remediation, Report
+from gradhealth.report.schema import TrialTrajectory, Verification
 from pydantic import ValidationError
 
 from tests.zoo import by_name
@@ -219,3 +222,83 @@ def test_a_partly_applicable_action_says_what_was_left_out() -> None:
     verify_findings(analyzer.loaded, [_finding(fix)], inputs, targets, options, lambda *a: ([], {}), lambda *a: None)
     assert fix.verification is not None and fix.verification.status in ("verified", "not_improved")
     assert "only the Kaiming initialisation was applied" in (fix.verification.reason or "")
+
+
+def _outcome(loss: list[float | None], **evidence: float) -> TrialOutcome:
+    traj = TrialTrajectory(loss=loss, grad_norm=[1.0] * (len(loss) - 1), evidence=dict(evidence))
+    first, last = loss[0], loss[-1]
+    decrease = 1 - last / first if first and last is not None else None
+    return TrialOutcome(traj, len(loss) - 1, decrease)
+
+
+def test_a_data_remedy_is_judged_by_the_symptoms_its_finding_causes() -> None:
+    """Standardising the data silences its own rule trivially: its symptoms (saturation) must stop instead."""
+    finding = _finding()
+    base = _outcome([1.0, 0.95], rule_fires=1.0, symptoms_fire=1.0)
+    fixed = _outcome([1.0, 0.93], rule_fires=0.0, symptoms_fire=0.0)  # 2% lower only: the loss bar is not met
+    assert judge(base, fixed, finding, units_changed=False, data_changed=True)
+    still = _outcome([1.0, 0.93], rule_fires=0.0, symptoms_fire=1.0)
+    assert not judge(base, still, finding, units_changed=False, data_changed=True)  # own rule alone: not enough
+    worse = _outcome([1.0, 0.97], rule_fires=0.0, symptoms_fire=0.0)
+    assert not judge(base, worse, finding, units_changed=False, data_changed=True)  # final loss higher
+    no_symptoms = _outcome([1.0, 0.93], rule_fires=0.0)
+    assert not judge(_outcome([1.0, 0.95], rule_fires=1.0), no_symptoms, finding, False, True)
+
+
+def _tried(rule: str, severity: str, *statuses: str) -> Finding:
+    fixes = [
+        Remediation(action="lower_lr", detail="", params={"lr": 0.1}, verification=Verification(status=s))  # type: ignore[arg-type]
+        for s in statuses
+    ]
+    return Finding(rule=rule, severity=severity, title="t", message="m", confidence=1.0, remediation=fixes)  # type: ignore[arg-type]
+
+
+def test_findings_whose_tried_remedies_all_failed_rank_behind_verified_ones() -> None:
+    cause = _tried("cause", "error", "not_improved", "failed")
+    structural = _tried("structural", "error", "not_applicable")
+    symptom = _tried("symptom", "warning", "verified", "not_improved")
+    other = _tried("other", "warning", "not_improved")
+    info = _tried("info_rule", "info")
+    ordered = rank_by_verification([cause, structural, symptom, other, info])
+    assert [f.rule for f in ordered] == ["structural", "symptom", "cause", "other", "info_rule"]
+    assert not refuted(symptom) and not refuted(structural) and refuted(cause) and refuted(other)
+    healthy_order = [structural, symptom]
+    assert rank_by_verification(healthy_order) == healthy_order  # nothing refuted: the rules' order stands
+
+
+def test_the_verified_symptom_fix_ranks_above_the_refuted_cause() -> None:
+    """Saturated sigmoid MLP: re-initialising every layer (poor_initialization) ends above the baseline's loss;
+    rescaling the saturating layer's pre-activations (saturated_activation) trains: it must come first."""
+    analyzer, inputs, targets, twin = _analyzer("sigmoid_mlp_std1_saturated")
+    report = analyzer.run(inputs, targets, AnalysisOptions(checks=("standard", "verify"), verify_steps=30))
+    top = report.findings[0]
+    assert top.rule == "saturated_activation" and top.remediation[0].verification is not None
+    assert top.remediation[0].verification.status == "verified"
+    (cause,) = report.findings_for("poor_initialization")
+    v = cause.remediation[0].verification
+    assert v is not None and v.status == "not_improved" and v.baseline and v.remediated
+    x = inputs[0]
+    opt = torch.optim.SGD(twin.parameters(), lr=0.01, momentum=0.9)
+    for _ in range(30):  # the baseline, by plain torch: the std-1 model memorises the batch
+        opt.zero_grad()
+        F.cross_entropy(twin(x), targets).backward()
+        opt.step()
+    with torch.no_grad():
+        baseline_final = float(F.cross_entropy(twin(x), targets))
+    assert v.baseline.loss[-1] == pytest.approx(baseline_final, rel=1e-3)
+    assert v.remediated.loss[-1] > baseline_final  # the cause's remedy ends higher: refuted by the measurement
+
+
+def test_remedies_rank_by_the_loss_they_reach_from_the_common_start() -> None:
+    """A clip that takes an exploded loss from 1e10 to 1e3 falls further in relative terms than a rescale that
+    starts at 24 and ends at 0.13, but ends 10^4 higher: the loss reached decides."""
+    base = _outcome([1.4e10, None])
+    clip_only = _outcome([1.4e10, 1318.0])
+    rescale_and_clip = _outcome([24.0, 0.13])
+    assert clip_only.relative_decrease is not None and rescale_and_clip.relative_decrease is not None
+    assert clip_only.relative_decrease > rescale_and_clip.relative_decrease
+    assert effect(base, rescale_and_clip, False) > effect(base, clip_only, False)
+    assert effect(base, rescale_and_clip, False) == pytest.approx(math.log(1.4e10 / 0.13))
+    other_units = _outcome([3.0, 0.3])  # standardised targets: measured from its own start
+    assert effect(base, other_units, True) == pytest.approx(math.log(10.0))
+    assert effect(base, _outcome([24.0, None]), False) == -math.inf

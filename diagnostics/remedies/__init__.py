@@ -57,8 +57,10 @@ __all__ = [
 
 
 def apply_remedy(action: str, params: Params, setup: TrialSetup) -> None:
-    """Apply one remediation to a trial; RemedyError says why it cannot be."""
+    """Apply one remediation to a trial (with gradient clipping too when its params carry max_norm)."""
     remedy = REMEDIES.get(action)
     if remedy is None:
         raise RemedyError(f"action {action!r} is not machine-applicable")
     remedy(params, setup)
+    if remedy is not clip_gradients and params.get("max_norm") is not None:
+        clip_gradients(params, setup)  # a fix that needs clipping while it settles carries its clip norm

@@ -66,13 +66,14 @@ def _weights_and_biases(setup: TrialSetup, layers: list[str]) -> tuple[list[str]
 
 
 def reinitialize(params: Params, setup: TrialSetup) -> None:
-    """Re-draw every weight of the named layers with a scheme and gain; optionally fill the biases."""
+    """Re-draw every weight of the named layers with a scheme and gain; fill the biases, or centre them (input_mean)."""
     layers = names(params, "layers")
     scheme = params.get("scheme")
     if scheme not in SCHEMES:
         raise RemedyError(f"params.scheme must be one of {', '.join(SCHEMES)}, got {scheme!r}")
     gain = _gain(params, str(scheme))
     bias = optional_number(params, "bias", None)
+    input_mean = optional_number(params, "input_mean", None)
     weights, biases = _weights_and_biases(setup, layers)
     if not weights:
         raise RemedyError(f"layers {layers} have no weight matrix or kernel to re-initialise")
@@ -84,6 +85,23 @@ def reinitialize(params: Params, setup: TrialSetup) -> None:
         if bias is not None:
             for name in biases:
                 setup.params[name].fill_(bias)
+        if input_mean is not None:
+            center_biases(setup, weights, input_mean)
+
+
+def center_biases(setup: TrialSetup, weights: list[str], input_mean: float) -> None:
+    """bias = -input_mean x the sum of each unit's weights: zero-mean pre-activations for inputs of that mean.
+
+    A sigmoid passes on a mean of sigmoid(0) = 1/2, so the layer reading it gets a per-unit offset of
+    1/2 x its weight sum, which pushes whole units into the flat region (LeCun et al. 1998 on centring).
+    """
+    for name in weights:
+        bias_name = name.rsplit(".", 1)[0] + ".bias" if "." in name else "bias"
+        bias = setup.params.get(bias_name)
+        weight = setup.params[name]
+        if bias is None or bias.dim() != 1 or bias.shape[0] != weight.shape[0]:
+            continue
+        bias.copy_(-input_mean * weight.detach().flatten(1).sum(dim=1))
 
 
 def rescale_weights(params: Params, setup: TrialSetup) -> None:

@@ -10,9 +10,12 @@ from __future__ import annotations
 import math
 
 from gradhealth.report import Remediation
+from gradhealth.report.schema import RemediationParam
 
 from ..measurements import LayerMeasure, Measurements
+from ..options import DEFAULT_OPTIMIZER
 from .common import REFS, fmt
+from .lr_advice import TARGET, two_digits
 
 # torch.nn.init.calculate_gain per activation; rectifiers without an entry there (GELU, SiLU, ...)
 # are close to ReLU's half-linear variance and take its gain (He et al. 2015).
@@ -81,19 +84,34 @@ def reinit_remediation(
     bias: float | None = 0.0,
     references: list[str] | None = None,
     gain: float | None = None,
+    input_mean: float | None = None,
 ) -> Remediation:
     """A re-initialisation with layers, scheme, nonlinearity, gain and bias as docs/verify.md defines them.
 
     The gain defaults to calculate_gain(nonlinearity); an explicit one (sigmoid's backward gain 4) is a std.
+    input_mean (the mean of the activation the layers read, 1/2 for sigmoid) centres their biases.
     """
     nonlin = nonlinearity(activation)
     chosen = GAIN[nonlin] if gain is None else gain
+    params: dict[str, RemediationParam] = {
+        "layers": layers,
+        "scheme": scheme,
+        "nonlinearity": nonlin,
+        "gain": chosen,
+        "bias": bias,
+    }
+    snippet = init_snippet(layers, scheme, nonlin, bias, chosen)
+    if input_mean is not None:  # centre: bias = -mean(input) x each unit's weight sum
+        params["input_mean"] = input_mean
+        snippet += (
+            f"\n    layer.bias.data = -{input_mean} * layer.weight.flatten(1).sum(1)  # zero-mean pre-activations"
+        )
     return Remediation(
         action=action,
         detail=detail,
-        snippet=init_snippet(layers, scheme, nonlin, bias, chosen),
+        snippet=snippet,
         references=references or [REFS["he2015"], REFS["glorot2010"]],
-        params={"layers": layers, "scheme": scheme, "nonlinearity": nonlin, "gain": chosen, "bias": bias},
+        params=params,
     )
 
 
@@ -147,11 +165,22 @@ def _input_rms(m: Measurements, layer: LayerMeasure) -> float | None:
     return max(values) if values else None
 
 
+def own_input_rms(layer: LayerMeasure) -> float | None:
+    """RMS of a layer's input read off its own output: y = Wx gives rms(y) ~ rms(W) sqrt(fan_in) rms(x).
+
+    Needs no graph: a residual stream's sum reaches the head although its serial feeder is one branch.
+    """
+    if not layer.output_rms or not layer.weight_rms or not layer.fan_in or not initialisable(layer):
+        return None
+    return layer.output_rms / (layer.weight_rms * math.sqrt(layer.fan_in))
+
+
 def sane_max_norm(m: Measurements) -> float | None:
     """The global gradient norm the model would have at a sane scale: a clip norm that binds and is sane.
 
     The output layer's gradient is dL/d(output) times its input. Divide out what inflates each: an
-    input far above unit RMS (a forward signal grown through the layers) and, for MSE, a residual far
+    input far above unit RMS (a forward signal grown through the layers; the larger of its feeder's
+    output RMS and the one its own output implies) and, for MSE, a residual far
     above unit scale (raw targets or exploded outputs). Every layer of a variance-preserving network
     gets about that gradient, so the global norm is about it times sqrt(number of layers). Clipping
     at the exploded norm (or a quantile of it) never binds.
@@ -160,13 +189,42 @@ def sane_max_norm(m: Measurements) -> float | None:
     if not layers:
         return None
     last = layers[-1]
-    inflation = max(1.0, _input_rms(m, last) or 1.0)
+    inflation = max(1.0, _input_rms(m, last) or 1.0, own_input_rms(last) or 1.0)
     if m.targets is not None and m.targets.loss_kind == "mse" and math.isfinite(m.loss) and m.loss > 1.0:
         inflation *= math.sqrt(m.loss)
     estimate = (last.grad_norm or 0.0) / inflation * math.sqrt(len(layers))
     if m.global_grad_norm is not None and math.isfinite(m.global_grad_norm):
         estimate = min(estimate, m.global_grad_norm)
     return float(f"{estimate:.2g}") if estimate > 0 else None
+
+
+def update_bound_max_norm(m: Measurements) -> float | None:
+    """The clip norm at which one clipped SGD step moves the weights by the healthy 1e-3 of their norm.
+
+    Clipped momentum SGD moves at most lr x max_norm / (1 - momentum) per step; bounding that by
+    lr_advice.TARGET x ||W|| (the update size update_ratio calls healthy) gives max_norm. Under the
+    analysis optimizer, or verify's default when none was given; None for Adam, whose step ignores the
+    gradient's norm.
+    """
+    opt = m.options.optimizer or DEFAULT_OPTIMIZER
+    weight_norm = math.sqrt(sum(layer.weight_norm**2 for layer in m.layers if math.isfinite(layer.weight_norm)))
+    if opt.name != "sgd" or weight_norm <= 0:
+        return None
+    return two_digits(TARGET * weight_norm * (1.0 - opt.momentum) / opt.lr)
+
+
+def with_clip(fix: Remediation, max_norm: float, lr: float) -> Remediation:
+    """The same fix, and clipping at max_norm while the model settles: one remediation, one trial."""
+    return Remediation(
+        action=fix.action,
+        detail=f"{fix.detail} And clip the global gradient norm at max_norm≈{fmt(max_norm)} while the model settles: "
+        f"at lr {fmt(lr)} a clipped step then moves the weights by at most ~1e-3 of their norm (an un-normalised "
+        "stack can blow up again after the fix, at gradient norms still far above that).",
+        snippet=f"{fix.snippet or ''}\n# in the training loop, after loss.backward():\n"
+        f"torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm={max_norm})".lstrip("\n"),
+        references=[*fix.references, REFS["pascanu2013"]],
+        params={**fix.params, "max_norm": max_norm},
+    )
 
 
 def clip_detail(max_norm: float | None) -> str:

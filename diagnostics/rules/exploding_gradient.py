@@ -5,6 +5,7 @@ from __future__ import annotations
 from gradhealth.report import Finding, Remediation
 
 from ..measurements import Measurements, RecurrentMeasure
+from ..options import DEFAULT_OPTIMIZER
 from .advice import (
     clip_detail,
     initialisable,
@@ -13,6 +14,8 @@ from .advice import (
     reinit_remediation,
     sane_max_norm,
     std_ratio,
+    update_bound_max_norm,
+    with_clip,
 )
 from .common import REFS, batch_confidence, clip_remediation, fmt, label_span, layer_label, orders_of_magnitude, span
 from .gradient_profile import Profile, depth_profiles
@@ -163,6 +166,10 @@ def _remediation(m: Measurements, profile: Profile, flagged: list[str], max_norm
         rescale = _branch_rescale(profile)
         if rescale is not None:
             remediation.append(rescale)
+    bound = update_bound_max_norm(m)
+    if remediation and bound is not None:  # the weight fix, and a clip that bounds the step while it settles
+        lr = (m.options.optimizer or DEFAULT_OPTIMIZER).lr
+        remediation.append(with_clip(remediation[0], bound, lr))
     remediation.append(clip_remediation(max_norm, clip_detail(max_norm)))
     remediation.append(
         Remediation(

@@ -9,7 +9,7 @@ from gradhealth.report import Finding, Remediation
 from ..activations import gaussian_flat_share
 from ..measurements import ActivationMeasure, LayerMeasure, Measurements
 from .activation_rule import fraction_findings
-from .advice import GAIN, initialisable, off_scale, reinit_remediation
+from .advice import GAIN, initialisable, off_scale, own_input_rms, reinit_remediation
 from .common import REFS, fmt, span
 
 RULE_ID = "saturated_activation"
@@ -99,6 +99,31 @@ def _rescale(feeders: list[LayerMeasure], spread: float | None) -> Remediation |
     )
 
 
+def _embedding_rescale(m: Measurements, feeders: list[LayerMeasure]) -> Remediation | None:
+    """The feeders read a stream far above unit RMS and the model has embeddings: scale the tables by 1/RMS.
+
+    Where a residual stream carries the input to the saturated units (no norm in front of them), its scale
+    is the embeddings' (e.g. N(0,1) tables times sqrt(d), a scaling meant for std d^-0.5 tables; Vaswani
+    et al. 2017): rescaling the feeders' weights treats one reader, rescaling the tables treats the source.
+    """
+    tables = [layer.name for layer in m.layers if layer.kind == "embedding" or layer.type == "Embedding"]
+    scales = [rms for rms in (own_input_rms(layer) for layer in feeders) if rms is not None]
+    if not tables or not scales or statistics.median(scales) <= WARNING_SCALE:
+        return None
+    stream = statistics.median(scales)
+    factor = float(f"{1.0 / stream:.2g}")
+    return Remediation(
+        action="rescale_weights",
+        detail=f"{span([layer.name for layer in feeders])} read a signal of RMS {fmt(stream)} (their own outputs over "
+        f"their weight scale): the embeddings {span(tables)} set that stream's scale. Multiply the tables by "
+        f"{fmt(factor)} so it comes back to unit RMS (std d^-0.5 tables if the forward multiplies by sqrt(d)).",
+        snippet=f"with torch.no_grad():\n    for name in {tables[:12]!r}:\n"
+        f"        model.get_submodule(name).weight.mul_({factor})",
+        references=[REFS["glorot2010"]],
+        params={"layers": tables, "factor": factor},
+    )
+
+
 def _structural(feeders: list[LayerMeasure], activation: str) -> list[Remediation]:
     """Normalisation before the activation and a non-saturating activation: code changes, not params."""
     names = [layer.name for layer in feeders]
@@ -124,7 +149,7 @@ def _saturating_remediation(m: Measurements, flagged: list[ActivationMeasure]) -
     feeders, spread = _feeders(m, flagged)
     kind = flagged[0].kind if flagged[0].kind in ("sigmoid", "tanh") else "tanh"
     off = off_scale(m, 1.25, [layer.name for layer in feeders])
-    remediation = [r for r in (_rescale(feeders, spread),) if r is not None]
+    remediation = [r for r in (_rescale(feeders, spread), _embedding_rescale(m, feeders)) if r is not None]
     if off:
         names = [layer.name for layer in off]
         remediation.insert(
@@ -143,5 +168,5 @@ def _saturating_remediation(m: Measurements, flagged: list[ActivationMeasure]) -
 def _rectifying_remediation(m: Measurements, flagged: list[ActivationMeasure]) -> list[Remediation]:
     """Rescale the feeders' weights to unit-scale pre-activations; else normalise before the activation."""
     feeders, spread = _feeders(m, flagged)
-    rescale = _rescale(feeders, spread)
-    return ([rescale] if rescale else []) + _structural(feeders, flagged[0].kind)[:1]
+    rescales = [r for r in (_rescale(feeders, spread), _embedding_rescale(m, feeders)) if r is not None]
+    return rescales + _structural(feeders, flagged[0].kind)[:1]

@@ -8,7 +8,7 @@ from gradhealth.report import Finding, Remediation
 
 from ..measurements import Measurements
 from .common import REFS, fmt, label_span
-from .lr_advice import TARGET, TOO_FAST, TOO_SLOW, LrAdvice, advised_lr, ratios
+from .lr_advice import TARGET, TOO_FAST, TOO_SLOW, LrAdvice, advised_lr, ratios, two_digits
 
 RULE_ID = "update_ratio"
 
@@ -16,6 +16,8 @@ RULE_ID = "update_ratio"
 # [1e-5, 1e-1]; TheDeepChecker flags log10 > -1 (too fast) and < -4 (too slow). We warn outside
 # [1e-5, 1e-1] and call a step that rewrites the weights (ratio >= 1) an error.
 DIVERGING = 1.0
+# The second lr offered when the lr is raised: BRACKET x the advised one.
+BRACKET = 10.0
 
 
 def _basis(advice: LrAdvice, by_median: bool, opt_lr: float) -> str:
@@ -33,6 +35,31 @@ def _basis(advice: LrAdvice, by_median: bool, opt_lr: float) -> str:
             "(a larger lr would destabilise the others); fix the gradient profile first"
         )
     return f"lr≈{fmt(advice.lr)} would give the fastest layer 1e-3 (the others follow as their gradients recover)"
+
+
+def _bracket(advice: LrAdvice, fast: bool, opt_lr: float) -> list[Remediation]:
+    """Too slow: also the lr giving 10x the target update (1e-2, still inside the healthy band), below stability.
+
+    1e-3 is a rule of thumb, not an optimum; verify measures both and ranks the better one first.
+    """
+    upper = two_digits(advice.lr * BRACKET)
+    if (
+        fast
+        or advice.lr <= opt_lr
+        or (advice.stable_lr is not None and upper > advice.stable_lr)
+        or TARGET * BRACKET >= TOO_FAST
+    ):
+        return []
+    return [
+        Remediation(
+            action="scale_lr",
+            detail=f"Or lr≈{fmt(upper)}, {fmt(BRACKET)}x that: an update of ~{fmt(TARGET * BRACKET)} of the weights, "
+            "still inside the healthy band; `verify` tries both and ranks the one that trains better first.",
+            snippet=f"for group in optimizer.param_groups:\n    group['lr'] = {upper}",
+            references=[REFS["cs231n"]],
+            params={"lr": upper},
+        )
+    ]
 
 
 def evaluate(m: Measurements) -> list[Finding]:
@@ -72,7 +99,8 @@ def evaluate(m: Measurements) -> list[Finding]:
                     snippet=f"for group in optimizer.param_groups:\n    group['lr'] = {suggested}",
                     references=[REFS["cs231n"]],
                     params={"lr": suggested},
-                )
+                ),
+                *_bracket(advice, fast, opt.lr),
             ],
             confidence=0.8,
         )

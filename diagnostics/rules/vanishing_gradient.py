@@ -65,13 +65,17 @@ def _kaiming_candidates(m: Measurements, trunk: str | None) -> list[str]:
 # calculate_gain('sigmoid') = 1, which preserves only the forward variance (Glorot & Bengio 2010; the
 # LISA Deep Learning Tutorials draw sigmoid weights 4x the tanh ones).
 BACKWARD_GAIN = {"sigmoid": 4.0, "tanh": 5.0 / 3.0}
+# The activation's output at 0: the mean a layer reading it gets. The 4x gain holds only at sigmoid'(0),
+# so the biases are centred to cancel the 1/2 x weight-sum offset (LeCun et al. 1998).
+INPUT_MEAN = {"sigmoid": 0.5}
 
 
 def _backward_gain_remediation(m: Measurements, kinds: set[str]) -> Remediation | None:
     """Re-draw the layers reading sigmoid/tanh outputs with the gain that keeps the backward signal's scale.
 
     Back-propagation multiplies by W_l^T and then by f'(z) of the activation that feeds W_l: the factor
-    1/f'(0) belongs to the layer reading the activation (the output layer included), not the one feeding it.
+    1/f'(0) belongs to the layer reading the activation, not the one feeding it. The output layer keeps
+    its scale: one uncompensated factor is harmless, while 4x larger logits start training from a far higher loss.
     """
     kind = "sigmoid" if "sigmoid" in kinds else ("tanh" if "tanh" in kinds else None)
     if kind is None:
@@ -83,6 +87,8 @@ def _backward_gain_remediation(m: Measurements, kinds: set[str]) -> Remediation 
             continue
         if not any(source.next_activation == kind for source in feeders(m, layer)):
             continue
+        if layer.next_activation is None:
+            continue  # the output layer: a larger gain there only inflates the logits and the initial loss
         if not 1 / KAIMING_TOLERANCE <= layer.weight_std * layer.fan_in**0.5 / gain <= KAIMING_TOLERANCE:
             layers.append(layer.name)
     if not layers:
@@ -92,11 +98,18 @@ def _backward_gain_remediation(m: Measurements, kinds: set[str]) -> Remediation 
         f"If the {kind} units stay: each passes back at most {'1/4' if kind == 'sigmoid' else '1'} of the gradient "
         f"at zero, so re-draw the {len(layers)} layers reading them ({span(layers)}) with std = {fmt(gain)}/sqrt(fan_in) "
         f"(1/{kind}'(0){'; calculate_gain(' + repr(kind) + ') = 1 keeps only the forward variance' if kind == 'sigmoid' else ''}), "
-        "bias 0: the backward signal then keeps its scale across depth.",
+        + (
+            "biases = -1/2 x each unit's weight sum (the sigmoid's mean output is 1/2: centred pre-activations stay "
+            "where the derivative is 1/4)"
+            if kind == "sigmoid"
+            else "bias 0"
+        )
+        + ": the backward signal then keeps its scale across depth.",
         layers,
         kind,
         gain=gain,
         references=[REFS["glorot2010"], REFS["lecun1998"]],
+        input_mean=INPUT_MEAN.get(kind),
     )
 
 
