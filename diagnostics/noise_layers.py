@@ -198,9 +198,10 @@ class Recording:
 def tap_samples(tap: Tap, inp: Tensor, grad_out: Tensor) -> dict[str, ParamSamples]:
     """Per-sample moments of the tap's weight (and bias) from its input and output gradient."""
     n = inp.shape[0]
-    a, d = inp.detach().double(), grad_out.detach().double()
+    d = grad_out.detach().double()
     out: dict[str, ParamSamples] = {}
-    if tap.kind == "linear" and a.dim() == 2:
+    if tap.kind == "linear" and inp.dim() == 2:
+        a = inp.detach().double()
         aa, dd = a @ a.T, d @ d.T
         cols = a.shape[1]
         out[tap.weight] = ParamSamples(
@@ -212,15 +213,18 @@ def tap_samples(tap: Tap, inp: Tensor, grad_out: Tensor) -> dict[str, ParamSampl
         if tap.bias is not None:
             out[tap.bias] = ParamSamples(dd, d.sum(0), (d**2).sum(0), lambda idx: d[:, idx])
         return out
+    # Per-sample weight gradients by a batched GEMM in the model's float32 (float64 GEMMs and unfolds cost about
+    # twice as much on CPU; each entry is one sum over positions, rounded at ~1e-7); moments then go float64.
+    a32, d32 = inp.detach().float(), grad_out.detach().float()
     if tap.kind == "linear":
-        a3, d3 = a.reshape(n, -1, a.shape[-1]), d.reshape(n, -1, d.shape[-1])
-        weight, bias = torch.bmm(d3.transpose(1, 2), a3), d3.sum(1)
+        a3, d3 = a32.reshape(n, -1, a32.shape[-1]), d32.reshape(n, -1, d32.shape[-1])
+        weight, bias = torch.bmm(d3.transpose(1, 2), a3), d.reshape(n, -1, d.shape[-1]).sum(1)
     else:
         assert tap.conv is not None
         stride, padding, dilation, kernel = tap.conv
-        unfolded = F.unfold(a, kernel, dilation=dilation, padding=padding, stride=stride)  # [n, C_in*kh*kw, L]
-        d3 = d.reshape(n, d.shape[1], -1)
-        weight, bias = torch.bmm(d3, unfolded.transpose(1, 2)), d3.sum(2)
+        unfolded = F.unfold(a32, kernel, dilation=dilation, padding=padding, stride=stride)  # [n, C_in*kh*kw, L]
+        d3 = d32.reshape(n, d32.shape[1], -1)
+        weight, bias = torch.bmm(d3, unfolded.transpose(1, 2)), d.reshape(n, d.shape[1], -1).sum(2)
     out[tap.weight] = ParamSamples.from_matrix(weight.reshape(n, -1))
     if tap.bias is not None:
         out[tap.bias] = ParamSamples.from_matrix(bias)
