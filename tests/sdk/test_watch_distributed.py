@@ -22,7 +22,7 @@ from gradhealth.sdk.watching import watch
 from torch import nn
 
 from ..service.procs import free_port
-from .test_watch_support import Reference, recording_client
+from .test_watch_support import Reference, count_all_reduce, recording_client
 
 STEPS = 6
 METRICS = ("grad_norm", "grad_max_abs", "nonfinite", "weight_norm", "update_norm")
@@ -60,14 +60,7 @@ def _train(rank: int, mode: str, out: str) -> None:
             fully_shard(model[index])  # type: ignore[index]
         fully_shard(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    calls = {"all_reduce": 0}
-    original = dist.all_reduce
-
-    def counting(*args: Any, **kwargs: Any) -> Any:
-        calls["all_reduce"] += 1
-        return original(*args, **kwargs)
-
-    dist.all_reduce = counting  # type: ignore[assignment]
+    calls, restore_all_reduce = count_all_reduce()
     client = recording_client()
     with watch(model, opt, run=mode, client=client, budget=None, param_every=2) as handle:
         for x, y in data():
@@ -75,7 +68,7 @@ def _train(rank: int, mode: str, out: str) -> None:
             F.mse_loss(model(x[half]), y[half]).backward()
             opt.step()
             opt.zero_grad()
-    dist.all_reduce = original  # type: ignore[assignment]
+    restore_all_reduce()
     steps = {str(k): {m: [float(v) for v in row[m]] for m in METRICS} for k, row in client.runs.steps().items()}
     created = client.runs.created
     result = {"calls": client.runs.calls, "steps": steps, "all_reduce": calls["all_reduce"], "created": created}

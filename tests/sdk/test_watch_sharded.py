@@ -32,7 +32,7 @@ from gradhealth.sdk.watching._sketch import QUANTILES, sketch
 from torch import nn
 
 from ..service.procs import free_port
-from .test_watch_support import recording_client
+from .test_watch_support import count_all_reduce, recording_client
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -88,14 +88,7 @@ def _inject(handle: Any, mode: str) -> None:
 def _train(rank: int, mode: str, out: str) -> None:
     model = _shard(make_model())
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    calls = {"all_reduce": 0}
-    original = dist.all_reduce
-
-    def counting(*args: Any, **kwargs: Any) -> Any:
-        calls["all_reduce"] += 1
-        return original(*args, **kwargs)
-
-    dist.all_reduce = counting  # type: ignore[assignment]
+    calls, restore_all_reduce = count_all_reduce()
     client = recording_client()
     taken = 0
     with warnings.catch_warnings(record=True) as caught:
@@ -110,7 +103,7 @@ def _train(rank: int, mode: str, out: str) -> None:
                 opt.zero_grad()
                 taken += 1
             stopped = handle._closed
-    dist.all_reduce = original  # type: ignore[assignment]
+    restore_all_reduce()
     sketches: dict[str, Any] = {}
     for batch in client.runs.batches:
         section = batch.get("distributions")

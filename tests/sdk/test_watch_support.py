@@ -68,6 +68,25 @@ def recording_client() -> Any:
     return SimpleNamespace(runs=RecordingRuns())
 
 
+def count_all_reduce() -> tuple[dict[str, int], Callable[[], None]]:
+    """Wrap torch.distributed.all_reduce to count its calls (watch() may add one per step); returns the restorer too."""
+    import torch.distributed as dist
+
+    calls = {"all_reduce": 0}
+    original = dist.all_reduce
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls["all_reduce"] += 1
+        return original(*args, **kwargs)
+
+    dist.all_reduce = counting  # type: ignore[assignment]
+
+    def restore() -> None:
+        dist.all_reduce = original  # type: ignore[assignment]
+
+    return calls, restore
+
+
 def layer_params(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     """The reference's own idea of the layers: named_modules() with their direct parameters."""
     return {
