@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .rolling import rolling_diff_sigma
+from .rolling import MAD_TO_SIGMA, rolling_diff_sigma
 
 # Reference: the best (lowest) rolling median of the loss over the last 9 logged steps (each loss counted as
 # the stride it was logged at, and at least 3 losses: a median needs 3 to reject one outlier), and the
@@ -140,6 +140,13 @@ class LossDivergenceState:
         """The trend-blind noise before each of a chunk's finite losses (NaN until 8 differences)."""
         prev = np.array([e[0] for e in self.recent], dtype=np.float64)
         return rolling_diff_sigma(prev, new, NOISE_WINDOW - 1, min_count=NOISE_MIN_DIFFS)
+
+    def early_sigma(self) -> float:
+        """1.4826 MAD of the losses so far, for a level set from fewer than 9 (a stride's): never NaN in the state."""
+        losses = np.array([e[0] for e in self.recent[-NOISE_WINDOW:]], dtype=np.float64)
+        if not len(losses):
+            return 0.0
+        return MAD_TO_SIGMA * float(np.median(np.abs(losses - np.median(losses))))
 
     def level(self, shared_median: float) -> float:
         """Median of the losses of the last LEVEL_STEPS logged steps (the newest remembered loss is the current).
