@@ -15,7 +15,9 @@ from .rolling import MAD_TO_SIGMA, rolling_diff_sigma
 # minibatch noise sigma at that point. The noise is the smaller of 1.4826 MAD of the last 51 losses and the
 # trend-blind 1.4826 MAD of their 50 first differences / sqrt 2: a window's spread counts the early fall
 # of the loss as noise (more so the more steps a throttled client's 51 losses span), differences count a
-# period-2 swing double; each is a fair sigma for iid noise. A logged loss "exceeds" when it is above
+# period-2 swing double; each is a fair sigma for iid noise. (A stride's level exists from the 3rd loss, the
+# 51-loss spread from the 9th: in between, the MAD of the losses so far stands in, never a NaN that the
+# stored state cannot hold.) A logged loss "exceeds" when it is above
 # best + delta, delta being the largest of
 #  - 4 sigma: a raw loss rarely sits 4 sigma high (heavy-tailed minibatch losses do it at a few %),
 #  - the smaller of |best| (the loss doubled) and half of initial-best (half the progress lost):

@@ -12,10 +12,10 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import torch
+from gradhealth.sdk.watching import WatchWarning
 from torch import nn
 
 import gradhealth
-from gradhealth.sdk.watching import WatchWarning
 
 from .servers import Served
 
