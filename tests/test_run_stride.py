@@ -132,3 +132,27 @@ def test_an_oscillation_recorded_at_an_odd_stride_is_still_an_alternation_of_the
     from the first recorded step, as a full record does from step 0."""
     found = [f for f in thinned(run("oscillation"), 5, offset).findings() if f.rule == "oscillating_loss"]
     assert [(f.severity, f.step) for f in found] == [("warning", offset)]
+
+
+def restarted(s: fx.Stream, stride: int, chunk: int) -> RunEvaluator:
+    """thinned(), but stored and restored after every chunk, as the service does per log batch."""
+    rows = np.arange(0, len(s.steps), stride)
+    state = None
+    for lo in range(0, len(rows), chunk):
+        r = rows[lo : lo + chunk]
+        ev = RunEvaluator(s.layers, json.loads(json.dumps(state, allow_nan=False)) if state else None)
+        metrics = {name: values[r] for name, values in s.metrics.items()}
+        ev.update(LogChunk(s.steps[r], s.loss[r], s.loss_logged[r], s.lr[r], metrics, np.full(len(r), stride)))
+        state = ev.state()  # raises ValueError when anything in it is not JSON (NaN, inf)
+    return ev
+
+
+@pytest.mark.parametrize("name", ["healthy_mlp_sgd", "diverge_adam", "nan_gradient"])
+@pytest.mark.parametrize(("stride", "chunk"), [(2, 1), (5, 3), (10, 2)])
+def test_small_first_batches_of_a_throttled_run_store_and_continue_exactly(name: str, stride: int, chunk: int) -> None:
+    """A stride's loss level starts at the 3rd loss, its window noise at the 9th: a batch ending in between (watch()
+    on a slow machine) once left a NaN noise in the stored state, and the service answered 500 to every retry."""
+    s = run(name)
+    whole, parts = thinned(s, stride, chunk=len(s.steps)), restarted(s, stride, chunk)
+    assert parts.state() == whole.state()
+    assert [f.model_dump() for f in parts.findings()] == [f.model_dump() for f in whole.findings()]

@@ -8,14 +8,16 @@ from typing import Any
 
 import numpy as np
 
-from .rolling import rolling_diff_sigma
+from .rolling import MAD_TO_SIGMA, rolling_diff_sigma
 
 # Reference: the best (lowest) rolling median of the loss over the last 9 logged steps (each loss counted as
 # the stride it was logged at, and at least 3 losses: a median needs 3 to reject one outlier), and the
 # minibatch noise sigma at that point. The noise is the smaller of 1.4826 MAD of the last 51 losses and the
 # trend-blind 1.4826 MAD of their 50 first differences / sqrt 2: a window's spread counts the early fall
 # of the loss as noise (more so the more steps a throttled client's 51 losses span), differences count a
-# period-2 swing double; each is a fair sigma for iid noise. A logged loss "exceeds" when it is above
+# period-2 swing double; each is a fair sigma for iid noise. (A stride's level exists from the 3rd loss, the
+# 51-loss spread from the 9th: in between, the MAD of the losses so far stands in, never a NaN that the
+# stored state cannot hold.) A logged loss "exceeds" when it is above
 # best + delta, delta being the largest of
 #  - 4 sigma: a raw loss rarely sits 4 sigma high (heavy-tailed minibatch losses do it at a few %),
 #  - the smaller of |best| (the loss doubled) and half of initial-best (half the progress lost):
@@ -140,6 +142,13 @@ class LossDivergenceState:
         """The trend-blind noise before each of a chunk's finite losses (NaN until 8 differences)."""
         prev = np.array([e[0] for e in self.recent], dtype=np.float64)
         return rolling_diff_sigma(prev, new, NOISE_WINDOW - 1, min_count=NOISE_MIN_DIFFS)
+
+    def early_sigma(self) -> float:
+        """1.4826 MAD of the losses so far, for a level set from fewer than 9 (a stride's): never NaN in the state."""
+        losses = np.array([e[0] for e in self.recent[-NOISE_WINDOW:]], dtype=np.float64)
+        if not len(losses):
+            return 0.0
+        return MAD_TO_SIGMA * float(np.median(np.abs(losses - np.median(losses))))
 
     def level(self, shared_median: float) -> float:
         """Median of the losses of the last LEVEL_STEPS logged steps (the newest remembered loss is the current).

@@ -56,7 +56,8 @@ class LossDivergenceRule:
             k = fin_pos[r]
             st.remember(x, int(v.stride[r]))
             level = st.level(float(v.loss_med[k]))
-            self._track_best(step, level, MAD_TO_SIGMA * float(v.loss_mad_long[k]), float(diff_sigma[k]))
+            sigma = MAD_TO_SIGMA * float(v.loss_mad_long[k])  # NaN before the 9th loss, when a stride's level is not
+            self._track_best(step, level, sigma if math.isfinite(sigma) else st.early_sigma(), float(diff_sigma[k]))
 
     def _nonfinite(self, step: int) -> None:
         st = self.st

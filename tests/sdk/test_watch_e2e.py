@@ -7,10 +7,12 @@ and healthy runs must get no finding of severity error or worse.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
 
 import pytest
 import torch
+from gradhealth.sdk.watching import WatchWarning
 from torch import nn
 
 import gradhealth
@@ -50,6 +52,7 @@ def train(
     every: int = 1,
     before_step: Hook | None = None,
     seed: int = 0,
+    batch_steps: int = 256,
 ) -> gradhealth.Report:
     """A plain training loop wrapped in watch() (the two added lines are marked)."""
     model = make_model(seed)
@@ -60,7 +63,7 @@ def train(
         else torch.optim.Adam(model.parameters(), lr=lr)
     )
     with gradhealth.watch(
-        model, opt, run=name, every=every, client=client, flush_interval=0.2, budget=None
+        model, opt, run=name, every=every, client=client, flush_interval=0.2, budget=None, batch_steps=batch_steps
     ) as watch:  # added; budget=None: exact steps for the asserts
         for step in range(STEPS):
             batch = torch.randint(0, x.shape[0], (32,), generator=torch.Generator().manual_seed(step))
@@ -109,6 +112,23 @@ def test_nan_injected_in_a_known_layer_at_a_known_step(client: gradhealth.Client
     assert finding.severity in ("error", "critical")
     assert 150 <= finding.step <= 150 + every, finding
     assert finding.layers[0] == "2", finding
+
+
+def test_a_throttled_run_shipped_in_small_batches_is_stored_whole(client: gradhealth.Client) -> None:
+    """Batches of 3 records at every=5 end between the 3rd loss (a stride's first loss level) and the 9th (its first
+    window noise), as a slow machine's 0.2 s batches did: the service once answered 500 to them, every retry."""
+
+    def poison(step: int, model: nn.Sequential, _: torch.optim.Optimizer) -> None:
+        if step == 150:
+            model[2].weight.grad[0, 0] = float("nan")
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", WatchWarning)
+        report = train(client, "nan-small-batches", before_step=poison, every=5, batch_steps=3)
+    assert not [str(w.message) for w in caught if issubclass(w.category, WatchWarning)]
+    assert report.timeline is not None and len(report.timeline.steps) == STEPS // 5
+    [finding] = report.findings_for("non_finite")
+    assert 150 <= finding.step <= 155 and finding.layers[0] == "2", finding
 
 
 def test_a_layer_frozen_mid_run_is_stalled(client: gradhealth.Client) -> None:
