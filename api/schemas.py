@@ -99,7 +99,7 @@ class AnalysisSetup(BaseModel):
     verify_steps: int = Field(default=30, ge=1, le=200, description="optimizer steps per verify trial")
     verify_max_trials: int = Field(default=8, ge=1, le=32, description="remediation trials per analysis (verify)")
     top_eigenvalues: TopEigenvalues = Field(
-        default=1, description="curvature: how many of the largest Hessian eigenvalues to converge (residual bound 3%)"
+        default=1, description="curvature: how many of the largest Hessian eigenvalues to converge (residual bound 2%)"
     )
     trace_probes: TraceProbes = Field(
         default=4, description="curvature: Hutch++ probes for the Hessian trace; 0 leaves it out, 1 is refused"

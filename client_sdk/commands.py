@@ -54,7 +54,7 @@ def add_analysis_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         default=1,
         metavar="K",
-        help="curvature: converge the K largest Hessian eigenvalues (residual bound 3%%; default 1; more costs products)",
+        help="curvature: converge the K largest Hessian eigenvalues (residual bound 2%%; default 1; more costs products)",
     )
     p.add_argument(
         "--trace-probes",

@@ -29,7 +29,7 @@ from .curvature_stats import (
     trace_interval,
 )
 from .errors import is_out_of_memory
-from .hvp import HessianOperator, hessian_operator
+from .hvp import HessianOperator, hessian_operator, operator_from_gradients
 from .loading import LoadedModel
 from .options import AnalysisOptions
 
@@ -48,6 +48,20 @@ class CurvatureOutcome:
     steps: int = 0  # Hessian-vector products in all
     skipped: list[tuple[str, str]] = field(default_factory=list)
     stats: CurvatureStats = field(default_factory=CurvatureStats)
+
+
+@dataclass(frozen=True)
+class FirstOrder:
+    """The analysis pass's loss and its create_graph gradients: the curvature check then needs no pass of its own."""
+
+    loss: Tensor
+    params: list[Tensor]
+    grads: tuple[Tensor | None, ...]
+
+
+def reuses_first_order(loaded: LoadedModel) -> bool:
+    """Whether the analysis pass can serve: an exported graph with no fused attention to rewrite for double backward."""
+    return loaded.graph_module is not None and unfused_copy(loaded.graph_module) is None
 
 
 def _twice_differentiable(loaded: LoadedModel) -> LoadedModel:
@@ -140,17 +154,24 @@ def _spectrum(op: HessianOperator, top: LanczosResult, options: AnalysisOptions,
 
 
 def _sharpness(
-    loaded: LoadedModel, inputs: tuple[Tensor, ...], targets: Tensor, options: AnalysisOptions
+    loaded: LoadedModel,
+    inputs: tuple[Tensor, ...],
+    targets: Tensor,
+    options: AnalysisOptions,
+    first: FirstOrder | None,
 ) -> CurvatureOutcome:
     """Both eigenvalues on one retained graph; raises what autograd raises for the plain one."""
     outcome = CurvatureOutcome()
-    loss = loaded.per_sample_loss(inputs, targets).float().mean()
+    loss = loaded.per_sample_loss(inputs, targets).float().mean() if first is None else first.loss
     if not bool(torch.isfinite(loss)):
         outcome.skipped.append(
             (CHECK, "the loss is NaN/Inf on this batch, so it has no curvature: fix non_finite first")
         )
         return outcome
-    op = hessian_operator(loss, list(loaded.module.parameters()))
+    if first is None:
+        op = hessian_operator(loss, list(loaded.module.parameters()))
+    else:
+        op = operator_from_gradients(first.params, first.grads)
     if op is None:
         outcome.skipped.append((CHECK, "no trainable parameter reaches the loss, so there is no Hessian to measure"))
         return outcome
@@ -172,12 +193,17 @@ def _sharpness(
 
 
 def measure_curvature(
-    loaded: LoadedModel, inputs: tuple[Tensor, ...], targets: Tensor, options: AnalysisOptions
+    loaded: LoadedModel,
+    inputs: tuple[Tensor, ...],
+    targets: Tensor,
+    options: AnalysisOptions,
+    first: FirstOrder | None = None,
 ) -> CurvatureOutcome:
-    """Run the curvature check; a failure becomes a skipped entry, never a silent gap."""
+    """Run the curvature check (on `first`'s gradients when given); a failure becomes a skipped entry, never a gap."""
     try:
         with math_attention():
-            outcome = _sharpness(_twice_differentiable(loaded), inputs, targets, options)
+            model = loaded if first is not None else _twice_differentiable(loaded)
+            outcome = _sharpness(model, inputs, targets, options, first)
     except FAILURES as exc:
         outcome = CurvatureOutcome(skipped=[(CHECK, explain_failure(exc))])
     if options.optimizer is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import uuid
@@ -14,8 +15,9 @@ from gradhealth.report.schema import severity_at_least
 from torch import Tensor
 
 from . import report_builder
+from .attention import math_attention
 from .batch import float_inputs
-from .curvature_pass import CurvatureOutcome, measure_curvature
+from .curvature_pass import CurvatureOutcome, FirstOrder, measure_curvature, reuses_first_order
 from .errors import InputError, ModelOutOfMemory, is_out_of_memory
 from .export import check_batch_shapes
 from .graph_map import LayerInfo, parameter_layers
@@ -136,7 +138,9 @@ class Analyzer:
                 self.graph.recorder.reset()
                 self.graph.recorder.enabled = True
         notify("forward_backward", 0.15)
-        with timer.phase("forward_backward"):
+        # the curvature check differentiates this pass's gradients again: attention then runs on the math kernel
+        reuse = options.runs("curvature") and reuses_first_order(self.loaded)
+        with timer.phase("forward_backward"), math_attention() if reuse else contextlib.nullcontext():
             try:
                 loss_vec = self.loaded.per_sample_loss(inputs, targets)
             except InputError:
@@ -151,8 +155,7 @@ class Analyzer:
             if loss_vec.dim() != 1 or loss_vec.shape[0] != batch_size:
                 raise InputError(f"the loss must be a vector [{batch_size}], got {tuple(loss_vec.shape)}")
             loss = loss_vec.float().mean()
-            if loss.requires_grad:
-                loss.backward()  # type: ignore[no-untyped-call]  # torch: Tensor.backward is unannotated
+            first = self._backward(loss, params, reuse) if loss.requires_grad else None
         notify("statistics", 0.6)
         with timer.phase("statistics"):
             measurements = self._measure(params, inputs, targets, loss, batch_size, options)
@@ -163,7 +166,8 @@ class Analyzer:
         if options.runs("curvature"):
             notify("curvature", 0.7)
             with timer.phase("curvature"):
-                curvature = self._curvature(inputs, targets, options)
+                curvature = self._curvature(inputs, targets, options, first)
+                first = None  # the second-order graph goes once the check is done
                 measurements.hessian_max_eigenvalue = curvature.sharpness
                 measurements.preconditioned_sharpness = curvature.preconditioned_sharpness
                 measurements.skipped.extend(curvature.skipped)
@@ -332,12 +336,32 @@ class Analyzer:
                 )
         return None
 
-    def _curvature(self, inputs: tuple[Tensor, ...], targets: Tensor, options: AnalysisOptions) -> CurvatureOutcome:
+    @staticmethod
+    def _backward(loss: Tensor, params: Mapping[str, Tensor], reuse: bool) -> FirstOrder | None:
+        """Fill p.grad; with `reuse` (curvature follows), keep the gradients' graph too: that check's pass saved."""
+        if reuse:
+            trainable = [p for p in params.values() if p.requires_grad]
+            try:
+                grads = torch.autograd.grad(loss, trainable, create_graph=True, allow_unused=True)
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                # no room for the second-order graph: a plain backward; the curvature pass says it ran out of memory
+            else:
+                for p, g in zip(trainable, grads, strict=True):
+                    p.grad = None if g is None else g.detach()
+                return FirstOrder(loss, trainable, grads)
+        loss.backward()  # type: ignore[no-untyped-call]  # torch: Tensor.backward is unannotated
+        return None
+
+    def _curvature(
+        self, inputs: tuple[Tensor, ...], targets: Tensor, options: AnalysisOptions, first: FirstOrder | None
+    ) -> CurvatureOutcome:
         """Sharpness (and Adam's preconditioned sharpness) with the probes off; failures come back as skipped."""
         if self.graph is not None:
             self.graph.recorder.enabled = False
         try:
-            return measure_curvature(self.loaded, inputs, targets, options)
+            return measure_curvature(self.loaded, inputs, targets, options, first)
         finally:
             if self.graph is not None:
                 self.graph.recorder.enabled = True

@@ -76,10 +76,16 @@ def hessian_operator(loss: Tensor, params: Sequence[Tensor]) -> HessianOperator 
     if not params or not loss.requires_grad:
         return None
     grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+    return operator_from_gradients(params, grads)
+
+
+def operator_from_gradients(params: Sequence[Tensor], grads: Sequence[Tensor | None]) -> HessianOperator | None:
+    """The HVP operator from first-order gradients taken with create_graph=True (one per param, None if unused)."""
+    params = list(params)
     slots: list[list[int]] = []
     slot_grads: list[Tensor] = []
     for slot in tied_slots(params):
-        parts = [grads[i] for i in slot if grads[i] is not None]
+        parts = [g for g in (grads[i] for i in slot) if g is not None]
         if not parts:
             continue  # no copy of this parameter reaches the loss: its Hessian rows are zero
         slots.append(slot)

@@ -19,7 +19,7 @@ def _probes_for_an_interval(value: int) -> int:
     return value
 
 
-# How many of the largest Hessian eigenvalues Lanczos converges (residual bound 3%; each one more costs products)
+# How many of the largest Hessian eigenvalues Lanczos converges (residual bound 2%; each one more costs products)
 TopEigenvalues = Annotated[int, Field(ge=1, le=20)]
 # Hutch++ remainder probes for the Hessian trace; 0 leaves the trace out
 TraceProbes = Annotated[int, Field(ge=0, le=100), AfterValidator(_probes_for_an_interval)]

@@ -139,6 +139,8 @@ class ProbeRecorder(torch.nn.Module):
 
     def _grad_hook(self, probe_id: int, spec: ProbeSpec) -> Callable[[Tensor], None]:
         def hook(grad: Tensor) -> None:
+            if not self.enabled:  # a later second-order pass through the same graph (the curvature check's HVPs)
+                return
             with torch.no_grad():
                 stats = _tensor_norms(grad)
                 if spec.kind == "recurrent_input" and grad.dim() >= 3:

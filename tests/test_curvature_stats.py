@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from gradhealth.diagnostics import AnalysisOptions, OptimizerSpec, analyze_module
 from gradhealth.diagnostics.curvature import lanczos_top_eigenvalue, stability_limit
 from gradhealth.diagnostics.curvature_stats import (
+    LAMBDA_TOL,
     condition_ratio,
     hessian_trace,
     lanczos_top_eigenvalues,
@@ -244,3 +245,18 @@ def test_full_adds_the_density_and_adam_its_preconditioned_estimate() -> None:
     pre = report.estimates["preconditioned_sharpness"]
     assert pre.low is not None and pre.high is not None and pre.low <= pre.value <= pre.high
     assert pre.value == report.metrics["preconditioned_sharpness"]
+
+
+def test_curvature_on_the_analysis_pass_changes_no_number() -> None:
+    """The curvature check reuses the analysis pass's gradients: layer statistics and λmax as on passes of their own."""
+    model, x, y = _regressor()
+    eigenvalues, _ = dense(copy.deepcopy(model).double(), lambda f: F.mse_loss(f(x.double()), y.double()))
+    both = analyze_module(model, "mse", x, y, AnalysisOptions(checks=("standard", "curvature")))
+    alone = analyze_module(model, "mse", x, y, AnalysisOptions(checks=("standard",)))
+    assert [layer.grad_norm for layer in both.layers] == [layer.grad_norm for layer in alone.layers]
+    assert [layer.output_grad_rms for layer in both.layers] == [layer.output_grad_rms for layer in alone.layers]
+    lam = both.estimates["hessian_max_eigenvalue"]
+    assert lam.low is not None and lam.high is not None and lam.low <= float(eigenvalues[0]) <= lam.high
+    # the same Lanczos run (seed, gradient start, tolerance) on a gradient pass of its own, on the eager model
+    own = lanczos_top_eigenvalues(lambda: F.mse_loss(model(x), y), list(model.parameters()), k=1, tol=LAMBDA_TOL)
+    assert lam.value == pytest.approx(own.eigenvalue, rel=1e-4) and lam.samples == own.steps

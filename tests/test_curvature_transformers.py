@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from gradhealth.diagnostics import AnalysisOptions, OptimizerSpec, analyze_files, write_batch
 from gradhealth.diagnostics.curvature import lanczos_top_eigenvalue
 from gradhealth.diagnostics.curvature_pass import adam_scale
+from gradhealth.diagnostics.curvature_stats import LAMBDA_TOL
 from gradhealth.sdk import package
 from torch import Tensor, nn
 
@@ -69,9 +70,12 @@ def _eager_reference(model: nn.Module, x: Tensor, y: Tensor) -> tuple[float, flo
 
     op = hessian_operator(F.cross_entropy(model(x), y), list(model.parameters()))
     assert op is not None
-    plain = lanczos_top_eigenvalue(op, op.dim, op.gradient)
+    # the check's own Lanczos (gradient start, its tolerance), so the two differ only by the attention path
+    plain = lanczos_top_eigenvalue(op, op.dim, op.gradient, rel_tol=LAMBDA_TOL, start=op.gradient)
     scale = adam_scale(op.gradient, OPTIONS.optimizer.eps if OPTIONS.optimizer else 1e-8)
-    pre = lanczos_top_eigenvalue(lambda v: scale * op(scale * v), op.dim, op.gradient)
+    pre = lanczos_top_eigenvalue(
+        lambda v: scale * op(scale * v), op.dim, op.gradient, rel_tol=LAMBDA_TOL, start=scale * op.gradient
+    )
     return plain.eigenvalue, pre.eigenvalue
 
 
