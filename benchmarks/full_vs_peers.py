@@ -12,7 +12,7 @@ rounds interleaved (the order rotates every round) so machine noise hits every r
   as benchmarks/engine_overhead.py runs it (statistics, rules and report included); export and
   instrumentation happen once and are printed apart. A check this engine does not know yet reads
   "not available yet". "gradhealth λmax (Lanczos, direct)" is lanczos_top_eigenvalue on the HVP
-  operator alone, as the check runs it (gradient start, 1% residual bound).
+  operator alone, as the check runs it (gradient start, its residual bound LAMBDA_TOL).
 - Cockpit economy / business / full: a real Cockpit step (BackPACK extensions, create_graph where a
   quantity asks, SGD step with lr=0 so the weights stay put), every quantity of the preset tracked at
   every step except Alpha, which needs a line search across real updates.
@@ -160,6 +160,7 @@ class Engine:
 def lanczos_direct_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Step:
     try:
         from gradhealth.diagnostics.curvature import lanczos_top_eigenvalue
+        from gradhealth.diagnostics.curvature_stats import LAMBDA_TOL
         from gradhealth.diagnostics.hvp import hessian_operator
     except Exception as exc:
         raise Unavailable(f"not available yet: {type(exc).__name__}: {str(exc)[:160]}") from None
@@ -167,7 +168,7 @@ def lanczos_direct_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> S
     def step() -> Values:
         op = hessian_operator(F.cross_entropy(model(x), y), list(model.parameters()))
         assert op is not None
-        top = lanczos_top_eigenvalue(op, op.dim, op.gradient, rel_tol=1e-2, start=op.gradient)  # as the check
+        top = lanczos_top_eigenvalue(op, op.dim, op.gradient, rel_tol=LAMBDA_TOL, start=op.gradient)  # as the check
         return {"lmax": float(top.eigenvalue), "hvps": float(top.steps)}
 
     return step
