@@ -308,3 +308,15 @@ def test_sketches_and_recording_together_stay_within_the_budget(
     gaps = np.diff(sketched)  # each gap follows the sketches' measured cost
     assert len(gaps) and gaps.min() >= watched.sketch_stride >= 10
     assert recording + sketch_cost / gaps.min() <= 0.03 * plain + 1e-12
+
+
+def test_sketches_keep_to_their_share_when_recording_is_cheap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Recording at 0.5% leaves 2.5% of the step, but sketches take at most a third of the 3% budget (1%)."""
+    from gradhealth.sdk.watching._sketch import SHARE
+
+    warnings.simplefilter("ignore", WatchWarning)
+    plain, sketch_cost = 200 * MS, 30 * MS
+    watched, sketched, _ = _sketched_loop(monkeypatch, plain, 1 * MS, sketch_cost, steps=600)
+    gaps = np.diff(sketched)
+    assert len(gaps) and sketch_cost / gaps.min() <= SHARE * 0.03 * plain + 1e-12
+    assert watched.sketch_stride == math.ceil(sketch_cost / (SHARE * 0.03 * plain) - 1e-9)  # 15, not 10 (floor)
