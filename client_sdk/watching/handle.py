@@ -344,6 +344,7 @@ class Watch:
             return
         if self._sharded is not None:  # decided before anything can fail: the all_reduce's shape depends on it
             self._collect = True
+            self._extras.sketches.agreed = self._sharded.agreed_sketch  # rank 0's offer, as of the last all_reduce
             self._sketched = self._extras.sketches.due(self._step, self._budget.step_time)
         with torch.no_grad():
             lr = optimizer.param_groups[0]["lr"] if optimizer is not None else None

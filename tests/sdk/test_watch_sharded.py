@@ -63,7 +63,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     timeout = datetime.timedelta(seconds=60)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world, timeout=timeout)
-    for mode in ("sketch", "fail_before", "fail_after"):
+    for mode in ("sketch", "adaptive", "fail_before", "fail_after"):
         _train(rank, mode, out)
         dist.barrier()
     dist.destroy_process_group()
@@ -93,8 +93,9 @@ def _train(rank: int, mode: str, out: str) -> None:
     taken = 0
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with watch(model, opt, run=mode, client=client, budget=None, distributions=SKETCH_EVERY) as handle:
-            if rank == 1 and mode != "sketch":
+        distributions: bool | int = True if mode == "adaptive" else SKETCH_EVERY  # adaptive: rank 0's offer, agreed
+        with watch(model, opt, run=mode, client=client, budget=None, distributions=distributions) as handle:
+            if rank == 1 and mode not in ("sketch", "adaptive"):
                 _inject(handle, mode)
             for x, y in data():
                 half = slice(rank * 8, (rank + 1) * 8)
@@ -211,3 +212,15 @@ def test_a_failure_on_one_rank_stops_watch_on_every_rank_without_a_hang(
     assert rank0["steps"] == list(range(last_recorded + 1))  # what was recorded before still ships
     assert any("after an internal error on rank 1" in w for w in rank0["warnings"]), rank0["warnings"]
     assert any("rank 1's own error" in w and "injected failure" in w for w in rank1["warnings"]), rank1["warnings"]
+
+
+def test_fsdp_default_distributions_follow_the_stride_rank_0_offers(shipped: Path) -> None:
+    """distributions=True: every rank sketches at the stride rank 0 offered in the previous all_reduce."""
+    from gradhealth.sdk.watching._sketch import FLOOR
+
+    rank0, rank1 = _load(shipped, "adaptive")
+    steps = sorted(int(s) for s in rank0["sketches"])
+    assert rank1["sketches"] == {}
+    # step 0 has no agreed stride yet (the offer travels in step 0's all_reduce); the next is FLOOR steps on
+    assert steps == list(range(1, rank0["taken"], FLOOR)) and steps == [1]
+    assert rank0["all_reduce"] == rank0["taken"]  # the stride rides in the step's one all_reduce
