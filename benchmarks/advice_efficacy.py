@@ -13,9 +13,12 @@ under its own zoo optimizer (the set-up it is healthy in), or the verify default
 0.9) when it has none. fp16 underflow's control is its own twin: the same model trained in fp32. Healthy
 cases are also analysed with verify: they must run no trial.
 
-Cost: the verify phase's wall time per remediation trial (the shared baseline trial included, spread
-over the remediation trials) as a multiple of one plain forward+backward of the same exported model on
-the same batch (median of 15, before and after the analysis, averaged), against the budget 2 x K.
+Cost: a remediation's own trial (K optimizer steps and the re-measure after them), as the verify phase's
+wall time per optimizer step run times K, in multiples of one plain forward+backward of the same exported
+model on the same batch (median of 15, before and after the analysis, averaged), against the budget 2 x K.
+The baseline trial is run once per analysis and shared by every remediation; spread over them it is printed
+apart, for information: with a single remediation that is two K-step trials, 2K even at zero overhead, so
+the issue's per-remediation budget can only mean the remediation's own trial.
 
     python benchmarks/advice_efficacy.py [--steps 30] [--cases name,name]
 """
@@ -116,9 +119,9 @@ def large_cost(steps: int) -> None:
     ]
     print(
         f"large model (8x1024 MLP, batch 256, one fwd+bwd {unit * 1000:.1f} ms): {trials} trials, "
-        f"{per_trial:.1f}x fwd+bwd per trial, {per_step:.2f}x per step run (K={steps}; per remediation with its share of the baseline: "
-        f"{per_trial * trials / max(trials - 1, 1):.1f}x, budget {2 * steps}x): "
-        f"{'PASS' if per_trial * trials / max(trials - 1, 1) <= 2 * steps else 'FAIL'}; {statuses[:2]}"
+        f"{per_trial:.1f}x fwd+bwd per trial, {per_step:.2f}x per step run (K={steps}; a remediation's own trial "
+        f"{per_step * steps:.1f}x, budget {2 * steps}x: {'PASS' if per_step * steps <= 2 * steps else 'FAIL'}; "
+        f"with its share of the baseline {per_trial * trials / max(trials - 1, 1):.1f}x); {statuses[:2]}"
     )
 
 
@@ -226,10 +229,16 @@ def main() -> None:
         f"{works_in_scope}/{in_scope} = {share:.0%} (target >= 90%: {'PASS' if share >= 0.9 else 'FAIL'})"
     )
     if costs:
+        own = [c * args.steps for c in step_costs]  # a remediation's own K-step trial, re-measure included
         print(
-            f"trial cost per remediation: median {statistics.median(costs):.1f}x, max {max(costs):.1f}x one fwd+bwd "
-            f"(budget 2K = {2 * args.steps}x): {'PASS' if max(costs) <= 2 * args.steps else 'FAIL'}; "
-            f"per optimizer step run, median {statistics.median(step_costs):.2f}x (remeasures included)"
+            f"trial cost per remediation (its own K-step trial with its re-measure; the verify phase's time per "
+            f"step run x K): median {statistics.median(own):.1f}x, max {max(own):.1f}x one fwd+bwd "
+            f"(budget 2K = {2 * args.steps}x): {'PASS' if max(own) <= 2 * args.steps else 'FAIL'}"
+        )
+        print(
+            f"  with the shared baseline trial spread over the remediations (information: with one remediation "
+            f"that is two K-step trials, >= 2K even at no overhead): median {statistics.median(costs):.1f}x, "
+            f"max {max(costs):.1f}x"
         )
     ran = [name for name, trials, timed in healthy_trials if trials or timed]
     print(f"healthy models: {len(healthy_trials)} analysed with verify, trials run on {len(ran)} {ran or ''}")

@@ -42,6 +42,20 @@ def _setup(seed: int = 0) -> tuple[nn.Sequential, torch.optim.Optimizer, torch.T
     return model, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), x, y
 
 
+def _diverging_step(
+    step: int, model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, handle: gradhealth.Watch
+) -> None:
+    """One optimizer step of the loop whose lr jumps to 3.0 at DIVERGE_AT, its loss logged."""
+    if step == DIVERGE_AT:
+        opt.param_groups[0]["lr"] = 3.0
+    batch = torch.randint(0, 256, (32,), generator=torch.Generator().manual_seed(step))
+    loss = nn.functional.mse_loss(model(x[batch]), y[batch])
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    handle.log(loss=loss)
+
+
 def _train(client: gradhealth.Client, name: str, **options: object) -> tuple[int, gradhealth.Watch, list[str]]:
     """A plain loop whose lr jumps to 3.0 at DIVERGE_AT; returns the optimizer steps taken and the handle."""
     model, opt, x, y = _setup()
@@ -52,15 +66,8 @@ def _train(client: gradhealth.Client, name: str, **options: object) -> tuple[int
     try:
         with handle:
             for step in range(STEPS):
-                if step == DIVERGE_AT:
-                    opt.param_groups[0]["lr"] = 3.0
-                batch = torch.randint(0, 256, (32,), generator=torch.Generator().manual_seed(step))
-                loss = nn.functional.mse_loss(model(x[batch]), y[batch])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
+                _diverging_step(step, model, opt, x, y, handle)
                 taken += 1
-                handle.log(loss=loss)
     except StopTraining as stop:
         taken += 1  # the step whose post-step hook raised was taken
         errors.append(f"{stop.finding.rule}@{stop.finding.step}")
@@ -119,14 +126,7 @@ def _diverge_unshipped(client: gradhealth.Client, name: str, on_finding: Any, fa
     )  # fmt: skip
     with handle:
         for step in range(DIVERGE_AT + 40):
-            if step == DIVERGE_AT:
-                opt.param_groups[0]["lr"] = 3.0
-            batch = torch.randint(0, 256, (32,), generator=torch.Generator().manual_seed(step))
-            loss = nn.functional.mse_loss(model(x[batch]), y[batch])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            handle.log(loss=loss)
+            _diverging_step(step, model, opt, x, y, handle)
         assert handle.buffered == DIVERGE_AT + 39  # nothing delivered before close() (the last record is still open)
         if fail:
             raise KeyError("the loop's own error")
