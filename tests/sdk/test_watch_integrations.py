@@ -116,6 +116,9 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
         }
         result = {"calls": client.runs.calls, "active": handle.active, "steps": steps, "created": client.runs.created}
         Path(out, f"rank{rank}.json").write_text(json.dumps(result))
+        # both ranks done before either tears gloo down: a rank leaving while its peer still closes its watch
+        # aborted once in CI ("terminate called without an active exception", SIGABRT at exit)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
