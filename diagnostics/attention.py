@@ -69,9 +69,14 @@ def _math_args(node: fx.Node, target: OpOverload) -> tuple[tuple[Any, ...], dict
     }
 
 
+def has_fused_sdpa(gm: fx.GraphModule) -> bool:
+    """Whether the graph names a fused SDPA kernel (one with no double backward)."""
+    return any(node.op == "call_function" and node.target in FUSED_SDPA for node in gm.graph.nodes)
+
+
 def unfused_copy(gm: fx.GraphModule) -> fx.GraphModule | None:
     """A copy of gm (sharing its parameters) with fused SDPA nodes on the math kernel; None if none to rewrite."""
-    if not any(node.op == "call_function" and node.target in FUSED_SDPA for node in gm.graph.nodes):
+    if not has_fused_sdpa(gm):
         return None  # the common case: nothing to copy
     graph = copy.deepcopy(gm.graph)
     rewritten = 0

@@ -12,12 +12,13 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-from .attention import math_attention, unfused_copy
+from .attention import has_fused_sdpa, math_attention, unfused_copy
 from .curvature import LanczosResult, lanczos_top_eigenvalue
 from .curvature_stats import (
     LAMBDA_TOL,
@@ -61,7 +62,25 @@ class FirstOrder:
 
 def reuses_first_order(loaded: LoadedModel) -> bool:
     """Whether the analysis pass can serve: an exported graph with no fused attention to rewrite for double backward."""
-    return loaded.graph_module is not None and unfused_copy(loaded.graph_module) is None
+    return loaded.graph_module is not None and not has_fused_sdpa(loaded.graph_module)
+
+
+def first_order_backward(loss: Tensor, params: Mapping[str, Tensor], reuse: bool) -> FirstOrder | None:
+    """Fill p.grad; with `reuse` (curvature follows), keep the gradients' graph too: that check's pass saved."""
+    if reuse:
+        trainable = [p for p in params.values() if p.requires_grad]
+        try:
+            grads = torch.autograd.grad(loss, trainable, create_graph=True, allow_unused=True)
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            # no room for the second-order graph: a plain backward; the curvature pass says it ran out of memory
+        else:
+            for p, g in zip(trainable, grads, strict=True):
+                p.grad = None if g is None else g.detach()
+            return FirstOrder(loss, trainable, grads)
+    loss.backward()  # type: ignore[no-untyped-call]  # torch: Tensor.backward is unannotated
+    return None
 
 
 def _twice_differentiable(loaded: LoadedModel) -> LoadedModel:
@@ -182,7 +201,7 @@ def _sharpness(
         max_steps=options.curvature_iterations,
         rel_tol=LAMBDA_TOL,
         start=op.gradient,
-        k=options.top_eigenvalues,  # default 1: stop once lambda_max alone is within 1%
+        k=options.top_eigenvalues,  # default 1: stop once lambda_max alone is within LAMBDA_TOL
     )
     if not math.isfinite(top.eigenvalue):
         raise FloatingPointError("the top eigenvalue is NaN/Inf")

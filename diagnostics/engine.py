@@ -17,7 +17,7 @@ from torch import Tensor
 from . import report_builder
 from .attention import math_attention
 from .batch import float_inputs
-from .curvature_pass import CurvatureOutcome, FirstOrder, measure_curvature, reuses_first_order
+from .curvature_pass import CurvatureOutcome, FirstOrder, first_order_backward, measure_curvature, reuses_first_order
 from .errors import InputError, ModelOutOfMemory, is_out_of_memory
 from .export import check_batch_shapes
 from .graph_map import LayerInfo, parameter_layers
@@ -155,7 +155,7 @@ class Analyzer:
             if loss_vec.dim() != 1 or loss_vec.shape[0] != batch_size:
                 raise InputError(f"the loss must be a vector [{batch_size}], got {tuple(loss_vec.shape)}")
             loss = loss_vec.float().mean()
-            first = self._backward(loss, params, reuse) if loss.requires_grad else None
+            first = first_order_backward(loss, params, reuse) if loss.requires_grad else None
         notify("statistics", 0.6)
         with timer.phase("statistics"):
             measurements = self._measure(params, inputs, targets, loss, batch_size, options)
@@ -334,24 +334,6 @@ class Analyzer:
                 return NonFiniteOrigin(
                     "backward", layer.name, "", "the back-propagated gradient first turns NaN/Inf here"
                 )
-        return None
-
-    @staticmethod
-    def _backward(loss: Tensor, params: Mapping[str, Tensor], reuse: bool) -> FirstOrder | None:
-        """Fill p.grad; with `reuse` (curvature follows), keep the gradients' graph too: that check's pass saved."""
-        if reuse:
-            trainable = [p for p in params.values() if p.requires_grad]
-            try:
-                grads = torch.autograd.grad(loss, trainable, create_graph=True, allow_unused=True)
-            except Exception as exc:
-                if not is_out_of_memory(exc):
-                    raise
-                # no room for the second-order graph: a plain backward; the curvature pass says it ran out of memory
-            else:
-                for p, g in zip(trainable, grads, strict=True):
-                    p.grad = None if g is None else g.detach()
-                return FirstOrder(loss, trainable, grads)
-        loss.backward()  # type: ignore[no-untyped-call]  # torch: Tensor.backward is unannotated
         return None
 
     def _curvature(
