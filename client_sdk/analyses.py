@@ -27,7 +27,7 @@ TRANSIENT_WAIT_ERRORS = (APIConnectionError, InternalServerError, RateLimitError
 OptimizerArg = OptimizerSpec | dict[str, Any] | None
 ProgressCallback = Callable[[Analysis], None]
 # Per-check settings sent as they are (the server validates them): top_eigenvalues, trace_probes (curvature),
-# verify_steps, verify_max_trials (verify); see docs/api.md.
+# verify_steps, verify_max_trials (verify); see docs/sdk.md.
 CheckSettings = Mapping[str, int]
 CHECK_SETTINGS = ("top_eigenvalues", "trace_probes", "verify_steps", "verify_max_trials")
 
