@@ -4,9 +4,11 @@ A sketch is TensorBoard's compressed histogram: the 0, 6.68, 15.87, 30.85, 50, 6
 and 100th percentiles (the median and +-0.5, 1, 1.5 sigma of a normal distribution, and the extremes)
 of the layer's finite values, then its counts of exact zeros, of non-finite values, and of all values.
 Quantiles interpolate linearly, as torch.quantile: exact for a layer of at most MAX_EXACT values; a
-larger layer is read through a uniform sample of MAX_EXACT values (drawn with replacement), whose
-quantiles are within 0.0026 in rank of the full tensor's with probability 1 - 1e-6 (the
-Dvoretzky-Kiefer-Wolfowitz bound, sqrt(ln(2/1e-6) / (2 * 2^20))). Counts are always exact.
+larger layer's interior quantiles are read through a uniform sample of MAX_EXACT values (drawn with
+replacement), within RANK_ERROR in rank of the full tensor's with probability 1 - 1e-6 (the
+Dvoretzky-Kiefer-Wolfowitz bound, sqrt(ln(2/1e-6) / (2 * 2^16)) = 0.0105: a band chart's pixel). The
+extremes (levels 0 and 1) and the counts are always exact. Sorting a 2^20 sample took 94 ms a layer on
+one CPU thread, about a 3c3d training step; 2^16 takes 7 ms.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from torch import Tensor
 
 QUANTILES = (0.0, 0.0668, 0.1587, 0.3085, 0.5, 0.6915, 0.8413, 0.9332, 1.0)
 WIDTH = len(QUANTILES) + 3  # the quantiles, zeros, non-finite, count
-MAX_EXACT = 2**20
+MAX_EXACT = 2**16
+RANK_ERROR = math.sqrt(math.log(2 / 1e-6) / (2 * MAX_EXACT))
 
 
 def sketch(
@@ -40,11 +43,19 @@ def sketch(
     out[-3] = torch.count_nonzero(flat == 0)
     out[-2] = flat.numel() - torch.count_nonzero(finite)
     values = torch.where(finite, flat, math.nan)
-    if values.numel() > MAX_EXACT:
+    sampled = values.numel() > MAX_EXACT
+    if sampled:
         index = torch.randint(values.numel(), (MAX_EXACT,), device=values.device, generator=generator)
         values = values[index]
     q = torch.tensor(levels, device=values.device)
     out[: len(levels)] = torch.nanquantile(values, q)  # all non-finite: NaN, "no finite value"
+    if sampled:  # the extremes from every value, not the sample's
+        low = torch.where(finite, flat, math.inf).amin()
+        high = torch.where(finite, flat, -math.inf).amax()
+        any_finite = finite.any()
+        for i, level in enumerate(levels):
+            if level in (0.0, 1.0):
+                out[i] = torch.where(any_finite, low if level == 0.0 else high, math.nan)
     return out
 
 
