@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from gradhealth.sdk.watching import watch
 from gradhealth.diagnostics.sketch import RANK_ERROR
+from gradhealth.sdk.watching import watch
 from gradhealth.sdk.watching._sketch import CEILING, MAX_EXACT, QUANTILES, SketchSchedule, sketch
 from torch import nn
 
