@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import iter_route_contexts
 from gradhealth.diagnostics.errors import InputError
 from gradhealth.store.blobs import BlobStoreUnavailable
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -107,6 +108,19 @@ async def _storage_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(503, "storage_unavailable", f"{exc}; try again later", headers={"Retry-After": "5"})
 
 
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    """The database is down, unreachable or busy (SQLite's lock past its timeout): retryable, not a bug."""
+    assert isinstance(exc, OperationalError)
+    cause = str(exc.orig).strip().splitlines()[0][:200] if exc.orig is not None else type(exc).__name__
+    log.warning("database unavailable on %s %s: %s", request.method, request.url.path, cause)
+    return error_response(
+        503,
+        "database_unavailable",
+        f"the database is unavailable or busy ({cause}); nothing was changed, try again later",
+        headers={"Retry-After": "5"},
+    )
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return error_response(500, "internal_error", "internal server error; this is a bug, please report it")
@@ -119,4 +133,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(BlobStoreUnavailable, _storage_error)
+    app.add_exception_handler(OperationalError, _database_error)
     app.add_exception_handler(Exception, _unexpected)

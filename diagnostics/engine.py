@@ -39,7 +39,7 @@ from .measurements import (
     NonFiniteOrigin,
     RecurrentMeasure,
 )
-from .noise import measure_noise
+from .noise import SharedPass, measure_noise, measure_shared, shared_pass
 from .nonfinite import locate_forward_nonfinite
 from .options import AnalysisOptions
 from .param_stats import layer_param_stats
@@ -140,9 +140,15 @@ class Analyzer:
         notify("forward_backward", 0.15)
         # the curvature check differentiates this pass's gradients again: attention then runs on the math kernel
         reuse = options.runs("curvature") and reuses_first_order(self.loaded)
-        with timer.phase("forward_backward"), math_attention() if reuse else contextlib.nullcontext():
+        shared = self._shared_noise_pass() if options.runs("noise") else None
+        pass_model = self.loaded if shared is None else shared.loaded
+        with (
+            timer.phase("forward_backward"),
+            math_attention() if reuse else contextlib.nullcontext(),
+            shared.recording() if shared is not None else contextlib.nullcontext(),
+        ):
             try:
-                loss_vec = self.loaded.per_sample_loss(inputs, targets)
+                loss_vec = pass_model.per_sample_loss(inputs, targets)
             except InputError:
                 raise  # already says what to fix
             except Exception as exc:
@@ -175,7 +181,8 @@ class Analyzer:
         if options.runs("noise"):
             notify("noise", 0.85)
             with timer.phase("noise"):
-                self._noise(measurements, inputs, targets)
+                self._noise(measurements, inputs, targets, shared)
+            shared = None  # the taps' inputs and gradients go once the check is done
         notify("rules", 0.95)
         with timer.phase("rules"):
             findings = evaluate_rules(measurements)
@@ -348,8 +355,23 @@ class Analyzer:
             if self.graph is not None:
                 self.graph.recorder.enabled = True
 
-    def _noise(self, m: Measurements, inputs: tuple[Tensor, ...], targets: Tensor) -> None:
-        """Per-sample gradient noise with the probes off; failures come back as skipped."""
+    def _shared_noise_pass(self) -> SharedPass | None:
+        """The noise check's taps on the analysis pass itself, where they cover every parameter (noise.SharedPass)."""
+        groups = [(path, names) for path, _, names in self._layer_groups()]
+        return shared_pass(self.loaded, groups, self.loaded.display_name)
+
+    def _noise(self, m: Measurements, inputs: tuple[Tensor, ...], targets: Tensor, shared: SharedPass | None) -> None:
+        """Per-sample gradient noise from the analysis pass's taps, else its own pass with the probes off."""
+        try:
+            outcome = None if shared is None else measure_shared(shared, targets.shape[0])
+        except (RuntimeError, NotImplementedError) as exc:
+            if is_out_of_memory(exc):
+                raise
+            outcome = None  # the check's own pass says what fails, as it would have alone
+        if outcome is not None:
+            m.noise, skipped = outcome
+            m.skipped.extend(skipped)
+            return
         if self.graph is not None:
             self.graph.recorder.enabled = False
         try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -161,6 +162,11 @@ def measure_noise(
         if is_out_of_memory(exc):
             raise
         return None, [(CHECK, f"per-sample gradients failed: {type(exc).__name__}: {str(exc)[:300]}")]
+    return _finish(per_layer)
+
+
+def _finish(per_layer: Mapping[str, LayerSamples]) -> Outcome:
+    """The statistics from every layer's moments, or why there are none."""
     finite = (bool(torch.isfinite(x.col_sq).all() and torch.isfinite(x.gram).all()) for x in per_layer.values())
     if not all(finite):
         return None, [(CHECK, "some per-sample gradients are NaN/Inf: fix non_finite first")]
@@ -168,3 +174,59 @@ def measure_noise(
     if measure.grad_sq == 0 or not math.isfinite(measure.grad_sq):
         return None, [(CHECK, "the mean gradient is zero on this batch: there is no signal to compare noise with")]
     return measure, []
+
+
+@dataclass
+class SharedPass:
+    """The analysis pass run through the tapped graph, so the noise check needs no forward+backward of its own.
+
+    Only where every trainable parameter belongs to a tap (linear/conv2d layers, no batch norm): the
+    analysis pass's backward of the mean loss then gives each tap's output gradient, n times which is
+    each sample's own (samples do not interact), and nothing needs a per-sample backward.
+    """
+
+    loaded: LoadedModel  # the model with the tapped graph as its module
+    taps: list[Tap]
+    kept: list[LayerGroup]
+    named: Mapping[str, Tensor]
+    grads: dict[int, Tensor] = field(default_factory=dict)
+    store: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)
+
+    def recording(self) -> Recording:
+        """Wrap the analysis forward in this: it keeps the taps' inputs and, in the backward, their gradients."""
+        return Recording(self.grads, self.store)
+
+
+def shared_pass(loaded: LoadedModel, groups: Sequence[LayerGroup], display: Callable[[str], str]) -> SharedPass | None:
+    """A SharedPass when the taps cover every parameter the noise check keeps; None: the check runs its own pass."""
+    if loaded.graph_module is None:
+        return None
+    named = {name: p for name, p in loaded.module.named_parameters() if p.requires_grad}
+    kept = [(display(path), [name for name in members if name in named]) for path, members in groups]
+    kept = [(path, members) for path, members in kept if members]
+    module, taps = tapped_module(loaded.graph_module, named)
+    tapped = {name for tap in taps for name in (tap.weight, tap.bias) if name is not None}
+    if not kept or not all(name in tapped for _, members in kept for name in members):
+        return None
+    return SharedPass(dataclasses.replace(loaded, module=module), taps, kept, named)
+
+
+def measure_shared(shared: SharedPass, n: int) -> Outcome | None:
+    """The noise check from the analysis pass's recording; None when it cannot serve (the check then runs its own)."""
+    store, grads = shared.store, shared.grads
+    leading = all(store[t.key][0].shape[:1] == store[t.key][1].shape[:1] == (n,) for t in shared.taps if t.key in store)
+    if (
+        not leading
+        or _refusal(n, _kept_numel(shared.taps, shared.named, [m for _, ms in shared.kept for m in ms])) is not None
+    ):
+        return None
+    samples: dict[str, ParamSamples] = {}
+    for tap in shared.taps:
+        if tap.key in grads:  # the mean loss's output gradient: n times it is each sample's own
+            samples.update(tap_samples(tap, store[tap.key][0], grads[tap.key] * n))
+    for tap in shared.taps:
+        for name in (tap.weight, tap.bias):
+            if name is not None and name not in samples:  # a tap the loss never reaches: zero per-sample gradients
+                samples[name] = ParamSamples.from_matrix(torch.zeros(n, shared.named[name].numel()))
+    per_layer = {layer: LayerSamples.combine([samples[m] for m in members]) for layer, members in shared.kept}
+    return _finish(per_layer)

@@ -40,9 +40,32 @@ class ParamSamples:
 
     @staticmethod
     def from_matrix(x: Tensor) -> ParamSamples:
-        """From explicit per-sample gradients [n, P]."""
-        x64 = x.double()
-        return ParamSamples(x64 @ x64.T, x64.sum(0), (x64**2).sum(0), lambda idx: x64[:, idx])
+        """From explicit per-sample gradients [n, P]: float64 as given, else centred in float32 (from_float32)."""
+        if x.dtype != torch.float64:
+            return ParamSamples.from_float32(x.float())
+        return ParamSamples(x @ x.T, x.sum(0), (x**2).sum(0), lambda idx: x[:, idx])
+
+    @staticmethod
+    def from_float32(x: Tensor) -> ParamSamples:
+        """The same moments from float32 per-sample gradients, with float32 GEMMs on the centred matrix.
+
+        With m the column mean (rounded to float32) and c_i = x_i - m, g_i . g_j = c_i . c_j + c_i . m + c_j . m
+        + |m|^2 is assembled in float64. Every statistic is shift-invariant in exact arithmetic (tr(Sigma)
+        and the variances depend on c alone; the m terms cancel in float64), so float32 only rounds the
+        c products, relative to the noise itself, where a float32 Gram of x would lose tr(Sigma) to
+        cancellation whenever |G|^2 >> tr(Sigma)/n. A 3c3d batch (n=128, 170k conv parameters): 0.15 s
+        where the float64 Gram and column sums took 0.27 s on one CPU thread.
+        """
+        n = x.shape[0]
+        ones = x.new_ones(n)
+        mean = (ones @ x) / n  # any float32 centre works: the assembly below uses this same m
+        c = x - mean
+        mean64, c_sum = mean.double(), (ones @ c).double()
+        cross = (c @ mean).double()  # c_i . m
+        gram = (c @ c.T).double() + cross[:, None] + cross[None, :] + float(mean64 @ mean64)
+        col_sum = n * mean64 + c_sum
+        col_sq = (ones @ (c * c)).double() + 2 * mean64 * c_sum + n * mean64**2  # sum_i (c_ij + m_j)^2
+        return ParamSamples(gram, col_sum, col_sq, lambda idx: x[:, idx].double())
 
     @property
     def size(self) -> int:
@@ -110,7 +133,20 @@ def _record(out: Tensor, inp: Tensor, key: int) -> Tensor:
     store = getattr(_RECORD, "store", None)
     if store is not None:
         store[key] = (inp, out)
+        grads = getattr(_RECORD, "grads", None)
+        if grads is not None and out.requires_grad:
+            out.register_hook(_first_grad(grads, key))  # type: ignore[no-untyped-call]  # torch: register_hook is unannotated
     return out
+
+
+def _first_grad(grads: dict[int, Tensor], key: int) -> Callable[[Tensor], None]:
+    """Keep the first gradient that reaches a tap's output: the pass's own, not a later HVP's through the same graph."""
+
+    def hook(grad: Tensor) -> None:
+        if key not in grads:
+            grads[key] = grad.detach()
+
+    return hook
 
 
 def _conv_args(
@@ -184,15 +220,22 @@ def tapped_module(gm: fx.GraphModule, named: Mapping[str, Tensor]) -> tuple[fx.G
 
 
 class Recording:
-    """Context in which the tapped module stores (input, output) per tap key."""
+    """Context in which the tapped module stores (input, output) per tap key, and with `grads` the outputs' gradients."""
+
+    def __init__(
+        self, grads: dict[int, Tensor] | None = None, store: dict[int, tuple[Tensor, Tensor]] | None = None
+    ) -> None:
+        self.grads = grads
+        self.store: dict[int, tuple[Tensor, Tensor]] = {} if store is None else store
 
     def __enter__(self) -> dict[int, tuple[Tensor, Tensor]]:
-        self.store: dict[int, tuple[Tensor, Tensor]] = {}
         _RECORD.store = self.store
+        _RECORD.grads = self.grads
         return self.store
 
     def __exit__(self, *exc: object) -> None:
         _RECORD.store = None
+        _RECORD.grads = None
 
 
 def tap_samples(tap: Tap, inp: Tensor, grad_out: Tensor) -> dict[str, ParamSamples]:

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 from gradhealth.diagnostics.run_rules import RunEvaluator
-from gradhealth.report import Finding, LayerStats, LayerTimeline, ModelInfo, Report, Timeline
+from gradhealth.report import Finding, LayerStats, LayerTimeline, ModelInfo, Report, SkippedCheck, Timeline
 from sqlalchemy.orm import Session
 
 from .models import TrainingRun
@@ -150,7 +150,9 @@ def build_report(session: Session, run: TrainingRun) -> Report:
     config: dict[str, Any] = json.loads(run.config)
     layers = json.loads(run.layers)
     state = json.loads(run.rule_state) or None
-    summary = RunEvaluator(layer_names(run), state).summary() if state else {}
+    evaluator = RunEvaluator(layer_names(run), state) if state else None
+    summary = evaluator.summary() if evaluator is not None else {}
+    failures = evaluator.failures if evaluator is not None else {}
     metrics: dict[str, Any] = {k: v for k, v in summary.items() if isinstance(v, int | float) or v is None}
     metrics.update(steps=run.num_steps, batches=run.num_batches, dropped_steps=run.dropped)
     return Report(
@@ -171,4 +173,5 @@ def build_report(session: Session, run: TrainingRun) -> Report:
         metrics=metrics,
         environment={k: str(v) for k, v in config.items() if isinstance(v, str | int | float | bool)},
         timeline=build_timeline(session, run, findings),
+        skipped=[SkippedCheck(check=f"run_rule.{rule}", reason=reason) for rule, reason in failures.items()],
     )

@@ -83,8 +83,9 @@ def _evaluate(run: TrainingRun, batch: LogBatch, metrics: list[str]) -> list[Fin
     activations = run_activations(run.config)
     evaluator = RunEvaluator(layer_names(run), state, activations)
     evaluator.update(_chunk(batch, metrics, len(activations)))
+    findings = evaluator.findings()  # before the state: a rule failing here is kept in it too
     run.rule_state = json.dumps(evaluator.state(), allow_nan=False)
-    return evaluator.findings()
+    return findings
 
 
 def _record(run: TrainingRun, batch: LogBatch, metrics: list[str]) -> bool:

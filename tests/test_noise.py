@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from gradhealth.diagnostics import AnalysisOptions, analyze_module, noise_layers
 from gradhealth.diagnostics.engine import Analyzer
 from gradhealth.diagnostics.export import PackageMetadata, export_per_sample_loss
-from gradhealth.diagnostics.loading import from_exported_program
+from gradhealth.diagnostics.loading import LoadedModel, from_exported_program
 from gradhealth.diagnostics.noise_layers import SUBSET, find_taps
 from gradhealth.diagnostics.noise_stats import INNER_THETA, NORM_THETA, ORTHO_NU, noise_statistics
 from gradhealth.report import Report
@@ -213,3 +213,32 @@ def test_gsnr_of_a_wide_layer_uses_every_parameter_and_a_scaled_subset_interval(
     assert full.value == pytest.approx(interval.value, rel=1e-9)
     assert interval.low is not None and interval.high is not None and full.low is not None and full.high is not None
     assert interval.low == pytest.approx(full.low, rel=0.1) and interval.high == pytest.approx(full.high, rel=0.1)
+
+
+@pytest.mark.parametrize("case", ["mlp", "cnn"])
+def test_tapped_models_take_the_noise_from_the_analysis_pass(
+    case: str, monkeypatch: pytest.MonkeyPatch, reports: dict[str, tuple[Report, dict[str, float]]]
+) -> None:
+    """Every parameter tapped: one forward serves both, with the numbers the check's own pass gives."""
+    model, x, y = CASES[case]()
+    ep = export_per_sample_loss(model, "cross_entropy", (x,), y)
+    analyzer = Analyzer(
+        from_exported_program(ep, PackageMetadata(returns_loss=True, num_inputs=1, loss="cross_entropy"), None)
+    )
+    forwards = []
+    original = LoadedModel.per_sample_loss
+
+    def counted(self: LoadedModel, inputs: tuple[Tensor, ...], targets: Tensor) -> Tensor:
+        forwards.append(self.module)
+        return original(self, inputs, targets)
+
+    monkeypatch.setattr(LoadedModel, "per_sample_loss", counted)
+    options = AnalysisOptions(checks=("standard", "noise"))
+    shared = analyzer.run((x,), y, options)
+    assert len(forwards) == 1  # the noise check ran no pass of its own
+    monkeypatch.setattr(Analyzer, "_shared_noise_pass", lambda self: None)
+    alone = analyzer.run((x,), y, options)
+    assert len(forwards) == 3  # the analysis pass, then the noise check's own
+    assert set(shared.estimates) == set(alone.estimates) == set(reports[case][0].estimates)
+    for key, estimate in shared.estimates.items():
+        assert estimate.value == pytest.approx(alone.estimates[key].value, rel=1e-6), key

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 from typing import Any
 
@@ -44,6 +45,7 @@ RULES: tuple[type[RunRule], ...] = (
     SaturatedActivationRunRule,
 )
 RUN_RULE_IDS: tuple[str, ...] = tuple(rule.rule_id for rule in RULES)
+log = logging.getLogger(__name__)
 
 
 class RunEvaluator:
@@ -72,6 +74,16 @@ class RunEvaluator:
         self.loss_hist = dec_array(st.get("loss_hist", []))  # the last 51 finite logged losses
         rules_state = st.get("rules", {})
         self.rules: list[RunRule] = [rule(L, rules_state.get(rule.rule_id)) for rule in RULES]
+        self.failures: dict[str, str] = dict(st.get("failures", {}))  # rule id -> what went wrong, first time
+
+    def _failed(self, rule: RunRule, where: str, exc: Exception) -> None:
+        """A rule's bug costs that rule's verdicts, never the batch: logged, and said in the report."""
+        log.exception("run rule %s failed in %s", rule.rule_id, where)
+        self.failures.setdefault(
+            rule.rule_id,
+            f"internal error in {where} at steps up to {self.last_step}: {type(exc).__name__}: {str(exc)[:200]}; "
+            "its findings may be missing or stale (this is a bug, please report it)",
+        )
 
     def update(self, chunk: LogChunk) -> None:
         """Evaluate the rows of `chunk` after the last step seen; earlier (late, repeated) rows are ignored."""
@@ -80,8 +92,13 @@ class RunEvaluator:
         if not len(steps):
             return
         view = self._view(cols)
-        for rule in self.rules:
-            rule.update(view)
+        for index, rule in enumerate(self.rules):
+            before = rule.state()
+            try:
+                rule.update(view)
+            except Exception as exc:
+                self._failed(rule, "update", exc)
+                self.rules[index] = type(rule)(len(self.layers), before)  # as before the chunk, not half-updated
         self._summarise(view)
 
     def _view(self, cols: dict[str, np.ndarray]) -> ChunkView:
@@ -166,7 +183,12 @@ class RunEvaluator:
         if self.last_step is None:
             return []
         ctx = self._context()
-        found = [f for rule in self.rules for f in rule.findings(ctx)]
+        found = []
+        for rule in self.rules:
+            try:
+                found.extend(rule.findings(ctx))
+            except Exception as exc:
+                self._failed(rule, "findings", exc)
         if any(f.rule == "loss_divergence" and f.severity == "error" for f in found):
             found = [f for f in found if f.rule != "loss_plateau"]  # a diverged loss is not a plateau
         one_lower_lr(found)
@@ -192,7 +214,7 @@ class RunEvaluator:
 
     def state(self) -> dict[str, Any]:
         """JSON-serialisable (allow_nan=False) state; RunEvaluator(layers, state) continues exactly."""
-        state = {
+        state: dict[str, Any] = {
             "version": STATE_VERSION,
             "num_layers": len(self.layers),
             "last_step": self.last_step,
@@ -206,5 +228,7 @@ class RunEvaluator:
             "loss_hist": enc_array(self.loss_hist),
             "rules": {rule.rule_id: rule.state() for rule in self.rules},
         }
+        if self.failures:  # only then: a run without a rule bug keeps the stored format as it was
+            state["failures"] = dict(self.failures)
         detached: dict[str, Any] = json.loads(json.dumps(state, allow_nan=False))
         return detached  # a detached copy, and proof that it serialises
