@@ -1,7 +1,9 @@
-"""The noise check: one extra forward, per-sample gradient moments from its backward, then noise_stats.
+"""The noise check: per-sample gradient moments from one backward, then noise_stats.
 
 Linear and conv2d layers give their per-sample Gram matrices and moments from the one backward of
-sum_i loss_i (noise_layers, Goodfellow's trick). The other parameters' per-sample gradients are the
+sum_i loss_i (noise_layers, Goodfellow's trick). Where such taps cover every parameter, the analysis
+pass itself runs through the tapped graph and its backward serves (SharedPass): no pass of its own.
+Otherwise the check runs one extra forward, and the other parameters' per-sample gradients are the
 gradients of each entry of the per-sample loss vector: backward passes vmapped over rows of the
 identity (autograd's is_grads_batched), in chunks;
 where an op has no batching rule, one backward per sample on the same graph. Samples that interact
