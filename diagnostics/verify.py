@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -14,6 +15,7 @@ from torch import Tensor
 from .loading import LoadedModel
 from .options import DEFAULT_OPTIMIZER, AnalysisOptions, OptimizerSpec
 from .remedies import NOT_APPLICABLE_REASON, PARTIAL, REMEDIES, RemedyError, TrialSetup, apply_remedy
+from .trial_model import lean_model
 from .verify_trial import TrialOutcome, run_trial
 
 # Re-run the rules on the model as a trial left it: (inputs, targets, optimizer) -> findings and raw metrics.
@@ -138,6 +140,7 @@ class Verifier:
         self.baseline_error: str | None = None
         self.trials: dict[str, tuple[TrialOutcome, Remeasured, TrialSetup] | str] = {}  # by action and params
         self.remedy_trials = 0
+        self.lean: LoadedModel | None = None  # the graph later trial steps run, built for the first trial
 
     def _setup(self) -> TrialSetup:
         """A fresh trial over the model's own parameters (restored before each trial)."""
@@ -157,12 +160,17 @@ class Verifier:
         return params
 
     def _trial(self, setup: TrialSetup) -> tuple[TrialOutcome, Remeasured]:
-        """One trial, then the rules re-run on the trained copy."""
+        """One trial, then the rules re-run on the trained copy; its own wall time goes into the trajectory."""
+        if self.lean is None:
+            self.lean = lean_model(self.loaded)  # shared by every trial, like the baseline
+        start = time.perf_counter()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(setup.seed)
-            outcome = run_trial(self.loaded, setup, self.spec, self.options.verify_steps, self.options.precision)
+            steps, precision = self.options.verify_steps, self.options.precision
+            outcome = run_trial(self.loaded, setup, self.spec, steps, precision, self.lean)
             spec = self.spec.model_copy(update={"lr": setup.lr})
             found = self.remeasure(setup.inputs, setup.targets, spec)
+        outcome.trajectory.seconds = round(time.perf_counter() - start, 6)
         self.stats.trials += 1
         self.stats.steps += outcome.steps_run
         return outcome, found

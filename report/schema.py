@@ -66,6 +66,7 @@ class TrialTrajectory(BaseModel):
     grad_norm: list[float | None] = Field(default_factory=list)
     non_finite_steps: int = 0
     evidence: dict[str, float | None] = Field(default_factory=dict)  # the finding's metric re-measured after the trial
+    seconds: float | None = None  # this trial's wall time: its steps, the final loss and the re-measure
 
 
 class Verification(BaseModel):
