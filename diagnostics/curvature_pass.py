@@ -24,6 +24,7 @@ from .curvature_stats import (
     LAMBDA_TOL,
     TOP_K,
     CurvatureStats,
+    Interval,
     condition_ratio,
     slq_density,
     top_eigenvalue_interval,
@@ -145,8 +146,14 @@ def _preconditioned(op: HessianOperator, options: AnalysisOptions, outcome: Curv
     outcome.steps += pre.steps
 
 
-def _spectrum(op: HessianOperator, top: LanczosResult, options: AnalysisOptions, outcome: CurvatureOutcome) -> None:
-    """Top-k, trace (Hutch++ on the same Lanczos basis), condition ratio and, under "full", the SLQ density."""
+def _spectrum(
+    op: HessianOperator,
+    top: LanczosResult,
+    options: AnalysisOptions,
+    outcome: CurvatureOutcome,
+    ggn: Interval | None,
+) -> None:
+    """Top-k, trace (the GGN's where equal, else Hutch++ on the Lanczos basis), condition ratio, SLQ density."""
     stats = outcome.stats
     lam = top_eigenvalue_interval(top)
     stats.estimates["hessian_max_eigenvalue"] = lam
@@ -161,11 +168,11 @@ def _spectrum(op: HessianOperator, top: LanczosResult, options: AnalysisOptions,
         outcome.skipped.append((TRACE_CHECK, "left out: trace_probes=0 (set 2 or more for the trace and its interval)"))
         return
     try:
-        trace = trace_interval(op, op.dim, op.gradient, options.trace_probes, top)
+        trace = ggn if ggn is not None else trace_interval(op, op.dim, op.gradient, options.trace_probes, top)
     except FAILURES as exc:
         outcome.skipped.append((TRACE_CHECK, explain_failure(exc)))
         return
-    outcome.steps += 0 if trace.method.startswith("lanczos") else trace.samples
+    outcome.steps += trace.samples if trace.method.startswith("hutch") else 0  # Hessian-vector products only
     stats.estimates["hessian_trace"] = trace
     ratio = condition_ratio(lam, trace, op.dim)
     if ratio is not None:
@@ -178,6 +185,7 @@ def _sharpness(
     targets: Tensor,
     options: AnalysisOptions,
     first: FirstOrder | None,
+    ggn: Interval | None,
 ) -> CurvatureOutcome:
     """Both eigenvalues on one retained graph; raises what autograd raises for the plain one."""
     outcome = CurvatureOutcome()
@@ -206,7 +214,7 @@ def _sharpness(
     if not math.isfinite(top.eigenvalue):
         raise FloatingPointError("the top eigenvalue is NaN/Inf")
     outcome.sharpness, outcome.steps = top.eigenvalue, top.steps
-    _spectrum(op, top, options, outcome)
+    _spectrum(op, top, options, outcome, ggn)
     _preconditioned(op, options, outcome)
     return outcome
 
@@ -217,12 +225,16 @@ def measure_curvature(
     targets: Tensor,
     options: AnalysisOptions,
     first: FirstOrder | None = None,
+    ggn: Interval | None = None,
 ) -> CurvatureOutcome:
-    """Run the curvature check (on `first`'s gradients when given); a failure becomes a skipped entry, never a gap."""
+    """Run the curvature check (on `first`'s gradients when given); a failure becomes a skipped entry, never a gap.
+
+    `ggn` is the trace from ggn_trace where it equals the Hessian's (piecewise-linear networks): no probes then.
+    """
     try:
         with math_attention():
             model = loaded if first is not None else _twice_differentiable(loaded)
-            outcome = _sharpness(model, inputs, targets, options, first)
+            outcome = _sharpness(model, inputs, targets, options, first, ggn)
     except FAILURES as exc:
         outcome = CurvatureOutcome(skipped=[(CHECK, explain_failure(exc))])
     if options.optimizer is None:

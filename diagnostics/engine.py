@@ -20,6 +20,7 @@ from .batch import float_inputs
 from .curvature_pass import CurvatureOutcome, FirstOrder, first_order_backward, measure_curvature, reuses_first_order
 from .errors import InputError, ModelOutOfMemory, is_out_of_memory
 from .export import check_batch_shapes
+from .ggn_trace import ggn_trace
 from .graph_map import LayerInfo, parameter_layers
 from .layer_measures import (
     activation_feeders,
@@ -140,7 +141,9 @@ class Analyzer:
         notify("forward_backward", 0.15)
         # the curvature check differentiates this pass's gradients again: attention then runs on the math kernel
         reuse = options.runs("curvature") and reuses_first_order(self.loaded)
-        shared = self._shared_noise_pass() if options.runs("noise") else None
+        # the tapped graph serves the noise statistics and, on piecewise-linear networks, the Hessian trace
+        wants_taps = options.runs("noise") or (options.runs("curvature") and options.trace_probes > 0)
+        shared = self._shared_noise_pass() if wants_taps else None
         pass_model = self.loaded if shared is None else shared.loaded
         with (
             timer.phase("forward_backward"),
@@ -172,7 +175,7 @@ class Analyzer:
         if options.runs("curvature"):
             notify("curvature", 0.7)
             with timer.phase("curvature"):
-                curvature = self._curvature(inputs, targets, options, first)
+                curvature = self._curvature(inputs, targets, options, first, shared)
                 first = None  # the second-order graph goes once the check is done
                 measurements.hessian_max_eigenvalue = curvature.sharpness
                 measurements.preconditioned_sharpness = curvature.preconditioned_sharpness
@@ -182,7 +185,7 @@ class Analyzer:
             notify("noise", 0.85)
             with timer.phase("noise"):
                 self._noise(measurements, inputs, targets, shared)
-            shared = None  # the taps' inputs and gradients go once the check is done
+        shared = None  # the taps' inputs and gradients go once the checks are done
         notify("rules", 0.95)
         with timer.phase("rules"):
             findings = evaluate_rules(measurements)
@@ -344,13 +347,21 @@ class Analyzer:
         return None
 
     def _curvature(
-        self, inputs: tuple[Tensor, ...], targets: Tensor, options: AnalysisOptions, first: FirstOrder | None
+        self,
+        inputs: tuple[Tensor, ...],
+        targets: Tensor,
+        options: AnalysisOptions,
+        first: FirstOrder | None,
+        shared: SharedPass | None,
     ) -> CurvatureOutcome:
         """Sharpness (and Adam's preconditioned sharpness) with the probes off; failures come back as skipped."""
         if self.graph is not None:
             self.graph.recorder.enabled = False
         try:
-            return measure_curvature(self.loaded, inputs, targets, options, first)
+            trace = None
+            if shared is not None and shared.loss is not None and first is not None and options.trace_probes > 0:
+                trace = ggn_trace(shared.store, shared.taps, shared.loss, targets)  # one backward, no probes
+            return measure_curvature(self.loaded, inputs, targets, options, first, trace)
         finally:
             if self.graph is not None:
                 self.graph.recorder.enabled = True

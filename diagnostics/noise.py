@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from .errors import is_out_of_memory
+from .ggn_trace import LossNode, piecewise_linear_loss
 from .loading import LoadedModel
 from .noise_layers import LayerSamples, ParamSamples, Recording, Tap, tap_samples, tapped_module
 from .noise_stats import NoiseMeasure, noise_statistics
@@ -180,7 +181,7 @@ def _finish(per_layer: Mapping[str, LayerSamples]) -> Outcome:
 
 @dataclass
 class SharedPass:
-    """The analysis pass run through the tapped graph, so the noise check needs no forward+backward of its own.
+    """The analysis pass run through the tapped graph: the noise check needs no pass of its own, the trace may use it.
 
     Only where every trainable parameter belongs to a tap (linear/conv2d layers, no batch norm): the
     analysis pass's backward of the mean loss then gives each tap's output gradient, n times which is
@@ -191,6 +192,7 @@ class SharedPass:
     taps: list[Tap]
     kept: list[LayerGroup]
     named: Mapping[str, Tensor]
+    loss: LossNode | None = None  # the cross-entropy node where tr(H) = tr(GGN) (ggn_trace.py)
     grads: dict[int, Tensor] = field(default_factory=dict)
     store: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)
 
@@ -210,7 +212,8 @@ def shared_pass(loaded: LoadedModel, groups: Sequence[LayerGroup], display: Call
     tapped = {name for tap in taps for name in (tap.weight, tap.bias) if name is not None}
     if not kept or not all(name in tapped for _, members in kept for name in members):
         return None
-    return SharedPass(dataclasses.replace(loaded, module=module), taps, kept, named)
+    loss = piecewise_linear_loss(loaded.graph_module, taps, list(named))
+    return SharedPass(dataclasses.replace(loaded, module=module), taps, kept, named, loss)
 
 
 def measure_shared(shared: SharedPass, n: int) -> Outcome | None:

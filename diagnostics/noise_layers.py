@@ -25,6 +25,7 @@ from .hvp import storage_key
 
 SUBSET = 4096  # parameters per layer whose per-sample values feed the GSNR bootstrap
 _TARGETS = {torch.ops.aten.linear.default: "linear", torch.ops.aten.conv2d.default: "conv2d"}
+LOSS_OP = torch.ops.aten.cross_entropy_loss.default  # its input is recorded too (ggn_trace.py)
 _MIXING = ("batch_norm",)  # ops through which one sample's loss depends on the others
 _RECORD = threading.local()
 
@@ -139,6 +140,11 @@ def _record(out: Tensor, inp: Tensor, key: int) -> Tensor:
     return out
 
 
+def is_record(target: object) -> bool:
+    """Whether a graph node's target is the tap recorder (plumbing: it returns its first argument)."""
+    return target is _record
+
+
 def _first_grad(grads: dict[int, Tensor], key: int) -> Callable[[Tensor], None]:
     """Keep the first gradient that reaches a tap's output: the pass's own, not a later HVP's through the same graph."""
 
@@ -214,6 +220,11 @@ def tapped_module(gm: fx.GraphModule, named: Mapping[str, Tensor]) -> tuple[fx.G
         with graph.inserting_after(node):
             rec = graph.call_function(_record, (node, node.args[0], tap.key))
         node.replace_all_uses_with(rec, delete_user_cb=lambda user, rec=rec: user is not rec)
+    for index, node in enumerate(nodes):  # the loss's input (the logits) for the GGN trace (ggn_trace.py)
+        if node.op == "call_function" and node.target is LOSS_OP and node.args:
+            with graph.inserting_after(node):
+                rec = graph.call_function(_record, (node, node.args[0], index))
+            node.replace_all_uses_with(rec, delete_user_cb=lambda user, rec=rec: user is not rec)
     module = fx.GraphModule(gm, graph)
     _TAPPED[gm] = (module, taps)
     return module, taps
@@ -238,9 +249,36 @@ class Recording:
         _RECORD.grads = None
 
 
+def per_sample_grads(tap: Tap, inp: Tensor, grad_out: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-sample weight gradients [n, P] (float32) and bias gradients [n, C] (float64) of a tap."""
+    # a batched GEMM in the model's float32 (float64 GEMMs and unfolds cost about twice as much on CPU; each
+    # entry is one sum over positions, rounded at ~1e-7); moments then go float64
+    n = inp.shape[0]
+    a32, d32 = inp.detach().float(), grad_out.detach().float()
+    d = grad_out.detach().double()
+    if tap.kind == "linear":
+        a3, d3 = a32.reshape(n, -1, a32.shape[-1]), d32.reshape(n, -1, d32.shape[-1])
+        return torch.bmm(d3.transpose(1, 2), a3).reshape(n, -1), d.reshape(n, -1, d.shape[-1]).sum(1)
+    assert tap.conv is not None
+    stride, padding, dilation, kernel = tap.conv
+    unfolded = F.unfold(a32, kernel, dilation=dilation, padding=padding, stride=stride)  # [n, C_in*kh*kw, L]
+    d3 = d32.reshape(n, d32.shape[1], -1)
+    return torch.bmm(d3, unfolded.transpose(1, 2)).reshape(n, -1), d.reshape(n, d.shape[1], -1).sum(2)
+
+
+def per_sample_sq_norms(tap: Tap, inp: Tensor, grad_out: Tensor) -> Tensor:
+    """|g_i|^2 over the tap's weight and bias, per sample (float64 [n]); a 2-D linear needs no per-sample gradient."""
+    if tap.kind == "linear" and inp.dim() == 2:
+        a, d = inp.detach().double(), grad_out.detach().double()
+        d_sq = (d * d).sum(1)
+        return d_sq * (a * a).sum(1) + (d_sq if tap.bias is not None else 0.0)
+    weight, bias = per_sample_grads(tap, inp, grad_out)
+    total = (weight.double() ** 2).sum(1)
+    return total + (bias**2).sum(1) if tap.bias is not None else total
+
+
 def tap_samples(tap: Tap, inp: Tensor, grad_out: Tensor) -> dict[str, ParamSamples]:
     """Per-sample moments of the tap's weight (and bias) from its input and output gradient."""
-    n = inp.shape[0]
     d = grad_out.detach().double()
     out: dict[str, ParamSamples] = {}
     if tap.kind == "linear" and inp.dim() == 2:
@@ -256,19 +294,8 @@ def tap_samples(tap: Tap, inp: Tensor, grad_out: Tensor) -> dict[str, ParamSampl
         if tap.bias is not None:
             out[tap.bias] = ParamSamples(dd, d.sum(0), (d**2).sum(0), lambda idx: d[:, idx])
         return out
-    # Per-sample weight gradients by a batched GEMM in the model's float32 (float64 GEMMs and unfolds cost about
-    # twice as much on CPU; each entry is one sum over positions, rounded at ~1e-7); moments then go float64.
-    a32, d32 = inp.detach().float(), grad_out.detach().float()
-    if tap.kind == "linear":
-        a3, d3 = a32.reshape(n, -1, a32.shape[-1]), d32.reshape(n, -1, d32.shape[-1])
-        weight, bias = torch.bmm(d3.transpose(1, 2), a3), d.reshape(n, -1, d.shape[-1]).sum(1)
-    else:
-        assert tap.conv is not None
-        stride, padding, dilation, kernel = tap.conv
-        unfolded = F.unfold(a32, kernel, dilation=dilation, padding=padding, stride=stride)  # [n, C_in*kh*kw, L]
-        d3 = d32.reshape(n, d32.shape[1], -1)
-        weight, bias = torch.bmm(d3, unfolded.transpose(1, 2)), d.reshape(n, d.shape[1], -1).sum(2)
-    out[tap.weight] = ParamSamples.from_matrix(weight.reshape(n, -1))
+    weight, bias = per_sample_grads(tap, inp, grad_out)
+    out[tap.weight] = ParamSamples.from_matrix(weight)
     if tap.bias is not None:
         out[tap.bias] = ParamSamples.from_matrix(bias)
     return out
