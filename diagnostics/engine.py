@@ -360,7 +360,12 @@ class Analyzer:
         try:
             trace = None
             if shared is not None and shared.loss is not None and first is not None and options.trace_probes > 0:
-                trace = ggn_trace(shared.store, shared.taps, shared.loss, targets)  # one backward, no probes
+                try:
+                    trace = ggn_trace(shared.store, shared.taps, shared.loss, targets)  # one backward, no probes
+                except (RuntimeError, NotImplementedError) as exc:
+                    if is_out_of_memory(exc):
+                        raise
+                    trace = None  # Hutch++ then measures the trace, as on any other network
             return measure_curvature(self.loaded, inputs, targets, options, first, trace)
         finally:
             if self.graph is not None:
