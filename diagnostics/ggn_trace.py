@@ -87,9 +87,15 @@ def piecewise_linear_loss(gm: fx.GraphModule, taps: Sequence[Tap], trainable: Se
                 return None
             loss = LossNode(index, _arg(node, 4, "ignore_index", -100))
             continue
-        if node.target not in PIECEWISE_LINEAR and not is_record(node.target):
+        if node.target not in PIECEWISE_LINEAR and not is_record(node.target) and not _shape_arithmetic(node):
             return None
     return loss
+
+
+def _shape_arithmetic(node: fx.Node) -> bool:
+    """A node computing a size (sym_size of the dynamic batch, products of sizes): no tensor flows through it."""
+    value = node.meta.get("val")
+    return value is not None and isinstance(value, int | torch.SymInt | torch.SymFloat | torch.SymBool)
 
 
 def _arg(node: fx.Node, position: int, name: str, default: int) -> int:
@@ -126,6 +132,8 @@ def ggn_trace(
         u = p.index_put((torch.arange(n, device=p.device), drawn), torch.tensor(-1.0, device=p.device), accumulate=True)
         u[targets.reshape(-1) == loss.ignore_index] = 0.0  # an ignored sample's loss is 0: so is its Hessian
     live = [tap for tap in taps if tap.key in store and store[tap.key][1].requires_grad]
+    if any(store[t.key][0].shape[:1] != (n,) or store[t.key][1].shape[:1] != (n,) for t in live):
+        return None  # a layer whose rows are not the samples (batch-second tokens): no per-sample norms here
     outs = torch.autograd.grad(
         logits, [store[t.key][1] for t in live], grad_outputs=u.to(logits.dtype), retain_graph=True, allow_unused=True
     )

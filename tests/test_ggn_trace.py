@@ -146,3 +146,23 @@ def test_where_the_identity_fails_the_trace_is_hutchpp_and_the_ggn_would_be_wron
     assert trace.method.startswith("hutch")
     if build is not _batch_norm:  # batch norm mixes samples: the per-sample GGN is another quantity there
         assert exact_ggn_trace(model, x, y) != pytest.approx(dense_trace(model, x, y), rel=1e-3)
+
+
+class BatchSecond(nn.Module):
+    """A Linear applied to [1, n, F] (one token, batch second): piecewise linear, but its rows are not the samples."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mix, self.out = nn.Linear(12, 6), nn.Linear(6, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        hidden = torch.relu(self.mix(x.unsqueeze(0)))  # [1, n, 6]: one row, which would broadcast over the n samples
+        return self.out(hidden.squeeze(0))
+
+
+def test_a_layer_whose_rows_are_not_the_samples_gets_hutchpp() -> None:
+    torch.manual_seed(5)
+    model, x, y = BatchSecond(), torch.randn(16, 12), torch.randint(0, 3, (16,))
+    trace = analyzer(model, x, y).run((x,), y, AnalysisOptions(checks=("curvature",))).estimates["hessian_trace"]
+    assert trace.method.startswith("hutch")
+    assert exact_ggn_trace(model, x, y) == pytest.approx(dense_trace(model, x, y), rel=1e-6)  # the identity holds
