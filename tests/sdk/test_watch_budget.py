@@ -320,3 +320,35 @@ def test_sketches_keep_to_their_share_when_recording_is_cheap(monkeypatch: pytes
     gaps = np.diff(sketched)
     assert len(gaps) and sketch_cost / gaps.min() <= SHARE * 0.03 * plain + 1e-12
     assert watched.sketch_stride == math.ceil(sketch_cost / (SHARE * 0.03 * plain) - 1e-9)  # 15, not 10 (floor)
+
+
+def test_waiting_for_the_findings_answer_is_charged_to_the_next_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    # with on_finding set, a step may wait for the previous batch's answer (Shipper.await_answer): that wait is
+    # watch()'s time on the training thread, so the budget must see it; on a scripted clock it takes exactly 1 s
+    from gradhealth.sdk.watching._shipper import Shipper
+
+    clock = [0.0]
+    handed: list[float] = []
+
+    class Recorded(Budget):
+        def step(self, now: float, cost: float, slot: int | None) -> None:
+            handed.append(cost)
+            super().step(now, cost, slot)
+
+    def waits(self: Shipper, timeout: float) -> None:
+        clock[0] += 1.0
+
+    monkeypatch.setattr(handle, "Budget", Recorded)
+    monkeypatch.setattr(handle, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setattr(Shipper, "behind", lambda self: len(handed) % 2 == 1)  # after steps 0, 2, 4
+    monkeypatch.setattr(Shipper, "await_answer", waits)
+    model = Net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with watch(model, opt, run="t", client=recording_client(), on_finding=lambda finding, w: None) as watched:
+        for x, y in batches(6):
+            F.mse_loss(model(x), y).backward()
+            opt.step()
+            opt.zero_grad()
+    assert len(handed) == 6 and watched.steps_taken == 6
+    # the wait after step k lands in step k + 1's cost; the clock moves only in the waits
+    assert handed == [0.0, 1.0, 0.0, 1.0, 0.0, 1.0]
