@@ -74,6 +74,16 @@ def test_each_sample_slot_counts_at_its_share() -> None:
     assert b.cost == pytest.approx(1.9 * MS)
 
 
+def test_hooks_stretched_by_the_scheduler_count_at_their_mean() -> None:
+    # a busy machine: one recorded step in 3 loses a 4 ms time slice inside the hooks (2 ms -> 6 ms); the plain
+    # step's median is stretched by the same slices on average, so c must be the hooks' mean (10/3 ms), not 2 ms
+    b, _, _ = simulate(None, lambda s: 120 * MS, lambda s: 6 * MS if s % 3 == 0 else 2 * MS, steps=60, slots=10)
+    assert b.cost == pytest.approx(10 / 3 * MS)
+    # one long stall (200 ms in the hooks at step 55) counts at most CLIP x its slot's median: (2 + 2 + 8) / 3 there
+    b, _, _ = simulate(None, lambda s: 120 * MS, lambda s: 200 * MS if s == 55 else 2 * MS, steps=60, slots=10)
+    assert b.cost == pytest.approx((9 * 2 + 4) / 10 * MS)
+
+
 def test_tiny_steps_under_the_floor_are_never_throttled() -> None:
     # the e2e models: ~0.3 ms of hooks on a ~0.5 ms step is 60% of it, but under MIN_COST per step
     b, strides, recorded = simulate(0.03, lambda s: 0.5 * MS, lambda s: 0.3 * MS, steps=500)
