@@ -215,7 +215,7 @@ def measure(
         probe.segments = [(0, 5, False), (0, 10, True)]
         fit = fit_lightning if framework == "lightning" else fit_hf
         args = (root,) if framework == "hf" else ()
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             fit(case, 16, None, *args, lambda: probe.tick(0))  # type: ignore[operator]
         probe.tick(0)
         steps = max(2, round(round_seconds / probe.times[0][0]))
@@ -235,7 +235,9 @@ def measure(
             baton.abandon()
 
     threads = [threading.Thread(target=fit, args=(i,)) for i in (0, 1)]
-    with contextlib.redirect_stdout(io.StringIO()):  # the frameworks' own prints (tips, train summaries)
+    # the frameworks' own prints and logs (tips, devices, train summaries); a fit's error is re-raised below
+    quiet = io.StringIO()
+    with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
         for thread in threads:
             thread.start()
         for thread in threads:

@@ -80,6 +80,7 @@ def _rank(
     from watch_overhead import CASES, shipping_charge
 
     warnings.filterwarnings("ignore", category=WatchWarning)
+    warnings.filterwarnings("ignore", message="FSDP2-wrapped module")  # the models return views; nothing edits them
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     rounds, steps, warmup, round_seconds = plan
