@@ -1,30 +1,38 @@
 """Step-time overhead of gradhealth's framework callbacks: a Lightning fit and a Hugging Face `Trainer.train()`.
 
-For each model of benchmarks/watch_overhead.py and each framework, fits with and without
-`GradHealthCallback` (default settings: every=1 under the 3% budget, shipping to a real local
-`gradhealth serve`) alternate in rounds; each fit runs `--warmup` steps (the budget settles its stride
-within ~25) and then `--steps` timed steps. A step's time is the wall time between two consecutive
-batch starts (the framework's own work, the callbacks and the data loader included); the table
-shows the median over the timed steps of all rounds, and the callback's added time against the
-plain fit measured in the same run. "stride" is the callback's recording interval at the end of its
-last fit. The same fixed batch is fed at every step.
+For each model of benchmarks/watch_overhead.py and each framework, two fits run side by side in two
+threads that take turns (a baton handed over at batch starts, so only one trains at a time): the
+plain fit and the fit with `GradHealthCallback` (default settings: every=1 under the 3% budget,
+shipping to a real local `gradhealth serve` in its own process). After `--warmup` steps each (the
+budget settles its stride within ~25), `--rounds` paired rounds of `--steps` steps each (default:
+about `--round-seconds` of the plain fit), in ABBA order; a round is the wall time from one batch
+start to the batch start `--steps` later (the framework's own work, the callbacks and the data
+loader included). At each hand-over the callback's handle is flushed outside the timer and its
+shipping thread's CPU time is charged to its round (as in watch_overhead.py). The overhead is the
+total-time ratio with a 95% bootstrap interval over rounds (benchmarks/_paired.py), PASS when the
+point estimate is within 3%. "stride" is the callback's recording interval at the end. The same
+fixed batch is fed at every step; torch runs on one thread.
 
 Budget (DESIGN.md §6): watch() through each callback adds <= 3% step time at default settings.
 
-    python benchmarks/watch_callbacks.py [--rounds 3] [--steps 20] [--warmup 40] [--models cnn,mlp,transformer]
-                                         [--frameworks lightning,hf]
+    python benchmarks/watch_callbacks.py [--rounds 24] [--round-seconds 0.6] [--steps N] [--warmup 40]
+                                         [--models cnn,mlp,transformer] [--frameworks lightning,hf]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import logging
 import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +44,9 @@ from torch import nn
 import gradhealth
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _paired import Estimate, paired  # noqa: E402
 from service import embedded  # noqa: E402
-from watch_overhead import BUDGET, CASES, Case  # noqa: E402
+from watch_overhead import BUDGET, CASES, Case, load  # noqa: E402
 
 
 class _Repeat(torch.utils.data.Dataset):  # type: ignore[type-arg]
@@ -71,24 +80,55 @@ class _Wrapped(nn.Module):
         return {"loss": F.cross_entropy(self.model(x), labels.flatten())}
 
 
-def _timer_times() -> tuple[list[float], Any]:
-    times: list[float] = []
-    last: list[float] = []
+class Baton:
+    """Two fits in two threads taking turns at batch starts: warm-up segments, then timed rounds in ABBA order."""
 
-    def tick() -> None:
+    def __init__(self, warmup: int, rounds: int, steps: int) -> None:
+        self.segments = [(0, warmup, False), (1, warmup, False)]
+        for r in range(rounds):
+            order = (0, 1) if r % 2 == 0 else (1, 0)
+            self.segments += [(v, steps, True) for v in order]
+        self.times: dict[int, list[float]] = {0: [], 1: []}
+        self.charge: dict[int, Callable[[], float]] = {0: lambda: 0.0, 1: lambda: 0.0}
+        self.max_steps = warmup + rounds * steps + 1  # the tick that ends a fit's last segment starts one more step
+        self._cond = threading.Condition()
+        self._index = 0
+        self._count = 0
+        self._start = 0.0
+
+    def _mine(self, me: int) -> bool:
+        return self._index >= len(self.segments) or self.segments[self._index][0] == me
+
+    def tick(self, me: int) -> None:
+        """A batch starts in fit `me`: end its segment when due (timing it), wait for its turn, count the step."""
         now = time.perf_counter()
-        if last:
-            times.append(now - last[0])
-        last[:] = [now]
+        with self._cond:
+            if self._index < len(self.segments) and self.segments[self._index][0] == me and self._count:
+                _, steps, timed = self.segments[self._index]
+                if self._count == steps:
+                    charged = self.charge[me]()  # after the warm-up too: the first flush opens the connection
+                    if timed:
+                        self.times[me].append((now - self._start + charged) / steps)
+                    self._index, self._count = self._index + 1, 0
+                    self._cond.notify_all()
+            if not self._mine(me):
+                self._cond.wait_for(lambda: self._mine(me))
+            if self._index >= len(self.segments):
+                return
+            if self._count == 0:
+                self._start = time.perf_counter()
+            self._count += 1
 
-    return times, tick
+    def abandon(self) -> None:
+        """A fit failed: let the other one run to its end."""
+        with self._cond:
+            self._index = len(self.segments)
+            self._cond.notify_all()
 
 
-def fit_lightning(case: Case, steps: int, callback: Any) -> tuple[list[float], Any]:
-    """Per-step wall times of one Lightning fit of `steps` steps."""
+def fit_lightning(case: Case, steps: int, callback: Any, tick: Callable[[], None]) -> None:
+    """One Lightning fit of `steps` steps; `tick` at each batch start."""
     import lightning.pytorch as pl
-
-    times, tick = _timer_times()
 
     class Module(pl.LightningModule):
         def __init__(self) -> None:
@@ -118,14 +158,11 @@ def fit_lightning(case: Case, steps: int, callback: Any) -> tuple[list[float], A
         enable_model_summary=False,
     )
     trainer.fit(Module(), loader)
-    return times, callback
 
 
-def fit_hf(case: Case, steps: int, callback: Any, root: Path) -> tuple[list[float], Any]:
-    """Per-step wall times of one Trainer.train() of `steps` steps."""
+def fit_hf(case: Case, steps: int, callback: Any, root: Path, tick: Callable[[], None]) -> None:
+    """One Trainer.train() of `steps` steps; `tick` at each step start."""
     from transformers import Trainer, TrainerCallback, TrainingArguments
-
-    times, tick = _timer_times()
 
     class Tick(TrainerCallback):  # type: ignore[misc]
         def on_step_begin(self, *args: Any, **kwargs: Any) -> None:
@@ -156,68 +193,109 @@ def fit_hf(case: Case, steps: int, callback: Any, root: Path) -> tuple[list[floa
         callbacks=callbacks,
     )
     trainer.train()
-    return times, callback
 
 
 def measure(
-    framework: str, case: Case, client: gradhealth.Client, rounds: int, steps: int, warmup: int, root: Path
-) -> dict[str, float]:
-    """Median step time of the plain fit, the callback's added fraction and its final stride."""
-    plain: list[float] = []
-    watched: list[float] = []
-    stride = 0
-    for r in range(rounds):
-        for variant in ("plain", "callback") if r % 2 == 0 else ("callback", "plain"):
-            callback = None
-            if variant == "callback":
-                if framework == "lightning":
-                    from gradhealth.integrations.lightning import GradHealthCallback
-                else:
-                    from gradhealth.integrations.transformers import GradHealthCallback  # type: ignore[assignment]
-                callback = GradHealthCallback(f"bench-{framework}-{case.name}-{r}", client)
+    framework: str,
+    case: Case,
+    client: gradhealth.Client,
+    plan: tuple[int, int, int, float],
+    root: Path,
+) -> dict[str, Any]:
+    """The callback's overhead Estimate, the plain fit's median step time, steps per round and the final stride."""
+    from watch_overhead import shipping_charge
+
+    rounds, steps, warmup, round_seconds = plan
+    if framework == "lightning":
+        from gradhealth.integrations.lightning import GradHealthCallback
+    else:
+        from gradhealth.integrations.transformers import GradHealthCallback  # type: ignore[assignment]
+    if not steps:  # a short plain fit tells the step time
+        probe = Baton(5, 1, 10)
+        probe.segments = [(0, 5, False), (0, 10, True)]
+        fit = fit_lightning if framework == "lightning" else fit_hf
+        args = (root,) if framework == "hf" else ()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            fit(case, 16, None, *args, lambda: probe.tick(0))  # type: ignore[operator]
+        probe.tick(0)
+        steps = max(2, round(round_seconds / probe.times[0][0]))
+    baton = Baton(warmup, rounds, steps)
+    callback = GradHealthCallback(f"bench-{framework}-{case.name}", client)
+    baton.charge[1] = lambda: shipping_charge(callback.watch)() if callback.watch is not None else 0.0
+    errors: list[BaseException] = []
+
+    def fit(index: int) -> None:
+        try:
             if framework == "lightning":
-                times, callback = fit_lightning(case, warmup + steps, callback)
+                fit_lightning(case, baton.max_steps, callback if index else None, lambda: baton.tick(index))
             else:
-                times, callback = fit_hf(case, warmup + steps, callback, root)
-            (watched if variant == "callback" else plain).extend(times[warmup - 1 :])
-            if callback is not None and callback.watch is not None:
-                stride = callback.watch.stride
-    base = statistics.median(plain)
-    return {"plain": base, "overhead": statistics.median(watched) / base - 1, "stride": stride}
+                fit_hf(case, baton.max_steps, callback if index else None, root / str(index), lambda: baton.tick(index))
+        except BaseException as exc:
+            errors.append(exc)
+            baton.abandon()
+
+    threads = [threading.Thread(target=fit, args=(i,)) for i in (0, 1)]
+    # the frameworks' own prints and logs (tips, devices, train summaries); a fit's error is re-raised below
+    quiet = io.StringIO()
+    with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    if errors:
+        raise errors[0]
+    return {
+        "overhead": paired(baton.times[0], baton.times[1]),
+        "plain": statistics.median(baton.times[0]),
+        "steps": steps,
+        "stride": callback.watch.stride if callback.watch is not None else 0,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=24)
+    parser.add_argument("--steps", type=int, default=0, help="steps per fit and round (0: --round-seconds' worth)")
+    parser.add_argument("--round-seconds", type=float, default=0.6, help="plain-fit seconds per round")
     parser.add_argument("--warmup", type=int, default=40, help="steps per fit before the timed ones")
     parser.add_argument("--models", default="cnn,mlp,transformer")
     parser.add_argument("--frameworks", default="lightning,hf")
     args = parser.parse_args()
+    torch.set_num_threads(1)  # one core for training; the sink (another process) has the other
     warnings.filterwarnings("ignore")  # the frameworks' notes and the throttle's: the stride column shows it
     for name in ("lightning", "lightning.pytorch", "transformers", "gradhealth"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=WatchWarning)
+    plan = (args.rounds, args.steps, args.warmup, args.round_seconds)
     with tempfile.TemporaryDirectory(prefix="gradhealth-callback-bench-") as tmp:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         with embedded(Path(tmp)) as (url, key):
             client = gradhealth.Client(base_url=url, api_key=key)
-            print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; sink: gradhealth serve at {url}")
+            print(f"torch {torch.__version__}, 1 thread, {os.cpu_count()} cores; sink: gradhealth serve at {url}")
+            print(f"start: {load()}")
             print(
-                f"{args.rounds} rounds x ({args.warmup} warm-up + {args.steps} timed steps) per fit; median step time"
+                f"{args.warmup} warm-up steps per fit, then {args.rounds} paired rounds (ABBA); added time vs plain: "
+                "total-time ratio [95% bootstrap interval over rounds]\n"
             )
-            print(f"{'framework':10s} {'model':38s} {'plain':>9s} {'callback':>9s} {'stride':>7s}")
-            worst = 0.0
+            print(
+                f"{'framework':10s} {'model':38s} {'plain':>8s} {'steps':>5s} {'callback [95% CI]':>22s} "
+                f"{'median':>7s} {'stride':>6s}  verdict"
+            )
+            worst: Estimate | None = None
             for framework in args.frameworks.split(","):
                 for name in args.models.split(","):
-                    got = measure(framework, CASES[name], client, args.rounds, args.steps, args.warmup, Path(tmp))
-                    worst = max(worst, got["overhead"])
+                    got = measure(framework, CASES[name], client, plan, Path(tmp))
+                    est: Estimate = got["overhead"]
+                    worst = est if worst is None or est.point > worst.point else worst
                     print(
-                        f"{framework:10s} {CASES[name].name:38s} {got['plain'] * 1e3:6.1f} ms "
-                        f"{got['overhead']:>+9.1%} {got['stride']:>7.0f}"
+                        f"{framework:10s} {CASES[name].name:38s} {got['plain'] * 1e3:5.1f} ms {got['steps']:>5d} "
+                        f"{est.cell():>22s} {est.median_ratio:>+7.1%} {got['stride']:>6d}  {est.verdict(BUDGET)}"
                     )
-            verdict = "within" if worst <= BUDGET else "OVER"
-            print(f"\nworst callback overhead at default settings {worst:+.1%}: {verdict} the {BUDGET:.0%} budget")
+            print(f"\nend: {load()}")
+            if worst is not None:
+                print(
+                    f"worst callback overhead at default settings {worst.cell()}: {worst.verdict(BUDGET)} at {BUDGET:.0%}"
+                )
 
 
 if __name__ == "__main__":

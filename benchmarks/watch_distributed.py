@@ -4,10 +4,13 @@ Each rank trains two copies of the model with the same initial weights, both wra
 (DistributedDataParallel, or fully_shard per child module and the root): the plain loop and the loop
 under `gradhealth.watch(model, optimizer)` at its defaults (rank 0 ships to the benchmark's sink;
 under FSDP every rank takes part in watch()'s one all_reduce per recorded step, which also carries
-the shard summaries of the distributions at the sketch stride). Rounds are
-interleaved as in watch_overhead.py, every round starting with a barrier; rank 0 reports the median
-step time of each copy. With 2 processes on a machine of few cores, the processes contend with each
-other and with anything else running: read the machine's load (uptime) with the numbers.
+the shard summaries of the distributions at the sketch stride). Paired rounds as in
+watch_overhead.py (rotating order, every round starting with a barrier; the watched copy's shipping
+flushed after its round and the shipping thread's CPU time charged to it); rank 0 reports each
+round's time and the overhead is estimated as there (benchmarks/_paired.py: total-time ratio with a
+95% bootstrap interval over rounds). Each process runs torch on one thread; with 2 processes on a
+machine of 2 cores they take both, and contend with the sink and anything else running: read the
+machine's load with the numbers.
 
     python benchmarks/watch_overhead.py --distributed ddp,fsdp [--models cnn,mlp] [--sink stub]
 """
@@ -22,6 +25,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,25 +51,39 @@ def _wrap(model: nn.Module, mode: str) -> nn.Module:
     return model
 
 
-def _step_time(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, steps: int) -> float:
+def _step_time(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    steps: int,
+    after: Callable[[], float] = lambda: 0.0,
+) -> float:
     start = time.perf_counter()
     for _ in range(steps):
         F.cross_entropy(model(x), y).backward()
         opt.step()
         opt.zero_grad()
-    return (time.perf_counter() - start) / steps
+    return (time.perf_counter() - start + after()) / steps
 
 
 def _rank(
-    rank: int, port: int, mode: str, case_name: str, sink: tuple[str, str], plan: tuple[int, int, int], out: str
+    rank: int,
+    port: int,
+    mode: str,
+    case_name: str,
+    sink: tuple[str, str],
+    plan: tuple[int, int, int, float],
+    out: str,
 ) -> None:
-    """One rank: plain and watched copies, interleaved rounds; rank 0 writes the medians."""
-    from watch_overhead import CASES
+    """One rank: plain and watched copies, paired rounds; rank 0 writes each round's times."""
+    from watch_overhead import CASES, shipping_charge
 
     warnings.filterwarnings("ignore", category=WatchWarning)
+    warnings.filterwarnings("ignore", message="FSDP2-wrapped module")  # the models return views; nothing edits them
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    rounds, steps, warmup = plan
+    rounds, steps, warmup, round_seconds = plan
     case = CASES[case_name]
     torch.manual_seed(0)
     base = case.build()
@@ -79,16 +97,24 @@ def _rank(
     client = gradhealth.Client(base_url=sink[0], api_key=sink[1]) if rank == 0 else None
     handle = gradhealth.watch(*copies[1], run=f"bench-{mode}-{case_name}", client=client)
     times: dict[int, list[float]] = {0: [], 1: []}
+    charge = {0: lambda: 0.0, 1: shipping_charge(handle)}
     for index in (0, 1):
         _step_time(*copies[index], x, y, warmup)
+        charge[index]()  # the first flush opens the connection: not a round's cost
+    if not steps:  # about round_seconds of the plain loop, the same on every rank
+        per_step = _step_time(*copies[0], x, y, 5)
+        agreed = torch.tensor([max(2, round(round_seconds / per_step))])
+        dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
+        steps = int(agreed.item())
     for r in range(rounds):
         for index in (r % 2, 1 - r % 2):
             dist.barrier()
-            times[index].append(_step_time(*copies[index], x, y, steps))
+            times[index].append(_step_time(*copies[index], x, y, steps, charge[index]))
     sketch_stride = handle.sketch_stride  # under FSDP: the stride rank 0 chose, agreed by every rank
     result = {
-        "plain": statistics.median(times[0]),
-        "watched": statistics.median(times[1]),
+        "plain": times[0],
+        "watched": times[1],
+        "steps": steps,
         "stride": handle.stride,
         "sketch_stride": sketch_stride,
     }
@@ -106,14 +132,25 @@ def _free_port() -> int:
         return port
 
 
-def measure(mode: str, case_name: str, sink: tuple[str, str], rounds: int, steps: int, warmup: int) -> dict[str, Any]:
-    """Median plain and watched step times on rank 0 of a 2-process run, and the strides watch() chose."""
+def measure(
+    mode: str,
+    case_name: str,
+    sink: tuple[str, str],
+    rounds: int,
+    steps: int,
+    warmup: int,
+    round_seconds: float = 0.8,
+) -> dict[str, Any]:
+    """Rank 0's overhead Estimate and median plain step time in a 2-process run, and the strides watch() chose."""
     sys.path.insert(0, str(Path(__file__).parent))
+    from _paired import paired
+
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "result.json")
-        plan = (rounds, steps, warmup)
+        plan = (rounds, steps, warmup, round_seconds)
         mp.spawn(_rank, args=(_free_port(), mode, case_name, sink, plan, out), nprocs=2, join=True)
         result: dict[str, Any] = json.loads(Path(out).read_text())
-    result["overhead"] = result["watched"] / result["plain"] - 1
+    result["overhead"] = paired(result["plain"], result["watched"])
+    result["plain"] = statistics.median(result["plain"])
     return result

@@ -23,8 +23,13 @@ pass between two steps), being medians: p of the last STEP_WINDOW plain steps; u
 STEP_WINDOW // 2 steps not recorded, each taken against its own step (the first hook calls after
 a long pause run on cold caches: u and p change together); c, for the overhead, is the mean over
 the sample slots (each recorded step measures one group of layers in turn, see _stats) of each
-slot's median of its last SLOT_WINDOW costs, so a slot that is dear by design counts at its
-share. The cost per step is the undisturbed cost: c is the lower quartile of the last
+slot's mean of its last SLOT_WINDOW costs, each clipped at CLIP x the slot's median, so a slot
+that is dear by design counts at its share. A mean, not a median, because p is a long step's
+time: on a machine with more runnable threads than cores the scheduler stretches p by its
+average share of time slices, and the hooks, a few ms each, by the same factor only on average
+(a few calls take a whole slice more, most none: a median of them is the unstretched cost, which
+halved the overhead the watch benchmark's transformer measured at a load of 3.5 on 2 cores); the
+clip keeps one long stall from counting in full. The cost per step is the undisturbed cost: c is the lower quartile of the last
 STEP_WINDOW // 2 recorded steps (on a machine with more runnable threads than cores, half of a
 tiny model's hook calls can be stretched by the scheduler), u the median of as many others.
 """
@@ -41,12 +46,18 @@ AIM = 0.75  # a new stride aims at AIM x the budget (or AIM x MIN_COST) ...
 LOWER = 0.5  # ... and is lowered again only below LOWER x the budget (or LOWER x MIN_COST)
 STEP_WINDOW = 32
 SLOT_WINDOW = 3
+CLIP = 4.0  # a recorded step's cost counts for c's mean at most CLIP x its slot's median
 
 
 def _median(values: deque[float]) -> float:
     ordered = sorted(values)
     mid = len(ordered) // 2
     return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def _clipped_mean(values: deque[float]) -> float:
+    cap = CLIP * _median(values)
+    return sum(min(value, cap) for value in values) / len(values)
 
 
 def _lower_quartile(values: deque[float]) -> float:
@@ -102,7 +113,7 @@ class Budget:
         self._recorded.append(cost)
         if len(self._plain) < 8 or any(len(times) < 2 for times in self._slots):
             return
-        mean = sum(map(_median, self._slots)) / len(self._slots)
+        mean = sum(map(_clipped_mean, self._slots)) / len(self._slots)
         idle, idle_ratio = (_median(self._idle), _median(self._idle_ratio)) if self._idle else (0.0, 0.0)
         self._estimate = (mean, _lower_quartile(self._recorded), idle, idle_ratio, _median(self._plain))
         if self.budget is not None:

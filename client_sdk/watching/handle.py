@@ -504,9 +504,13 @@ class Watch:
         """After a step, on the training thread: keep within one batch of the findings, hand new ones to on_finding."""
         if self._on_finding is None or self._closed or not isinstance(self._shipper, Shipper):
             return
-        if self._shipper.behind():
-            self._shipper.await_answer(FINDINGS_WAIT)
-        self._hand_over()
+        if self._shipper.behind():  # the wait is watch()'s cost on the training thread: the next step is charged
+            start = time.perf_counter()
+            try:
+                self._shipper.await_answer(FINDINGS_WAIT)
+            finally:
+                self._spent += time.perf_counter() - start
+        self._hand_over()  # on_finding's own time is the user's, not watch()'s
 
     def _hand_over(self) -> None:
         """New findings to on_finding, each once; the user's code: its exceptions (StopTraining) are theirs to see."""

@@ -74,6 +74,16 @@ def test_each_sample_slot_counts_at_its_share() -> None:
     assert b.cost == pytest.approx(1.9 * MS)
 
 
+def test_hooks_stretched_by_the_scheduler_count_at_their_mean() -> None:
+    # a busy machine: one recorded step in 3 loses a 4 ms time slice inside the hooks (2 ms -> 6 ms); the plain
+    # step's median is stretched by the same slices on average, so c must be the hooks' mean (10/3 ms), not 2 ms
+    b, _, _ = simulate(None, lambda s: 120 * MS, lambda s: 6 * MS if s % 3 == 0 else 2 * MS, steps=60, slots=10)
+    assert b.cost == pytest.approx(10 / 3 * MS)
+    # one long stall (200 ms in the hooks at step 55) counts at most CLIP x its slot's median: (2 + 2 + 8) / 3 there
+    b, _, _ = simulate(None, lambda s: 120 * MS, lambda s: 200 * MS if s == 55 else 2 * MS, steps=60, slots=10)
+    assert b.cost == pytest.approx((9 * 2 + 4) / 10 * MS)
+
+
 def test_tiny_steps_under_the_floor_are_never_throttled() -> None:
     # the e2e models: ~0.3 ms of hooks on a ~0.5 ms step is 60% of it, but under MIN_COST per step
     b, strides, recorded = simulate(0.03, lambda s: 0.5 * MS, lambda s: 0.3 * MS, steps=500)
@@ -320,3 +330,35 @@ def test_sketches_keep_to_their_share_when_recording_is_cheap(monkeypatch: pytes
     gaps = np.diff(sketched)
     assert len(gaps) and sketch_cost / gaps.min() <= SHARE * 0.03 * plain + 1e-12
     assert watched.sketch_stride == math.ceil(sketch_cost / (SHARE * 0.03 * plain) - 1e-9)  # 15, not 10 (floor)
+
+
+def test_waiting_for_the_findings_answer_is_charged_to_the_next_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    # with on_finding set, a step may wait for the previous batch's answer (Shipper.await_answer): that wait is
+    # watch()'s time on the training thread, so the budget must see it; on a scripted clock it takes exactly 1 s
+    from gradhealth.sdk.watching._shipper import Shipper
+
+    clock = [0.0]
+    handed: list[float] = []
+
+    class Recorded(Budget):
+        def step(self, now: float, cost: float, slot: int | None) -> None:
+            handed.append(cost)
+            super().step(now, cost, slot)
+
+    def waits(self: Shipper, timeout: float) -> None:
+        clock[0] += 1.0
+
+    monkeypatch.setattr(handle, "Budget", Recorded)
+    monkeypatch.setattr(handle, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setattr(Shipper, "behind", lambda self: len(handed) % 2 == 1)  # after steps 0, 2, 4
+    monkeypatch.setattr(Shipper, "await_answer", waits)
+    model = Net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with watch(model, opt, run="t", client=recording_client(), on_finding=lambda finding, w: None) as watched:
+        for x, y in batches(6):
+            F.mse_loss(model(x), y).backward()
+            opt.step()
+            opt.zero_grad()
+    assert len(handed) == 6 and watched.steps_taken == 6
+    # the wait after step k lands in step k + 1's cost; the clock moves only in the waits
+    assert handed == [0.0, 1.0, 0.0, 1.0, 0.0, 1.0]
