@@ -59,22 +59,44 @@ def lower_lr(factor: float = 0.5) -> Action:
 
 
 def checkpoint_and_continue(path: str | Path) -> Action:
-    """An action that saves a checkpoint and lets training go on; `path` may hold {step} and {rule}."""
+    """An action that saves a checkpoint and lets training go on; `path` may hold {step}, {rule} and {rank}.
+
+    Under torch.distributed it runs on every rank (Watch.on_finding): with DDP rank 0 alone writes (the
+    replicas are equal); with FSDP2 every rank writes its own shards' values, to the path with {rank}
+    filled in (or ".rank{rank}" appended when the path has no {rank}). A framework's own checkpoint
+    (Lightning's trainer.save_checkpoint, called on every rank) is used where there is one.
+    """
+    template = str(path)
 
     def action(finding: Finding, watch: Watch) -> None:
-        target = str(path).format(step=finding.step, rule=finding.rule)
+        if watch.sharded and "{rank}" not in template:
+            target = template.format(step=finding.step, rule=finding.rule) + f".rank{watch.rank}"
+        else:
+            target = template.format(step=finding.step, rule=finding.rule, rank=watch.rank)
         if watch.checkpoint_hook is not None:
             watch.checkpoint_hook(target)
             return
+        if watch.world > 1 and not watch.sharded and watch.rank != 0:
+            return
         import torch
 
-        state: dict[str, Any] = {"model": watch.model.state_dict(), "finding": finding.model_dump(mode="json")}
+        state: dict[str, Any] = {"model": _local(watch.model.state_dict()), "finding": finding.model_dump(mode="json")}
         if watch.optimizer is not None:
-            state["optimizer"] = watch.optimizer.state_dict()
+            state["optimizer"] = _local(watch.optimizer.state_dict())
         Path(target).parent.mkdir(parents=True, exist_ok=True)
         torch.save(state, target)
 
     return action
+
+
+def _local(state: Any) -> Any:
+    """A state dict with each DTensor (FSDP2) replaced by this rank's shard, so torch.load(weights_only=True) reads it."""
+    if isinstance(state, dict):
+        return {key: _local(value) for key, value in state.items()}
+    if isinstance(state, list | tuple):
+        return type(state)(_local(value) for value in state)
+    to_local = getattr(state, "to_local", None)
+    return to_local() if type(state).__name__ == "DTensor" and callable(to_local) else state
 
 
 __all__ = ["Action", "StopTraining", "checkpoint_and_continue", "lower_lr", "stop_training"]

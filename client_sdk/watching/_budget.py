@@ -32,6 +32,10 @@ halved the overhead the watch benchmark's transformer measured at a load of 3.5 
 clip keeps one long stall from counting in full. The cost per step is the undisturbed cost: c is the lower quartile of the last
 STEP_WINDOW // 2 recorded steps (on a machine with more runnable threads than cores, half of a
 tiny model's hook calls can be stretched by the scheduler), u the median of as many others.
+
+Both c's include the shipping thread's CPU time per record (`shipping`, from _shipper: msgpack,
+HTTP, the findings poll): it runs in the training process, under its GIL, and on a machine with
+no spare core it takes the training thread's CPU, so the watch benchmark charges it too.
 """
 
 from __future__ import annotations
@@ -81,6 +85,7 @@ class Budget:
         self._last: float | None = None
         # c (mean over slots), c (lower quartile), u, u / p (median of each idle step's ratio), p
         self._estimate: tuple[float, float, float, float, float] | None = None
+        self.shipping = 0.0  # CPU seconds the shipping thread spends per recorded step (set by the handle)
 
     @property
     def overhead(self) -> float | None:
@@ -89,8 +94,8 @@ class Budget:
 
     @property
     def cost(self) -> float | None:
-        """Seconds watch() spends per recorded step (None until measured)."""
-        return None if self._estimate is None else self._estimate[0]
+        """Seconds watch() spends per recorded step, shipping included (None until measured)."""
+        return None if self._estimate is None else self._measured()[0]
 
     @property
     def step_time(self) -> float | None:
@@ -120,9 +125,11 @@ class Budget:
             self._decide(self.budget)
 
     def _measured(self) -> tuple[float, float, float, float, float]:
+        """The estimates, with the shipping thread's CPU time per record added to both costs of a recorded step."""
         if self._estimate is None:
             raise RuntimeError("no measurement yet")
-        return self._estimate
+        mean, quartile, idle, idle_ratio, plain = self._estimate
+        return mean + self.shipping, quartile + self.shipping, idle, idle_ratio, plain
 
     def ratio(self, stride: int) -> float:
         """The overhead a given stride would have, from the current estimates (call once measured)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,7 @@ from ._records import RecordBuffer
 
 INITIAL_BACKOFF = 0.5
 MAX_BACKOFF = 30.0
+CPU_WINDOW = 8  # batches over which the shipping thread's CPU time per record is averaged
 CreateRun = Callable[[Any], str]
 
 
@@ -70,6 +72,9 @@ class Shipper:
         self._since = time.monotonic()  # when the last unit of work ended
         self._failing = False
         self._lagging = False  # a wait for an answer timed out: do not wait again until one comes
+        self._cpu: deque[tuple[float, int]] = deque(maxlen=CPU_WINDOW)  # (thread CPU s, records) per batch sent
+        self._sent = 0  # records in the batch in flight
+        self._retries_cpu = 0.0  # CPU seconds of its failed attempts so far
         self._thread = threading.Thread(target=self._main, name="gradhealth-watch", daemon=True)
         self._thread.start()
 
@@ -89,6 +94,15 @@ class Shipper:
             self._kick()
             self.buffer.cond.wait_for(lambda: self._settled(failed_before), timeout)
             return self._delivered_all()
+
+    def cpu_per_record(self) -> float:
+        """CPU seconds this thread spent per record over the last batches (encoding, HTTP, findings): 0 before one.
+
+        Shipping shares the training process's CPU (and GIL), so the overhead budget counts it (_budget).
+        """
+        window = list(self._cpu)
+        records = sum(count for _, count in window)
+        return sum(cpu for cpu, _ in window) / records if records else 0.0
 
     def poll_findings(self, severity: str) -> None:
         """Ask for the run's findings at or above `severity` after each batch whose answer shows the run there."""
@@ -217,6 +231,18 @@ class Shipper:
                 self.run_id = run_id
                 self.buffer.cond.notify_all()
             return
+        start = time.thread_time()
+        try:
+            self._send(client)
+        finally:
+            if self._inflight is None and self._sent:  # a batch was answered (delivered or refused): its CPU time
+                self._cpu.append((time.thread_time() - start + self._retries_cpu, self._sent))
+                self._sent, self._retries_cpu = 0, 0.0
+            else:
+                self._retries_cpu += time.thread_time() - start  # failed attempts count with the batch
+
+    def _send(self, client: Any) -> None:
+        """Pack the next batch (unless one is in flight) and POST it, then poll findings if due."""
         if self._inflight is None:
             records, dropped = self.buffer.take(self._batch_steps)
             if not records:
@@ -231,6 +257,7 @@ class Shipper:
             with self.buffer.cond:
                 self._inflight = (self._seq, body, len(records), dropped)
             self._seq += 1
+            self._sent = len(records)
         seq, body, count, dropped = self._inflight
         try:
             ack = client.runs.append(self.run_id, body)

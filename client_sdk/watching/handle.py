@@ -24,6 +24,7 @@ from ._budget import Budget
 from ._extras import Extras
 from ._layers import Layer
 from ._records import HostArray, LossValue, Record, RecordBuffer
+from ._relay import FindingRelay
 from ._shipper import Shipper
 from ._sketch import SketchSchedule
 from ._stats import Pending, StatsEngine
@@ -75,6 +76,7 @@ class Watch:
         self.every = every
         self.param_every = param_every
         self.rank = rank
+        self.world = world
         self.layers = layers
         self.steps_recorded = 0
         self.skipped_steps = 0
@@ -104,6 +106,7 @@ class Watch:
         self.stop_hook: Callable[[Finding], None] | None = None  # integrations: set the framework's stop flag
         self.checkpoint_hook: Callable[[str], None] | None = None  # integrations: the framework's own checkpoint
         self._on_finding: Callable[[Finding, Watch], None] | None = None
+        self._relay: FindingRelay | None = None  # torch.distributed: findings reach every rank at the same step
         self._manual_pre_step = False
         self._sharded: ShardedStats | None = None  # FSDP2: every rank takes part in each recorded step's all_reduce
         self._collect = False  # this step is recorded on every rank: its post-step hook joins the all_reduce
@@ -225,14 +228,15 @@ class Watch:
 
     def step(self) -> None:
         """Mark a step when watch() has no optimizer: call after backward(), before zero_grad()."""
-        if self._closed:
-            return
         if self._optimizer is not None:
-            self._warn("step", "watch.step() is ignored: steps are taken from the optimizer given to watch()")
+            if not self._closed:
+                self._warn("step", "watch.step() is ignored: steps are taken from the optimizer given to watch()")
             return
-        self._guard(self._pre_step)(None, (), {})
-        self._guard(self._post_step)(None, (), {})
-        self._act()
+        if not self._closed:
+            self._guard(self._pre_step)(None, (), {})
+            self._guard(self._post_step)(None, (), {})
+            self._act()
+        self._relay_step()  # every rank, inert ones included: the checks are collectives
 
     def before_step(self) -> None:
         """Read the gradients now, not in the optimizer's pre-step hook: for frameworks whose optimizer.step()
@@ -241,6 +245,11 @@ class Watch:
             return
         self._manual_pre_step = True
         self._guard(self._pre_step)(self._optimizer, (), {})
+
+    @property
+    def sharded(self) -> bool:
+        """Whether the watched parameters are sharded over ranks (FSDP2): each rank holds part of every one."""
+        return self._sharded is not None
 
     @property
     def steps_taken(self) -> int:
@@ -256,6 +265,8 @@ class Watch:
         handed over before the previous one's answer is in (waiting at most FINDINGS_WAIT seconds), so a
         finding is acted on within one shipping interval (flush_interval, or batch_steps records) of the batch
         that shows it. Findings in the answer to the batches close() ships are handed over in close().
+        Under torch.distributed (call it on every rank) the callback runs on every rank with the same findings
+        after the same optimizer step (_relay), and close() hands nothing over: rank 0 alone would act.
         See gradhealth.actions for ready-made callbacks.
         """
         if severity not in SEVERITY_ORDER:
@@ -263,6 +274,10 @@ class Watch:
         self._on_finding = callback
         if self.active and isinstance(self._shipper, Shipper):
             self._shipper.poll_findings(severity)
+        if self.world > 1 and self._relay is None and self._hooks is not None:
+            self._relay = FindingRelay(self.rank, self._take_findings, lambda: self._budget.stride)
+            if self._optimizer is not None:
+                self._hooks.append(self._optimizer.register_step_post_hook(lambda *args: self._relay_step()))
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Send everything recorded so far; True when the service has it all within `timeout` seconds."""
@@ -294,7 +309,8 @@ class Watch:
             if not self._warned - {"throttle"}:  # a problem already reported (service down, refused) explains this
                 reason = self._shipper.last_error or "no answer in time"
                 self._warn("delivery", f"gradhealth.watch: {left} recorded steps were not delivered ({reason})")
-        self._hand_over()  # the answer to the last batch may hold findings: on_finding still sees them
+        if self._relay is None:
+            self._hand_over()  # the answer to the last batch may hold findings: on_finding still sees them
 
     def report(self, timeout: float = 30.0) -> Report:
         """The service's diagnosis of this run so far (flushes first; a service that is down fails it at once)."""
@@ -465,6 +481,8 @@ class Watch:
             return
         self._ended = False
         try:
+            if isinstance(self._shipper, Shipper) and self._ended_slot is not None:
+                self._budget.shipping = self._shipper.cpu_per_record()
             self._budget.step(now, self._spent, self._ended_slot)
             if self._budget.throttled and "throttle" not in self._warned:
                 self._warn_throttled()
@@ -510,7 +528,35 @@ class Watch:
                 self._shipper.await_answer(FINDINGS_WAIT)
             finally:
                 self._spent += time.perf_counter() - start
-        self._hand_over()  # on_finding's own time is the user's, not watch()'s
+        if self._relay is None:  # else _relay_step hands them over, on every rank at once
+            self._hand_over()  # on_finding's own time is the user's, not watch()'s
+
+    def _relay_step(self) -> None:
+        """Every rank, after each optimizer step while on_finding is set under torch.distributed: act together."""
+        relay, callback = self._relay, self._on_finding
+        if relay is None or callback is None or self._hooks is None:
+            return
+        start = time.perf_counter()
+        try:
+            found = relay.after_step()
+        except Exception as exc:  # a broken process group: training itself will say so; stop relaying
+            self._relay = None
+            self._warn("relay", f"gradhealth.watch: on_finding stops on rank {self.rank} ({exc!r})")
+            return
+        finally:
+            self._spent += time.perf_counter() - start  # watch()'s cost, charged to the next step
+        for finding in found:  # the user's code, on every rank: its exceptions (StopTraining) are theirs
+            callback(finding, self)
+
+    def _take_findings(self) -> list[Finding]:
+        """Rank 0's new findings for the relay (none once shipping has stopped or failed)."""
+        if not isinstance(self._shipper, Shipper):
+            return []
+        try:
+            return self._shipper.take_findings()
+        except Exception as exc:  # the relay's collective must go ahead on every rank whatever happens here
+            self._warn("relay", f"gradhealth.watch: findings not relayed ({exc!r})")
+            return []
 
     def _hand_over(self) -> None:
         """New findings to on_finding, each once; the user's code: its exceptions (StopTraining) are theirs to see."""

@@ -99,9 +99,11 @@ class GradHealthCallback(WatchCallbackSettings, pl.Callback):
     def _finish(self, trainer: pl.Trainer) -> None:
         """Deliver the rest, read the report, and hand the run id and findings to the loggers."""
         watch = self.watch
-        if watch is None or not watch.active or self.report is not None:
+        if watch is None or self.report is not None:
             return
-        watch.close()
+        watch.close()  # on every rank: the others' hooks go too
+        if not watch.active:
+            return
         try:
             self.report = watch.report()
         except Exception as exc:  # the service is away: training is done, say so and carry on

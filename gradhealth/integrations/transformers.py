@@ -85,9 +85,11 @@ class GradHealthCallback(WatchCallbackSettings, TrainerCallback):  # type: ignor
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         watch = self.watch
-        if watch is None or not watch.active or self.report is not None:
+        if watch is None or self.report is not None:
             return
-        watch.close()
+        watch.close()  # on every rank: the others' hooks go too
+        if not watch.active:
+            return
         try:
             self.report = watch.report()
         except Exception as exc:  # the service is away: training is done, say so and carry on

@@ -134,6 +134,18 @@ def test_no_budget_never_throttles_but_still_measures() -> None:
         assert b.overhead == pytest.approx(6 / 43)
 
 
+def test_the_shipping_threads_cpu_counts_as_recording_cost() -> None:
+    # 43 ms steps, 0.6 ms hooks (1.4%: within 3%) and 1.0 ms of shipping CPU per record: 3.7% in all
+    alone, _, _ = simulate(0.03, lambda s: 43 * MS, lambda s: 0.6 * MS, steps=200)
+    assert alone.stride == 1 and not alone.throttled
+    shipped = Budget(0.03, 1, 10)
+    shipped.shipping = 1.0 * MS
+    b, strides, _ = simulate(0.03, lambda s: 43 * MS, lambda s: 0.6 * MS, steps=200, controller=shipped)
+    assert b.throttled and b.cost == pytest.approx(1.6 * MS)
+    assert b.stride == math.ceil((1.6 - 0.02) / (0.75 * 0.03 * 43 - 0.02)) == 2
+    assert b.overhead is not None and b.overhead <= 0.03
+
+
 # ---- watched loops ---------------------------------------------------------------------------
 
 

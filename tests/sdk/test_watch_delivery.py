@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from gradhealth.sdk.watching import WatchWarning, watch
+from gradhealth.sdk.watching._shipper import Shipper
 from torch import nn
 
 import gradhealth
@@ -224,3 +225,4 @@ def test_watch_against_a_real_service_gives_a_run_report(served: Served) -> None
     history = client.runs.history(handle.run_id, "head", "grad_norm")
     assert history["steps"] == list(range(20))
     assert statistics.fmean(v for v in history["values"] if v is not None) > 0
+    assert isinstance(handle._shipper, Shipper) and handle._shipper.cpu_per_record() > 0  # the budget's shipping share
