@@ -113,7 +113,8 @@ def watch(
     Only rank 0 records under torch.distributed (gradients are all-reduced, the same on every rank).
 
     watch() times its own hooks against the step time and keeps within `budget`: while recording
-    costs more than that fraction of a step (and more than 0.5 ms per step), it records one step in
+    costs more than two thirds of that fraction of a step (the last third is kept for costs no hook
+    can time: docs/runs.md) and more than 0.5 ms per step, it records one step in
     `handle.stride` (a multiple of `every`, at most 64x) and records more often again when there is
     headroom; the first throttle warns once. Steps keep their optimizer step numbers, so a throttled
     run has gaps (a finding's step is then known to within the stride). See docs/runs.md.

@@ -10,7 +10,7 @@ import torch
 from gradhealth.diagnostics.sketch import MAX_EXACT, QUANTILES, WIDTH, sketch
 from torch import Tensor
 
-from ._budget import MIN_COST
+from ._budget import MIN_COST, usable
 
 __all__ = ["MAX_EXACT", "QUANTILES", "WIDTH", "SketchSchedule", "layer_sketches", "sketch"]
 
@@ -35,7 +35,7 @@ class SketchSchedule:
 
     Adaptive (distributions=True with a budget): no sketch before the overhead budget has measured the
     step time; after each sketch the stride is ceil(c / a), c the median cost of the last 5 sketches and
-    a the seconds per step left to sketches: of the room max(budget x step time, MIN_COST), at most SHARE
+    a the seconds per step left to sketches: of the room max(usable(budget) x step time, MIN_COST), at most SHARE
     and never more than recording's own measured cost per step leaves (docs/runs.md). Recording and
     sketches then share one budget; at most FLOOR, at least CEILING steps apart (CEILING when nothing is left).
     """
@@ -82,7 +82,7 @@ class SketchSchedule:
         if self.fixed is not None or self.budget is None or not plain_step or not self._costs:
             return
         cost = sorted(self._costs)[len(self._costs) // 2]
-        room = max(self.budget * plain_step, MIN_COST)
+        room = max((usable(self.budget) or 0.0) * plain_step, MIN_COST)
         left = min(SHARE * room, room - (recording or 0.0) * plain_step)
         stride = math.ceil(cost / left - 1e-9) if left > 0 else CEILING
         self.stride = max(FLOOR, min(CEILING, stride))

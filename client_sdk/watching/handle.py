@@ -20,7 +20,7 @@ from gradhealth.report import Finding
 from gradhealth.report.schema import SEVERITY_ORDER
 from torch import Tensor, nn
 
-from ._budget import Budget
+from ._budget import Budget, usable
 from ._extras import Extras
 from ._layers import Layer
 from ._records import HostArray, LossValue, Record, RecordBuffer
@@ -497,7 +497,8 @@ class Watch:
             "throttle",
             f"gradhealth.watch: recording cost {budget.ratio(self.every):.1%} of the step time "
             f"({budget.cost * 1e3:.2f} ms per recorded step, {budget.step_time * 1e3:.1f} ms per step without it), "
-            f"over budget={budget.budget * 100:g}%: recording one step in {budget.stride} from now on (watch.stride follows "
+            f"over the {usable(budget.budget) * 100:.3g}% that budget={budget.budget * 100:g}% leaves to what watch() times "
+            f"(a third is kept for costs it cannot time): recording one step in {budget.stride} from now on (watch.stride follows "
             f"the measured cost; steps keep their numbers). watch(..., budget=None) records {forced}.",
         )
 

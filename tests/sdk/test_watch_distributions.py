@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from gradhealth.diagnostics.sketch import RANK_ERROR
 from gradhealth.sdk.watching import watch
+from gradhealth.sdk.watching._budget import RESERVE
 from gradhealth.sdk.watching._sketch import CEILING, MAX_EXACT, QUANTILES, SketchSchedule, sketch
 from torch import nn
 
@@ -55,7 +56,7 @@ def test_a_large_layer_is_sampled_within_the_stated_rank_error() -> None:
 
 
 def test_the_stride_follows_the_cost_within_what_recording_leaves_of_the_budget() -> None:
-    schedule = SketchSchedule(True, 0.03)
+    schedule = SketchSchedule(True, 0.03 / (1 - RESERVE))  # a budget that leaves 3% to the measured costs
     assert not schedule.due(0, plain_step=None)  # nothing measured yet: no sketch
     assert schedule.due(0, plain_step=0.1)
     # 2 ms per sketch, 100 ms steps, recording takes 2% of them: 1 ms per step is left -> 2 steps, the floor is 10
@@ -64,7 +65,7 @@ def test_the_stride_follows_the_cost_within_what_recording_leaves_of_the_budget(
     schedule.took(10, 0.05, plain_step=0.100, recording=0.02)
     schedule.took(20, 0.05, plain_step=0.100, recording=0.02)  # median of (2, 50, 50) ms: 50 ms / 1 ms -> 50 steps
     assert schedule.stride == 50 and not schedule.due(69, 0.1) and schedule.due(70, 0.1)
-    schedule.took(70, 0.05, plain_step=0.100, recording=0.03)  # recording takes the whole budget: nothing is left
+    schedule.took(70, 0.05, plain_step=0.100, recording=0.03)  # recording takes all it may: nothing is left
     assert schedule.stride == CEILING
     schedule = SketchSchedule(7, 0.03)
     schedule.took(0, 1.0, plain_step=0.010, recording=0.0)
