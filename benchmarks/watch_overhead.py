@@ -365,6 +365,10 @@ def main() -> None:
     parser.add_argument("--sink", choices=["serve", "stub"], default="serve")
     parser.add_argument("--no-wandb", action="store_true")
     parser.add_argument("--distributed", default="", help="also ddp and/or fsdp on 2 CPU processes: ddp,fsdp")
+    parser.add_argument(
+        "--distributed-rounds", type=int, default=60,
+        help="paired rounds per distributed row (2-process steps vary more than one process's: more rounds)",
+    )  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(1)  # one core for the training thread; the sink (another process) has the other
     use_wandb = not args.no_wandb
@@ -409,7 +413,7 @@ def main() -> None:
 
                 for name in args.models.split(","):
                     dgot = measure_distributed(
-                        mode, name, (url, key), args.rounds, args.steps, args.warmup, args.round_seconds
+                        mode, name, (url, key), args.distributed_rounds, args.steps, args.warmup, args.round_seconds
                     )
                     est: Estimate = dgot["overhead"]
                     worst = est if worst is None or est.point > worst.point else worst
