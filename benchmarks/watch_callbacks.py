@@ -4,25 +4,40 @@ For each model of benchmarks/watch_overhead.py and each framework, two fits run 
 threads that take turns (a baton handed over at batch starts, so only one trains at a time): the
 plain fit and the fit with `GradHealthCallback` (default settings: every=1 under the 3% budget,
 shipping to a real local `gradhealth serve` in its own process). After `--warmup` steps each (the
-budget settles its stride within ~25), `--rounds` paired rounds of `--steps` steps each (default:
-about `--round-seconds` of the plain fit), in ABBA order; a round is the wall time from one batch
-start to the batch start `--steps` later (the framework's own work, the callbacks and the data
-loader included). At each hand-over the callback's handle is flushed outside the timer and its
-shipping thread's CPU time is charged to its round (as in watch_overhead.py). The overhead is the
-total-time ratio with a 95% bootstrap interval over rounds (benchmarks/_paired.py), PASS when the
-point estimate is within 3%. "stride" is the callback's recording interval at the end. The same
-fixed batch is fed at every step; torch runs on one thread.
+budget settles its stride within ~25), paired rounds of `--steps` steps each (default: about
+`--round-seconds` of the plain fit), in ABBA order; a round is the wall time from one batch start to
+the batch start `--steps` later (the framework's own work, the callbacks and the data loader
+included). At each hand-over the callback's handle is flushed outside the timer and its shipping
+thread's CPU time is charged to its round (as in watch_overhead.py). "stride" is the callback's
+recording interval at the end. The same fixed batch is fed at every step; torch runs on one thread.
+
+Each row runs `--pairs` such pairs of fits, with fresh models, and shares `--rounds` among them: two
+fresh instances of one model can differ in speed for their whole life (memory layout), which one pair
+cannot tell from the callback's cost. The overhead is the total-time ratio over all pairs with a 95%
+bootstrap interval that resamples pairs, then rounds (benchmarks/_paired.py); PASS when the point
+estimate is within 3%. Each pair's own estimate is printed after the verdict.
+
+`--control` adds an A/A row per case (both fits plain): the benchmark's own bias. Measured with one
+pair per row, it found two causes. With glibc's default arena per thread, each fit allocated from its
+own arena, and CNN A/A rows read -4.0% [-5.8, -2.4] and +5.2% [+3.3, +7.2] (the CNN callback rows
+swung from -12% to +9% between runs). So the fits now share one arena (mallopt M_ARENA_MAX=1 before
+they start; a training job has one training thread, hence one arena, too). With one arena, A/A rows
+read -1.0% to +0.3%, except for one CNN row at +2.9% [+0.3, +6.0]: fresh instances still differ,
+hence the pairs. The fits set themselves up one after the other (two Trainers built at once race on
+accelerate's shared state: "'AcceleratorState' object has no attribute 'parallelism_config'").
 
 Budget (DESIGN.md §6): watch() through each callback adds <= 3% step time at default settings.
 
-    python benchmarks/watch_callbacks.py [--rounds 24] [--round-seconds 0.6] [--steps N] [--warmup 40]
-                                         [--models cnn,mlp,transformer] [--frameworks lightning,hf]
+    python benchmarks/watch_callbacks.py [--rounds 24] [--pairs 4] [--round-seconds 0.6] [--steps N] [--warmup 40]
+                                         [--models cnn,mlp,transformer] [--frameworks lightning,hf] [--control]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import ctypes.util
 import io
 import logging
 import os
@@ -80,10 +95,23 @@ class _Wrapped(nn.Module):
         return {"loss": F.cross_entropy(self.model(x), labels.flatten())}
 
 
+M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
+
+
+def one_malloc_arena() -> None:
+    """All threads allocate from one glibc arena, as a one-thread training loop does (see the module docstring)."""
+    name = ctypes.util.find_library("c")
+    if name is None or not hasattr(ctypes.CDLL(name), "mallopt"):
+        print("note: not glibc; the two fits keep their own allocator state")
+        return
+    if ctypes.CDLL(name).mallopt(M_ARENA_MAX, 1) != 1:
+        print("note: mallopt(M_ARENA_MAX, 1) refused; the two fits may allocate from separate arenas")
+
+
 class Baton:
     """Two fits in two threads taking turns at batch starts: warm-up segments, then timed rounds in ABBA order."""
 
-    def __init__(self, warmup: int, rounds: int, steps: int) -> None:
+    def __init__(self, warmup: int, rounds: int, steps: int, fits: int = 2) -> None:
         self.segments = [(0, warmup, False), (1, warmup, False)]
         for r in range(rounds):
             order = (0, 1) if r % 2 == 0 else (1, 0)
@@ -92,6 +120,8 @@ class Baton:
         self.charge: dict[int, Callable[[], float]] = {0: lambda: 0.0, 1: lambda: 0.0}
         self.max_steps = warmup + rounds * steps + 1  # the tick that ends a fit's last segment starts one more step
         self._cond = threading.Condition()
+        self._fits = fits
+        self._arrived: set[int] = set()  # fits whose first batch has started: their set-up is over
         self._index = 0
         self._count = 0
         self._start = 0.0
@@ -101,6 +131,11 @@ class Baton:
 
     def tick(self, me: int) -> None:
         """A batch starts in fit `me`: end its segment when due (timing it), wait for its turn, count the step."""
+        with self._cond:
+            if me not in self._arrived:  # no fit trains before every fit is set up
+                self._arrived.add(me)
+                self._cond.notify_all()
+                self._cond.wait_for(lambda: len(self._arrived) >= self._fits)
         now = time.perf_counter()
         with self._cond:
             if self._index < len(self.segments) and self.segments[self._index][0] == me and self._count:
@@ -119,10 +154,16 @@ class Baton:
                 self._start = time.perf_counter()
             self._count += 1
 
+    def set_up(self, me: int) -> None:
+        """Wait until fit `me` has started its first batch (or a fit failed)."""
+        with self._cond:
+            self._cond.wait_for(lambda: me in self._arrived or self._fits == 0)
+
     def abandon(self) -> None:
         """A fit failed: let the other one run to its end."""
         with self._cond:
             self._index = len(self.segments)
+            self._fits = 0
             self._cond.notify_all()
 
 
@@ -195,33 +236,13 @@ def fit_hf(case: Case, steps: int, callback: Any, root: Path, tick: Callable[[],
     trainer.train()
 
 
-def measure(
-    framework: str,
-    case: Case,
-    client: gradhealth.Client,
-    plan: tuple[int, int, int, float],
-    root: Path,
-) -> dict[str, Any]:
-    """The callback's overhead Estimate, the plain fit's median step time, steps per round and the final stride."""
+def _fits_side_by_side(
+    framework: str, case: Case, callback: Any, root: Path, baton: Baton
+) -> tuple[list[float], list[float]]:
+    """One plain fit and one fit with `callback` (None: plain too) taking turns; each one's per-round step times."""
     from watch_overhead import shipping_charge
 
-    rounds, steps, warmup, round_seconds = plan
-    if framework == "lightning":
-        from gradhealth.integrations.lightning import GradHealthCallback
-    else:
-        from gradhealth.integrations.transformers import GradHealthCallback  # type: ignore[assignment]
-    if not steps:  # a short plain fit tells the step time
-        probe = Baton(5, 1, 10)
-        probe.segments = [(0, 5, False), (0, 10, True)]
-        fit = fit_lightning if framework == "lightning" else fit_hf
-        args = (root,) if framework == "hf" else ()
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            fit(case, 16, None, *args, lambda: probe.tick(0))  # type: ignore[operator]
-        probe.tick(0)
-        steps = max(2, round(round_seconds / probe.times[0][0]))
-    baton = Baton(warmup, rounds, steps)
-    callback = GradHealthCallback(f"bench-{framework}-{case.name}", client)
-    baton.charge[1] = lambda: shipping_charge(callback.watch)() if callback.watch is not None else 0.0
+    baton.charge[1] = lambda: shipping_charge(callback.watch)() if callback and callback.watch is not None else 0.0
     errors: list[BaseException] = []
 
     def fit(index: int) -> None:
@@ -238,35 +259,83 @@ def measure(
     # the frameworks' own prints and logs (tips, devices, train summaries); a fit's error is re-raised below
     quiet = io.StringIO()
     with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
-        for thread in threads:
+        for index, thread in enumerate(threads):  # one set-up at a time
             thread.start()
+            baton.set_up(index)
         for thread in threads:
             thread.join()
     if errors:
         raise errors[0]
+    return baton.times[0], baton.times[1]
+
+
+def measure(
+    framework: str,
+    case: Case,
+    client: gradhealth.Client,
+    plan: tuple[int, int, int, float, int],
+    root: Path,
+    control: bool = False,
+) -> dict[str, Any]:
+    """The callback's overhead Estimate over `pairs` independent pairs of fits, the plain fit's median step time,
+    steps per round, the final stride and each pair's own estimate.
+
+    `control`: both fits plain (an A/A row), so the estimate is the benchmark's own bias and noise.
+    """
+    rounds, steps, warmup, round_seconds, pairs = plan
+    if framework == "lightning":
+        from gradhealth.integrations.lightning import GradHealthCallback
+    else:
+        from gradhealth.integrations.transformers import GradHealthCallback  # type: ignore[assignment]
+    if not steps:  # a short plain fit tells the step time
+        probe = Baton(5, 1, 10, fits=1)
+        probe.segments = [(0, 5, False), (0, 10, True)]
+        fit = fit_lightning if framework == "lightning" else fit_hf
+        args = (root,) if framework == "hf" else ()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            fit(case, 16, None, *args, lambda: probe.tick(0))  # type: ignore[operator]
+        probe.tick(0)
+        steps = max(2, round(round_seconds / probe.times[0][0]))
+    plain: list[float] = []
+    watched: list[float] = []
+    groups: list[int] = []
+    each: list[Estimate] = []
+    callback = None
+    for pair in range(pairs):  # fresh models each time: one instance's memory layout is not the callback's cost
+        baton = Baton(warmup, max(2, round(rounds / pairs)), steps)
+        callback = None if control else GradHealthCallback(f"bench-{framework}-{case.name}-{pair}", client)
+        times = _fits_side_by_side(framework, case, callback, root / str(pair), baton)
+        plain += times[0]
+        watched += times[1]
+        groups += [pair] * len(times[0])
+        each.append(paired(*times))
     return {
-        "overhead": paired(baton.times[0], baton.times[1]),
-        "plain": statistics.median(baton.times[0]),
+        "overhead": paired(plain, watched, groups=groups),
+        "plain": statistics.median(plain),
         "steps": steps,
-        "stride": callback.watch.stride if callback.watch is not None else 0,
+        "stride": callback.watch.stride if callback and callback.watch is not None else 0,
+        "pairs": each,
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=24)
+    parser.add_argument("--rounds", type=int, default=24, help="paired rounds in all, shared among the --pairs")
+    parser.add_argument("--pairs", type=int, default=4, help="independent pairs of fits (fresh models) per row")
     parser.add_argument("--steps", type=int, default=0, help="steps per fit and round (0: --round-seconds' worth)")
     parser.add_argument("--round-seconds", type=float, default=0.6, help="plain-fit seconds per round")
     parser.add_argument("--warmup", type=int, default=40, help="steps per fit before the timed ones")
     parser.add_argument("--models", default="cnn,mlp,transformer")
     parser.add_argument("--frameworks", default="lightning,hf")
+    parser.add_argument("--control", action="store_true", help="also an A/A row per case: both fits plain")
     args = parser.parse_args()
+    one_malloc_arena()
     torch.set_num_threads(1)  # one core for training; the sink (another process) has the other
     warnings.filterwarnings("ignore")  # the frameworks' notes and the throttle's: the stride column shows it
     for name in ("lightning", "lightning.pytorch", "transformers", "gradhealth"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=WatchWarning)
-    plan = (args.rounds, args.steps, args.warmup, args.round_seconds)
+    plan = (args.rounds, args.steps, args.warmup, args.round_seconds, args.pairs)
     with tempfile.TemporaryDirectory(prefix="gradhealth-callback-bench-") as tmp:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         with embedded(Path(tmp)) as (url, key):
@@ -274,23 +343,32 @@ def main() -> None:
             print(f"torch {torch.__version__}, 1 thread, {os.cpu_count()} cores; sink: gradhealth serve at {url}")
             print(f"start: {load()}")
             print(
-                f"{args.warmup} warm-up steps per fit, then {args.rounds} paired rounds (ABBA); added time vs plain: "
-                "total-time ratio [95% bootstrap interval over rounds]\n"
+                f"{args.pairs} pairs of fits per row, each {args.warmup} warm-up steps per fit, then "
+                f"{max(2, round(args.rounds / args.pairs))} paired rounds (ABBA); added time vs plain: total-time ratio "
+                "[95% bootstrap interval, pairs then rounds resampled]; 'pairs': each pair's own estimate\n"
             )
             print(
-                f"{'framework':10s} {'model':38s} {'plain':>8s} {'steps':>5s} {'callback [95% CI]':>22s} "
-                f"{'median':>7s} {'stride':>6s}  verdict"
+                f"{'framework':13s} {'model':38s} {'plain':>8s} {'steps':>5s} {'callback [95% CI]':>22s} "
+                f"{'median':>7s} {'stride':>6s}  {'verdict':26s} pairs"
             )
             worst: Estimate | None = None
-            for framework in args.frameworks.split(","):
-                for name in args.models.split(","):
-                    got = measure(framework, CASES[name], client, plan, Path(tmp))
-                    est: Estimate = got["overhead"]
+            rows = [
+                (f, name, control)
+                for f in args.frameworks.split(",")
+                for name in args.models.split(",")
+                for control in ((False, True) if args.control else (False,))
+            ]
+            for framework, name, control in rows:
+                got = measure(framework, CASES[name], client, plan, Path(tmp), control)
+                est: Estimate = got["overhead"]
+                if not control:
                     worst = est if worst is None or est.point > worst.point else worst
-                    print(
-                        f"{framework:10s} {CASES[name].name:38s} {got['plain'] * 1e3:5.1f} ms {got['steps']:>5d} "
-                        f"{est.cell():>22s} {est.median_ratio:>+7.1%} {got['stride']:>6d}  {est.verdict(BUDGET)}"
-                    )
+                label = f"{framework} A/A" if control else framework
+                print(
+                    f"{label:13s} {CASES[name].name:38s} {got['plain'] * 1e3:5.1f} ms {got['steps']:>5d} "
+                    f"{est.cell():>22s} {est.median_ratio:>+7.1%} {got['stride']:>6d}  {est.verdict(BUDGET):26s} "
+                    + " ".join(f"{pair.point:+.1%}" for pair in got["pairs"])
+                )
             print(f"\nend: {load()}")
             if worst is not None:
                 print(
