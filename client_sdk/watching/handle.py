@@ -12,7 +12,7 @@ import atexit
 import threading
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from ._budget import Budget, usable
 from ._extras import Extras
 from ._layers import Layer
+from ._losses import LossLedger
 from ._records import HostArray, LossValue, Record, RecordBuffer
 from ._relay import FindingRelay
 from ._shipper import Shipper
@@ -38,15 +39,6 @@ FINDINGS_WAIT = 10.0  # seconds a step may wait for the previous batch's answer 
 
 class WatchWarning(RuntimeWarning):
     """Something went wrong in watch(); training carries on."""
-
-
-def _auto_loss(output: Any) -> Tensor | None:
-    """A loss in a forward() result: a scalar tensor, a `.loss` attribute or a "loss" key."""
-    if not isinstance(output, Tensor):
-        output = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
-    if isinstance(output, Tensor) and output.numel() == 1 and output.requires_grad:
-        return output.detach()
-    return None
 
 
 class Watch:
@@ -83,13 +75,7 @@ class Watch:
         self._optimizer = optimizer
         self._scaler = scaler
         self._step = 0  # the next step's number: optimizer steps taken (+ steps the scaler skipped)
-        self._open: Record | None = None  # the last step's record, still taking a late log(loss=...)
-        self._last_has_loss = False
-        self._upcoming: list[LossValue] = []
-        self._upcoming_auto: list[LossValue] = []
-        self._upcoming_has_loss = False
-        self._forward_seen = False
-        self._explicit = False
+        self._losses = LossLedger()
         self._pending: Pending | None = None
         self._last_recorded: int | None = None
         self._spent = 0.0  # seconds spent in watch() since the last step ended
@@ -203,24 +189,7 @@ class Watch:
             return
         start = time.perf_counter()
         try:
-            value = loss.detach() if isinstance(loss, Tensor) else float(loss)
-            if not self._explicit:
-                self._explicit = True
-                self._upcoming_auto = []
-            if step is None:
-                to_last = self._step > 0 and not self._forward_seen and not self._last_has_loss
-            else:
-                to_last = step == self._step - 1
-                if not to_last and step != self._step:
-                    return  # a step already shipped or not yet reached: nowhere to put it
-            if to_last:
-                self._last_has_loss = True
-                if self._open is not None:
-                    self._open.losses.append(value)
-            else:
-                self._upcoming_has_loss = True
-                if self._records(self._step):
-                    self._upcoming.append(value)
+            self._losses.log(loss, step, self._step, self._records(self._step))
         except Exception as exc:
             self._fail(exc)
         finally:
@@ -416,26 +385,17 @@ class Watch:
         """
         self._seal()
         self._ended, self._ended_slot = True, None
-        if record is not None:
-            record.losses, record.auto_losses = self._upcoming, self._upcoming_auto
-            self._open = record
+        self._losses.step_ended(record)
         if record is not None or recorded:
             self._ended_slot = self.steps_recorded  # the sample group it measured (see StatsEngine.sample)
             self._last_recorded = self._step
             self.steps_recorded += 1
-        self._last_has_loss = self._upcoming_has_loss
-        self._upcoming, self._upcoming_auto, self._upcoming_has_loss = [], [], False
-        self._forward_seen = False
         self._step += 1
 
     def _forward(self, module: nn.Module, args: Any, output: Any) -> None:
         if not torch.is_grad_enabled():
             return  # evaluation: neither a training step's forward nor its loss
-        self._forward_seen = True
-        if not self._explicit and self._records(self._step):
-            loss = _auto_loss(output)
-            if loss is not None:
-                self._upcoming_auto.append(loss)
+        self._losses.forward(output, self._records(self._step))
 
     def _scaler_step(self, original: Callable[..., Any], optimizer: Any, *args: Any, **kwargs: Any) -> Any:
         """GradScaler.step: a step it skips for inf/NaN grads never reaches the optimizer hooks; count it."""
@@ -445,7 +405,7 @@ class Watch:
             start = time.perf_counter()
             try:
                 self.skipped_steps += 1
-                self._upcoming, self._upcoming_auto = [], []
+                self._losses.discard_upcoming()
                 self._complete(None)
             except Exception as exc:
                 self._fail(exc)
@@ -456,9 +416,10 @@ class Watch:
     # ---- plumbing ---------------------------------------------------------------------------
 
     def _seal(self) -> None:
-        if self._open is not None:
-            record, self._open = self._open, None
-            self._buffer.append(record.seal(self._explicit))
+        """The last step's record is complete (its late loss can no longer come): to the buffer."""
+        record = self._losses.seal()
+        if record is not None:
+            self._buffer.append(record)
 
     def _guard(self, hook: Callable[..., None]) -> Callable[..., None]:
         def guarded(*args: Any) -> None:
