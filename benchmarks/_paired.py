@@ -8,9 +8,10 @@ steps, a POST every 2 s) that a median of short rounds would leave out. The inte
 rounds (pairs stay together), 2000 times; the verdict is PASS when the point estimate is within the
 budget, and says whether the interval's upper bound is too.
 
-When the rounds come from several independent set-ups (`groups`: fresh model instances, whose memory
-layout alone can make one 5% slower than its twin for the whole of its life), the bootstrap resamples
-set-ups first and rounds within each, so the interval carries the set-ups' spread too.
+When the rounds come from several independent set-ups (`groups`: fresh model instances, one of which
+can run a few percent slower than its twin for its whole life, for reasons the benchmarks do not
+separate), the bootstrap resamples set-ups first and rounds within each, so the interval carries the
+set-ups' spread too.
 """
 
 from __future__ import annotations

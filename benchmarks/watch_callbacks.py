@@ -12,8 +12,8 @@ thread's CPU time is charged to its round (as in watch_overhead.py). "stride" is
 recording interval at the end. The same fixed batch is fed at every step; torch runs on one thread.
 
 Each row runs `--pairs` such pairs of fits, with fresh models, and shares `--rounds` among them: two
-fresh instances of one model can differ in speed for their whole life (memory layout), which one pair
-cannot tell from the callback's cost. The overhead is the total-time ratio over all pairs with a 95%
+fresh instances of one model can differ in speed for their whole life (why was not separated), which
+one pair cannot tell from the callback's cost. The overhead is the total-time ratio over all pairs with a 95%
 bootstrap interval that resamples pairs, then rounds (benchmarks/_paired.py); PASS when the point
 estimate is within 3%. Each pair's own estimate is printed after the verdict.
 
@@ -101,10 +101,11 @@ M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
 def one_malloc_arena() -> None:
     """All threads allocate from one glibc arena, as a one-thread training loop does (see the module docstring)."""
     name = ctypes.util.find_library("c")
-    if name is None or not hasattr(ctypes.CDLL(name), "mallopt"):
+    libc = ctypes.CDLL(name) if name is not None else None
+    if libc is None or not hasattr(libc, "mallopt"):
         print("note: not glibc; the two fits keep their own allocator state")
         return
-    if ctypes.CDLL(name).mallopt(M_ARENA_MAX, 1) != 1:
+    if libc.mallopt(M_ARENA_MAX, 1) != 1:
         print("note: mallopt(M_ARENA_MAX, 1) refused; the two fits may allocate from separate arenas")
 
 
@@ -301,7 +302,7 @@ def measure(
     groups: list[int] = []
     each: list[Estimate] = []
     callback = None
-    for pair in range(pairs):  # fresh models each time: one instance's memory layout is not the callback's cost
+    for pair in range(pairs):  # fresh models each time: one instance's own speed is not the callback's cost
         baton = Baton(warmup, max(2, round(rounds / pairs)), steps)
         callback = None if control else GradHealthCallback(f"bench-{framework}-{case.name}-{pair}", client)
         times = _fits_side_by_side(framework, case, callback, root / str(pair), baton)
