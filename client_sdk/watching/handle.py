@@ -82,6 +82,7 @@ class Watch:
         self._ended = False  # a step just ended; _account() hands its cost to the budget
         self._ended_slot: int | None = None  # that step's sample slot, None when it was not recorded
         self._stepped = False
+        self._paused = False  # pause(): steps are counted, none recorded
         self._hooks: list[Any] | None = []
         self._warned: set[str] = set()
         self.active = client is not None
@@ -189,7 +190,7 @@ class Watch:
             return
         start = time.perf_counter()
         try:
-            self._losses.log(loss, step, self._step, self._records(self._step))
+            self._losses.log(loss, step, self._step, self._due(self._step))
         except Exception as exc:
             self._fail(exc)
         finally:
@@ -214,6 +215,23 @@ class Watch:
             return
         self._manual_pre_step = True
         self._guard(self._pre_step)(self._optimizer, (), {})
+
+    def pause(self) -> None:
+        """Record no step from the next one on until resume(): the hooks stay and keep counting steps, so the
+        numbers go on following the optimizer's (a phase not worth watching, or an A/B of watch()'s own cost).
+
+        Under torch.distributed call it on every rank between the same two steps: FSDP2 ranks record together.
+        """
+        self._paused = True
+
+    def resume(self) -> None:
+        """Record again from the next step on: the first one due (a multiple of `every`, `stride` after the last recorded)."""
+        self._paused = False
+
+    @property
+    def paused(self) -> bool:
+        """Whether recording is paused (pause())."""
+        return self._paused
 
     @property
     def sharded(self) -> bool:
@@ -314,7 +332,12 @@ class Watch:
     # ---- hooks ------------------------------------------------------------------------------
 
     def _records(self, step: int) -> bool:
-        """Whether optimizer step `step` is recorded: a multiple of `every`, `stride` steps after the last recorded one."""
+        """Whether optimizer step `step` is recorded: due, and recording not paused."""
+        return not self._paused and self._due(step)
+
+    def _due(self, step: int) -> bool:
+        """Whether step `step` is due: a multiple of `every`, `stride` steps after the last recorded one (its losses
+        are kept while paused, so a resume() between a step's loss and its optimizer.step() records both)."""
         if step % self.every:
             return False
         return self._last_recorded is None or step - self._last_recorded >= self._budget.stride
@@ -395,7 +418,7 @@ class Watch:
     def _forward(self, module: nn.Module, args: Any, output: Any) -> None:
         if not torch.is_grad_enabled():
             return  # evaluation: neither a training step's forward nor its loss
-        self._losses.forward(output, self._records(self._step))
+        self._losses.forward(output, self._due(self._step))
 
     def _scaler_step(self, original: Callable[..., Any], optimizer: Any, *args: Any, **kwargs: Any) -> Any:
         """GradScaler.step: a step it skips for inf/NaN grads never reaches the optimizer hooks; count it."""

@@ -109,6 +109,35 @@ def test_every_k_records_every_kth_step() -> None:
     assert [logged[s]["loss"] for s in (0, 3, 6, 9)] == pytest.approx([losses[s] for s in (0, 3, 6, 9)])
 
 
+def test_pause_records_nothing_and_keeps_the_step_numbers() -> None:
+    model, ref_model = twin(Net)
+    opt, ref_opt = OPTIMIZERS["sgd"](model), OPTIMIZERS["sgd"](ref_model)
+    data = batches(12)
+    client = recording_client()
+    with watch(model, opt, run="t", client=client, param_every=1, budget=None) as handle:
+        logged_at: list[int] = []
+
+        def log(loss: torch.Tensor) -> None:  # train() logs before each optimizer step
+            handle.log(loss=loss)
+            logged_at.append(handle.steps_taken)
+            if handle.steps_taken == 4:
+                handle.pause()  # steps 4..7 go unrecorded
+                assert handle.paused
+            elif handle.steps_taken == 8:
+                handle.resume()
+
+        losses = train(model, opt, data, log=log)
+        assert logged_at == list(range(12)) and not handle.paused
+        assert handle.steps_taken == 12 and handle.steps_recorded == 8
+    reference = Reference(ref_model, ref_opt)
+    train(ref_model, ref_opt, data, ref=reference)
+    logged = client.runs.steps()
+    recorded = [0, 1, 2, 3, 8, 9, 10, 11]
+    assert sorted(logged) == recorded  # counted while paused: the optimizer's own step numbers after resume()
+    assert_matches(logged, {s: reference.steps[s] for s in recorded})
+    assert [logged[s]["loss"] for s in recorded] == pytest.approx([losses[s] for s in recorded], rel=1e-6)
+
+
 def test_param_every_samples_each_layer_in_turn() -> None:
     logged, reference, _, _ = watched_and_reference("sgd", steps=9, param_every=3)
     assert_matches(logged, reference.steps)
