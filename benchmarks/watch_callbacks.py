@@ -1,6 +1,19 @@
 """Step-time overhead of gradhealth's framework callbacks: a Lightning fit and a Hugging Face `Trainer.train()`.
 
-For each model of benchmarks/watch_overhead.py and each framework, two fits run side by side in two
+Two tables, one row per model of benchmarks/watch_overhead.py and framework.
+
+The one-fit table (`--within`, first): one fit with `GradHealthCallback` (default settings), whose recording
+is paused (`Watch.pause()`: the hooks stay and count steps) in alternate rounds, ABBA, each round a whole
+number of strides (the stride at the end of the warm-up), so a recording round records what the stride
+records in steady state. After each recording round the handle is flushed outside the timer and its
+shipping thread's CPU time charged to the round. "recording" is the recording rounds' added time (total-time
+ratio, rounds resampled); the hooks' cost on unrecorded steps, present in both kinds of round, is the
+handle's own measure ("idle", microseconds per step), added to give "total", the verdict's number. One model
+instance in one arena: the two causes of bias that the pairs table below needed `--control` to find cannot
+arise, and the interval is the rounds' noise alone. Left out: what a paused watch still costs beyond its
+hooks (memory it holds, an idle thread), which the pairs table includes.
+
+The pairs table: for each model and framework, two fits run side by side in two
 threads that take turns (a baton handed over at batch starts, so only one trains at a time): the
 plain fit and the fit with `GradHealthCallback` (default settings: every=1 under the 3% budget,
 shipping to a real local `gradhealth serve` in its own process). After `--warmup` steps each (the
@@ -28,8 +41,9 @@ accelerate's shared state: "'AcceleratorState' object has no attribute 'parallel
 
 Budget (DESIGN.md §6): watch() through each callback adds <= 3% step time at default settings.
 
-    python benchmarks/watch_callbacks.py [--rounds 24] [--pairs 4] [--round-seconds 0.6] [--steps N] [--warmup 40]
-                                         [--models cnn,mlp,transformer] [--frameworks lightning,hf] [--control]
+    python benchmarks/watch_callbacks.py [--within 48] [--rounds 24] [--pairs 4] [--round-seconds 0.6] [--steps N]
+                                         [--warmup 40] [--models cnn,mlp,transformer] [--frameworks lightning,hf]
+                                         [--control]
 """
 
 from __future__ import annotations
@@ -172,20 +186,21 @@ class Alternation:
     """One fit with the callback, its recording paused in alternate rounds (ABBA): what recording costs, on one
     model instance, so neither the instances' own speeds nor the arena they allocate from enter the estimate.
 
-    After `warmup` steps (the stride settles), each round lasts a whole number of strides (the stride at the end of
-    the warm-up, times the fewest that last `round_seconds`), so a recording round records as many steps as the
-    stride does in steady state: resume() records the first step at once, then one per stride. Paused rounds keep
-    the hooks (counting steps, the idle path): the difference is recording, sketches and shipping, and the idle
-    hooks' cost is the handle's own measure, added apart.
+    After `warmup` steps (the stride settles), each round lasts a whole number of the strides in force at its start
+    (the fewest that last `round_seconds`), so a recording round records as many steps as the stride does in steady
+    state: resume() records the first step at once, then one per stride, and a recording round that follows one
+    starts a stride after its last record. Paused rounds keep the hooks (counting steps, the idle path): the
+    difference is recording, sketches and shipping; the idle hooks' cost is the handle's own measure, added apart.
     """
 
     def __init__(self, warmup: int, rounds: int, round_seconds: float, charge: Callable[[], float]) -> None:
         self.warmup, self.rounds, self.round_seconds, self.charge = warmup, rounds, round_seconds, charge
         self.watch: Any = None  # the callback's handle, once the fit has started
         self.recording = [(r % 4) in (0, 3) for r in range(rounds)]  # ABBA: recording, paused, paused, recording
-        self.times: dict[bool, list[float]] = {True: [], False: []}
-        self.steps = 0  # steps per round, chosen at the end of the warm-up
-        self.stride = 0  # the stride then
+        self.times: dict[bool, list[float]] = {True: [], False: []}  # seconds per step, per round
+        self.lengths: list[int] = []  # steps per round
+        self.strides: list[int] = []  # the stride at each round's start
+        self._step_time = 0.0  # the median step at the end of the warm-up
         self._stamps: list[float] = []
         self._round = -1
         self._count = 0
@@ -198,21 +213,23 @@ class Alternation:
             self._stamps.append(now)
             if len(self._stamps) < self.warmup:
                 return False
-            step_time = statistics.median(b - a for a, b in zip(self._stamps[-11:-1], self._stamps[-10:], strict=True))
-            self.stride = self.watch.stride
-            self.steps = self.stride * max(1, round(self.round_seconds / (self.stride * step_time)))
-        elif self._count < self.steps:
+            recent = zip(self._stamps[-11:-1], self._stamps[-10:], strict=True)
+            self._step_time = statistics.median(b - a for a, b in recent)
+        elif self._count < self.lengths[-1]:
             self._count += 1
             return False
         else:
             recording = self.recording[self._round]
             charged = self.charge() if recording else 0.0
-            self.times[recording].append((now - self._start + charged) / self.steps)
+            self.times[recording].append((now - self._start + charged) / self.lengths[-1])
         self._round += 1
         if self._round >= self.rounds:
             self.watch.resume()
             return True
         (self.watch.resume if self.recording[self._round] else self.watch.pause)()
+        stride = self.watch.stride
+        self.strides.append(stride)
+        self.lengths.append(stride * max(1, round(self.round_seconds / (stride * self._step_time))))
         self._count = 1
         self._start = time.perf_counter()
         return False
@@ -388,7 +405,9 @@ def measure_within(
         alternation.watch = callback.watch
         return alternation.tick()
 
-    limit = 10**7  # steps: never reached, tick() ends the fit
+    # tick() ends the fit; the limit sizes the data set (the Trainer shuffles its indices): rounds of at most
+    # 64 strides, or round_seconds of 1 ms steps
+    limit = warmup + rounds * (64 + round(round_seconds / 1e-3)) + 1
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         if framework == "lightning":
             fit_lightning(case, limit, callback, tick)
@@ -405,9 +424,15 @@ def measure_within(
         "recording": paired(paused[:n], recording[:n]),
         "idle": idle,
         "plain": statistics.median(paused),
-        "steps": alternation.steps,
-        "stride": (alternation.stride, watch.stride),
+        "steps": (min(alternation.lengths), max(alternation.lengths)),
+        "stride": (min(alternation.strides), max(alternation.strides)),
     }
+
+
+def _span(low_high: tuple[int, int]) -> str:
+    """`7` or `7-11`."""
+    low, high = low_high
+    return str(low) if low == high else f"{low}-{high}"
 
 
 def within_table(args: argparse.Namespace, client: gradhealth.Client, root: Path) -> tuple[str, float] | None:
@@ -432,9 +457,9 @@ def within_table(args: argparse.Namespace, client: gradhealth.Client, root: Path
             if worst is None or total > worst[1]:
                 worst = (f"{framework} {CASES[name].name}", total)
             print(
-                f"{framework:13s} {CASES[name].name:38s} {got['plain'] * 1e3:5.1f} ms {got['steps']:>5d} "
+                f"{framework:13s} {CASES[name].name:38s} {got['plain'] * 1e3:5.1f} ms {_span(got['steps']):>5s} "
                 f"{est.cell():>22s} {est.median_ratio:>+7.1%} {got['idle']:>+6.2%} {total:>+7.1%} "
-                f"{'{}→{}'.format(*got['stride']):>7s}  {word} ({upper})"
+                f"{_span(got['stride']):>7s}  {word} ({upper})"
             )
     return worst
 
