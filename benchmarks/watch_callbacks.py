@@ -41,7 +41,7 @@ accelerate's shared state: "'AcceleratorState' object has no attribute 'parallel
 
 Budget (DESIGN.md §6): watch() through each callback adds <= 3% step time at default settings.
 
-    python benchmarks/watch_callbacks.py [--within 48] [--rounds 24] [--pairs 4] [--round-seconds 0.6] [--steps N]
+    python benchmarks/watch_callbacks.py [--within 96] [--rounds 24] [--pairs 4] [--round-seconds 0.6] [--steps N]
                                          [--warmup 40] [--models cnn,mlp,transformer] [--frameworks lightning,hf]
                                          [--control]
 """
@@ -499,7 +499,7 @@ def pairs_table(args: argparse.Namespace, client: gradhealth.Client, root: Path)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--within", type=int, default=48, help="rounds of the one-fit table (0: none)")
+    parser.add_argument("--within", type=int, default=96, help="rounds of the one-fit table (0: none)")
     parser.add_argument("--rounds", type=int, default=24, help="paired rounds in all, shared among the --pairs")
     parser.add_argument("--pairs", type=int, default=4, help="independent pairs of fits per row (0: no such table)")
     parser.add_argument("--steps", type=int, default=0, help="steps per fit and round (0: --round-seconds' worth)")
