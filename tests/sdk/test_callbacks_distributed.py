@@ -42,28 +42,15 @@ def _options() -> dict[str, Any]:
 
 def _lightning(rank: int, client: gradhealth.Client, root: Path) -> dict[str, Any]:
     """A diverging Lightning DDP fit on this rank; what its callback saw."""
-    import lightning.pytorch as pl
-    from lightning.pytorch.loggers import CSVLogger
     from lightning.pytorch.strategies import DDPStrategy
 
     from gradhealth.integrations.lightning import GradHealthCallback
 
-    from .test_callbacks_lightning import Regressor, _loader
+    from .test_callbacks_lightning import Regressor, _fit
 
     callback = GradHealthCallback("lightning-ddp", client, on_finding=stop_training, **_options())
-    trainer = pl.Trainer(
-        max_steps=MAX_STEPS,
-        accelerator="cpu",
-        devices=2,
-        strategy=DDPStrategy(process_group_backend="gloo", timeout=datetime.timedelta(seconds=120)),
-        logger=CSVLogger(root),
-        callbacks=[callback],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        log_every_n_steps=1,
-    )
-    trainer.fit(Regressor(diverge_at=DIVERGE_AT), _loader())
+    strategy = DDPStrategy(process_group_backend="gloo", timeout=datetime.timedelta(seconds=120))
+    trainer = _fit(Regressor(diverge_at=DIVERGE_AT), callback, root, MAX_STEPS, devices=2, strategy=strategy)
     result = _outcome(callback, trainer.global_step)
     if rank == 0:
         result["metrics_header"] = (Path(trainer.logger.log_dir) / "metrics.csv").read_text().splitlines()[0]

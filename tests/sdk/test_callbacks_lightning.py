@@ -77,18 +77,19 @@ def _loader() -> DataLoader:
 
 
 def _fit(module: Regressor, callback: GradHealthCallback, root: Path, max_steps: int, **trainer: Any) -> pl.Trainer:
-    fit = pl.Trainer(
-        max_steps=max_steps,
-        accelerator="cpu",
-        devices=1,
-        logger=CSVLogger(root),
-        callbacks=[callback],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        log_every_n_steps=1,
-        **trainer,
-    )
+    """A CPU fit on one device, logging to CSV; `trainer` overrides or adds Trainer arguments."""
+    arguments: dict[str, Any] = {
+        "max_steps": max_steps,
+        "accelerator": "cpu",
+        "devices": 1,
+        "logger": CSVLogger(root),
+        "callbacks": [callback],
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "log_every_n_steps": 1,
+    }
+    fit = pl.Trainer(**(arguments | trainer))
     fit.fit(module, _loader())
     return fit
 
