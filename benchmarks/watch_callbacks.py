@@ -307,9 +307,12 @@ def fit_hf(case: Case, steps: int, callback: Any, root: Path, tick: Callable[[],
 
 
 def _fits_side_by_side(
-    framework: str, case: Case, callback: Any, root: Path, baton: Baton
+    framework: str, case: Case, callback: Any, root: Path, baton: Baton, watched_first: bool = False
 ) -> tuple[list[float], list[float]]:
-    """One plain fit and one fit with `callback` (None: plain too) taking turns; each one's per-round step times."""
+    """One plain fit and one fit with `callback` (None: plain too) taking turns; each one's per-round step times.
+
+    `watched_first`: the fit with the callback sets up (allocates its model, data and optimizer) first.
+    """
     from watch_overhead import shipping_charge
 
     baton.charge[1] = lambda: shipping_charge(callback.watch)() if callback and callback.watch is not None else 0.0
@@ -329,8 +332,8 @@ def _fits_side_by_side(
     # the frameworks' own prints and logs (tips, devices, train summaries); a fit's error is re-raised below
     quiet = io.StringIO()
     with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
-        for index, thread in enumerate(threads):  # one set-up at a time
-            thread.start()
+        for index in (1, 0) if watched_first else (0, 1):  # one set-up at a time
+            threads[index].start()
             baton.set_up(index)
         for thread in threads:
             thread.join()
@@ -374,7 +377,9 @@ def measure(
     for pair in range(pairs):  # fresh models each time: one instance's own speed is not the callback's cost
         baton = Baton(warmup, max(2, round(rounds / pairs)), steps)
         callback = None if control else GradHealthCallback(f"bench-{framework}-{case.name}-{pair}", client)
-        times = _fits_side_by_side(framework, case, callback, root / str(pair), baton)
+        # which fit sets up first alternates: the other allocates around it, and a set-up order that favours one
+        # would be counted as the callback's cost
+        times = _fits_side_by_side(framework, case, callback, root / str(pair), baton, watched_first=pair % 2 == 1)
         plain += times[0]
         watched += times[1]
         groups += [pair] * len(times[0])
