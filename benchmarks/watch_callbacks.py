@@ -4,8 +4,8 @@ Two tables, one row per model of benchmarks/watch_overhead.py and framework.
 
 The one-fit table (`--within`, first): one fit with `GradHealthCallback` (default settings), whose recording
 is paused (`Watch.pause()`: the hooks stay and count steps) in alternate rounds, ABBA, each round a whole
-number of strides (the stride at the end of the warm-up), so a recording round records what the stride
-records in steady state. After each recording round the handle is flushed outside the timer and its
+number of the strides in force at its start (benchmarks/_alternation.py), so a recording round records what
+the stride records in steady state. After each recording round the handle is flushed outside the timer and its
 shipping thread's CPU time charged to the round. "recording" is the recording rounds' added time (total-time
 ratio, rounds resampled); the hooks' cost on unrecorded steps, present in both kinds of round, is the
 handle's own measure ("idle", microseconds per step), added to give "total", the verdict's number. One model
@@ -62,6 +62,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,7 @@ from torch import nn
 import gradhealth
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _alternation import Alternation  # noqa: E402
 from _paired import Estimate, paired  # noqa: E402
 from service import embedded  # noqa: E402
 from watch_overhead import BUDGET, CASES, Case, load  # noqa: E402
@@ -182,59 +184,6 @@ class Baton:
             self._cond.notify_all()
 
 
-class Alternation:
-    """One fit with the callback, its recording paused in alternate rounds (ABBA): what recording costs, on one
-    model instance, so neither the instances' own speeds nor the arena they allocate from enter the estimate.
-
-    After `warmup` steps (the stride settles), each round lasts a whole number of the strides in force at its start
-    (the fewest that last `round_seconds`), so a recording round records as many steps as the stride does in steady
-    state: resume() records the first step at once, then one per stride, and a recording round that follows one
-    starts a stride after its last record. Paused rounds keep the hooks (counting steps, the idle path): the
-    difference is recording, sketches and shipping; the idle hooks' cost is the handle's own measure, added apart.
-    """
-
-    def __init__(self, warmup: int, rounds: int, round_seconds: float, charge: Callable[[], float]) -> None:
-        self.warmup, self.rounds, self.round_seconds, self.charge = warmup, rounds, round_seconds, charge
-        self.watch: Any = None  # the callback's handle, once the fit has started
-        self.recording = [(r % 4) in (0, 3) for r in range(rounds)]  # ABBA: recording, paused, paused, recording
-        self.times: dict[bool, list[float]] = {True: [], False: []}  # seconds per step, per round
-        self.lengths: list[int] = []  # steps per round
-        self.strides: list[int] = []  # the stride at each round's start
-        self._step_time = 0.0  # the median step at the end of the warm-up
-        self._stamps: list[float] = []
-        self._round = -1
-        self._count = 0
-        self._start = 0.0
-
-    def tick(self) -> bool:
-        """A batch starts: end the round when due (timed, shipping charged), pause or resume; True once all are done."""
-        now = time.perf_counter()
-        if self._round < 0:
-            self._stamps.append(now)
-            if len(self._stamps) < self.warmup:
-                return False
-            recent = zip(self._stamps[-11:-1], self._stamps[-10:], strict=True)
-            self._step_time = statistics.median(b - a for a, b in recent)
-        elif self._count < self.lengths[-1]:
-            self._count += 1
-            return False
-        else:
-            recording = self.recording[self._round]
-            charged = self.charge() if recording else 0.0
-            self.times[recording].append((now - self._start + charged) / self.lengths[-1])
-        self._round += 1
-        if self._round >= self.rounds:
-            self.watch.resume()
-            return True
-        (self.watch.resume if self.recording[self._round] else self.watch.pause)()
-        stride = self.watch.stride
-        self.strides.append(stride)
-        self.lengths.append(stride * max(1, round(self.round_seconds / (stride * self._step_time))))
-        self._count = 1
-        self._start = time.perf_counter()
-        return False
-
-
 def fit_lightning(case: Case, steps: int, callback: Any, tick: Callable[[], bool | None]) -> None:
     """One Lightning fit of at most `steps` steps; `tick` at each batch start (True: stop after this step)."""
     import lightning.pytorch as pl
@@ -306,6 +255,25 @@ def fit_hf(case: Case, steps: int, callback: Any, root: Path, tick: Callable[[],
     trainer.train()
 
 
+def run_fit(framework: str, case: Case, steps: int, callback: Any, root: Path, tick: Callable[[], bool | None]) -> None:
+    """A Lightning fit or a Trainer.train() (its output under `root`) of at most `steps` steps."""
+    if framework == "lightning":
+        fit_lightning(case, steps, callback, tick)
+    else:
+        fit_hf(case, steps, callback, root, tick)
+
+
+def _callback_class(framework: str) -> Any:
+    """The framework's GradHealthCallback."""
+    if framework == "lightning":
+        from gradhealth.integrations.lightning import GradHealthCallback
+
+        return GradHealthCallback
+    from gradhealth.integrations.transformers import GradHealthCallback as HFCallback
+
+    return HFCallback
+
+
 def _fits_side_by_side(
     framework: str, case: Case, callback: Any, root: Path, baton: Baton, watched_first: bool = False
 ) -> tuple[list[float], list[float]]:
@@ -320,10 +288,14 @@ def _fits_side_by_side(
 
     def fit(index: int) -> None:
         try:
-            if framework == "lightning":
-                fit_lightning(case, baton.max_steps, callback if index else None, lambda: baton.tick(index))
-            else:
-                fit_hf(case, baton.max_steps, callback if index else None, root / str(index), lambda: baton.tick(index))
+            run_fit(
+                framework,
+                case,
+                baton.max_steps,
+                callback if index else None,
+                root / str(index),
+                lambda: baton.tick(index),
+            )
         except BaseException as exc:
             errors.append(exc)
             baton.abandon()
@@ -356,17 +328,12 @@ def measure(
     `control`: both fits plain (an A/A row), so the estimate is the benchmark's own bias and noise.
     """
     rounds, steps, warmup, round_seconds, pairs = plan
-    if framework == "lightning":
-        from gradhealth.integrations.lightning import GradHealthCallback
-    else:
-        from gradhealth.integrations.transformers import GradHealthCallback  # type: ignore[assignment]
+    GradHealthCallback = _callback_class(framework)  # noqa: N806
     if not steps:  # a short plain fit tells the step time
         probe = Baton(5, 1, 10, fits=1)
         probe.segments = [(0, 5, False), (0, 10, True)]
-        fit = fit_lightning if framework == "lightning" else fit_hf
-        args = (root,) if framework == "hf" else ()
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            fit(case, 16, None, *args, lambda: probe.tick(0))  # type: ignore[operator]
+            run_fit(framework, case, 16, None, root, lambda: probe.tick(0))
         probe.tick(0)
         steps = max(2, round(round_seconds / probe.times[0][0]))
     plain: list[float] = []
@@ -399,11 +366,7 @@ def measure_within(
     """Recording's overhead in one fit (paused in alternate rounds), the idle hooks' measured share, the stride."""
     from watch_overhead import shipping_charge
 
-    if framework == "lightning":
-        from gradhealth.integrations.lightning import GradHealthCallback
-    else:
-        from gradhealth.integrations.transformers import GradHealthCallback  # type: ignore[assignment]
-    callback = GradHealthCallback(f"bench-within-{framework}-{case.name}", client)
+    callback = _callback_class(framework)(f"bench-within-{framework}-{case.name}", client)
     alternation = Alternation(warmup, rounds, round_seconds, lambda: shipping_charge(callback.watch)())
 
     def tick() -> bool:
@@ -414,10 +377,7 @@ def measure_within(
     # 64 strides, or round_seconds of 1 ms steps
     limit = warmup + rounds * (64 + round(round_seconds / 1e-3)) + 1
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        if framework == "lightning":
-            fit_lightning(case, limit, callback, tick)
-        else:
-            fit_hf(case, limit, callback, root / "within", tick)
+        run_fit(framework, case, limit, callback, root / "within", tick)
     if alternation.rounds and len(alternation.times[True]) + len(alternation.times[False]) < alternation.rounds:
         raise RuntimeError(f"the {framework} fit ended before its rounds did")
     watch = callback.watch
@@ -456,15 +416,14 @@ def within_table(args: argparse.Namespace, client: gradhealth.Client, root: Path
         for name in args.models.split(","):
             got = measure_within(framework, CASES[name], client, args.within, args.warmup, args.round_seconds, root)
             est: Estimate = got["recording"]
-            total = est.point + got["idle"]
-            word = "PASS" if total <= BUDGET else "FAIL"
-            upper = "upper bound within" if est.high + got["idle"] <= BUDGET else "upper bound over"
-            if worst is None or total > worst[1]:
-                worst = (f"{framework} {CASES[name].name}", total)
+            idle = got["idle"]
+            total = replace(est, point=est.point + idle, low=est.low + idle, high=est.high + idle)
+            if worst is None or total.point > worst[1]:
+                worst = (f"{framework} {CASES[name].name}", total.point)
             print(
                 f"{framework:13s} {CASES[name].name:38s} {got['plain'] * 1e3:5.1f} ms {_span(got['steps']):>5s} "
-                f"{est.cell():>22s} {est.median_ratio:>+7.1%} {got['idle']:>+6.2%} {total:>+7.1%} "
-                f"{_span(got['stride']):>7s}  {word} ({upper})"
+                f"{est.cell():>22s} {est.median_ratio:>+7.1%} {idle:>+6.2%} {total.point:>+7.1%} "
+                f"{_span(got['stride']):>7s}  {total.verdict(BUDGET)}"
             )
     return worst
 
