@@ -1,4 +1,5 @@
-"""The one-fit table's schedule (benchmarks/watch_callbacks.py): a watched fit's recording paused in alternate rounds."""
+"""The one-fit tables' schedules (benchmarks/watch_callbacks.py): a watched fit's recording paused, or its watch
+detached, in alternate rounds."""
 
 from __future__ import annotations
 
@@ -17,25 +18,37 @@ class Alternation:
     state: resume() records the first step at once, then one per stride, and a recording round that follows one
     starts a stride after its last record. Paused rounds keep the hooks (counting steps, the idle path): the
     difference is recording, sketches and shipping; the idle hooks' cost is the handle's own measure, added apart.
+
+    `handle()` is the callback's watch (None before the fit starts it). `lead`: untimed steps after each switch,
+    before the round's timer starts (0 here: pause() and resume() take effect at once).
     """
 
-    def __init__(self, warmup: int, rounds: int, round_seconds: float, charge: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        warmup: int,
+        rounds: int,
+        round_seconds: float,
+        charge: Callable[[], float],
+        handle: Callable[[], Any],
+        lead: int = 0,
+    ) -> None:
         if warmup < 2:
             raise ValueError("the warm-up needs 2 steps at least: its step time sizes the rounds")
         self.warmup, self.rounds, self.round_seconds, self.charge = warmup, rounds, round_seconds, charge
-        self.watch: Any = None  # the callback's handle, once the fit has started
+        self.handle, self.lead = handle, lead
         self.recording = [(r % 4) in (0, 3) for r in range(rounds)]  # ABBA: recording, paused, paused, recording
         self.times: dict[bool, list[float]] = {True: [], False: []}  # seconds per step, per round
-        self.lengths: list[int] = []  # steps per round
-        self.strides: list[int] = []  # the stride at each round's start
+        self.lengths: list[int] = []  # timed steps per round
+        self.strides: list[int] = []  # the stride at each recording round's timed start
         self._step_time = 0.0  # the median step at the end of the warm-up
         self._stamps: list[float] = []
         self._round = -1
+        self._leading = 0  # untimed steps left before this round's timer starts
         self._count = 0
         self._start = 0.0
 
     def tick(self) -> bool:
-        """A batch starts: end the round when due (timed, shipping charged), pause or resume; True once all are done."""
+        """A batch starts: end the round when due (timed, shipping charged), switch; True once all rounds are done."""
         now = time.perf_counter()
         if self._round < 0:
             self._stamps.append(now)
@@ -43,6 +56,11 @@ class Alternation:
                 return False
             recent = self._stamps[-11:]  # the last (at most) 10 warm-up steps
             self._step_time = max(statistics.median(b - a for a, b in zip(recent[:-1], recent[1:], strict=True)), 1e-9)
+        elif self._leading:
+            self._leading -= 1
+            if not self._leading:  # this batch is the timed part's first
+                self._start_timing()
+            return False
         elif self._count < self.lengths[-1]:
             self._count += 1
             return False
@@ -52,12 +70,72 @@ class Alternation:
             self.times[recording].append((now - self._start + charged) / self.lengths[-1])
         self._round += 1
         if self._round >= self.rounds:
-            self.watch.resume()
+            self._end()
             return True
-        (self.watch.resume if self.recording[self._round] else self.watch.pause)()
-        stride = self.watch.stride
-        self.strides.append(stride)
+        self._switch(self.recording[self._round])
+        self._leading = self.lead
+        if not self._leading:
+            self._start_timing()
+        return False
+
+    def _switch(self, recording: bool) -> None:
+        """Round `recording` or not begins."""
+        watch = self.handle()
+        (watch.resume if recording else watch.pause)()
+
+    def _end(self) -> None:
+        """The rounds are over: the fit ends recording, as a user's would."""
+        self.handle().resume()
+
+    def _start_timing(self) -> None:
+        """The round's timed part begins at this batch start: whole strides of a recording round's stride."""
+        recording = self.recording[self._round]
+        stride = self._round_stride(recording)
+        if recording:
+            self.strides.append(int(self.handle().stride))
         self.lengths.append(stride * max(1, round(self.round_seconds / (stride * self._step_time))))
         self._count = 1
         self._start = time.perf_counter()
-        return False
+
+    def _round_stride(self, recording: bool) -> int:
+        """The stride a round lasts whole multiples of: the handle's, paused or not (the same stride)."""
+        return int(self.handle().stride)
+
+
+class Attachment(Alternation):
+    """One fit with a paused watch attached in alternate rounds (ABBA) and none in the others: what a watch costs
+    beyond recording (its hooks on every step, the memory it holds, its idle shipping thread), which the paused
+    rounds of an Alternation pay as well and so cannot show.
+
+    An attached round opens a fresh watch (`attach()`: the callback's own set-up, default settings; the first round
+    keeps the one the fit started with) that records through `lead` untimed steps, so it has settled its stride,
+    allocated its buffers, taken its first distribution sketch and shipped; then it is flushed and paused, and the
+    round is timed. A detached round follows `detach()` (close(): hooks removed, shipping thread ended, the handle
+    dropped) and as many untimed steps. Set-up and close, which a fit pays once, fall in the lead-ins.
+    """
+
+    def __init__(
+        self,
+        warmup: int,
+        rounds: int,
+        round_seconds: float,
+        charge: Callable[[], float],
+        handle: Callable[[], Any],
+        attach: Callable[[], None],
+        detach: Callable[[], None],
+        lead: int,
+    ) -> None:
+        if lead < 1:
+            raise ValueError("a fresh watch needs untimed steps to settle and allocate: lead >= 1")
+        super().__init__(warmup, rounds, round_seconds, charge, handle, lead)
+        self.attach, self.detach = attach, detach
+
+    def _switch(self, recording: bool) -> None:
+        (self.attach if recording else self.detach)()
+
+    def _round_stride(self, recording: bool) -> int:
+        """An attached round's watch is flushed (outside the timer) and paused; no round needs whole strides."""
+        if recording:
+            self.charge()
+            self.handle().pause()  # an attached round after an attached one keeps its watch, paused already
+        return 1

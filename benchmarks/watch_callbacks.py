@@ -74,7 +74,7 @@ from torch import nn
 import gradhealth
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _alternation import Alternation  # noqa: E402
+from _alternation import Alternation, Attachment  # noqa: E402
 from _paired import Estimate, paired  # noqa: E402
 from service import embedded  # noqa: E402
 from watch_overhead import BUDGET, CASES, Case, load  # noqa: E402
@@ -360,37 +360,79 @@ def measure(
     }
 
 
+def _reattachable(framework: str, run: str, client: gradhealth.Client) -> Any:
+    """The framework's callback, able to close its watch and open a fresh one mid-fit (the attached table)."""
+    base = _callback_class(framework)
+    start = "on_fit_start" if framework == "lightning" else "on_train_begin"
+
+    class Reattachable(base):  # type: ignore[misc, valid-type]
+        opened = 0
+
+        def attach(self) -> None:
+            """A fresh watch, set up as the fit's start set up the first (default settings, a run of its own)."""
+            if self.watch is None:
+                self.opened += 1
+                self.run = f"{run}-{self.opened}"
+                getattr(base, start)(self, *self.start_args, **self.start_kwargs)
+
+        def detach(self) -> None:
+            """Close the watch: its hooks go, its shipping thread ends, the handle is dropped."""
+            if self.watch is not None:
+                self.watch.close()
+                self.watch = None
+
+    def remember(self: Any, *args: Any, **kwargs: Any) -> None:
+        self.start_args, self.start_kwargs = args, kwargs
+        getattr(base, start)(self, *args, **kwargs)
+
+    setattr(Reattachable, start, remember)
+    return Reattachable(run, client)
+
+
 def measure_within(
-    framework: str, case: Case, client: gradhealth.Client, rounds: int, warmup: int, round_seconds: float, root: Path
+    framework: str,
+    case: Case,
+    client: gradhealth.Client,
+    plan: tuple[int, int, float, int],
+    root: Path,
 ) -> dict[str, Any]:
-    """Recording's overhead in one fit (paused in alternate rounds), the idle hooks' measured share, the stride."""
+    """One fit's estimate: recording paused in alternate rounds (lead 0), or the watch detached (lead: untimed
+    steps after each switch); the idle hooks' measured share (paused only), the stride.
+
+    `plan`: rounds, warm-up steps, seconds per round, lead.
+    """
     from watch_overhead import shipping_charge
 
-    callback = _callback_class(framework)(f"bench-within-{framework}-{case.name}", client)
-    alternation = Alternation(warmup, rounds, round_seconds, lambda: shipping_charge(callback.watch)())
-
-    def tick() -> bool:
-        alternation.watch = callback.watch
-        return alternation.tick()
-
+    rounds, warmup, round_seconds, lead = plan
+    name = f"bench-{'attached' if lead else 'within'}-{framework}-{case.name}"
+    callback = _reattachable(framework, name, client) if lead else _callback_class(framework)(name, client)
+    charge = lambda: shipping_charge(callback.watch)()  # noqa: E731
+    handle = lambda: callback.watch  # noqa: E731
+    if lead:
+        schedule: Alternation = Attachment(
+            warmup, rounds, round_seconds, charge, handle, callback.attach, callback.detach, lead
+        )
+    else:
+        schedule = Alternation(warmup, rounds, round_seconds, charge, handle)
     # tick() ends the fit; the limit sizes the data set (the Trainer shuffles its indices): rounds of at most
-    # 64 strides, or round_seconds of 1 ms steps
-    limit = warmup + rounds * (64 + round(round_seconds / 1e-3)) + 1
+    # 64 strides, or round_seconds of 1 ms steps, and their lead-ins
+    limit = warmup + rounds * (lead + 64 + round(round_seconds / 1e-3)) + 1
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        run_fit(framework, case, limit, callback, root / "within", tick)
-    if alternation.rounds and len(alternation.times[True]) + len(alternation.times[False]) < alternation.rounds:
+        run_fit(framework, case, limit, callback, root / name, schedule.tick)
+    if schedule.rounds and len(schedule.times[True]) + len(schedule.times[False]) < schedule.rounds:
         raise RuntimeError(f"the {framework} fit ended before its rounds did")
-    watch = callback.watch
-    budget = watch._budget  # the handle's own estimates: the idle hooks' cost per step, as a fraction of it
-    idle = budget._estimate[3] if budget._estimate is not None else 0.0
-    paused, recording = alternation.times[False], alternation.times[True]
-    n = min(len(paused), len(recording))
+    idle = 0.0  # the attached table's difference includes the hooks
+    if not lead:
+        budget = callback.watch._budget  # the handle's own estimates: the idle hooks' cost per step, as a fraction
+        idle = budget._estimate[3] if budget._estimate is not None else 0.0
+    off, on = schedule.times[False], schedule.times[True]
+    n = min(len(off), len(on))
     return {
-        "recording": paired(paused[:n], recording[:n]),
+        "recording": paired(off[:n], on[:n]),
         "idle": idle,
-        "plain": statistics.median(paused),
-        "steps": (min(alternation.lengths), max(alternation.lengths)),
-        "stride": (min(alternation.strides), max(alternation.strides)),
+        "plain": statistics.median(off),
+        "steps": (min(schedule.lengths), max(schedule.lengths)),
+        "stride": (min(schedule.strides), max(schedule.strides)),
     }
 
 
@@ -400,32 +442,57 @@ def _span(low_high: tuple[int, int]) -> str:
     return str(low) if low == high else f"{low}-{high}"
 
 
-def within_table(args: argparse.Namespace, client: gradhealth.Client, root: Path) -> tuple[str, float] | None:
-    """One fit per row, recording paused in alternate rounds; the worst row's total (recording + idle hooks)."""
+def within_table(
+    args: argparse.Namespace, client: gradhealth.Client, root: Path, lead: int = 0
+) -> dict[str, tuple[Estimate, float]]:
+    """One fit per row, recording paused (lead 0) or a paused watch detached in alternate rounds; each row's estimate
+    (paused: recording; attached: the paused watch) and the idle hooks' share measured apart (paused only)."""
+    rounds = args.attached if lead else args.within
+    if lead:
+        print(
+            f"one fit per row with the callback: {args.warmup} warm-up steps, then {rounds} rounds (ABBA) of "
+            f"{args.attached_seconds} s, a paused watch attached (a fresh one, default settings, recording through the "
+            f"{lead} untimed steps before the round) and none (closed; as many untimed steps) in turn; 'paused watch': "
+            "added time of the attached rounds [95% bootstrap interval, rounds resampled]: its hooks, the memory it "
+            "holds, its idle thread; 'stride': the fresh watches' strides when paused\n"
+        )
+    else:
+        print(
+            f"one fit per row with the callback: {args.warmup} warm-up steps, then {rounds} rounds (ABBA) of whole "
+            "strides, recording and paused in turn; 'recording': added time of the recording rounds [95% bootstrap "
+            "interval, rounds resampled]; 'idle': the hooks' cost on every step (the handle's measure); 'total': both\n"
+        )
     print(
-        f"one fit per row with the callback: {args.warmup} warm-up steps, then {args.within} rounds (ABBA) of whole "
-        "strides, recording and paused in turn; 'recording': added time of the recording rounds [95% bootstrap "
-        "interval, rounds resampled]; 'idle': the hooks' cost on every step (the handle's measure); 'total': both\n"
+        f"{'framework':13s} {'model':38s} {'no watch' if lead else 'paused':>8s} {'steps':>5s} "
+        f"{'paused watch [95% CI]' if lead else 'recording [95% CI]':>22s} {'median':>7s} "
+        + ("" if lead else f"{'idle':>6s} {'total':>7s} ")
+        + f"{'stride':>7s}  verdict"
     )
-    print(
-        f"{'framework':13s} {'model':38s} {'paused':>8s} {'steps':>5s} {'recording [95% CI]':>22s} {'median':>7s} "
-        f"{'idle':>6s} {'total':>7s} {'stride':>7s}  verdict"
-    )
-    worst: tuple[str, float] | None = None
+    rows: dict[str, tuple[Estimate, float]] = {}
+    seconds = args.attached_seconds if lead else args.round_seconds
     for framework in args.frameworks.split(","):
         for name in args.models.split(","):
-            got = measure_within(framework, CASES[name], client, args.within, args.warmup, args.round_seconds, root)
+            got = measure_within(framework, CASES[name], client, (rounds, args.warmup, seconds, lead), root)
             est: Estimate = got["recording"]
-            idle = got["idle"]
-            total = replace(est, point=est.point + idle, low=est.low + idle, high=est.high + idle)
-            if worst is None or total.point > worst[1]:
-                worst = (f"{framework} {CASES[name].name}", total.point)
+            total = _shifted(est, got["idle"])
+            rows[f"{framework} {CASES[name].name}"] = (est, got["idle"])
             print(
                 f"{framework:13s} {CASES[name].name:38s} {got['plain'] * 1e3:5.1f} ms {_span(got['steps']):>5s} "
-                f"{est.cell():>22s} {est.median_ratio:>+7.1%} {idle:>+6.2%} {total.point:>+7.1%} "
-                f"{_span(got['stride']):>7s}  {total.verdict(BUDGET)}"
+                f"{est.cell():>22s} {est.median_ratio:>+7.1%} "
+                + ("" if lead else f"{got['idle']:>+6.2%} {total.point:>+7.1%} ")
+                + f"{_span(got['stride']):>7s}  {total.verdict(BUDGET)}"
             )
-    return worst
+    return rows
+
+
+def _verdict(overhead: float) -> str:
+    """PASS or FAIL against the budget."""
+    return f"{'PASS' if overhead <= BUDGET else 'FAIL'} at {BUDGET:.0%}"
+
+
+def _shifted(est: Estimate, by: float) -> Estimate:
+    """`est` with `by` added to its point and interval (a cost measured apart)."""
+    return replace(est, point=est.point + by, low=est.low + by, high=est.high + by)
 
 
 def pairs_table(args: argparse.Namespace, client: gradhealth.Client, root: Path) -> Estimate | None:
@@ -464,6 +531,9 @@ def pairs_table(args: argparse.Namespace, client: gradhealth.Client, root: Path)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--within", type=int, default=96, help="rounds of the one-fit table (0: none)")
+    parser.add_argument("--attached", type=int, default=0, help="rounds of the attached/detached table (0: none)")
+    parser.add_argument("--attached-seconds", type=float, default=2.0, help="seconds per round of that table")
+    parser.add_argument("--lead", type=int, default=40, help="untimed steps after each attach or detach")
     parser.add_argument("--rounds", type=int, default=24, help="paired rounds in all, shared among the --pairs")
     parser.add_argument("--pairs", type=int, default=4, help="independent pairs of fits per row (0: no such table)")
     parser.add_argument("--steps", type=int, default=0, help="steps per fit and round (0: --round-seconds' worth)")
@@ -485,16 +555,21 @@ def main() -> None:
             client = gradhealth.Client(base_url=url, api_key=key)
             print(f"torch {torch.__version__}, 1 thread, {os.cpu_count()} cores; sink: gradhealth serve at {url}")
             print(f"start: {load()}\n")
-            within = within_table(args, client, Path(tmp)) if args.within else None
-            if within is not None and args.pairs:
+            within = within_table(args, client, Path(tmp)) if args.within else {}
+            if within:
+                print()
+            attached = within_table(args, client, Path(tmp), args.lead) if args.attached else {}
+            if attached:
                 print()
             worst = pairs_table(args, client, Path(tmp)) if args.pairs else None
             print(f"\nend: {load()}")
-            if within is not None:
-                verdict = "PASS" if within[1] <= BUDGET else "FAIL"
-                print(
-                    f"worst in one fit (recording + idle hooks): {within[0]} {within[1]:+.1%}: {verdict} at {BUDGET:.0%}"
-                )
+            if within:
+                label, total = max(((k, _shifted(*v)) for k, v in within.items()), key=lambda row: row[1].point)
+                print(f"worst in one fit (recording + idle hooks): {label} {total.point:+.1%}: {total.verdict(BUDGET)}")
+            for label, (watch, _) in attached.items():  # a paused watch's whole cost, in place of the hooks' share
+                if label in within:
+                    full = within[label][0].point + watch.point
+                    print(f"{label}, one fit: recording + a paused watch {full:+.1%}: {_verdict(full)}")
             if worst is not None:
                 print(
                     f"worst callback overhead at default settings, separate fits {worst.cell()}: "
