@@ -1,6 +1,6 @@
 """Step-time overhead of gradhealth's framework callbacks: a Lightning fit and a Hugging Face `Trainer.train()`.
 
-Two tables, one row per model of benchmarks/watch_overhead.py and framework.
+Up to three tables, one row per model of benchmarks/watch_overhead.py and framework.
 
 The one-fit table (`--within`, first): one fit with `GradHealthCallback` (default settings), whose recording
 is paused (`Watch.pause()`: the hooks stay and count steps) in alternate rounds, ABBA, each round a whole
@@ -11,7 +11,18 @@ ratio, rounds resampled); the hooks' cost on unrecorded steps, present in both k
 handle's own measure ("idle", microseconds per step), added to give "total", the verdict's number. One model
 instance in one arena: the two causes of bias that the pairs table below needed `--control` to find cannot
 arise, and the interval is the rounds' noise alone. Left out: what a paused watch still costs beyond its
-hooks (memory it holds, an idle thread), which the pairs table includes.
+hooks (memory it holds, an idle thread), which the pairs table includes, and the attached table measures.
+
+The attached table (`--attached N`, off by default: its lead-ins make it slow): one fit in which a paused watch is
+attached in alternate rounds and none in the others, ABBA (`Attachment` in benchmarks/_alternation.py). An attached
+round opens a fresh watch through the callback's own set-up (default settings), lets it record through `--lead`
+untimed steps (its stride settles, its buffers and first distribution sketch are allocated, it ships), flushes and
+pauses it, then times `--attached-seconds` of steps; a detached round closes it (hooks removed, thread ended) and
+waits as many untimed steps. "paused watch" is everything an attached watch costs when it does not record: its
+hooks, the memory it holds, its idle shipping thread. With both one-fit tables, "recording + a paused watch" is the
+whole cost on one model instance. The lead must outlast a fresh watch's start: with 30 steps its first sketch
+(about 0.7 s on the MLP) fell in the timed round, which then read +80% against +2% for the next round of the same
+watch.
 
 The pairs table: for each model and framework, two fits run side by side in two
 threads that take turns (a baton handed over at batch starts, so only one trains at a time): the
@@ -41,7 +52,8 @@ accelerate's shared state: "'AcceleratorState' object has no attribute 'parallel
 
 Budget (DESIGN.md §6): watch() through each callback adds <= 3% step time at default settings.
 
-    python benchmarks/watch_callbacks.py [--within 96] [--rounds 24] [--pairs 4] [--round-seconds 0.6] [--steps N]
+    python benchmarks/watch_callbacks.py [--within 96] [--attached 0] [--lead 60] [--attached-seconds 2]
+                                         [--rounds 24] [--pairs 4] [--round-seconds 0.6] [--steps N]
                                          [--warmup 40] [--models cnn,mlp,transformer] [--frameworks lightning,hf]
                                          [--control]
 """
@@ -533,7 +545,7 @@ def main() -> None:
     parser.add_argument("--within", type=int, default=96, help="rounds of the one-fit table (0: none)")
     parser.add_argument("--attached", type=int, default=0, help="rounds of the attached/detached table (0: none)")
     parser.add_argument("--attached-seconds", type=float, default=2.0, help="seconds per round of that table")
-    parser.add_argument("--lead", type=int, default=40, help="untimed steps after each attach or detach")
+    parser.add_argument("--lead", type=int, default=60, help="untimed steps after each attach or detach")
     parser.add_argument("--rounds", type=int, default=24, help="paired rounds in all, shared among the --pairs")
     parser.add_argument("--pairs", type=int, default=4, help="independent pairs of fits per row (0: no such table)")
     parser.add_argument("--steps", type=int, default=0, help="steps per fit and round (0: --round-seconds' worth)")
