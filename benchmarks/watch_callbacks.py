@@ -408,7 +408,7 @@ def measure_within(
     plan: tuple[int, int, float, int],
     root: Path,
 ) -> dict[str, Any]:
-    """One fit's estimate: recording paused in alternate rounds (lead 0), or the watch detached (lead: untimed
+    """One fit's added time: recording paused in alternate rounds (lead 0), or a paused watch detached (lead: untimed
     steps after each switch); the idle hooks' measured share (paused only), the stride.
 
     `plan`: rounds, warm-up steps, seconds per round, lead.
@@ -440,7 +440,7 @@ def measure_within(
     off, on = schedule.times[False], schedule.times[True]
     n = min(len(off), len(on))
     return {
-        "recording": paired(off[:n], on[:n]),
+        "added": paired(off[:n], on[:n]),
         "idle": idle,
         "plain": statistics.median(off),
         "steps": (min(schedule.lengths), max(schedule.lengths)),
@@ -485,7 +485,7 @@ def within_table(
     for framework in args.frameworks.split(","):
         for name in args.models.split(","):
             got = measure_within(framework, CASES[name], client, (rounds, args.warmup, seconds, lead), root)
-            est: Estimate = got["recording"]
+            est: Estimate = got["added"]
             total = _shifted(est, got["idle"])
             rows[f"{framework} {CASES[name].name}"] = (est, got["idle"])
             print(

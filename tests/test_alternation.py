@@ -45,7 +45,7 @@ def test_rounds_alternate_abba_in_whole_strides_and_the_fit_ends_resumed() -> No
             watch.stride = 4
         assert ticks < 1000
     assert schedule.lengths == [3, 3, 3, 3, 4, 4, 4, 4]  # one stride per round (round_seconds 0), as in force
-    assert schedule.strides == [3, 3, 4, 4]  # the recording rounds (0, 3, 4, 7): the stride in force at each one's start
+    assert schedule.strides == [3, 3, 4, 4]  # the recording rounds (0, 3, 4, 7): the stride at each one's start
     recording = [not paused for paused in watch.began_paused[4:]]  # from the tick that ends the warm-up on
     expected = [r % 4 in (0, 3) for r in range(8) for _ in range(schedule.lengths[r])]
     assert recording[: len(expected)] == expected  # ABBA: recording, paused, paused, recording
@@ -90,9 +90,7 @@ def test_paused_watches_attach_and_detach_in_turn_and_are_timed_after_the_lead_i
     assert schedule.strides == [3, 2, 2, 3]  # each attached watch's stride, noted when its round's timer started
     assert schedule.lengths == [1] * 8  # round_seconds 0: one timed step each; no round needs whole strides
     lead, timed = ["recording"] * 4, ["paused"]
-    expected = (
-        lead + timed + ["none"] * 5 * 2 + lead + timed + ["paused"] * 4 + timed + ["none"] * 5 * 2 + lead + timed
-    )
+    expected = lead + timed + ["none"] * 5 * 2 + lead + timed + ["paused"] * 4 + timed + ["none"] * 5 * 2 + lead + timed
     assert state[4 : 4 + len(expected)] == expected  # from the tick that ends the warm-up
     assert len(schedule.times[True]) == len(schedule.times[False]) == 4
     assert len(charged) == 8  # an attached round is flushed after its lead-in and after its timed steps
