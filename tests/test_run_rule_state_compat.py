@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,19 @@ def stored(expected: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: v for k, v in f.items() if k not in COMPARED_OUT} for f in expected]
 
 
+def same_up_to_rounding(got: Any, want: Any, rel: float = 1e-9) -> bool:
+    """Equal, floats within `rel`: the continued stream's exp/log come from numpy's SIMD paths, which differ by an
+    ulp between CPUs (the fixture was written on one with AVX-512; an AVX2-only EPYC reads -0.41656793038377987 for
+    -0.4165679303837798), and the rules' state carries those values."""
+    if isinstance(got, dict) and isinstance(want, dict):
+        return got.keys() == want.keys() and all(same_up_to_rounding(got[k], want[k], rel) for k in got)
+    if isinstance(got, list) and isinstance(want, list):
+        return len(got) == len(want) and all(same_up_to_rounding(a, b, rel) for a, b in zip(got, want, strict=True))
+    if isinstance(got, float) and isinstance(want, float | int) and not isinstance(want, bool):
+        return math.isclose(got, want, rel_tol=rel) or (math.isnan(got) and math.isnan(want))
+    return bool(got == want)
+
+
 def known_state(ev: RunEvaluator) -> dict[str, Any]:
     """The state without the rules added since the fixture."""
     state = ev.state()
@@ -81,8 +95,21 @@ def test_stored_state_loads_and_continues(index: int) -> None:
     ev.update(s.chunk(case["cut"], len(s.steps)))
     assert findings(ev, case["findings"]) == stored(case["findings"])
     assert as_json(ev.summary()) == case["summary"]
-    assert known_state(ev) == case["final_state"]
+    assert same_up_to_rounding(known_state(ev), case["final_state"])
 
 
 def test_fixture_covers_every_case() -> None:
     assert len(cases()) == 32
+
+
+def test_rounding_tolerance_still_tells_states_apart() -> None:
+    state = cases()[26]["final_state"]
+    assert same_up_to_rounding(state, json.loads(json.dumps(state)))
+    nudged = json.loads(json.dumps(state))
+    nudged["rules"]["vanishing_gradient"]["hist"][1] *= 1 + 1e-15  # an ulp or so: the same state
+    assert same_up_to_rounding(nudged, state)
+    nudged["rules"]["vanishing_gradient"]["hist"][1] *= 1 + 1e-6  # a real change
+    assert not same_up_to_rounding(nudged, state)
+    shorter = json.loads(json.dumps(state))
+    shorter["rules"]["vanishing_gradient"]["hist"].pop()
+    assert not same_up_to_rounding(shorter, state)
