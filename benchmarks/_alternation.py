@@ -90,15 +90,15 @@ class Alternation:
     def _start_timing(self) -> None:
         """The round's timed part begins at this batch start: whole strides of a recording round's stride."""
         recording = self.recording[self._round]
-        stride = self._round_stride(recording)
+        stride = self._prepare_timing(recording)
         if recording:
             self.strides.append(int(self.handle().stride))
         self.lengths.append(stride * max(1, round(self.round_seconds / (stride * self._step_time))))
         self._count = 1
         self._start = time.perf_counter()
 
-    def _round_stride(self, recording: bool) -> int:
-        """The stride a round lasts whole multiples of: the handle's, paused or not (the same stride)."""
+    def _prepare_timing(self, recording: bool) -> int:
+        """Ready the round for its timer; the stride it lasts whole multiples of: the handle's, paused or not."""
         return int(self.handle().stride)
 
 
@@ -133,8 +133,8 @@ class Attachment(Alternation):
     def _switch(self, recording: bool) -> None:
         (self.attach if recording else self.detach)()
 
-    def _round_stride(self, recording: bool) -> int:
-        """An attached round's watch is flushed (outside the timer) and paused; no round needs whole strides."""
+    def _prepare_timing(self, recording: bool) -> int:
+        """An attached round's watch is flushed (outside the timer) and paused; no round needs whole strides: 1."""
         if recording:
             self.charge()
             self.handle().pause()  # an attached round after an attached one keeps its watch, paused already
