@@ -90,9 +90,9 @@ class Alternation:
     def _start_timing(self) -> None:
         """The round's timed part begins at this batch start: whole strides of a recording round's stride."""
         recording = self.recording[self._round]
-        stride = self._prepare_timing(recording)
         if recording:
             self.strides.append(int(self.handle().stride))
+        stride = self._prepare_timing(recording)
         self.lengths.append(stride * max(1, round(self.round_seconds / (stride * self._step_time))))
         self._count = 1
         self._start = time.perf_counter()
@@ -134,8 +134,26 @@ class Attachment(Alternation):
         (self.attach if recording else self.detach)()
 
     def _prepare_timing(self, recording: bool) -> int:
-        """An attached round's watch is flushed (outside the timer) and paused; no round needs whole strides: 1."""
+        """An attached round's watch is flushed (outside the timer) and set aside; no round needs whole strides: 1."""
         if recording:
             self.charge()
-            self.handle().pause()  # an attached round after an attached one keeps its watch, paused already
+            self._set_aside()
         return 1
+
+    def _set_aside(self) -> None:
+        """The attached watch's state in the timed steps: paused (an attached round after an attached one keeps it)."""
+        self.handle().pause()
+
+
+class AttachmentControl(Attachment):
+    """The A/A of an Attachment: an attached round's fresh watch starts as there (set up, recording through the lead,
+    flushed) but is closed before the timer, so no timed round has a watch. Whatever such rounds still read against
+    detached ones is the schedule's own bias plus what a watch's passing leaves behind (where the fit's tensors are
+    allocated next), not the cost of a watch that is there."""
+
+    def _set_aside(self) -> None:
+        """The attached watch is closed: its round's timed steps run with none, as a detached round's do."""
+        self.detach()
+
+    def _end(self) -> None:
+        """The rounds are over, the last one's watch closed already: nothing to resume."""

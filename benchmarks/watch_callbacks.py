@@ -86,7 +86,7 @@ from torch import nn
 import gradhealth
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _alternation import Alternation, Attachment  # noqa: E402
+from _alternation import Alternation, Attachment, AttachmentControl  # noqa: E402
 from _paired import Estimate, paired  # noqa: E402
 from service import embedded  # noqa: E402
 from watch_overhead import BUDGET, CASES, Case, load  # noqa: E402
@@ -123,11 +123,18 @@ class _Wrapped(nn.Module):
         return {"loss": F.cross_entropy(self.model(x), labels.flatten())}
 
 
-M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
+# glibc's mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
+STEADY_MMAP_THRESHOLD = 32 << 20  # glibc's ceiling for it on 64-bit
+STEADY_TRIM_THRESHOLD = 2**31 - 1  # mallopt takes an int: about 2 GiB, more than any fit here frees at the top
 
 
-def one_malloc_arena() -> None:
-    """All threads allocate from one glibc arena, as a one-thread training loop does (see the module docstring)."""
+def configure_malloc(steady: bool) -> None:
+    """All threads allocate from one glibc arena, as a one-thread training loop does (see the module docstring).
+
+    `steady`: fixed thresholds, so neither rises nor trims as blocks come and go: glibc's dynamic mmap threshold and
+    heap trimming otherwise make a fit's speed depend on what was freed before (a watch's buffers, say).
+    """
     name = ctypes.util.find_library("c")
     libc = ctypes.CDLL(name) if name is not None else None
     if libc is None or not hasattr(libc, "mallopt"):
@@ -135,6 +142,11 @@ def one_malloc_arena() -> None:
         return
     if libc.mallopt(M_ARENA_MAX, 1) != 1:
         print("note: mallopt(M_ARENA_MAX, 1) refused; the two fits may allocate from separate arenas")
+    if steady and (
+        libc.mallopt(M_MMAP_THRESHOLD, STEADY_MMAP_THRESHOLD) != 1
+        or libc.mallopt(M_TRIM_THRESHOLD, STEADY_TRIM_THRESHOLD) != 1
+    ):
+        print("note: mallopt refused the steady thresholds; glibc's dynamic ones stay")
 
 
 class Baton:
@@ -407,21 +419,23 @@ def measure_within(
     client: gradhealth.Client,
     plan: tuple[int, int, float, int],
     root: Path,
+    control: bool = False,
 ) -> dict[str, Any]:
     """One fit's added time: recording paused in alternate rounds (lead 0), or a paused watch detached (lead: untimed
     steps after each switch); the idle hooks' measured share (paused only), the stride.
 
-    `plan`: rounds, warm-up steps, seconds per round, lead.
+    `plan`: rounds, warm-up steps, seconds per round, lead. `control` (with a lead): the A/A, each attached round's
+    watch closed before its timer (AttachmentControl).
     """
     from watch_overhead import shipping_charge
 
     rounds, warmup, round_seconds, lead = plan
-    name = f"bench-{'attached' if lead else 'within'}-{framework}-{case.name}"
+    name = f"bench-{'control' if control else 'attached' if lead else 'within'}-{framework}-{case.name}"
     callback = _reattachable(framework, name, client) if lead else _callback_class(framework)(name, client)
-    charge = lambda: shipping_charge(callback.watch)()  # noqa: E731
+    charge = lambda: shipping_charge(callback.watch)() if callback.watch is not None else 0.0  # noqa: E731
     handle = lambda: callback.watch  # noqa: E731
     if lead:
-        schedule: Alternation = Attachment(
+        schedule: Alternation = (AttachmentControl if control else Attachment)(
             warmup, rounds, round_seconds, charge, handle, callback.attach, callback.detach, lead
         )
     else:
@@ -466,7 +480,9 @@ def within_table(
             f"{args.attached_seconds} s, a paused watch attached (a fresh one, default settings, recording through the "
             f"{lead} untimed steps before the round) and none (closed; as many untimed steps) in turn; 'paused watch': "
             "added time of the attached rounds [95% bootstrap interval, rounds resampled]: its hooks, the memory it "
-            "holds, its idle thread; 'stride': the fresh watches' strides when paused\n"
+            "holds, its idle thread; 'stride': the fresh watches' strides when paused"
+            + ("; 'A/A' rows: each attached round's watch closed before its timer" if args.attached_control else "")
+            + f"; glibc thresholds {'fixed' if args.steady_malloc else 'dynamic'}\n"
         )
     else:
         print(
@@ -482,18 +498,22 @@ def within_table(
     )
     rows: dict[str, tuple[Estimate, float]] = {}
     seconds = args.attached_seconds if lead else args.round_seconds
+    controls = (False, True) if lead and args.attached_control else (False,)
     for framework in args.frameworks.split(","):
         for name in args.models.split(","):
-            got = measure_within(framework, CASES[name], client, (rounds, args.warmup, seconds, lead), root)
-            est: Estimate = got["added"]
-            total = _shifted(est, got["idle"])
-            rows[f"{framework} {CASES[name].name}"] = (est, got["idle"])
-            print(
-                f"{framework:13s} {CASES[name].name:38s} {got['plain'] * 1e3:5.1f} ms {_span(got['steps']):>5s} "
-                f"{est.cell():>22s} {est.median_ratio:>+7.1%} "
-                + ("" if lead else f"{got['idle']:>+6.2%} {total.point:>+7.1%} ")
-                + f"{_span(got['stride']):>7s}  {total.verdict(BUDGET)}"
-            )
+            for control in controls:
+                plan = (rounds, args.warmup, seconds, lead)
+                got = measure_within(framework, CASES[name], client, plan, root, control)
+                est: Estimate = got["added"]
+                total = _shifted(est, got["idle"])
+                if not control:
+                    rows[f"{framework} {CASES[name].name}"] = (est, got["idle"])
+                print(
+                    f"{framework + (' A/A' if control else ''):13s} {CASES[name].name:38s} {got['plain'] * 1e3:5.1f} ms "
+                    f"{_span(got['steps']):>5s} {est.cell():>22s} {est.median_ratio:>+7.1%} "
+                    + ("" if lead else f"{got['idle']:>+6.2%} {total.point:>+7.1%} ")
+                    + f"{_span(got['stride']):>7s}  {'(no watch timed)' if control else total.verdict(BUDGET)}"
+                )
     return rows
 
 
@@ -554,8 +574,12 @@ def main() -> None:
     parser.add_argument("--models", default="cnn,mlp,transformer")
     parser.add_argument("--frameworks", default="lightning,hf")
     parser.add_argument("--control", action="store_true", help="also an A/A row per case: both fits plain")
+    parser.add_argument(
+        "--attached-control", action="store_true", help="also an A/A row per case in the attached table: no watch timed"
+    )
+    parser.add_argument("--steady-malloc", action="store_true", help="fixed glibc mmap and trim thresholds")
     args = parser.parse_args()
-    one_malloc_arena()
+    configure_malloc(args.steady_malloc)
     torch.set_num_threads(1)  # one core for training; the sink (another process) has the other
     warnings.filterwarnings("ignore")  # the frameworks' notes and the throttle's: the stride column shows it
     for name in ("lightning", "lightning.pytorch", "transformers", "gradhealth"):

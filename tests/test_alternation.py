@@ -96,3 +96,46 @@ def test_paused_watches_attach_and_detach_in_turn_and_are_timed_after_the_lead_i
     assert len(charged) == 8  # an attached round is flushed after its lead-in and after its timed steps
     with pytest.raises(ValueError, match="lead"):
         _alternation.Attachment(5, 8, 0.0, lambda: 0.0, lambda: None, attach, detach, lead=0)
+
+
+def test_the_control_closes_each_attached_watch_before_its_timer() -> None:
+    opened: list[FakeWatch] = []
+    current: list[FakeWatch | None] = [None]
+    closed_at: list[int] = []  # the tick at which each watch was closed
+    ticks = 0
+
+    def attach() -> None:
+        if current[0] is None:
+            opened.append(FakeWatch())
+            current[0] = opened[-1]
+
+    def detach() -> None:
+        if current[0] is not None:
+            closed_at.append(ticks)
+        current[0] = None
+
+    attach()  # the fit starts with its callback's watch
+    schedule = _alternation.AttachmentControl(
+        warmup=5,
+        rounds=8,
+        round_seconds=0.0,
+        charge=lambda: 0.0,
+        handle=lambda: current[0],
+        attach=attach,
+        detach=detach,
+        lead=4,
+    )
+    state: list[str] = []
+    while not schedule.tick():
+        watch = current[0]
+        state.append("none" if watch is None else "paused" if watch.paused else "recording")
+        ticks += 1
+        assert ticks < 1000
+    # every attached round (0, 3, 4, 7) records through its lead with a watch of its own, then times none
+    assert len(opened) == 4
+    lead, timed = ["recording"] * 4, ["none"]
+    expected = lead + timed + ["none"] * 5 * 2 + (lead + timed) * 2 + ["none"] * 5 * 2 + lead + timed
+    assert state[4 : 4 + len(expected)] == expected
+    assert schedule.strides == [3, 3, 3, 3]  # noted before each watch closed
+    assert len(schedule.times[True]) == len(schedule.times[False]) == 4
+    assert current[0] is None  # the fit ends with no watch: nothing is resumed
