@@ -22,7 +22,14 @@ waits as many untimed steps. "paused watch" is everything an attached watch cost
 hooks, the memory it holds, its idle shipping thread. With both one-fit tables, "recording + a paused watch" is the
 whole cost on one model instance. The lead must outlast a fresh watch's start: with 30 steps its first sketch
 (about 0.7 s on the MLP) fell in the timed round, which then read +80% against +2% for the next round of the same
-watch.
+watch. `--attached-control` adds an A/A row per case (`AttachmentControl`): each attached round's watch starts the
+same way but is closed before the timer, so neither kind of round is timed with a watch; what it reads is the
+schedule's bias plus whatever a watch's passing leaves behind in the allocator. `--steady-malloc` fixes glibc's mmap
+and trim thresholds (`configure_malloc` in benchmarks/_fits.py), which otherwise move with every large block freed.
+`--copies N` attaches N callbacks together in that table (`Copies` in benchmarks/_one_fit.py): N paused watches cost
+N times one, while the rounds' noise, which comes from the fit, does not grow, so the estimate divided by N ("per
+watch", the verdict's number) bounds one watch's cost N times tighter. The fits themselves are in
+benchmarks/_fits.py, the one-fit tables in benchmarks/_one_fit.py.
 
 The pairs table: for each model and framework, two fits run side by side in two
 threads that take turns (a baton handed over at batch starts, so only one trains at a time): the
@@ -55,15 +62,13 @@ Budget (DESIGN.md §6): watch() through each callback adds <= 3% step time at de
     python benchmarks/watch_callbacks.py [--within 96] [--attached 0] [--lead 60] [--attached-seconds 2]
                                          [--rounds 24] [--pairs 4] [--round-seconds 0.6] [--steps N]
                                          [--warmup 40] [--models cnn,mlp,transformer] [--frameworks lightning,hf]
-                                         [--control]
+                                         [--control] [--attached-control] [--copies 1] [--steady-malloc]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
-import ctypes.util
 import io
 import logging
 import os
@@ -74,79 +79,20 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from gradhealth.sdk.watching import WatchWarning
-from torch import nn
 
 import gradhealth
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _alternation import Alternation, Attachment, AttachmentControl  # noqa: E402
+from _fits import callback_class, configure_malloc, run_fit  # noqa: E402
+from _one_fit import shifted, within_table  # noqa: E402
 from _paired import Estimate, paired  # noqa: E402
 from service import embedded  # noqa: E402
 from watch_overhead import BUDGET, CASES, Case, load  # noqa: E402
-
-
-class _Repeat(torch.utils.data.Dataset):  # type: ignore[type-arg]
-    """One fixed batch, sample by sample, `n` times over."""
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, n: int) -> None:
-        self.x, self.y, self.n = x, y, n
-
-    def __len__(self) -> int:
-        return self.n * len(self.x)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"x": self.x[i % len(self.x)], "labels": self.y[i % len(self.x)]}
-
-
-def _case_data(case: Case) -> tuple[torch.Tensor, torch.Tensor]:
-    x, y = case.batch(torch.Generator().manual_seed(1))
-    if y.shape[0] != x.shape[0]:  # the language model: targets are per token
-        y = y.view(x.shape[0], -1)
-    return x, y
-
-
-class _Wrapped(nn.Module):
-    """The case's model with the Trainer's convention: forward(x, labels) -> {"loss"}."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"loss": F.cross_entropy(self.model(x), labels.flatten())}
-
-
-# glibc's mallopt parameters (malloc.h)
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
-STEADY_MMAP_THRESHOLD = 32 << 20  # glibc's ceiling for it on 64-bit
-STEADY_TRIM_THRESHOLD = 2**31 - 1  # mallopt takes an int: about 2 GiB, more than any fit here frees at the top
-
-
-def configure_malloc(steady: bool) -> None:
-    """All threads allocate from one glibc arena, as a one-thread training loop does (see the module docstring).
-
-    `steady`: fixed thresholds, so neither rises nor trims as blocks come and go: glibc's dynamic mmap threshold and
-    heap trimming otherwise make a fit's speed depend on what was freed before (a watch's buffers, say).
-    """
-    name = ctypes.util.find_library("c")
-    libc = ctypes.CDLL(name) if name is not None else None
-    if libc is None or not hasattr(libc, "mallopt"):
-        print("note: not glibc; the two fits keep their own allocator state")
-        return
-    if libc.mallopt(M_ARENA_MAX, 1) != 1:
-        print("note: mallopt(M_ARENA_MAX, 1) refused; the two fits may allocate from separate arenas")
-    if steady and (
-        libc.mallopt(M_MMAP_THRESHOLD, STEADY_MMAP_THRESHOLD) != 1
-        or libc.mallopt(M_TRIM_THRESHOLD, STEADY_TRIM_THRESHOLD) != 1
-    ):
-        print("note: mallopt refused the steady thresholds; glibc's dynamic ones stay")
 
 
 class Baton:
@@ -208,96 +154,6 @@ class Baton:
             self._cond.notify_all()
 
 
-def fit_lightning(case: Case, steps: int, callback: Any, tick: Callable[[], bool | None]) -> None:
-    """One Lightning fit of at most `steps` steps; `tick` at each batch start (True: stop after this step)."""
-    import lightning.pytorch as pl
-
-    class Module(pl.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            torch.manual_seed(0)
-            self.model = case.build()
-
-        def training_step(self, batch: dict[str, torch.Tensor], idx: int) -> torch.Tensor:
-            return F.cross_entropy(self.model(batch["x"]), batch["labels"].flatten())
-
-        def on_train_batch_start(self, batch: Any, idx: int) -> None:
-            if tick():
-                self.trainer.should_stop = True
-
-        def configure_optimizers(self) -> torch.optim.Optimizer:
-            return case.optimizer(self.model)
-
-    x, y = _case_data(case)
-    loader = torch.utils.data.DataLoader(_Repeat(x, y, steps + 1), batch_size=len(x))
-    trainer = pl.Trainer(
-        max_steps=steps,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        callbacks=[callback] if callback is not None else [],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(Module(), loader)
-
-
-def fit_hf(case: Case, steps: int, callback: Any, root: Path, tick: Callable[[], bool | None]) -> None:
-    """One Trainer.train() of at most `steps` steps; `tick` at each step start (True: stop after this step)."""
-    from transformers import Trainer, TrainerCallback, TrainingArguments
-
-    class Tick(TrainerCallback):  # type: ignore[misc]
-        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            if tick():
-                control.should_training_stop = True
-
-    torch.manual_seed(0)
-    model = _Wrapped(case.build())
-    x, y = _case_data(case)
-    args = TrainingArguments(
-        output_dir=str(root),
-        max_steps=steps,
-        per_device_train_batch_size=len(x),
-        use_cpu=True,
-        report_to=[],
-        save_strategy="no",
-        logging_strategy="no",
-        disable_tqdm=True,
-        max_grad_norm=0.0,
-        lr_scheduler_type="constant",
-    )
-    callbacks = [Tick(), *([callback] if callback is not None else [])]
-    optimizer = case.optimizer(model)
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=_Repeat(x, y, steps + 1),
-        optimizers=(optimizer, None),
-        callbacks=callbacks,
-    )
-    trainer.train()
-
-
-def run_fit(framework: str, case: Case, steps: int, callback: Any, root: Path, tick: Callable[[], bool | None]) -> None:
-    """A Lightning fit or a Trainer.train() (its output under `root`) of at most `steps` steps."""
-    if framework == "lightning":
-        fit_lightning(case, steps, callback, tick)
-    else:
-        fit_hf(case, steps, callback, root, tick)
-
-
-def _callback_class(framework: str) -> Any:
-    """The framework's GradHealthCallback."""
-    if framework == "lightning":
-        from gradhealth.integrations.lightning import GradHealthCallback
-
-        return GradHealthCallback
-    from gradhealth.integrations.transformers import GradHealthCallback as HFCallback
-
-    return HFCallback
-
-
 def _fits_side_by_side(
     framework: str, case: Case, callback: Any, root: Path, baton: Baton, watched_first: bool = False
 ) -> tuple[list[float], list[float]]:
@@ -316,7 +172,7 @@ def _fits_side_by_side(
                 framework,
                 case,
                 baton.max_steps,
-                callback if index else None,
+                [callback] if index and callback is not None else [],
                 root / str(index),
                 lambda: baton.tick(index),
             )
@@ -352,12 +208,12 @@ def measure(
     `control`: both fits plain (an A/A row), so the estimate is the benchmark's own bias and noise.
     """
     rounds, steps, warmup, round_seconds, pairs = plan
-    GradHealthCallback = _callback_class(framework)  # noqa: N806
+    GradHealthCallback = callback_class(framework)  # noqa: N806
     if not steps:  # a short plain fit tells the step time
         probe = Baton(5, 1, 10, fits=1)
         probe.segments = [(0, 5, False), (0, 10, True)]
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            run_fit(framework, case, 16, None, root, lambda: probe.tick(0))
+            run_fit(framework, case, 16, [], root, lambda: probe.tick(0))
         probe.tick(0)
         steps = max(2, round(round_seconds / probe.times[0][0]))
     plain: list[float] = []
@@ -384,147 +240,9 @@ def measure(
     }
 
 
-def _reattachable(framework: str, run: str, client: gradhealth.Client) -> Any:
-    """The framework's callback, able to close its watch and open a fresh one mid-fit (the attached table)."""
-    base = _callback_class(framework)
-    start = "on_fit_start" if framework == "lightning" else "on_train_begin"
-
-    class Reattachable(base):  # type: ignore[misc, valid-type]
-        opened = 0
-
-        def attach(self) -> None:
-            """A fresh watch, set up as the fit's start set up the first (default settings, a run of its own)."""
-            if self.watch is None:
-                self.opened += 1
-                self.run = f"{run}-{self.opened}"
-                getattr(base, start)(self, *self.start_args, **self.start_kwargs)
-
-        def detach(self) -> None:
-            """Close the watch: its hooks go, its shipping thread ends, the handle is dropped."""
-            if self.watch is not None:
-                self.watch.close()
-                self.watch = None
-
-    def remember(self: Any, *args: Any, **kwargs: Any) -> None:
-        self.start_args, self.start_kwargs = args, kwargs
-        getattr(base, start)(self, *args, **kwargs)
-
-    setattr(Reattachable, start, remember)
-    return Reattachable(run, client)
-
-
-def measure_within(
-    framework: str,
-    case: Case,
-    client: gradhealth.Client,
-    plan: tuple[int, int, float, int],
-    root: Path,
-    control: bool = False,
-) -> dict[str, Any]:
-    """One fit's added time: recording paused in alternate rounds (lead 0), or a paused watch detached (lead: untimed
-    steps after each switch); the idle hooks' measured share (paused only), the stride.
-
-    `plan`: rounds, warm-up steps, seconds per round, lead. `control` (with a lead): the A/A, each attached round's
-    watch closed before its timer (AttachmentControl).
-    """
-    from watch_overhead import shipping_charge
-
-    rounds, warmup, round_seconds, lead = plan
-    name = f"bench-{'control' if control else 'attached' if lead else 'within'}-{framework}-{case.name}"
-    callback = _reattachable(framework, name, client) if lead else _callback_class(framework)(name, client)
-    charge = lambda: shipping_charge(callback.watch)() if callback.watch is not None else 0.0  # noqa: E731
-    handle = lambda: callback.watch  # noqa: E731
-    if lead:
-        schedule: Alternation = (AttachmentControl if control else Attachment)(
-            warmup, rounds, round_seconds, charge, handle, callback.attach, callback.detach, lead
-        )
-    else:
-        schedule = Alternation(warmup, rounds, round_seconds, charge, handle)
-    # tick() ends the fit; the limit sizes the data set (the Trainer shuffles its indices): rounds of at most
-    # 64 strides, or round_seconds of 1 ms steps, and their lead-ins
-    limit = warmup + rounds * (lead + 64 + round(round_seconds / 1e-3)) + 1
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        run_fit(framework, case, limit, callback, root / name, schedule.tick)
-    if schedule.rounds and len(schedule.times[True]) + len(schedule.times[False]) < schedule.rounds:
-        raise RuntimeError(f"the {framework} fit ended before its rounds did")
-    idle = 0.0  # the attached table's difference includes the hooks
-    if not lead:
-        budget = callback.watch._budget  # the handle's own estimates: the idle hooks' cost per step, as a fraction
-        idle = budget._estimate[3] if budget._estimate is not None else 0.0
-    off, on = schedule.times[False], schedule.times[True]
-    n = min(len(off), len(on))
-    return {
-        "added": paired(off[:n], on[:n]),
-        "idle": idle,
-        "plain": statistics.median(off),
-        "steps": (min(schedule.lengths), max(schedule.lengths)),
-        "stride": (min(schedule.strides), max(schedule.strides)),
-    }
-
-
-def _span(low_high: tuple[int, int]) -> str:
-    """`7` or `7-11`."""
-    low, high = low_high
-    return str(low) if low == high else f"{low}-{high}"
-
-
-def within_table(
-    args: argparse.Namespace, client: gradhealth.Client, root: Path, lead: int = 0
-) -> dict[str, tuple[Estimate, float]]:
-    """One fit per row, recording paused (lead 0) or a paused watch detached in alternate rounds; each row's estimate
-    (paused: recording; attached: the paused watch) and the idle hooks' share measured apart (paused only)."""
-    rounds = args.attached if lead else args.within
-    if lead:
-        print(
-            f"one fit per row with the callback: {args.warmup} warm-up steps, then {rounds} rounds (ABBA) of "
-            f"{args.attached_seconds} s, a paused watch attached (a fresh one, default settings, recording through the "
-            f"{lead} untimed steps before the round) and none (closed; as many untimed steps) in turn; 'paused watch': "
-            "added time of the attached rounds [95% bootstrap interval, rounds resampled]: its hooks, the memory it "
-            "holds, its idle thread; 'stride': the fresh watches' strides when paused"
-            + ("; 'A/A' rows: each attached round's watch closed before its timer" if args.attached_control else "")
-            + f"; glibc thresholds {'fixed' if args.steady_malloc else 'dynamic'}\n"
-        )
-    else:
-        print(
-            f"one fit per row with the callback: {args.warmup} warm-up steps, then {rounds} rounds (ABBA) of whole "
-            "strides, recording and paused in turn; 'recording': added time of the recording rounds [95% bootstrap "
-            "interval, rounds resampled]; 'idle': the hooks' cost on every step (the handle's measure); 'total': both\n"
-        )
-    print(
-        f"{'framework':13s} {'model':38s} {'no watch' if lead else 'paused':>8s} {'steps':>5s} "
-        f"{'paused watch [95% CI]' if lead else 'recording [95% CI]':>22s} {'median':>7s} "
-        + ("" if lead else f"{'idle':>6s} {'total':>7s} ")
-        + f"{'stride':>7s}  verdict"
-    )
-    rows: dict[str, tuple[Estimate, float]] = {}
-    seconds = args.attached_seconds if lead else args.round_seconds
-    controls = (False, True) if lead and args.attached_control else (False,)
-    for framework in args.frameworks.split(","):
-        for name in args.models.split(","):
-            for control in controls:
-                plan = (rounds, args.warmup, seconds, lead)
-                got = measure_within(framework, CASES[name], client, plan, root, control)
-                est: Estimate = got["added"]
-                total = _shifted(est, got["idle"])
-                if not control:
-                    rows[f"{framework} {CASES[name].name}"] = (est, got["idle"])
-                print(
-                    f"{framework + (' A/A' if control else ''):13s} {CASES[name].name:38s} {got['plain'] * 1e3:5.1f} ms "
-                    f"{_span(got['steps']):>5s} {est.cell():>22s} {est.median_ratio:>+7.1%} "
-                    + ("" if lead else f"{got['idle']:>+6.2%} {total.point:>+7.1%} ")
-                    + f"{_span(got['stride']):>7s}  {'(no watch timed)' if control else total.verdict(BUDGET)}"
-                )
-    return rows
-
-
 def _verdict(overhead: float) -> str:
     """PASS or FAIL against the budget."""
     return f"{'PASS' if overhead <= BUDGET else 'FAIL'} at {BUDGET:.0%}"
-
-
-def _shifted(est: Estimate, by: float) -> Estimate:
-    """`est` with `by` added to its point and interval (a cost measured apart)."""
-    return replace(est, point=est.point + by, low=est.low + by, high=est.high + by)
 
 
 def pairs_table(args: argparse.Namespace, client: gradhealth.Client, root: Path) -> Estimate | None:
@@ -577,6 +295,9 @@ def main() -> None:
     parser.add_argument(
         "--attached-control", action="store_true", help="also an A/A row per case in the attached table: no watch timed"
     )
+    parser.add_argument(
+        "--copies", type=int, default=1, help="callbacks attached together in the attached table (its estimate / N)"
+    )
     parser.add_argument("--steady-malloc", action="store_true", help="fixed glibc mmap and trim thresholds")
     args = parser.parse_args()
     configure_malloc(args.steady_malloc)
@@ -600,7 +321,7 @@ def main() -> None:
             worst = pairs_table(args, client, Path(tmp)) if args.pairs else None
             print(f"\nend: {load()}")
             if within:
-                label, total = max(((k, _shifted(*v)) for k, v in within.items()), key=lambda row: row[1].point)
+                label, total = max(((k, shifted(*v)) for k, v in within.items()), key=lambda row: row[1].point)
                 print(f"worst in one fit (recording + idle hooks): {label} {total.point:+.1%}: {total.verdict(BUDGET)}")
             for label, (watch, _) in attached.items():  # a paused watch's whole cost, in place of the hooks' share
                 if label in within:
