@@ -48,6 +48,12 @@ def _reattachable(framework: str, run: str, client: gradhealth.Client) -> Any:
     return Reattachable(run, client)
 
 
+def _each(targets: list[Any], method: str) -> None:
+    """Call `method` on each of `targets`, in order (copies switch together)."""
+    for target in targets:
+        getattr(target, method)()
+
+
 class _Together:
     """Several paused-or-recording watches as one handle for a schedule: the first one's stride, paused together."""
 
@@ -56,12 +62,10 @@ class _Together:
         self.stride = watches[0].stride
 
     def pause(self) -> None:
-        for watch in self.watches:
-            watch.pause()
+        _each(self.watches, "pause")
 
     def resume(self) -> None:
-        for watch in self.watches:
-            watch.resume()
+        _each(self.watches, "resume")
 
 
 class Copies:
@@ -75,12 +79,10 @@ class Copies:
         self.callbacks = [_reattachable(framework, f"{run}-copy{i}" if n > 1 else run, client) for i in range(n)]
 
     def attach(self) -> None:
-        for callback in self.callbacks:
-            callback.attach()
+        _each(self.callbacks, "attach")
 
     def detach(self) -> None:
-        for callback in self.callbacks:
-            callback.detach()
+        _each(self.callbacks, "detach")
 
     def handle(self) -> _Together | None:
         """The attached watches as one handle; None while detached (or before the fit starts them)."""
