@@ -157,8 +157,9 @@ def _span(low_high: tuple[int, int]) -> str:
 def within_table(
     args: argparse.Namespace, client: gradhealth.Client, root: Path, lead: int = 0
 ) -> dict[str, tuple[Estimate, float]]:
-    """One fit per row, recording paused (lead 0) or a paused watch detached in alternate rounds; each row's estimate
-    (paused: recording; attached: the paused watch) and the idle hooks' share measured apart (paused only)."""
+    """One fit per row, recording paused (lead 0) or paused watches detached in alternate rounds; each row's estimate
+    (paused: recording; attached: one paused watch's share of `--copies`) and the idle hooks' share measured apart
+    (paused only). A/A rows are printed, not returned."""
     rounds = args.attached if lead else args.within
     copies = args.copies if lead else 1
     if lead:
